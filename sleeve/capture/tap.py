@@ -1,0 +1,91 @@
+"""TAP port: a kernel Ethernet device the router owns (the default mode).
+
+Created with python-pytun (IFF_TAP | IFF_NO_PI, so a read is exactly one
+Ethernet frame without a packet-information prefix). The fd is switched to
+non-blocking so ``read_batch`` can drain until EAGAIN. Addresses are added
+through pyroute2 (netlink), never by running ``ip``.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+
+from sleeve.capture.base import BATCH, PortError
+
+READ_SIZE = 65535 + 14
+
+
+class TapPort:
+    def __init__(self, name: str, mtu: int, cidr: str | None = None) -> None:
+        try:
+            import pytun
+        except ImportError as e:  # pragma: no cover - a packaging error, not a runtime one
+            raise PortError(f"python-pytun is not installed: {e}") from e
+        if not os.path.exists("/dev/net/tun"):
+            raise PortError("/dev/net/tun is missing: load the tun module or run with --attach")
+        try:
+            self._dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
+        except pytun.Error as e:
+            raise PortError(f"cannot create TAP device {name!r}: {e} (are you root?)") from e
+        self.name: str = self._dev.name
+        self.tx_dropped = 0
+        try:
+            self._dev.mtu = mtu
+            self.mtu = mtu
+            os.set_blocking(self._dev.fileno(), False)
+            if cidr is not None:
+                _add_address(self.name, cidr)
+            self._dev.up()
+        except Exception:
+            self._dev.close()
+            raise
+        self.hwaddr: bytes = self._dev.hwaddr
+
+    def fileno(self) -> int:
+        return int(self._dev.fileno())
+
+    def set_mtu(self, mtu: int) -> None:
+        self._dev.mtu = mtu
+        self.mtu = mtu
+
+    def read_batch(self, max_frames: int = BATCH) -> list[bytes]:
+        fd = self._dev.fileno()
+        out: list[bytes] = []
+        for _ in range(max_frames):
+            try:
+                out.append(os.read(fd, READ_SIZE))
+            except BlockingIOError:
+                break
+        return out
+
+    def write(self, frame: bytes | memoryview) -> None:
+        try:
+            os.write(self._dev.fileno(), frame)
+        except OSError as e:
+            # EAGAIN: the device queue is full; EIO: the device is down. Either way
+            # dropping here is what a switch port does; the caller's counters show it.
+            if e.errno not in (errno.EAGAIN, errno.EIO, errno.EINVAL):
+                raise
+            self.tx_dropped += 1
+
+    def close(self) -> None:
+        # Closing a non-persistent TAP removes the device from the kernel.
+        self._dev.close()
+
+
+def _add_address(ifname: str, cidr: str) -> None:
+    iface = ipaddress.ip_interface(cidr)
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            raise PortError(f"interface {ifname} vanished while configuring it")
+        ipr.addr(
+            "add",
+            index=idx[0],
+            address=str(iface.ip),
+            prefixlen=iface.network.prefixlen,
+        )

@@ -1,0 +1,213 @@
+"""Command line: argv and environment -> one validated Config -> run.
+
+Every user error ends as one line on stderr and a non-zero exit, never a
+traceback: 2 for bad input, 1 for a runtime failure (port in use, no TAP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import pathlib
+import signal
+import socket
+import sys
+import urllib.error
+import urllib.request
+from typing import Any, NoReturn
+
+from sleeve.config import (
+    DEFAULT_HTTP,
+    DEFAULT_IFACE,
+    DEFAULT_MTU,
+    DEFAULT_PORT,
+    Config,
+    ConfigError,
+    check_cidr,
+    check_host_port,
+    parse_target,
+)
+
+log = logging.getLogger("sleeve")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"sleeve: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="sleeve", description="Encrypted layer-2 overlay router.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    la = sub.add_parser("launch", help="run the router in the foreground")
+    pw = la.add_mutually_exclusive_group()
+    pw.add_argument("--password-file", metavar="F",
+                    help="file holding the network password (or env SLEEVE_PASSWORD)")
+    pw.add_argument("--no-encryption", action="store_true",
+                    help="run the data plane unencrypted (still authenticated); explicit only")
+    la.add_argument("--port", type=int, default=DEFAULT_PORT,
+                    help=f"TCP control and UDP data port (default {DEFAULT_PORT})")
+    la.add_argument("--listen", default="0.0.0.0", help="local address to bind")
+    port = la.add_mutually_exclusive_group()
+    port.add_argument("--iface", default=DEFAULT_IFACE,
+                      help=f"name of the TAP device to create (default {DEFAULT_IFACE})")
+    port.add_argument("--attach", metavar="IFACE",
+                      help="attach to an existing interface with a raw socket (pcap mode)")
+    la.add_argument("--ip", metavar="CIDR", help="overlay address for the TAP, e.g. 198.19.0.1/24")
+    la.add_argument("--mtu", type=int, default=DEFAULT_MTU,
+                    help=f"TAP MTU (default {DEFAULT_MTU}: fits a 1500-byte underlay)")
+    la.add_argument("--state-dir", default=os.environ.get("SLEEVE_STATE_DIR", "/var/lib/sleeve"),
+                    help="where the static key lives (default /var/lib/sleeve)")
+    la.add_argument("--nickname", default=socket.gethostname()[:64])
+    la.add_argument("--http", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP),
+                    help=f"status API address (default {DEFAULT_HTTP}); 'off' to disable")
+    la.add_argument("--log-level", default=os.environ.get("SLEEVE_LOG_LEVEL", "info"),
+                    choices=["debug", "info", "warning", "error"])
+    la.add_argument("peers", nargs="*", metavar="PEER", help="host[:port] to connect to")
+
+    sub.add_parser("keygen", help="print a random secret usable as the network password")
+
+    st = sub.add_parser("status", help="show a running router's status")
+    st.add_argument("--http", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP))
+    st.add_argument("--json", action="store_true")
+
+    de = sub.add_parser("demo", help="build a lab on this machine and show sleeve working")
+    de.add_argument("--keep-going", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def _fail(msg: str, code: int = 1) -> NoReturn:
+    print(f"sleeve: error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _read_password(args: argparse.Namespace) -> bytes | None:
+    if args.no_encryption:
+        return None
+    if args.password_file:
+        try:
+            pw = pathlib.Path(args.password_file).read_bytes().strip()
+        except OSError as e:
+            raise ConfigError(f"cannot read password file {args.password_file}: "
+                              f"{e.strerror}") from None
+        if not pw:
+            raise ConfigError(f"password file {args.password_file} is empty")
+        return pw
+    env = os.environ.get("SLEEVE_PASSWORD", "")
+    if env:
+        return env.encode()
+    raise ConfigError("no password: give --password-file F or SLEEVE_PASSWORD, or run "
+                      "--no-encryption explicitly")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    from sleeve.crypto.kdf import psk_from_password
+
+    pw = _read_password(args)
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port out of range: {args.port}")
+    if not 576 <= args.mtu <= 65535 - 100:
+        raise ConfigError(f"--mtu out of range (576..65435): {args.mtu}")
+    if args.ip is not None:
+        check_cidr(args.ip)
+        if args.attach:
+            raise ConfigError("--ip applies to the TAP; with --attach, address the bridge")
+    if len(args.iface) > 15:
+        raise ConfigError(f"--iface name longer than 15 characters: {args.iface}")
+    http = None if args.http in ("off", "", "none") else args.http
+    if http is not None:
+        check_host_port(http, "--http")
+    return Config(
+        psk=None if pw is None else psk_from_password(pw),
+        port=args.port, listen=args.listen, iface=args.iface, attach=args.attach, ip=args.ip,
+        mtu=args.mtu, state_dir=pathlib.Path(args.state_dir), nickname=args.nickname,
+        peers=tuple(parse_target(p, args.port) for p in args.peers), http=http,
+    )
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()),
+                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+
+
+def launch(args: argparse.Namespace) -> int:
+    _setup_logging(args.log_level)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    if os.geteuid() != 0:
+        _fail("sleeve launch must run as root (it creates a TAP device and raw sockets)")
+    from sleeve.capture.base import Port, PortError
+    from sleeve.node import Node
+
+    def make_port() -> Port:
+        if cfg.attach:
+            from sleeve.capture.afpacket import AfPacketPort
+            return AfPacketPort(cfg.attach)
+        from sleeve.capture.tap import TapPort
+        return TapPort(cfg.iface, cfg.mtu, cfg.ip)
+
+    try:
+        node = Node(cfg, make_port)
+    except (OSError, ValueError) as e:
+        _fail(f"cannot load the static key from {cfg.state_dir}: {e}")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, node.stop)
+        await node.run()
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except PortError as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(e.strerror or str(e))
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    try:
+        host, port = check_host_port(args.http, "--http")
+    except ConfigError as e:
+        _fail(str(e), 2)
+    url = f"http://{host}:{port}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            data: dict[str, Any] = json.loads(r.read())
+    except (urllib.error.URLError, OSError) as e:
+        _fail(f"no router answering at {url}: {getattr(e, 'reason', e)}")
+    if args.json:
+        print(json.dumps(data, indent=1))
+        return 0
+    from sleeve.status.render import render_status
+    print(render_status(data))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cmd == "keygen":
+        from sleeve.crypto.kdf import random_secret
+        print(random_secret())
+        return 0
+    if args.cmd == "launch":
+        return launch(args)
+    if args.cmd == "status":
+        return status(args)
+    if args.cmd == "demo":
+        from sleeve.demo import run_demo
+        return run_demo()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

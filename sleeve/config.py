@@ -1,0 +1,91 @@
+"""One validated configuration; nothing else reads argv or the environment."""
+
+from __future__ import annotations
+
+import ipaddress
+import pathlib
+from dataclasses import dataclass, field
+
+DEFAULT_PORT = 6783
+DEFAULT_HTTP = "127.0.0.1:6782"
+DEFAULT_IFACE = "sleeve0"
+# 1500-byte underlay - IPv4/UDP 28 - sleeve 36 (header 16, tag 16, record 4) - inner Ethernet 14
+DEFAULT_MTU = 1422
+
+
+class ConfigError(ValueError):
+    """Bad user input: shown as one line, exit code 2."""
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Config:
+    psk: bytes | None  # None only with an explicit --no-encryption
+    port: int = DEFAULT_PORT
+    listen: str = "0.0.0.0"
+    iface: str = DEFAULT_IFACE
+    attach: str | None = None
+    ip: str | None = None
+    mtu: int = DEFAULT_MTU
+    state_dir: pathlib.Path = pathlib.Path("/var/lib/sleeve")
+    nickname: str = "sleeve"
+    peers: tuple[Target, ...] = ()
+    http: str | None = DEFAULT_HTTP
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def encrypted(self) -> bool:
+        return self.psk is not None
+
+
+def parse_target(text: str, default_port: int = DEFAULT_PORT) -> Target:
+    """host, host:port, [v6]:port or a bare IPv6 address."""
+    t = text.strip()
+    if not t:
+        raise ConfigError("empty peer address")
+    if t.startswith("["):
+        host, sep, rest = t[1:].partition("]")
+        if not sep:
+            raise ConfigError(f"bad peer address {text!r}: missing ']'")
+        port = _port(rest[1:], text) if rest.startswith(":") else default_port
+        return Target(host, port)
+    if t.count(":") == 1:
+        host, p = t.split(":")
+        return Target(host, _port(p, text))
+    return Target(t, default_port)
+
+
+def _port(p: str, text: str) -> int:
+    try:
+        n = int(p)
+    except ValueError:
+        raise ConfigError(f"bad port in {text!r}") from None
+    if not 0 < n < 65536:
+        raise ConfigError(f"port out of range in {text!r}")
+    return n
+
+
+def check_cidr(text: str) -> str:
+    try:
+        ipaddress.ip_interface(text)
+    except ValueError:
+        raise ConfigError(f"--ip needs an address with prefix length, like 198.19.0.1/24: "
+                          f"{text!r}") from None
+    if "/" not in text:
+        raise ConfigError(f"--ip needs a prefix length, like {text}/24")
+    return text
+
+
+def check_host_port(text: str, what: str) -> tuple[str, int]:
+    t = parse_target(text, 0)
+    if t.port == 0:
+        raise ConfigError(f"{what} needs host:port, got {text!r}")
+    return t.host, t.port

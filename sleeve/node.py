@@ -1,0 +1,587 @@
+"""The node: composition root. Builds everything and runs the hot loop.
+
+Pipeline, per readiness event:
+
+1. port readable -> ``read_batch`` (<= 64 frames) -> for each frame: learn the
+   source MAC as local, classify the destination (local: drop, known remote:
+   that link, group/unknown: flood to every link) -> records queued per link
+2. per link with queued records: pack into datagrams up to the path MTU,
+   seal (one counter per datagram), ``sendto`` the link's learnt endpoint
+3. UDP readable -> ``recvfrom`` (<= 64 datagrams) -> header -> session by
+   receiver index -> open (authenticate) -> replay check -> learn endpoint
+   -> records: frames are learnt (src MAC -> peer) and written to the port,
+   heartbeats answered
+4. one periodic tick: heartbeats, dialling targets with backoff, MAC expiry
+
+Control connections (TCP) run as tasks owned by the node's TaskGroup; each
+runs the sans-IO ``ControlChannel`` and, once authenticated, registers a
+``Link``. Untrusted input is counted in ``self.drops`` with a reason and never
+raises out of a callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sleeve.capture.base import BATCH, Port
+from sleeve.config import Config, Target, check_host_port
+from sleeve.crypto.keys import format_peer_id, load_or_create_static_key, peer_id
+from sleeve.crypto.noise import KeyPair
+from sleeve.forward.batcher import pack
+from sleeve.proto import datagram as dg
+from sleeve.proto.control import ControlChannel, ControlError, Established, Hello, error_frame
+from sleeve.proto.mactable import LOCAL, MacTable
+from sleeve.proto.session import DataSession
+from sleeve.proto.stats import Counters
+from sleeve.status.http import json_route, start_http
+
+log = logging.getLogger("sleeve")
+
+HANDSHAKE_TIMEOUT = 10.0
+TCP_HEARTBEAT = 30.0
+TCP_READ_TIMEOUT = 75.0
+UDP_FAST_HEARTBEAT = 0.5  # until the peer confirmed it hears us
+UDP_SLOW_HEARTBEAT = 10.0
+UDP_DEAD = 60.0  # no authenticated datagram for this long: link is not established
+TICK = 0.25
+BACKOFF_START = 2.0
+BACKOFF_MAX = 60.0
+MAX_CONNECTIONS = 200
+UDP_BUFFER = 4 << 20  # the anchors show loss happens where the receiver's UDP buffer overflows
+STP_PREFIX = b"\x01\x80\xc2\x00\x00"  # IEEE 802.1D link-local group: never forwarded by a bridge
+
+
+class Link:
+    """One authenticated peer: its control connection and its data session."""
+
+    def __init__(self, node: Node, est: Established, writer: asyncio.StreamWriter,
+                 channel: ControlChannel, outbound: bool, remote: tuple[str, int],
+                 local_index: int, encrypt: bool) -> None:
+        self.peer = est.remote_id
+        self.name = format_peer_id(est.remote_id)
+        self.nickname = est.hello.nickname
+        self.uid = est.hello.uid
+        self.outbound = outbound
+        self.remote_tcp = remote
+        self.writer = writer
+        self.channel = channel
+        self.session = DataSession(local_index, est.hello.index, est.data_send, est.data_recv,
+                                   encrypt)
+        # Until a datagram authenticates we can only guess the peer's UDP endpoint:
+        # the address it connected from (or we dialled) and the port it announced.
+        self.endpoint: tuple[str, int] = (remote[0], est.hello.udp_port)
+        self.endpoint_learnt = False
+        self.heard_at = 0.0  # last authenticated datagram
+        self.confirmed = False  # the peer told us it hears our datagrams
+        self.next_hb = 0.0
+        self.rtt: float | None = None
+        self._hb_token = 0
+        self._hb_sent_at = 0.0
+        self.pending: list[bytes] = []
+        self.stats = Counters()
+        self.established_at = time.monotonic()
+        self._node = node
+
+    @property
+    def state(self) -> str:
+        if self.heard_at and self.confirmed and time.monotonic() - self.heard_at < UDP_DEAD:
+            return "established"
+        return "pending"
+
+    def send_control(self, msg: dict[str, Any]) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(self.channel.seal(msg))
+
+    def heartbeat_record(self, now: float) -> bytes:
+        self._hb_token = random.getrandbits(64)
+        self._hb_sent_at = now
+        return dg.encode_record(dg.KIND_HEARTBEAT, self._hb_token.to_bytes(8, "big") + b"\x00")
+
+    def on_heartbeat_reply(self, token: bytes, now: float) -> None:
+        if int.from_bytes(token, "big") == self._hb_token and self._hb_sent_at:
+            self.rtt = now - self._hb_sent_at
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "peer": self.name, "nickname": self.nickname,
+            "direction": "outbound" if self.outbound else "inbound",
+            "tcp": f"{self.remote_tcp[0]}:{self.remote_tcp[1]}",
+            "udp": f"{self.endpoint[0]}:{self.endpoint[1]}",
+            "state": self.state, "endpoint_learnt": self.endpoint_learnt,
+            "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
+            "encrypted": self._node.cfg.encrypted,
+            "path": "sleeve",
+            "counters": self.stats.snapshot(),
+        }
+
+
+@dataclass
+class TargetState:
+    target: Target
+    attempts: int = 0
+    next_try: float = 0.0
+    connecting: bool = False
+    last_error: str = ""
+    peer: bytes | None = None
+    dead: bool = False  # connecting to ourselves: never retry
+
+
+class Node:
+    def __init__(self, cfg: Config, port: Port | Callable[[], Port],
+                 static: KeyPair | None = None) -> None:
+        self.cfg = cfg
+        self._port_factory = port
+        self.port: Port | None = None
+        self.static = static or load_or_create_static_key(cfg.state_dir)
+        self.id = peer_id(self.static.public)
+        self.name = format_peer_id(self.id)
+        self.uid = random.getrandbits(63) | 1
+        self.macs = MacTable()
+        self.drops = Counters()  # untrusted input and local overflow, by reason
+        self.stats = Counters()  # ok-path counters
+        self.links: dict[bytes, Link] = {}
+        self.by_index: dict[int, Link] = {}
+        self.targets: dict[Target, TargetState] = {
+            t: TargetState(t) for t in cfg.peers
+        }
+        self.udp: socket.socket | None = None
+        self.udp_port = cfg.port
+        self.tcp_port = cfg.port
+        self._tg: asyncio.TaskGroup | None = None
+        self._stop = asyncio.Event()
+        self.started = time.monotonic()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self, ready: Callable[[], None] | None = None) -> None:
+        """Serve until ``stop()``. Sockets first, so a busy port fails before a TAP exists."""
+        loop = asyncio.get_running_loop()
+        async with contextlib.AsyncExitStack() as stack:
+            self.udp = udp = self._open_udp()
+            stack.callback(udp.close)
+            self.udp_port = udp.getsockname()[1]
+            try:
+                server = await asyncio.start_server(
+                    self._accept, self.cfg.listen, self.udp_port, reuse_address=True, backlog=64)
+            except OSError as e:
+                raise OSError(e.errno, f"cannot listen on TCP port {self.udp_port}: "
+                              f"{e.strerror}") from None
+            stack.callback(server.close)
+            self.tcp_port = server.sockets[0].getsockname()[1]
+            if self.cfg.http:
+                host, hport = check_host_port(self.cfg.http, "--http")
+                try:
+                    http = await start_http(host, hport, {"/status": json_route(self.status)})
+                except OSError as e:
+                    raise OSError(e.errno, f"cannot serve the status API on {self.cfg.http}: "
+                                  f"{e.strerror}") from None
+                stack.callback(http.close)
+            self.port = port = (self._port_factory() if callable(self._port_factory)
+                                else self._port_factory)
+            stack.callback(port.close)
+            loop.add_reader(port.fileno(), self._on_port_readable)
+            stack.callback(loop.remove_reader, port.fileno())
+            loop.add_reader(udp.fileno(), self._on_udp_readable)
+            stack.callback(loop.remove_reader, udp.fileno())
+            stack.callback(self._close_links)
+            log.info("sleeve %s (%s) listening on %s port %d, %s, port %s mtu %d",
+                     self.name, self.cfg.nickname, self.cfg.listen, self.udp_port,
+                     "encrypted" if self.cfg.encrypted else "UNENCRYPTED (--no-encryption)",
+                     port.name, port.mtu)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    self._tg = tg
+                    tg.create_task(self._ticker())
+                    if ready is not None:
+                        ready()
+                    await self._stop.wait()
+                    raise _Stop
+            except* _Stop:
+                pass
+            finally:
+                self._tg = None
+        log.info("sleeve %s stopped", self.name)
+
+    def _close_links(self) -> None:
+        for link in list(self.links.values()):
+            link.writer.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def add_target(self, t: Target) -> None:
+        self.targets.setdefault(t, TargetState(t))
+
+    def _open_udp(self) -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_BUFFER)
+            s.bind((self.cfg.listen, self.cfg.port))
+        except OSError as e:
+            s.close()
+            raise OSError(e.errno, f"cannot bind UDP port {self.cfg.port}: {e.strerror}") \
+                from None
+        s.setblocking(False)
+        return s
+
+    # ------------------------------------------------------------------ data plane
+    def _on_port_readable(self) -> None:
+        assert self.port is not None
+        try:
+            frames = self.port.read_batch(BATCH)
+        except OSError as e:
+            self.drops.inc("port_read_error")
+            log.warning("reading %s failed: %s", self.port.name, e)
+            return
+        if not frames:
+            return
+        now = time.monotonic()
+        macs = self.macs
+        links = self.links
+        touched: list[Link] = []
+        for f in frames:
+            if len(f) < 14:
+                self.drops.inc("runt")
+                continue
+            dst = f[0:6]
+            if not macs.learn_local(f[6:12], now):
+                self.drops.inc("mac_conflict")
+                continue
+            rec = dg.frame_record(f)
+            if dst[0] & 1:
+                if dst.startswith(STP_PREFIX):
+                    self.drops.inc("stp")
+                    continue
+                targets: Any = links.values()
+            else:
+                owner = macs.lookup(dst, now)
+                if owner == LOCAL:
+                    self.drops.inc("local_dst")
+                    continue
+                link = links.get(owner) if owner is not None else None
+                targets = (link,) if link is not None else links.values()
+            for link in targets:
+                if not link.pending:
+                    touched.append(link)
+                link.pending.append(rec)
+        self.stats.inc("port_rx_frames", len(frames))
+        for link in touched:
+            self._flush(link)
+
+    def _flush(self, link: Link) -> None:
+        records, link.pending = link.pending, []
+        bodies, oversize = pack(records, self._max_body())
+        if oversize:
+            link.stats.inc("drop_too_big", len(oversize))
+        for body in bodies:
+            self._send(link, body)
+
+    def _max_body(self) -> int:
+        # A datagram must fit a 1500-byte underlay without IP fragmentation until PMTU
+        # discovery lands; the TAP MTU is sized so that one frame always fits.
+        return 1500 - dg.UDP4_OVERHEAD - dg.HEADER_LEN - dg.TAG_LEN
+
+    def _send(self, link: Link, body: bytes) -> None:
+        assert self.udp is not None
+        data = link.session.seal(body)
+        try:
+            self.udp.sendto(data, link.endpoint)
+        except BlockingIOError:
+            link.stats.inc("drop_tx_busy")
+            return
+        except OSError as e:
+            # EPERM (firewall), unreachable, EMSGSIZE: count, never raise out of the loop.
+            link.stats.inc(f"drop_tx_{errno.errorcode.get(e.errno or 0, 'err').lower()}")
+            return
+        link.stats.inc("tx_packets")
+        link.stats.inc("tx_bytes", len(data))
+
+    def _on_udp_readable(self) -> None:
+        assert self.udp is not None
+        recv = self.udp.recvfrom
+        for _ in range(BATCH):
+            try:
+                data, addr = recv(65535)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.drops.inc("udp_recv_error")  # e.g. ICMP port unreachable reported late
+                continue
+            try:
+                self._on_datagram(data, addr)
+            except Exception:  # a bug must not kill the loop; count and log once per kind
+                self.drops.inc("internal_error")
+                log.exception("internal error handling a datagram")
+
+    def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            index, counter = dg.decode_header(data)
+        except dg.DecodeError as e:
+            self.drops.inc(e.reason)
+            return
+        link = self.by_index.get(index)
+        if link is None:
+            self.drops.inc("unknown_session")
+            return
+        body = link.session.open(counter, data)
+        if isinstance(body, str):
+            self.drops.inc(body)
+            link.stats.inc(f"drop_{body}")
+            return
+        # Authenticated and fresh: only now may the datagram teach us anything.
+        now = time.monotonic()
+        link.heard_at = now
+        link.stats.inc("rx_packets")
+        link.stats.inc("rx_bytes", len(data))
+        if addr != link.endpoint:
+            if link.endpoint_learnt:
+                log.info("peer %s moved its UDP endpoint %s:%d -> %s:%d", link.name,
+                         *link.endpoint, *addr)
+            link.endpoint = addr
+            link.stats.inc("endpoint_changes")
+        if not link.endpoint_learnt:
+            link.endpoint_learnt = True
+            link.send_control({"t": "udp_ok"})
+        try:
+            for rec in dg.iter_records(body):
+                if rec.kind == dg.KIND_FRAME:
+                    self._deliver(link, rec.payload, now)
+                elif rec.kind == dg.KIND_HEARTBEAT:
+                    self._on_heartbeat(link, rec.payload, now)
+                else:
+                    self.drops.inc("unknown_record")
+        except dg.DecodeError as e:
+            self.drops.inc(e.reason)
+
+    def _deliver(self, link: Link, frame: memoryview, now: float) -> None:
+        if len(frame) < 14:
+            self.drops.inc("runt")
+            return
+        src = bytes(frame[6:12])
+        if src[0] & 1:
+            self.drops.inc("bad_src_mac")
+            return
+        self.macs.learn_remote(src, link.peer, now)
+        assert self.port is not None
+        self.port.write(frame)
+        link.stats.inc("rx_frames")
+
+    def _on_heartbeat(self, link: Link, payload: memoryview, now: float) -> None:
+        if len(payload) != 9:
+            self.drops.inc("bad_heartbeat")
+            return
+        if payload[8] == 0:
+            self._send(link, dg.encode_record(dg.KIND_HEARTBEAT, bytes(payload[:8]) + b"\x01"))
+        else:
+            link.on_heartbeat_reply(bytes(payload[:8]), now)
+
+    # ------------------------------------------------------------------ timers
+    async def _ticker(self) -> None:
+        while True:
+            try:
+                self.on_timer(time.monotonic())
+            except Exception:
+                log.exception("internal error in timer")
+            await asyncio.sleep(TICK)
+
+    def on_timer(self, now: float) -> None:
+        for link in list(self.links.values()):
+            if now >= link.next_hb:
+                fast = not (link.confirmed and link.heard_at)
+                link.next_hb = now + (UDP_FAST_HEARTBEAT if fast else UDP_SLOW_HEARTBEAT)
+                self._send(link, link.heartbeat_record(now))
+        if int(now) % 60 == 0:
+            self.macs.expire(now)
+        for ts in self.targets.values():
+            if ts.dead or ts.connecting or now < ts.next_try:
+                continue
+            if ts.peer is not None and ts.peer in self.links:
+                continue
+            if len(self.links) >= MAX_CONNECTIONS:
+                break
+            ts.connecting = True
+            ts.attempts += 1
+            if self._tg is not None:
+                self._tg.create_task(self._dial(ts))
+
+    def _backoff(self, ts: TargetState) -> None:
+        base = min(BACKOFF_MAX, BACKOFF_START * (1.5 ** max(0, ts.attempts - 1)))
+        ts.next_try = time.monotonic() + random.uniform(base / 2, base * 1.5)
+
+    # ------------------------------------------------------------------ control plane
+    async def _dial(self, ts: TargetState) -> None:
+        t = ts.target
+        try:
+            try:
+                async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                    reader, writer = await asyncio.open_connection(t.host, t.port)
+            except (OSError, TimeoutError) as e:
+                ts.last_error = f"connect failed: {getattr(e, 'strerror', None) or e!r}"
+                log.info("connection to %s failed: %s; retrying", t, ts.last_error)
+                return
+            err = await self._run_connection(reader, writer, True, ts)
+            ts.last_error = err
+        finally:
+            ts.connecting = False
+            if not ts.dead:
+                self._backoff(ts)
+
+    async def _accept(self, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        if len(self.links) >= MAX_CONNECTIONS:
+            self.drops.inc("conn_limit")
+            writer.close()
+            return
+        await self._run_connection(reader, writer, False, None)
+
+    async def _run_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                              outbound: bool, ts: TargetState | None) -> str:
+        """Handshake then serve one control connection. Returns why it ended."""
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        remote = (str(peer[0]), int(peer[1]))
+        where = f"{remote[0]}:{remote[1]}"
+        index = self._new_index()
+        hello = Hello(self.cfg.nickname[:64], self.uid, index, self.udp_port, where[:64])
+        ch = ControlChannel(initiator=outbound, static=self.static, psk=self.cfg.psk, hello=hello)
+        link: Link | None = None
+        reason = "closed"
+        try:
+            est, first_msgs = await self._handshake(ch, reader, writer, outbound)
+            if est.remote_id == self.id:
+                if ts is not None:
+                    ts.dead = True
+                raise ControlError("self", "connected to ourselves; not retrying this address")
+            link = Link(self, est, writer, ch, outbound, remote, index, self.cfg.encrypted)
+            if not self._register(link):
+                return "duplicate"
+            if ts is not None:
+                ts.peer = link.peer
+                ts.attempts = 0
+            for m in first_msgs:
+                self._on_control(link, m)
+            await self._serve(link, reader, ch)
+        except ControlError as e:
+            reason = e.reason
+            self.stats.inc(f"conn_fail_{e.reason}")
+            log.warning("connection %s %s: %s", "to" if outbound else "from", where, e.detail)
+            if not outbound and e.reason in ("auth_failed", "encryption_mismatch"):
+                writer.write(error_frame(e.detail))
+        except (TimeoutError, OSError, asyncio.IncompleteReadError) as e:
+            reason = "io"
+            log.info("connection %s %s ended: %s", "to" if outbound else "from", where,
+                     type(e).__name__ if isinstance(e, TimeoutError) else e)
+        finally:
+            if link is not None:
+                self._unregister(link)
+            with contextlib.suppress(Exception):
+                writer.close()
+        return reason
+
+    async def _handshake(self, ch: ControlChannel, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter, outbound: bool,
+                         ) -> tuple[Established, list[dict[str, Any]]]:
+        msgs: list[dict[str, Any]] = []
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            if outbound:
+                writer.write(ch.start())
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    raise ControlError(
+                        "closed", "peer closed the connection during the handshake" +
+                        (" (wrong password or encryption setting on one side?)" if outbound
+                         else ""))
+                out, got, est = ch.feed(data)
+                msgs += got
+                if out:
+                    writer.write(out)
+                if est is not None:
+                    return est, msgs
+
+    async def _serve(self, link: Link, reader: asyncio.StreamReader,
+                     ch: ControlChannel) -> None:
+        log.info("connected to %s (%s) at %s:%d, %s", link.name, link.nickname,
+                 *link.remote_tcp, "outbound" if link.outbound else "inbound")
+        while True:
+            data = await asyncio.wait_for(reader.read(65536), TCP_READ_TIMEOUT)
+            if not data:
+                raise ControlError("closed", f"{link.name} closed the control connection")
+            _, msgs, _ = ch.feed(data)
+            for m in msgs:
+                self._on_control(link, m)
+
+    def _on_control(self, link: Link, m: dict[str, Any]) -> None:
+        t = m["t"]
+        if t == "udp_ok":
+            link.confirmed = True
+        elif t == "hb":
+            pass
+        else:
+            self.drops.inc("unknown_control")
+
+    def _new_index(self) -> int:
+        while True:
+            i = random.getrandbits(32)
+            if i and i not in self.by_index:
+                return i
+
+    def _register(self, link: Link) -> bool:
+        old = self.links.get(link.peer)
+        if old is not None:
+            # Both ends must keep the same one of two simultaneous connections: keep the
+            # one dialled by the peer with the smaller id.
+            def initiator_id(lk: Link) -> bytes:
+                return self.id if lk.outbound else lk.peer
+            keep_new = initiator_id(link) < initiator_id(old)
+            if not keep_new:
+                log.info("duplicate connection to %s dropped", link.name)
+                return False
+            log.info("duplicate connection to %s replaces the older one", link.name)
+            self._unregister(old)
+            old.writer.close()
+        self.links[link.peer] = link
+        self.by_index[link.session.local_index] = link
+        return True
+
+    def _unregister(self, link: Link) -> None:
+        if self.links.get(link.peer) is link:
+            del self.links[link.peer]
+            n = self.macs.forget_peer(link.peer)
+            log.info("disconnected from %s (%s); forgot %d MACs", link.name, link.nickname, n)
+        self.by_index.pop(link.session.local_index, None)
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "name": self.name, "nickname": self.cfg.nickname,
+            "encryption": "enabled" if self.cfg.encrypted else "DISABLED (--no-encryption)",
+            "port": self.udp_port,
+            "interface": None if self.port is None else self.port.name,
+            "mtu": None if self.port is None else self.port.mtu,
+            "uptime_s": round(now - self.started, 1),
+            "connections": [lk.status() for lk in self.links.values()],
+            "targets": [{"target": str(ts.target), "connected": ts.peer in self.links,
+                         "attempts": ts.attempts, "last_error": ts.last_error,
+                         "retry_in_s": max(0.0, round(ts.next_try - now, 1))}
+                        for ts in self.targets.values()],
+            "macs": [{"mac": m.hex(":"), "peer": "local" if p == LOCAL else format_peer_id(p),
+                      "age_s": round(age, 1)} for m, p, age in self.macs.entries(now)],
+            "drops": self.drops.snapshot(),
+            "counters": self.stats.snapshot(),
+            "pid": os.getpid(),
+        }
+
+
+class _Stop(Exception):
+    pass

@@ -1,0 +1,138 @@
+"""Two nodes in one process: memory ports, real UDP/TCP on loopback. Fast, no root."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from sleeve.capture.memory import MemoryPort
+from sleeve.config import Config, Target
+from sleeve.crypto.noise import KeyPair
+from sleeve.node import Node
+from sleeve.proto import datagram as dg
+
+PSK = b"k" * 32
+MAC_A = bytes.fromhex("020000000001")
+MAC_B = bytes.fromhex("020000000002")
+BCAST = b"\xff" * 6
+
+
+def frame(dst: bytes, src: bytes, payload: bytes = b"hello") -> bytes:
+    return dst + src + b"\x08\x00" + payload
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+def make(psk: bytes | None = PSK, peers: tuple[Target, ...] = ()) -> tuple[Node, MemoryPort]:
+    port = MemoryPort()
+    cfg = Config(psk=psk, port=0, listen="127.0.0.1", peers=peers, http=None)
+    return Node(cfg, port, static=KeyPair.generate()), port
+
+
+async def pair(body: Callable[[Node, MemoryPort, Node, MemoryPort], Awaitable[None]],
+               psk_a: bytes | None = PSK, psk_b: bytes | None = PSK) -> None:
+    b, pb = make(psk_b)
+    tb = asyncio.create_task(b.run())
+    await wait_for(lambda: b.udp is not None and b.port is not None)
+    a, pa = make(psk_a, (Target("127.0.0.1", b.udp_port),))
+    ta = asyncio.create_task(a.run())
+    try:
+        await body(a, pa, b, pb)
+    finally:
+        a.stop()
+        b.stop()
+        await asyncio.wait_for(asyncio.gather(ta, tb), 5)
+
+
+def established(n: Node) -> bool:
+    return any(lk.state == "established" for lk in n.links.values())
+
+
+def test_frames_cross_both_ways_and_macs_are_learnt() -> None:
+    async def body(a: Node, pa: MemoryPort, b: Node, pb: MemoryPort) -> None:
+        await wait_for(lambda: established(a) and established(b))
+        pa.inject(frame(BCAST, MAC_A, b"who-has"))
+        await wait_for(lambda: len(pb.delivered) == 1)
+        assert pb.delivered[0] == frame(BCAST, MAC_A, b"who-has")
+        pb.inject(frame(MAC_A, MAC_B, b"is-at"))
+        await wait_for(lambda: len(pa.delivered) == 1)
+        assert b.macs.lookup(MAC_A, time.monotonic()) == a.id
+        assert a.macs.lookup(MAC_B, time.monotonic()) == b.id
+        # a frame for a MAC that lives on our own side is never sent out
+        pb.inject(frame(MAC_B, bytes.fromhex("020000000003")))
+        await wait_for(lambda: b.drops["local_dst"] == 1)
+        assert len(pa.delivered) == 1
+        # a burst is batched into fewer datagrams than frames
+        sent0 = a.links[b.id].stats["tx_packets"]
+        for i in range(40):
+            pa.inject(frame(MAC_B, MAC_A, bytes([i]) * 100))
+        await wait_for(lambda: len(pb.delivered) == 41)
+        assert [f[14] for f in list(pb.delivered)[1:]] == list(range(40))
+        assert a.links[b.id].stats["tx_packets"] - sent0 < 40
+
+    asyncio.run(pair(body))
+
+
+def test_unencrypted_mode_delivers_in_clear_but_authenticated() -> None:
+    async def body(a: Node, pa: MemoryPort, b: Node, pb: MemoryPort) -> None:
+        await wait_for(lambda: established(a) and established(b))
+        pa.inject(frame(BCAST, MAC_A, b"plain-visible"))
+        await wait_for(lambda: len(pb.delivered) == 1)
+        # a forged datagram naming b's session, with a bad tag, is dropped
+        link = b.links[a.id]
+        forged = dg.encode_header(link.session.local_index, 999) + \
+            dg.frame_record(frame(BCAST, MAC_A, b"forged")) + b"\x00" * 16
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.sendto(forged, ("127.0.0.1", b.udp_port))
+        s.close()
+        await wait_for(lambda: b.drops["auth"] == 1)
+        assert len(pb.delivered) == 1
+
+    asyncio.run(pair(body, None, None))
+
+
+def test_wrong_password_delivers_nothing_and_both_sides_say_why(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def body(a: Node, pa: MemoryPort, b: Node, pb: MemoryPort) -> None:
+        await wait_for(lambda: b.stats["conn_fail_auth_failed"] >= 1)
+        await wait_for(lambda: a.stats["conn_fail_rejected"] >= 1)
+        pa.inject(frame(BCAST, MAC_A))
+        await asyncio.sleep(0.2)
+        assert not a.links and not b.links and not pb.delivered
+
+    with caplog.at_level("WARNING", logger="sleeve"):
+        asyncio.run(pair(body, PSK, b"z" * 32))
+    text = caplog.text
+    assert "wrong password" in text
+    assert "peer rejected the handshake" in text
+
+
+def test_encryption_mismatch_is_named() -> None:
+    async def body(a: Node, pa: MemoryPort, b: Node, pb: MemoryPort) -> None:
+        await wait_for(lambda: b.stats["conn_fail_encryption_mismatch"] >= 1)
+        assert not a.links
+
+    asyncio.run(pair(body, None, PSK))
+
+
+def test_connecting_to_self_stops_retrying() -> None:
+    async def body() -> None:
+        n, _ = make()
+        t = asyncio.create_task(n.run())
+        await wait_for(lambda: n.udp is not None)
+        n.add_target(Target("127.0.0.1", n.udp_port))
+        await wait_for(lambda: any(ts.dead for ts in n.targets.values()))
+        n.stop()
+        await asyncio.wait_for(t, 5)
+
+    asyncio.run(body())
