@@ -1,0 +1,26 @@
+"""Network-namespace test lab: hosts, switches, links, NAT, loss and blocking.
+
+Test tooling only (it shells out to ``ip``/``nft``/``sysctl``); the router never imports it.
+"""
+
+from sleeve.lab.netns import (
+    AUTO,
+    OVERLAY,
+    UNDERLAY,
+    Host,
+    Lab,
+    LabCommandError,
+    LabError,
+    Switch,
+)
+
+__all__ = [
+    "AUTO",
+    "OVERLAY",
+    "UNDERLAY",
+    "Host",
+    "Lab",
+    "LabCommandError",
+    "LabError",
+    "Switch",
+]
