@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import threading
 
 from sleeve.capture.base import BATCH, PortError
 
@@ -77,6 +78,28 @@ class TapPort:
 
 def _add_address(ifname: str, cidr: str) -> None:
     iface = ipaddress.ip_interface(cidr)
+    # pyroute2 >= 0.9 runs its own asyncio loop internally, which cannot nest inside the
+    # router's running loop: do the netlink call on a short-lived thread.
+    err: list[BaseException] = []
+    t = threading.Thread(target=_netlink_add, args=(ifname, iface, err), daemon=True)
+    t.start()
+    t.join(10)
+    if t.is_alive():
+        raise PortError(f"netlink did not answer while configuring {ifname}")
+    if err:
+        raise PortError(f"cannot add {cidr} to {ifname}: {err[0]}")
+
+
+def _netlink_add(ifname: str, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
+                 err: list[BaseException]) -> None:
+    try:
+        _netlink_add_sync(ifname, iface)
+    except BaseException as e:  # reported to the caller's thread
+        err.append(e)
+
+
+def _netlink_add_sync(ifname: str, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
+                      ) -> None:
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:

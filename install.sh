@@ -1,0 +1,20 @@
+#!/bin/sh
+# Install everything sleeve needs on a fresh Debian/Ubuntu machine (run as root).
+#   ./install.sh          router + demo
+#   ./install.sh --test   also the test and lint tools
+set -eu
+cd "$(dirname "$0")"
+PKGS="iproute2 nftables iptables iperf3 tcpdump ethtool conntrack iputils-ping procps"
+missing=""
+for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing
+fi
+if [ "${1:-}" = "--test" ]; then
+    python3 -m pip install -q -e ".[test]"
+else
+    python3 -m pip install -q -e .
+fi

@@ -1,0 +1,102 @@
+"""Run `sleeve launch` inside lab hosts, as a user would, and read its status.
+
+Used by the lab tests, the benchmarks and `sleeve demo`. Each router gets its
+own state dir and log file under the lab's work directory; the process is
+tracked by the lab and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sleeve.lab.netns import Host
+
+STATUS_ADDR = "127.0.0.1:6782"  # each namespace has its own loopback
+
+
+class Router:
+    def __init__(self, host: Host, args: list[str], workdir: pathlib.Path,
+                 password: str | None, env: dict[str, str] | None = None) -> None:
+        self.host = host
+        self.args = args
+        self.workdir = workdir
+        self.password = password
+        self.env = env or {}
+        self.log_path = workdir / f"{host.name}.log"
+        self.state_dir = workdir / f"{host.name}.state"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "sleeve", "launch", "--state-dir", str(self.state_dir),
+                "--nickname", self.host.name, *self.args]
+        if self.password is None:
+            argv.append("--no-encryption")
+        else:
+            pw = self.workdir / f"{self.host.name}.password"
+            pw.write_text(self.password)
+            pw.chmod(0o600)
+            argv += ["--password-file", str(pw)]
+        with open(self.log_path, "ab") as log:
+            self.proc = self.host.popen(*argv, stdout=log, stderr=log, env=self.env)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        return self.host.stop(self.proc)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(5)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def status(self) -> dict[str, Any]:
+        r = self.host.run(sys.executable, "-m", "sleeve", "status", "--json", "--http",
+                          STATUS_ADDR, check=False, timeout=15)
+        if r.returncode != 0:
+            raise RuntimeError(f"status of {self.host.name} failed: {r.stderr.strip()}")
+        data: dict[str, Any] = json.loads(r.stdout)
+        return data
+
+    def wait(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 20.0,
+             what: str = "condition") -> dict[str, Any]:
+        end = time.monotonic() + timeout
+        last: dict[str, Any] | str = "no status yet"
+        while time.monotonic() < end:
+            if not self.running:
+                raise RuntimeError(f"router on {self.host.name} exited:\n{self.log()[-3000:]}")
+            try:
+                st = self.status()
+                last = st
+                if pred(st):
+                    return st
+            except RuntimeError as e:
+                last = str(e)
+            time.sleep(0.3)
+        raise TimeoutError(f"{self.host.name}: {what} not reached in {timeout}s; last status: "
+                           f"{json.dumps(last)[:2000]}\nlog:\n{self.log()[-3000:]}")
+
+
+def established_with(n: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda st: sum(c["state"] == "established" for c in st["connections"]) >= n
+
+
+def workdir(prefix: str = "sleeve-lab-") -> pathlib.Path:
+    return pathlib.Path(tempfile.mkdtemp(prefix=prefix))
