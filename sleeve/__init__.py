@@ -1,0 +1,3 @@
+"""sleeve: an encrypted layer-2 overlay router."""
+
+__version__ = "0.1.0"

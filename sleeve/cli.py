@@ -67,13 +67,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"status API address (default {DEFAULT_HTTP}); 'off' to disable")
     la.add_argument("--log-level", default=os.environ.get("SLEEVE_LOG_LEVEL", "info"),
                     choices=["debug", "info", "warning", "error"])
+    la.add_argument("--log-format", default=os.environ.get("SLEEVE_LOG_FORMAT", "text"),
+                    choices=["text", "json"])
     la.add_argument("peers", nargs="*", metavar="PEER", help="host[:port] to connect to")
 
     sub.add_parser("keygen", help="print a random secret usable as the network password")
 
     st = sub.add_parser("status", help="show a running router's status")
+    st.add_argument("what", nargs="?", default="summary",
+                    choices=["summary", "connections", "peers", "routes", "macs", "targets"])
     st.add_argument("--http", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP))
     st.add_argument("--json", action="store_true")
+
+    rp = sub.add_parser("report", help="everything a bug report needs, as JSON (no secrets)")
+    rp.add_argument("--http", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP))
+    rp.add_argument("--json", action="store_true", help="(the default; kept for symmetry)")
+
+    for verb, text in (("connect", "add peers to a running router"),
+                       ("forget", "remove peers from a running router's targets")):
+        c = sub.add_parser(verb, help=text)
+        c.add_argument("peers", nargs="+", metavar="HOST[:PORT]")
+        c.add_argument("--http", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP))
 
     de = sub.add_parser("demo", help="build a lab on this machine and show sleeve working")
     de.add_argument("--keep-going", action="store_true", help=argparse.SUPPRESS)
@@ -129,19 +143,32 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()),
-                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+               "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper()))
 
 
 def launch(args: argparse.Namespace) -> int:
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level, args.log_format)
+    if os.geteuid() != 0:
+        _fail("sleeve launch must run as root (it creates a TAP device and raw sockets)")
     try:
         cfg = config_from_args(args)
     except ConfigError as e:
         _fail(str(e), 2)
-    if os.geteuid() != 0:
-        _fail("sleeve launch must run as root (it creates a TAP device and raw sockets)")
     from sleeve.capture.base import Port, PortError
     from sleeve.node import Node
 
@@ -174,22 +201,41 @@ def launch(args: argparse.Namespace) -> int:
     return 0
 
 
-def status(args: argparse.Namespace) -> int:
+def _api(http: str, path: str, method: str = "GET") -> Any:
     try:
-        host, port = check_host_port(args.http, "--http")
+        host, port = check_host_port(http, "--http")
     except ConfigError as e:
         _fail(str(e), 2)
-    url = f"http://{host}:{port}/status"
+    url = f"http://{host}:{port}{path}"
+    req = urllib.request.Request(url, method=method)
     try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            data: dict[str, Any] = json.loads(r.read())
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        _fail(f"router refused: {e.read().decode(errors='replace').strip()}")
     except (urllib.error.URLError, OSError) as e:
         _fail(f"no router answering at {url}: {getattr(e, 'reason', e)}")
-    if args.json:
-        print(json.dumps(data, indent=1))
-        return 0
-    from sleeve.status.render import render_status
-    print(render_status(data))
+
+
+def status(args: argparse.Namespace) -> int:
+    data: dict[str, Any] = _api(args.http, "/status")
+    from sleeve.status.render import render
+
+    part = data if args.what == "summary" else data.get(args.what, [])
+    print(json.dumps(part, indent=1) if args.json else render(args.what, data))
+    return 0
+
+
+def peers_action(args: argparse.Namespace) -> int:
+    import urllib.parse
+
+    for p in args.peers:
+        try:
+            parse_target(p)
+        except ConfigError as e:
+            _fail(str(e), 2)
+    q = urllib.parse.urlencode({"peer": ",".join(args.peers)})
+    print(json.dumps(_api(args.http, f"/{args.cmd}?{q}", "POST")))
     return 0
 
 
@@ -203,9 +249,16 @@ def main(argv: list[str] | None = None) -> int:
         return launch(args)
     if args.cmd == "status":
         return status(args)
+    if args.cmd == "report":
+        print(json.dumps(_api(args.http, "/report"), indent=1))
+        return 0
+    if args.cmd in ("connect", "forget"):
+        return peers_action(args)
     if args.cmd == "demo":
         from sleeve.demo import run_demo
-        return run_demo()
+
+        rc: int = run_demo()
+        return rc
     return 2
 
 

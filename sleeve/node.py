@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sleeve.capture.base import BATCH, Port
-from sleeve.config import Config, Target, check_host_port
+from sleeve.config import Config, Target, check_host_port, parse_target
 from sleeve.crypto.keys import format_peer_id, load_or_create_static_key, peer_id
 from sleeve.crypto.noise import KeyPair
 from sleeve.forward.batcher import pack
@@ -43,7 +43,8 @@ from sleeve.proto.control import ControlChannel, ControlError, Established, Hell
 from sleeve.proto.mactable import LOCAL, MacTable
 from sleeve.proto.session import DataSession
 from sleeve.proto.stats import Counters
-from sleeve.status.http import json_route, start_http
+from sleeve.status.http import Route, json_action, json_route, start_http
+from sleeve.status.metrics import metrics_route
 
 log = logging.getLogger("sleeve")
 
@@ -121,6 +122,7 @@ class Link:
             "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
             "encrypted": self._node.cfg.encrypted,
             "path": "sleeve",
+            "pmtu": self._node.max_datagram,
             "counters": self.stats.snapshot(),
         }
 
@@ -180,7 +182,7 @@ class Node:
             if self.cfg.http:
                 host, hport = check_host_port(self.cfg.http, "--http")
                 try:
-                    http = await start_http(host, hport, {"/status": json_route(self.status)})
+                    http = await start_http(host, hport, self._http_routes())
                 except OSError as e:
                     raise OSError(e.errno, f"cannot serve the status API on {self.cfg.http}: "
                                   f"{e.strerror}") from None
@@ -210,6 +212,31 @@ class Node:
             finally:
                 self._tg = None
         log.info("sleeve %s stopped", self.name)
+
+    def _http_routes(self) -> dict[str, Route]:
+        return {
+            "GET /status": json_route(self.status),
+            "GET /report": json_route(self.report),
+            "GET /metrics": metrics_route(self.status),
+            "POST /connect": json_action(self._api_connect),
+            "POST /forget": json_action(self._api_forget),
+        }
+
+    def _api_connect(self, q: dict[str, str]) -> dict[str, Any]:
+        added = []
+        for p in q.get("peer", "").split(","):
+            t = parse_target(p, self.cfg.port)  # ConfigError is a ValueError: HTTP 400
+            self.add_target(t)
+            added.append(str(t))
+        return {"added": added}
+
+    def _api_forget(self, q: dict[str, str]) -> dict[str, Any]:
+        gone = []
+        for p in q.get("peer", "").split(","):
+            t = parse_target(p, self.cfg.port)
+            if self.targets.pop(t, None) is not None:
+                gone.append(str(t))
+        return {"forgotten": gone}
 
     def _close_links(self) -> None:
         for link in list(self.links.values()):
@@ -286,10 +313,14 @@ class Node:
         for body in bodies:
             self._send(link, body)
 
-    def _max_body(self) -> int:
+    @property
+    def max_datagram(self) -> int:
         # A datagram must fit a 1500-byte underlay without IP fragmentation until PMTU
-        # discovery lands; the TAP MTU is sized so that one frame always fits.
-        return 1500 - dg.UDP4_OVERHEAD - dg.HEADER_LEN - dg.TAG_LEN
+        # discovery lands; the default TAP MTU is sized so that one frame always fits.
+        return 1500 - dg.UDP4_OVERHEAD
+
+    def _max_body(self) -> int:
+        return self.max_datagram - dg.HEADER_LEN - dg.TAG_LEN
 
     def _send(self, link: Link, body: bytes) -> None:
         assert self.udp is not None
@@ -426,7 +457,7 @@ class Node:
                 async with asyncio.timeout(HANDSHAKE_TIMEOUT):
                     reader, writer = await asyncio.open_connection(t.host, t.port)
             except (OSError, TimeoutError) as e:
-                ts.last_error = f"connect failed: {getattr(e, 'strerror', None) or e!r}"
+                ts.last_error = f"connect failed: {_oserror_text(e)}"
                 log.info("connection to %s failed: %s; retrying", t, ts.last_error)
                 return
             err = await self._run_connection(reader, writer, True, ts)
@@ -464,6 +495,7 @@ class Node:
             link = Link(self, est, writer, ch, outbound, remote, index, self.cfg.encrypted)
             if not self._register(link):
                 return "duplicate"
+            self.stats.inc("handshake_ok")
             if ts is not None:
                 ts.peer = link.peer
                 ts.attempts = 0
@@ -482,6 +514,7 @@ class Node:
                      type(e).__name__ if isinstance(e, TimeoutError) else e)
         finally:
             if link is not None:
+                self.stats.inc(f"conn_end_{reason}")
                 self._unregister(link)
             with contextlib.suppress(Exception):
                 writer.close()
@@ -561,6 +594,24 @@ class Node:
         self.by_index.pop(link.session.local_index, None)
 
     # ------------------------------------------------------------------ status
+    def report(self) -> dict[str, Any]:
+        """Everything a bug report needs; never keys or the password."""
+        import platform
+
+        from sleeve import __version__
+
+        cfg = self.cfg
+        return {
+            "version": __version__, "python": platform.python_version(),
+            "kernel": platform.release(),
+            "config": {"port": cfg.port, "listen": cfg.listen, "iface": cfg.iface,
+                       "attach": cfg.attach, "ip": cfg.ip, "mtu": cfg.mtu,
+                       "state_dir": str(cfg.state_dir), "nickname": cfg.nickname,
+                       "encrypted": cfg.encrypted, "peers": [str(p) for p in cfg.peers],
+                       "http": cfg.http},
+            "status": self.status(),
+        }
+
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
         return {
@@ -575,6 +626,13 @@ class Node:
                          "attempts": ts.attempts, "last_error": ts.last_error,
                          "retry_in_s": max(0.0, round(ts.next_try - now, 1))}
                         for ts in self.targets.values()],
+            "peers": [{"peer": self.name, "nickname": self.cfg.nickname, "uid": self.uid,
+                       "self": True, "connections": len(self.links)}]
+            + [{"peer": lk.name, "nickname": lk.nickname, "uid": lk.uid, "self": False,
+                "connections": None} for lk in self.links.values()],
+            # direct links only until the mesh lands: the next hop is the peer itself
+            "routes": [{"destination": lk.name, "via": lk.name, "hops": 1,
+                        "usable": lk.state == "established"} for lk in self.links.values()],
             "macs": [{"mac": m.hex(":"), "peer": "local" if p == LOCAL else format_peer_id(p),
                       "age_s": round(age, 1)} for m, p, age in self.macs.entries(now)],
             "drops": self.drops.snapshot(),
@@ -585,3 +643,12 @@ class Node:
 
 class _Stop(Exception):
     pass
+
+
+def _oserror_text(e: BaseException) -> str:
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    if isinstance(e, OSError):
+        # asyncio puts "Connect call failed (addr)" in strerror; the errno text is clearer
+        return os.strerror(e.errno) if e.errno else (e.strerror or str(e))
+    return str(e)

@@ -1,34 +1,70 @@
-"""Plain-text rendering of the status JSON (what `sleeve status` prints)."""
+"""Plain-text rendering of the status JSON (what `sleeve status [WHAT]` prints)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 
-def _table(rows: list[list[str]], head: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+def table(rows: list[list[Any]], head: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *cells, strict=False)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+              for r in cells]
     return "\n".join(lines)
 
 
-def render_status(s: dict[str, Any]) -> str:
+def summary(s: dict[str, Any]) -> str:
     conns = s.get("connections", [])
     est = sum(1 for c in conns if c["state"] == "established")
     out = [
         f"        Name: {s['name']} ({s['nickname']})",
         f"  Encryption: {s['encryption']}",
         f"        Port: {s['port']}   interface {s['interface']}   MTU {s['mtu']}",
+        f"       Peers: {len(s.get('peers', []))}",
         f" Connections: {len(conns)} ({est} established, {len(conns) - est} pending)",
         f"     Targets: {len(s.get('targets', []))}   MACs: {len(s.get('macs', []))}",
+        "     FastDP: not available (not built yet)",
     ]
     if s.get("drops"):
         out.append("       Drops: " + ", ".join(f"{k}={v}" for k, v in sorted(s["drops"].items())))
     if conns:
-        rows = [[c["peer"], c["nickname"], c["direction"], c["udp"], c["state"], c["path"],
-                 "yes" if c["encrypted"] else "NO", str(c["rtt_ms"]),
-                 str(c["counters"].get("tx_packets", 0)), str(c["counters"].get("rx_packets", 0))]
-                for c in conns]
-        out += ["", _table(rows, ["PEER", "NICK", "DIR", "UDP", "STATE", "PATH", "ENC",
-                                  "RTT_MS", "TX_PKTS", "RX_PKTS"])]
+        out += ["", connections(s)]
     return "\n".join(out)
+
+
+def connections(s: dict[str, Any]) -> str:
+    rows = []
+    for c in s.get("connections", []):
+        k = c["counters"]
+        drops = sum(v for key, v in k.items() if key.startswith("drop_"))
+        rows.append([c["peer"], c["nickname"], c["direction"], c["udp"], c["state"], c["path"],
+                     "yes" if c["encrypted"] else "NO", c.get("pmtu", ""),
+                     "-" if c["rtt_ms"] is None else c["rtt_ms"],
+                     f"{k.get('tx_packets', 0)}/{k.get('tx_bytes', 0)}",
+                     f"{k.get('rx_packets', 0)}/{k.get('rx_bytes', 0)}", drops])
+    return table(rows, ["PEER", "NICK", "DIR", "UDP", "STATE", "PATH", "ENC", "PMTU", "RTT_MS",
+                        "TX_PKTS/BYTES", "RX_PKTS/BYTES", "DROPS"])
+
+
+def render(what: str, s: dict[str, Any]) -> str:
+    if what == "summary":
+        return summary(s)
+    if what == "connections":
+        return connections(s)
+    if what == "peers":
+        return table([[p["peer"], p["nickname"], p["uid"], "yes" if p["self"] else ""]
+                      for p in s.get("peers", [])], ["PEER", "NICK", "UID", "SELF"])
+    if what == "routes":
+        return table([[r["destination"], r["via"], r["hops"], r["usable"]]
+                      for r in s.get("routes", [])], ["DESTINATION", "VIA", "HOPS", "USABLE"])
+    if what == "macs":
+        return table([[m["mac"], m["peer"], m["age_s"]] for m in s.get("macs", [])],
+                     ["MAC", "PEER", "AGE_S"])
+    if what == "targets":
+        return table([[t["target"], "yes" if t["connected"] else "no", t["attempts"],
+                       t["retry_in_s"], t["last_error"]] for t in s.get("targets", [])],
+                     ["TARGET", "CONNECTED", "ATTEMPTS", "RETRY_IN_S", "LAST_ERROR"])
+    raise ValueError(what)

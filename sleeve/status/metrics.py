@@ -1,0 +1,83 @@
+"""Prometheus exposition of a node's counters (prometheus-client, no global registry).
+
+A custom collector reads the node's live counters at scrape time, so the hot
+path only bumps plain ints and two nodes in one process stay independent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from sleeve.status.http import Route
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _NodeCollector(Collector):
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Any]:
+        st = self._status()
+        labels = ["peer", "nickname"]
+        link_bytes = CounterMetricFamily("sleeve_link_bytes", "UDP bytes per link",
+                                         labels=[*labels, "direction"])
+        link_pkts = CounterMetricFamily("sleeve_link_packets", "UDP datagrams per link",
+                                        labels=[*labels, "direction"])
+        link_drops = CounterMetricFamily("sleeve_link_drops", "datagrams dropped per link",
+                                         labels=[*labels, "reason"])
+        rtt = GaugeMetricFamily("sleeve_link_rtt_seconds", "heartbeat round-trip time",
+                                labels=labels)
+        pmtu = GaugeMetricFamily("sleeve_link_pmtu_bytes", "largest datagram for the link",
+                                 labels=labels)
+        up = GaugeMetricFamily("sleeve_link_established", "1 when the link carries data",
+                               labels=[*labels, "path", "encrypted"])
+        for c in st["connections"]:
+            lv = [c["peer"], c["nickname"]]
+            k = c["counters"]
+            for d in ("tx", "rx"):
+                link_bytes.add_metric([*lv, d], k.get(f"{d}_bytes", 0))
+                link_pkts.add_metric([*lv, d], k.get(f"{d}_packets", 0))
+            for key, v in k.items():
+                if key.startswith("drop_"):
+                    link_drops.add_metric([*lv, key[5:]], v)
+            if c["rtt_ms"] is not None:
+                rtt.add_metric(lv, c["rtt_ms"] / 1000)
+            pmtu.add_metric(lv, c.get("pmtu", 0))
+            up.add_metric([*lv, c["path"], str(c["encrypted"]).lower()],
+                          1 if c["state"] == "established" else 0)
+        yield from (link_bytes, link_pkts, link_drops, rtt, pmtu, up)
+        drops = CounterMetricFamily("sleeve_drops", "untrusted or undeliverable input dropped",
+                                    labels=["reason"])
+        for reason, v in st["drops"].items():
+            drops.add_metric([reason], v)
+        yield drops
+        hs = CounterMetricFamily("sleeve_handshakes", "control handshakes by result",
+                                 labels=["result"])
+        ends = CounterMetricFamily("sleeve_connection_terminations",
+                                   "control connections ended, by reason", labels=["reason"])
+        for key, v in st["counters"].items():
+            if key.startswith("conn_fail_"):
+                hs.add_metric([key[10:]], v)
+            elif key.startswith("conn_end_"):
+                ends.add_metric([key[9:]], v)
+        hs.add_metric(["ok"], st["counters"].get("handshake_ok", 0))
+        yield hs
+        yield ends
+        yield GaugeMetricFamily("sleeve_mac_table_entries", "MAC addresses known",
+                                value=len(st["macs"]))
+        yield GaugeMetricFamily("sleeve_connections", "authenticated control connections",
+                                value=len(st["connections"]))
+        yield CounterMetricFamily("sleeve_port_rx_frames", "frames read from the local port",
+                                  value=st["counters"].get("port_rx_frames", 0))
+
+
+def metrics_route(status: Callable[[], dict[str, Any]]) -> Route:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_NodeCollector(status))
+    return lambda q: (CONTENT_TYPE, generate_latest(reg))

@@ -1,0 +1,100 @@
+"""Status API, /metrics and connect/forget on in-process nodes (real sockets on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import urllib.request
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from sleeve.capture.memory import MemoryPort
+from sleeve.config import Config, Target
+from sleeve.crypto.noise import KeyPair
+from sleeve.node import Node
+from tests.test_node_inproc import BCAST, MAC_A, PSK, established, frame, wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str, method: str = "GET") -> bytes:
+    with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=5) as r:
+        data: bytes = r.read()
+        return data
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+def test_status_and_metrics_match_the_traffic() -> None:
+    async def body() -> None:
+        hb, ha = free_port(), free_port()
+        pb = MemoryPort()
+        b = Node(Config(psk=PSK, port=0, listen="127.0.0.1", http=f"127.0.0.1:{hb}",
+                        nickname="b"), pb, static=KeyPair.generate())
+        tb = asyncio.create_task(b.run())
+        await wait_for(lambda: b.udp is not None)
+        pa = MemoryPort()
+        a = Node(Config(psk=PSK, port=0, listen="127.0.0.1", http=f"127.0.0.1:{ha}",
+                        nickname="a", peers=(Target("127.0.0.1", b.udp_port),)), pa,
+                 static=KeyPair.generate())
+        ta = asyncio.create_task(a.run())
+        try:
+            await wait_for(lambda: established(a) and established(b))
+            for i in range(200):
+                pa.inject(frame(BCAST, MAC_A, bytes([i % 256]) * 1000))
+            await wait_for(lambda: len(pb.delivered) == 200)
+            junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            for _ in range(7):
+                junk.sendto(b"\x09" * 40, ("127.0.0.1", b.udp_port))
+            junk.close()
+            await wait_for(lambda: b.drops["bad_type"] == 7)
+            sa: dict[str, Any] = json.loads(await asyncio.to_thread(
+                get, f"http://127.0.0.1:{ha}/status"))
+            sb: dict[str, Any] = json.loads(await asyncio.to_thread(
+                get, f"http://127.0.0.1:{hb}/status"))
+            (la,), (lb,) = sa["connections"], sb["connections"]
+            assert la["nickname"] == "b" and lb["nickname"] == "a"
+            # 200 KB of frames went a -> b; heartbeats add a little, nothing is lost on loopback
+            assert 200_000 < la["counters"]["tx_bytes"] < 230_000
+            assert abs(la["counters"]["tx_bytes"] - lb["counters"]["rx_bytes"]) < 500
+            assert lb["counters"]["rx_frames"] == 200
+            assert sb["drops"]["bad_type"] == 7
+            text = (await asyncio.to_thread(get, f"http://127.0.0.1:{hb}/metrics")).decode()
+            assert metric(text, "sleeve_drops_total", reason="bad_type") == 7
+            assert metric(text, "sleeve_link_bytes_total", nickname="a", direction="rx") == \
+                lb["counters"]["rx_bytes"]
+            assert metric(text, "sleeve_link_established", nickname="a") == 1
+            assert metric(text, "sleeve_handshakes_total", result="ok") == 1
+            rep = json.loads(await asyncio.to_thread(get, f"http://127.0.0.1:{ha}/report"))
+            assert rep["config"]["encrypted"] is True
+            assert "psk" not in json.dumps(rep).lower()
+            # connect / forget through the API (a closed local port: never leaves the machine)
+            dead = free_port()
+            out = json.loads(await asyncio.to_thread(
+                get, f"http://127.0.0.1:{ha}/connect?peer=127.0.0.1:{dead}", "POST"))
+            assert out == {"added": [f"127.0.0.1:{dead}"]}
+            await wait_for(lambda: a.targets[Target("127.0.0.1", dead)].last_error != "")
+            assert "refused" in a.targets[Target("127.0.0.1", dead)].last_error.lower()
+            out = json.loads(await asyncio.to_thread(
+                get, f"http://127.0.0.1:{ha}/forget?peer=127.0.0.1:{dead}", "POST"))
+            assert out == {"forgotten": [f"127.0.0.1:{dead}"]}
+            assert Target("127.0.0.1", dead) not in a.targets
+        finally:
+            a.stop()
+            b.stop()
+            await asyncio.wait_for(asyncio.gather(ta, tb), 5)
+
+    asyncio.run(body())
