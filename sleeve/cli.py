@@ -60,15 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--ip", metavar="CIDR", help="overlay address for the TAP, e.g. 198.19.0.1/24")
     la.add_argument("--mtu", type=int, default=DEFAULT_MTU,
                     help=f"TAP MTU (default {DEFAULT_MTU}: fits a 1500-byte underlay)")
-    la.add_argument("--state-dir", default=os.environ.get("SLEEVE_STATE_DIR", "/var/lib/sleeve"),
-                    help="where the static key lives (default /var/lib/sleeve)")
+    la.add_argument("--state-dir", default="/var/lib/sleeve",
+                    help="static key and known peers (default /var/lib/sleeve)")
+    la.add_argument("--config", metavar="F", help="TOML file (below flags and SLEEVE_* env)")
+    la.add_argument("--resume", action="store_true",
+                    help="also dial the peers remembered in the state dir")
     la.add_argument("--nickname", default=socket.gethostname()[:64])
-    la.add_argument("--http", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP),
+    la.add_argument("--http", default=DEFAULT_HTTP,
                     help=f"status API address (default {DEFAULT_HTTP}); 'off' to disable")
-    la.add_argument("--log-level", default=os.environ.get("SLEEVE_LOG_LEVEL", "info"),
-                    choices=["debug", "info", "warning", "error"])
-    la.add_argument("--log-format", default=os.environ.get("SLEEVE_LOG_FORMAT", "text"),
-                    choices=["text", "json"])
+    la.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    la.add_argument("--log-format", default="text", choices=["text", "json"])
     la.add_argument("peers", nargs="*", metavar="PEER", help="host[:port] to connect to")
 
     sub.add_parser("keygen", help="print a random secret usable as the network password")
@@ -140,6 +141,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         port=args.port, listen=args.listen, iface=args.iface, attach=args.attach, ip=args.ip,
         mtu=args.mtu, state_dir=pathlib.Path(args.state_dir), nickname=args.nickname,
         peers=tuple(parse_target(p, args.port) for p in args.peers), http=http,
+        resume=args.resume,
     )
 
 
@@ -239,8 +241,33 @@ def peers_action(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Flags over SLEEVE_* env over the TOML file over defaults (see sleeve.configfile)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cmd != "launch":
+        return args
+    from sleeve.configfile import layered_defaults
+
+    try:
+        layers = layered_defaults(args.config)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    if not layers:
+        return args
+    if layers.get("password_file") and layers.get("no_encryption"):
+        _fail("config sets both password-file and no-encryption", 2)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            action.choices["launch"].set_defaults(**layers)
+    args = parser.parse_args(argv)
+    if args.peers == [] and "peers" in layers:
+        args.peers = layers["peers"]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if args.cmd == "keygen":
         from sleeve.crypto.kdf import random_secret
         print(random_secret())

@@ -39,6 +39,7 @@ class Config:
     nickname: str = "sleeve"
     peers: tuple[Target, ...] = ()
     http: str | None = DEFAULT_HTTP
+    resume: bool = False  # also dial the peers remembered in state_dir/peers.json
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -24,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import os
+import pathlib
 import random
 import socket
 import time
@@ -156,6 +158,8 @@ class Node:
         self.targets: dict[Target, TargetState] = {
             t: TargetState(t) for t in cfg.peers
         }
+        if cfg.resume:
+            self._load_known_peers()
         self.udp: socket.socket | None = None
         self.udp_port = cfg.port
         self.tcp_port = cfg.port
@@ -195,6 +199,8 @@ class Node:
             loop.add_reader(udp.fileno(), self._on_udp_readable)
             stack.callback(loop.remove_reader, udp.fileno())
             stack.callback(self._close_links)
+            if self.targets:
+                self._save_known_peers()
             log.info("sleeve %s (%s) listening on %s port %d, %s, port %s mtu %d",
                      self.name, self.cfg.nickname, self.cfg.listen, self.udp_port,
                      "encrypted" if self.cfg.encrypted else "UNENCRYPTED (--no-encryption)",
@@ -228,6 +234,7 @@ class Node:
             t = parse_target(p, self.cfg.port)  # ConfigError is a ValueError: HTTP 400
             self.add_target(t)
             added.append(str(t))
+        self._save_known_peers()
         return {"added": added}
 
     def _api_forget(self, q: dict[str, str]) -> dict[str, Any]:
@@ -236,6 +243,7 @@ class Node:
             t = parse_target(p, self.cfg.port)
             if self.targets.pop(t, None) is not None:
                 gone.append(str(t))
+        self._save_known_peers()
         return {"forgotten": gone}
 
     def _close_links(self) -> None:
@@ -247,6 +255,31 @@ class Node:
 
     def add_target(self, t: Target) -> None:
         self.targets.setdefault(t, TargetState(t))
+
+    # Known peers: the targets given on the command line or through `sleeve connect`,
+    # remembered in the state dir so `launch --resume` rejoins. A few hundred bytes,
+    # written only when the set changes.
+    def _peers_file(self) -> pathlib.Path:
+        return self.cfg.state_dir / "peers.json"
+
+    def _load_known_peers(self) -> None:
+        try:
+            saved = json.loads(self._peers_file().read_text())
+            for text in saved.get("peers", []):
+                self.add_target(parse_target(str(text), self.cfg.port))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, AttributeError) as e:
+            log.warning("ignoring unreadable %s: %s", self._peers_file(), e)
+
+    def _save_known_peers(self) -> None:
+        path = self._peers_file()
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps({"peers": sorted(str(t) for t in self.targets)}))
+            tmp.replace(path)
+        except OSError as e:
+            log.warning("cannot remember peers in %s: %s", path, e.strerror)
 
     def _open_udp(self) -> socket.socket:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

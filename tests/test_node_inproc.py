@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import pathlib
 import socket
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 
@@ -35,7 +37,8 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
 
 def make(psk: bytes | None = PSK, peers: tuple[Target, ...] = ()) -> tuple[Node, MemoryPort]:
     port = MemoryPort()
-    cfg = Config(psk=psk, port=0, listen="127.0.0.1", peers=peers, http=None)
+    cfg = Config(psk=psk, port=0, listen="127.0.0.1", peers=peers, http=None,
+                 state_dir=pathlib.Path(tempfile.mkdtemp(prefix="sleeve-test-")))
     return Node(cfg, port, static=KeyPair.generate()), port
 
 

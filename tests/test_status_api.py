@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pathlib
 import socket
+import tempfile
 import urllib.request
 from typing import Any
 
@@ -15,6 +17,10 @@ from sleeve.config import Config, Target
 from sleeve.crypto.noise import KeyPair
 from sleeve.node import Node
 from tests.test_node_inproc import BCAST, MAC_A, PSK, established, frame, wait_for
+
+
+def tmpdir() -> pathlib.Path:
+    return pathlib.Path(tempfile.mkdtemp(prefix="sleeve-test-"))
 
 
 def free_port() -> int:
@@ -43,12 +49,13 @@ def test_status_and_metrics_match_the_traffic() -> None:
         hb, ha = free_port(), free_port()
         pb = MemoryPort()
         b = Node(Config(psk=PSK, port=0, listen="127.0.0.1", http=f"127.0.0.1:{hb}",
-                        nickname="b"), pb, static=KeyPair.generate())
+                        nickname="b", state_dir=tmpdir()), pb, static=KeyPair.generate())
         tb = asyncio.create_task(b.run())
         await wait_for(lambda: b.udp is not None)
         pa = MemoryPort()
         a = Node(Config(psk=PSK, port=0, listen="127.0.0.1", http=f"127.0.0.1:{ha}",
-                        nickname="a", peers=(Target("127.0.0.1", b.udp_port),)), pa,
+                        nickname="a", state_dir=tmpdir(),
+                        peers=(Target("127.0.0.1", b.udp_port),)), pa,
                  static=KeyPair.generate())
         ta = asyncio.create_task(a.run())
         try:
