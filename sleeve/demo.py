@@ -102,11 +102,13 @@ def run_demo() -> int:
         th = threading.Thread(target=transfer, daemon=True)
         th.start()
         base = _rx_bytes(rb, "a")
+        live = sys.stdout.isatty()  # a redrawn bar only makes sense on a terminal
         while th.is_alive():
             th.join(0.4)
-            done = max(0, _rx_bytes(rb, "a") - base)
-            print("\r    " + _bar(min(done, TRANSFER), TRANSFER), end="", flush=True)
-        print("\r    " + _bar(TRANSFER, TRANSFER), flush=True)
+            if live:
+                done = max(0, _rx_bytes(rb, "a") - base)  # includes sleeve overhead: capped
+                print("\r    " + _bar(min(done, TRANSFER), TRANSFER), end="", flush=True)
+        print(("\r" if live else "") + "    " + _bar(TRANSFER, TRANSFER), flush=True)
         if "e" in result:
             _say(f"    transfer FAILED: {result['e']}")
             return 1
@@ -121,8 +123,11 @@ def run_demo() -> int:
             _say("    " + ln)
 
         _step(6, "Cleaning up: stopping routers (SIGTERM) and removing the namespaces")
-        for rt in (ra, rb, rc):
-            rt.stop()
+        codes = [rt.stop() for rt in (ra, rb, rc)]
+        taps = [h.run("ip", "link", "show", "sleeve0", check=False).returncode == 0
+                for h in (a, b, c)]
+        _say(f"    routers exited with {codes}; TAP devices left: {sum(taps)}")
+        ok = ok and codes == [0, 0, 0] and not any(taps)
     left = lab.namespaces()
     _say(f"    done in {time.monotonic() - t0:.1f}s; namespaces left: {len(left)}")
     return 0 if ok and not left else 1

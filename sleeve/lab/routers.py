@@ -7,8 +7,11 @@ tracked by the lab and stopped by PID.
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -99,4 +102,12 @@ def established_with(n: int) -> Callable[[dict[str, Any]], bool]:
 
 
 def workdir(prefix: str = "sleeve-lab-") -> pathlib.Path:
-    return pathlib.Path(tempfile.mkdtemp(prefix=prefix))
+    """A private (0700) directory for router logs, state and password files.
+
+    Removed at interpreter exit: it holds a password and node keys. Set
+    SLEEVE_LAB_KEEP=1 to keep it for debugging.
+    """
+    d = pathlib.Path(tempfile.mkdtemp(prefix=prefix))
+    if not os.environ.get("SLEEVE_LAB_KEEP"):
+        atexit.register(shutil.rmtree, d, True)
+    return d
