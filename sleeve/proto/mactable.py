@@ -37,12 +37,14 @@ def is_group(mac: bytes | memoryview) -> bool:
 
 
 class MacTable:
-    __slots__ = ("_t", "conflicts", "evictions", "max_age", "max_size", "moves")
+    __slots__ = ("_refresh", "_t", "conflicts", "evictions", "max_age", "max_size", "moves")
 
     def __init__(self, max_size: int = MAX_SIZE, max_age: float = MAX_AGE) -> None:
         self._t: dict[bytes, _Entry] = {}
         self.max_size = max_size
         self.max_age = max_age
+        # a refresh interval longer than the lifetime would let live entries expire
+        self._refresh = min(REFRESH, max_age / 2)
         self.conflicts = 0
         self.moves = 0
         self.evictions = 0
@@ -62,22 +64,25 @@ class MacTable:
     def learn_local(self, mac: bytes, now: float) -> bool:
         """Learn a locally captured source. False = conflict with a live remote owner."""
         e = self._t.get(mac)
-        if e is not None:
+        if e is not None and now - e.seen <= self.max_age:
             if e.owner == LOCAL:
-                if now - e.seen > REFRESH:
+                if now - e.seen > self._refresh:
                     e.seen = now
                 return True
-            if now - e.seen <= self.max_age:
-                self.conflicts += 1
-                return False
+            self.conflicts += 1
+            return False
+        # absent or expired (whether or not a lookup purged it yet): a fresh entry
         self._insert(mac, LOCAL, now)
         return True
 
     def learn_remote(self, mac: bytes, peer: bytes, now: float) -> None:
         e = self._t.get(mac)
+        if e is not None and now - e.seen > self.max_age:
+            del self._t[mac]  # expired: relearning it is not a move
+            e = None
         if e is not None:
             if e.owner == peer:
-                if now - e.seen > REFRESH:
+                if now - e.seen > self._refresh:
                     e.seen = now
                 return
             self.moves += 1
@@ -102,6 +107,7 @@ class MacTable:
         return [(m, e.owner, now - e.seen) for m, e in self._t.items()]
 
     def _insert(self, mac: bytes, peer: bytes, now: float) -> None:
+        self._t.pop(mac, None)
         if len(self._t) >= self.max_size:
             self.expire(now)
         if len(self._t) >= self.max_size:
