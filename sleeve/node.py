@@ -97,9 +97,18 @@ class Link:
 
     @property
     def state(self) -> str:
-        if self.heard_at and self.confirmed and time.monotonic() - self.heard_at < UDP_DEAD:
-            return "established"
-        return "pending"
+        return self.state_reason()[0]
+
+    def state_reason(self) -> tuple[str, str]:
+        """The link state and, in words, why (what `status` shows an operator)."""
+        if not self.heard_at:
+            return "pending", "no authenticated UDP datagram from the peer yet"
+        quiet = time.monotonic() - self.heard_at
+        if quiet >= UDP_DEAD:
+            return "pending", f"no authenticated UDP datagram for {quiet:.0f}s"
+        if not self.confirmed:
+            return "pending", "peer has not yet confirmed it receives our UDP datagrams"
+        return "established", "UDP heartbeats both ways"
 
     def send_control(self, msg: dict[str, Any]) -> None:
         if not self.writer.is_closing():
@@ -115,12 +124,13 @@ class Link:
             self.rtt = now - self._hb_sent_at
 
     def status(self) -> dict[str, Any]:
+        state, reason = self.state_reason()
         return {
             "peer": self.name, "nickname": self.nickname,
             "direction": "outbound" if self.outbound else "inbound",
             "tcp": f"{self.remote_tcp[0]}:{self.remote_tcp[1]}",
             "udp": f"{self.endpoint[0]}:{self.endpoint[1]}",
-            "state": self.state, "endpoint_learnt": self.endpoint_learnt,
+            "state": state, "reason": reason, "endpoint_learnt": self.endpoint_learnt,
             "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
             "encrypted": self._node.cfg.encrypted,
             "path": "sleeve",

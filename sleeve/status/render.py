@@ -45,8 +45,11 @@ def connections(s: dict[str, Any]) -> str:
                      "-" if c["rtt_ms"] is None else c["rtt_ms"],
                      f"{k.get('tx_packets', 0)}/{k.get('tx_bytes', 0)}",
                      f"{k.get('rx_packets', 0)}/{k.get('rx_bytes', 0)}", drops])
-    return table(rows, ["PEER", "NICK", "DIR", "UDP", "STATE", "PATH", "ENC", "PMTU", "RTT_MS",
-                        "TX_PKTS/BYTES", "RX_PKTS/BYTES", "DROPS"])
+    out = table(rows, ["PEER", "NICK", "DIR", "UDP", "STATE", "PATH", "ENC", "PMTU", "RTT_MS",
+                       "TX_PKTS/BYTES", "RX_PKTS/BYTES", "DROPS"])
+    why = [f"  {c['nickname']}: {c['state']}: {c['reason']}" for c in s.get("connections", [])
+           if c["state"] != "established"]
+    return "\n".join([out, *why])
 
 
 def render(what: str, s: dict[str, Any]) -> str:
