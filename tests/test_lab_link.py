@@ -66,12 +66,35 @@ def test_ping_both_ways_and_arp_resolves(pair: Pair) -> None:
     assert b_mac in neigh
 
 
-def test_20mb_tcp_transfer_arrives_intact(pair: Pair) -> None:
+def _link_counters(r: Router) -> dict[str, int]:
+    (link,) = r.status()["connections"]
+    counters: dict[str, int] = link["counters"]
+    return counters
+
+
+def test_20mb_tcp_transfer_arrives_intact_and_is_counted(pair: Pair) -> None:
     n = 20_000_000
+    before = _link_counters(pair.rb)
     got, digest, secs = tcp_transfer(pair.a, pair.b, B_OV, n, timeout=60)
+    after = _link_counters(pair.rb)
     assert got == n
     assert digest == expected_digest(n, "sleeve")
     print(f"20 MB in {secs:.2f}s = {n * 8 / secs / 1e9:.2f} Gbit/s")
+    # status counts what crossed the underlay: the payload plus TCP/IP/Ethernet/sleeve overhead
+    rx = after["rx_bytes"] - before["rx_bytes"]
+    assert n < rx < n * 1.10, rx
+
+
+def _metrics(h: Host) -> str:
+    return h.run(sys.executable, "-c", "import urllib.request as u;print(u.urlopen("
+                 "'http://127.0.0.1:6782/metrics', timeout=5).read().decode())").stdout
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def _tcpdump(host: Host, ifname: str, path: str, filt: str = "") -> subprocess.Popen[bytes]:
@@ -188,6 +211,11 @@ def test_garbage_truncated_replayed_forged_datagrams_are_counted(pair: Pair) -> 
         + drops.get("unknown_session", 0) >= 1400
     assert sum(drops.values()) >= 4000 * 0.98
     assert pair.rb.running
+    # /metrics tells the same story as status
+    text = _metrics(pair.b)
+    assert _sample(text, "sleeve_drops_total", reason="auth") == st["drops"]["auth"]
+    assert _sample(text, "sleeve_drops_total", reason="replay") == st["drops"]["replay"]
+    assert _sample(text, "sleeve_link_established", nickname="a") == 1
     # the attacker's address was never learnt as a's endpoint (learning needs authentication)
     (link,) = st["connections"]
     assert link["udp"].startswith(A_UL + ":"), link
