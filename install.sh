@@ -18,3 +18,5 @@ if [ "${1:-}" = "--test" ]; then
 else
     python3 -m pip install -q -e .
 fi
+# pyenv installs console scripts behind shims that exist only after a rehash
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
