@@ -26,8 +26,10 @@ def _record_per_op(request: pytest.FixtureRequest) -> Iterator[None]:
     if bm is None or meta is None:
         return
     info = bm.extra_info
+    if "label" not in info:
+        return  # a benchmark that did not opt in to the per-op summary
     ops = int(info.get("ops", 1))
-    label = str(info.get("label", request.node.name))
+    label = str(info["label"])
     RESULTS[label] = (meta.stats.min / ops, meta.stats.median / ops,
                       str(info.get("baseline", "")), str(bm.group or ""))
 

@@ -103,7 +103,7 @@ def run_against_model(size: int, ops: list[tuple[str, int]]) -> None:
 
 @pytest.mark.parametrize("size", SIZES)
 @settings(max_examples=60, deadline=None)
-@given(ops=st.lists(OP, min_size=1, max_size=300))
+@given(ops=st.lists(OP, min_size=50, max_size=300))
 def test_matches_model(size: int, ops: list[tuple[str, int]]) -> None:
     run_against_model(size, ops)
 
