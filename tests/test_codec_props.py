@@ -147,7 +147,7 @@ def test_pack_preserves_bytes_and_order(records: list[bytes], max_body: int) -> 
 
 
 @settings(max_examples=200, deadline=None)
-@given(records=st.lists(st.binary(min_size=1, max_size=400), max_size=40),
+@given(records=st.lists(st.binary(min_size=1, max_size=400), min_size=5, max_size=40),
        max_body=st.integers(1, 1500))
 def test_pack_never_splits_a_record_and_fills_greedily(records: list[bytes], max_body: int
                                                        ) -> None:
@@ -365,3 +365,15 @@ def test_session_clear_mode_is_readable_but_authenticated() -> None:
     assert secret in a.seal(secret)
     e, _ = session_pair(True)
     assert secret not in e.seal(secret)
+
+
+def test_hello_rejects_booleans_and_encode_record_checks_inputs() -> None:
+    from sleeve.proto.control import ControlError, Hello
+    from sleeve.proto.datagram import encode_record
+
+    with pytest.raises(ControlError):
+        Hello.from_wire({"nick": "a", "uid": True, "idx": True, "udp": True})
+    with pytest.raises(ValueError):
+        encode_record(0, b"xy", src=b"abc")
+    with pytest.raises(ValueError):
+        encode_record(0, b"xy", hops=16)

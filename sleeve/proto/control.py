@@ -97,10 +97,11 @@ class Hello:
             h = cls(m["nick"], m["uid"], m["idx"], m["udp"], m.get("seen", ""))
         except KeyError as e:
             raise ControlError("bad_hello", f"hello lacks field {e}") from None
+        # type(...) is int: msgpack booleans are ints to isinstance
         if not (isinstance(h.nickname, str) and len(h.nickname) <= 64
-                and isinstance(h.uid, int) and 0 < h.uid < 1 << 64
-                and isinstance(h.index, int) and 0 < h.index < 1 << 32
-                and isinstance(h.udp_port, int) and 0 < h.udp_port < 65536
+                and type(h.uid) is int and 0 < h.uid < 1 << 64
+                and type(h.index) is int and 0 < h.index < 1 << 32
+                and type(h.udp_port) is int and 0 < h.udp_port < 65536
                 and isinstance(h.seen, str) and len(h.seen) <= 64):
             raise ControlError("bad_hello", "hello has a field of the wrong type or range")
         return h

@@ -98,7 +98,10 @@ def encode_record(
     dst: bytes | None = None,
     hops: int = 0,
 ) -> bytes:
-    flags = (hops & 0x0F) << HOPS_SHIFT
+    if not 0 <= hops <= MAX_HOPS or any(p is not None and len(p) != PEER_ID_LEN
+                                        for p in (src, dst)):
+        raise ValueError("hop limit must be 0..15 and peer ids 8 bytes")
+    flags = hops << HOPS_SHIFT
     parts: list[bytes | memoryview] = []
     if src is not None:
         flags |= FLAG_SRC

@@ -104,7 +104,8 @@ class MacTable:
         return len(old)
 
     def entries(self, now: float) -> list[tuple[bytes, bytes, float]]:
-        return [(m, e.owner, now - e.seen) for m, e in self._t.items()]
+        return [(m, e.owner, now - e.seen) for m, e in self._t.items()
+                if now - e.seen <= self.max_age]
 
     def _insert(self, mac: bytes, peer: bytes, now: float) -> None:
         self._t.pop(mac, None)
