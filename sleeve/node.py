@@ -327,7 +327,6 @@ class Node:
             if not macs.learn_local(f[6:12], now):
                 self.drops.inc("mac_conflict")
                 continue
-            rec = dg.frame_record(f)
             if dst[0] & 1:
                 if dst.startswith(STP_PREFIX):
                     self.drops.inc("stp")
@@ -340,6 +339,7 @@ class Node:
                     continue
                 link = links.get(owner) if owner is not None else None
                 targets = (link,) if link is not None else links.values()
+            rec = dg.frame_record(f)  # only for frames that leave: drops cost no copy
             for link in targets:
                 if not link.pending:
                     touched.append(link)
