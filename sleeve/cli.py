@@ -20,6 +20,7 @@ import urllib.request
 from typing import Any, NoReturn
 
 from sleeve.config import (
+    DEFAULT_CONN_LIMIT,
     DEFAULT_HTTP,
     DEFAULT_IFACE,
     DEFAULT_MTU,
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--config", metavar="F", help="TOML file (below flags and SLEEVE_* env)")
     la.add_argument("--resume", action="store_true",
                     help="also dial the peers remembered in the state dir")
+    la.add_argument("--no-discovery", action="store_true",
+                    help="only dial the peers given, not the ones learnt from the mesh")
+    la.add_argument("--conn-limit", type=int, default=DEFAULT_CONN_LIMIT, metavar="N",
+                    help=f"most control connections (default {DEFAULT_CONN_LIMIT})")
     la.add_argument("--nickname", default=socket.gethostname()[:64])
     la.add_argument("--http", default=DEFAULT_HTTP,
                     help=f"status API address (default {DEFAULT_HTTP}); 'off' to disable")
@@ -131,6 +136,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         check_cidr(args.ip)
         if args.attach:
             raise ConfigError("--ip applies to the TAP; with --attach, address the bridge")
+    if not 1 <= args.conn_limit <= 10000:
+        raise ConfigError(f"--conn-limit out of range (1..10000): {args.conn_limit}")
     if len(args.iface) > 15:
         raise ConfigError(f"--iface name longer than 15 characters: {args.iface}")
     http = None if args.http in ("off", "", "none") else args.http
@@ -141,7 +148,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         port=args.port, listen=args.listen, iface=args.iface, attach=args.attach, ip=args.ip,
         mtu=args.mtu, state_dir=pathlib.Path(args.state_dir), nickname=args.nickname,
         peers=tuple(parse_target(p, args.port) for p in args.peers), http=http,
-        resume=args.resume,
+        resume=args.resume, discovery=not args.no_discovery, conn_limit=args.conn_limit,
     )
 
 

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 DEFAULT_PORT = 6783
 DEFAULT_HTTP = "127.0.0.1:6782"
 DEFAULT_IFACE = "sleeve0"
-# 1500-byte underlay - IPv4/UDP 28 - sleeve 36 (header 16, tag 16, record 4) - inner Ethernet 14
-DEFAULT_MTU = 1422
+# 1500-byte underlay - IPv4/UDP 28 - sleeve 36 (header 16, tag 16, record 4) - source and
+# destination peer ids 16 (a relayed frame carries both) - inner Ethernet 14
+DEFAULT_MTU = 1406
+DEFAULT_CONN_LIMIT = 200
 
 
 class ConfigError(ValueError):
@@ -40,6 +42,8 @@ class Config:
     peers: tuple[Target, ...] = ()
     http: str | None = DEFAULT_HTTP
     resume: bool = False  # also dial the peers remembered in state_dir/peers.json
+    discovery: bool = True  # dial the peers learnt from gossip
+    conn_limit: int = DEFAULT_CONN_LIMIT
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -3,15 +3,22 @@
 Pipeline, per readiness event:
 
 1. port readable -> ``read_batch`` (<= 64 frames) -> for each frame: learn the
-   source MAC as local, classify the destination (local: drop, known remote:
-   that link, group/unknown: flood to every link) -> records queued per link
+   source MAC as local, classify the destination (local: drop; known remote
+   peer: its direct link when established, else the next hop towards it with
+   source and destination peer ids in the record; group/unknown: our children
+   in our own broadcast tree) -> records queued per link
 2. per link with queued records: pack into datagrams up to the path MTU,
    seal (one counter per datagram), ``sendto`` the link's learnt endpoint
 3. UDP readable -> ``recvfrom`` (<= 64 datagrams) -> header -> session by
    receiver index -> open (authenticate) -> replay check -> learn endpoint
-   -> records: frames are learnt (src MAC -> peer) and written to the port,
-   heartbeats answered
-4. one periodic tick: heartbeats, dialling targets with backoff, MAC expiry
+   -> records: frames for us are learnt (src MAC -> source peer) and written
+   to the port; frames for another peer are relayed to its next hop;
+   broadcasts are delivered and passed on to our children in the source's
+   tree (the hop limit bounds any loop while views disagree); heartbeats
+   answered; then the relayed records are flushed like in 2.
+4. one periodic tick: heartbeats, our mesh record (links and their state),
+   gossip anti-entropy, topology GC, discovery, dialling targets with backoff,
+   MAC expiry
 
 Control connections (TCP) run as tasks owned by the node's TaskGroup; each
 runs the sans-IO ``ControlChannel`` and, once authenticated, registers a
@@ -40,6 +47,7 @@ from sleeve.config import Config, Target, check_host_port, parse_target
 from sleeve.crypto.keys import format_peer_id, load_or_create_static_key, peer_id
 from sleeve.crypto.noise import KeyPair
 from sleeve.forward.batcher import pack
+from sleeve.mesh import ANTI_ENTROPY, LinkInfo, Mesh, jitter
 from sleeve.proto import datagram as dg
 from sleeve.proto.control import ControlChannel, ControlError, Established, Hello, error_frame
 from sleeve.proto.mactable import LOCAL, MacTable
@@ -54,12 +62,15 @@ HANDSHAKE_TIMEOUT = 10.0
 TCP_HEARTBEAT = 30.0
 TCP_READ_TIMEOUT = 75.0
 UDP_FAST_HEARTBEAT = 0.5  # until the peer confirmed it hears us
-UDP_SLOW_HEARTBEAT = 10.0
-UDP_DEAD = 60.0  # no authenticated datagram for this long: link is not established
+UDP_SLOW_HEARTBEAT = 5.0  # also keeps NAT mappings open (UDP timeouts are >= 30 s)
+# No authenticated datagram for this long (three slow heartbeats): the link stops
+# carrying data and the mesh routes around it.
+UDP_DEAD = 15.0
+MESH_PERIOD = 1.0  # topology GC and discovery
+CONTROL_BUFFER_MAX = 4 << 20  # a peer that does not read its control connection is cut off
 TICK = 0.25
 BACKOFF_START = 2.0
 BACKOFF_MAX = 60.0
-MAX_CONNECTIONS = 200
 UDP_BUFFER = 4 << 20  # the anchors show loss happens where the receiver's UDP buffer overflows
 STP_PREFIX = b"\x01\x80\xc2\x00\x00"  # IEEE 802.1D link-local group: never forwarded by a bridge
 
@@ -69,12 +80,13 @@ class Link:
 
     def __init__(self, node: Node, est: Established, writer: asyncio.StreamWriter,
                  channel: ControlChannel, outbound: bool, remote: tuple[str, int],
-                 local_index: int, encrypt: bool) -> None:
+                 local_index: int, encrypt: bool, addr: str) -> None:
         self.peer = est.remote_id
         self.name = format_peer_id(est.remote_id)
         self.nickname = est.hello.nickname
         self.uid = est.hello.uid
         self.outbound = outbound
+        self.addr = addr  # how the mesh can reach this peer (see mesh.LinkInfo)
         self.remote_tcp = remote
         self.writer = writer
         self.channel = channel
@@ -86,6 +98,8 @@ class Link:
         self.endpoint_learnt = False
         self.heard_at = 0.0  # last authenticated datagram
         self.confirmed = False  # the peer told us it hears our datagrams
+        self.usable = False  # state == established, refreshed every tick (hot path reads it)
+        self.next_gossip = 0.0
         self.next_hb = 0.0
         self.rtt: float | None = None
         self._hb_token = 0
@@ -111,8 +125,15 @@ class Link:
         return "established", "UDP heartbeats both ways"
 
     def send_control(self, msg: dict[str, Any]) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(self.channel.seal(msg))
+        if self.writer.is_closing():
+            return
+        if self.writer.transport.get_write_buffer_size() > CONTROL_BUFFER_MAX:
+            # Bounded memory: a peer that stopped reading gets cut off, not buffered for.
+            log.warning("%s does not read its control connection; closing it", self.name)
+            self._node.drops.inc("control_slow_reader")
+            self.writer.close()
+            return
+        self.writer.write(self.channel.seal(msg))
 
     def heartbeat_record(self, now: float) -> bytes:
         self._hb_token = random.getrandbits(64)
@@ -148,6 +169,7 @@ class TargetState:
     last_error: str = ""
     peer: bytes | None = None
     dead: bool = False  # connecting to ourselves: never retry
+    discovered: bool = False  # learnt from gossip, not given by the user; not persisted
 
 
 class Node:
@@ -160,6 +182,9 @@ class Node:
         self.id = peer_id(self.static.public)
         self.name = format_peer_id(self.id)
         self.uid = random.getrandbits(63) | 1
+        self.mesh = Mesh(self.id, cfg.nickname[:64], self.uid)
+        self._next_mesh = 0.0
+        self._touched: list[Link] = []  # links with queued records, flushed per event
         self.macs = MacTable()
         self.drops = Counters()  # untrusted input and local overflow, by reason
         self.stats = Counters()  # ok-path counters
@@ -286,7 +311,8 @@ class Node:
         path = self._peers_file()
         tmp = path.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps({"peers": sorted(str(t) for t in self.targets)}))
+            tmp.write_text(json.dumps({"peers": sorted(str(t) for t, ts in self.targets.items()
+                                                       if not ts.discovered)}))
             tmp.replace(path)
         except OSError as e:
             log.warning("cannot remember peers in %s: %s", path, e.strerror)
@@ -316,9 +342,12 @@ class Node:
         if not frames:
             return
         now = time.monotonic()
+        me = self.id
         macs = self.macs
         links = self.links
-        touched: list[Link] = []
+        routes = self.mesh.routes
+        queue = self._queue
+        flood: list[Link] | None = None  # our broadcast tree's links, once per batch
         for f in frames:
             if len(f) < 14:
                 self.drops.inc("runt")
@@ -327,29 +356,69 @@ class Node:
             if not macs.learn_local(f[6:12], now):
                 self.drops.inc("mac_conflict")
                 continue
+            owner: bytes | None = None
             if dst[0] & 1:
                 if dst.startswith(STP_PREFIX):
                     self.drops.inc("stp")
                     continue
-                targets: Any = links.values()
             else:
                 owner = macs.lookup(dst, now)
                 if owner == LOCAL:
                     self.drops.inc("local_dst")
                     continue
-                link = links.get(owner) if owner is not None else None
-                targets = (link,) if link is not None else links.values()
-            rec = dg.frame_record(f)  # only for frames that leave: drops cost no copy
-            for link in targets:
-                if not link.pending:
-                    touched.append(link)
-                link.pending.append(rec)
+            if owner is None:  # group or unknown: down our own broadcast tree
+                if flood is None:
+                    flood = self._tree_links(me, None)
+                if flood:
+                    rec = dg.encode_record(dg.KIND_FRAME, f, hops=dg.MAX_HOPS, bcast=True)
+                    for child in flood:
+                        queue(child, rec)
+                continue
+            link = links.get(owner)
+            if link is not None and link.usable:
+                queue(link, dg.frame_record(f))  # the hot path: direct, 4 bytes of framing
+                continue
+            hop = routes.next_hop(owner)
+            via = links.get(hop) if hop is not None else None
+            if via is not None and via is not link:
+                queue(via, dg.encode_record(dg.KIND_FRAME, f, src=me, dst=owner,
+                                            hops=dg.MAX_HOPS))
+            elif link is not None:
+                queue(link, dg.frame_record(f))  # not confirmed yet, but the only way
+            else:
+                self.drops.inc("no_route")
         self.stats.inc("port_rx_frames", len(frames))
+        self._flush_touched()
+
+    def _tree_links(self, source: bytes, came_from: bytes | None) -> list[Link]:
+        """Links to our children in ``source``'s broadcast tree.
+
+        For our own frames, direct links the mesh does not (yet) show as symmetric
+        are added: their peers are outside the tree, so no one else covers them.
+        """
+        links = self.links
+        routes = self.mesh.routes
+        out = [links[c] for c in routes.broadcast(source)
+               if c in links and c != came_from and c != source]
+        if source == self.id:
+            reach = routes.unicast()
+            out += [lk for p, lk in links.items() if p not in reach]
+        return out
+
+    def _queue(self, link: Link, rec: bytes) -> None:
+        if not link.pending:
+            self._touched.append(link)
+        link.pending.append(rec)
+
+    def _flush_touched(self) -> None:
+        touched, self._touched = self._touched, []
         for link in touched:
             self._flush(link)
 
     def _flush(self, link: Link) -> None:
         records, link.pending = link.pending, []
+        if not records:
+            return
         bodies, oversize = pack(records, self._max_body())
         if oversize:
             link.stats.inc("drop_too_big", len(oversize))
@@ -383,19 +452,22 @@ class Node:
     def _on_udp_readable(self) -> None:
         assert self.udp is not None
         recv = self.udp.recvfrom
-        for _ in range(BATCH):
-            try:
-                data, addr = recv(65535)
-            except BlockingIOError:
-                return
-            except OSError:
-                self.drops.inc("udp_recv_error")  # e.g. ICMP port unreachable reported late
-                continue
-            try:
-                self._on_datagram(data, addr)
-            except Exception:  # a bug must not kill the loop; count and log once per kind
-                self.drops.inc("internal_error")
-                log.exception("internal error handling a datagram")
+        try:
+            for _ in range(BATCH):
+                try:
+                    data, addr = recv(65535)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    self.drops.inc("udp_recv_error")  # e.g. ICMP port unreachable reported late
+                    continue
+                try:
+                    self._on_datagram(data, addr)
+                except Exception:  # a bug must not kill the loop; count and log
+                    self.drops.inc("internal_error")
+                    log.exception("internal error handling a datagram")
+        finally:
+            self._flush_touched()  # relayed records, one aggregation per batch
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
@@ -426,10 +498,20 @@ class Node:
         if not link.endpoint_learnt:
             link.endpoint_learnt = True
             link.send_control({"t": "udp_ok"})
+        me = self.id
         try:
             for rec in dg.iter_records(body):
                 if rec.kind == dg.KIND_FRAME:
-                    self._deliver(link, rec.payload, now)
+                    if rec.dst is not None and rec.dst != me:
+                        self._relay(link, rec)
+                        continue
+                    src = rec.src or link.peer
+                    if src == me:
+                        self.drops.inc("loop")  # our own frame came back round
+                        continue
+                    self._deliver(link, src, rec.payload, now)
+                    if rec.bcast:
+                        self._pass_on_broadcast(link, src, rec)
                 elif rec.kind == dg.KIND_HEARTBEAT:
                     self._on_heartbeat(link, rec.payload, now)
                 else:
@@ -437,7 +519,36 @@ class Node:
         except dg.DecodeError as e:
             self.drops.inc(e.reason)
 
-    def _deliver(self, link: Link, frame: memoryview, now: float) -> None:
+    def _relay(self, link: Link, rec: dg.Record) -> None:
+        assert rec.dst is not None
+        if rec.hops == 0:
+            self.drops.inc("hop_limit")
+            return
+        hop = self.mesh.routes.next_hop(rec.dst)
+        via = self.links.get(hop) if hop is not None else None
+        if via is None:
+            via = self.links.get(rec.dst)  # a direct link not confirmed yet beats a drop
+        if via is None:
+            self.drops.inc("no_route")
+            return
+        self._queue(via, dg.encode_record(dg.KIND_FRAME, rec.payload, src=rec.src or link.peer,
+                                          dst=rec.dst, hops=rec.hops - 1))
+        self.stats.inc("relayed_frames")
+
+    def _pass_on_broadcast(self, link: Link, src: bytes, rec: dg.Record) -> None:
+        children = self._tree_links(src, link.peer)
+        if not children:
+            return
+        if rec.hops == 0:
+            self.drops.inc("hop_limit")
+            return
+        out = dg.encode_record(dg.KIND_FRAME, rec.payload, src=src, hops=rec.hops - 1,
+                               bcast=True)
+        for child in children:
+            self._queue(child, out)
+        self.stats.inc("relayed_broadcasts")
+
+    def _deliver(self, link: Link, src_peer: bytes, frame: memoryview, now: float) -> None:
         if len(frame) < 14:
             self.drops.inc("runt")
             return
@@ -445,7 +556,7 @@ class Node:
         if src[0] & 1:
             self.drops.inc("bad_src_mac")
             return
-        self.macs.learn_remote(src, link.peer, now)
+        self.macs.learn_remote(src, src_peer, now)
         assert self.port is not None
         self.port.write(frame)
         link.stats.inc("rx_frames")
@@ -474,19 +585,87 @@ class Node:
                 fast = not (link.confirmed and link.heard_at)
                 link.next_hb = now + (UDP_FAST_HEARTBEAT if fast else UDP_SLOW_HEARTBEAT)
                 self._send(link, link.heartbeat_record(now))
-        if int(now) % 60 == 0:
+            link.usable = link.state == "established"
+            if now >= link.next_gossip:
+                link.next_gossip = now + jitter(ANTI_ENTROPY)
+                self._send_full_view(link)
+        self._sync_own_record()
+        if now >= self._next_mesh:
+            self._next_mesh = now + MESH_PERIOD
+            for gone in self.mesh.gc(now):
+                n = self.macs.forget_peer(gone)
+                log.info("peer %s left the mesh; forgot %d MACs", format_peer_id(gone), n)
+            self._discover()
             self.macs.expire(now)
+        dialling: set[bytes] = {ts.peer for ts in self.targets.values()
+                                if ts.connecting and ts.peer is not None}
         for ts in self.targets.values():
             if ts.dead or ts.connecting or now < ts.next_try:
                 continue
-            if ts.peer is not None and ts.peer in self.links:
+            if ts.peer is not None and (ts.peer in self.links or ts.peer in dialling):
                 continue
-            if len(self.links) >= MAX_CONNECTIONS:
+            if len(self.links) >= self.cfg.conn_limit:
                 break
             ts.connecting = True
             ts.attempts += 1
+            if ts.peer is not None:
+                dialling.add(ts.peer)
             if self._tg is not None:
                 self._tg.create_task(self._dial(ts))
+
+    # ------------------------------------------------------------------ mesh
+    def _sync_own_record(self) -> None:
+        """Publish our links in our mesh record; gossip it if it changed."""
+        msg = self.mesh.set_links(
+            LinkInfo(lk.peer, lk.addr, lk.outbound, lk.usable) for lk in self.links.values())
+        if msg is not None:
+            for link in self.links.values():
+                self._send_gossip(link, msg)
+
+    def _send_gossip(self, link: Link, msg: bytes) -> None:
+        link.send_control({"t": "topo", "r": msg})
+        self.stats.inc("gossip_tx_msgs")
+        self.stats.inc("gossip_tx_bytes", len(msg))
+
+    def _send_full_view(self, link: Link) -> None:
+        for msg in self.mesh.full_state():
+            self._send_gossip(link, msg)
+
+    def _on_gossip(self, link: Link, data: object) -> None:
+        if not isinstance(data, bytes):
+            self.drops.inc("gossip_undecodable")
+            return
+        self.stats.inc("gossip_rx_msgs")
+        self.stats.inc("gossip_rx_bytes", len(data))
+        fwd, outcome = self.mesh.receive(link.peer, link.uid, data)
+        if outcome != "ok":
+            self.drops.inc(outcome)
+            log.warning("gossip from %s refused: %s", link.name, outcome)
+            return
+        if fwd is not None:
+            self.stats.inc("gossip_updates")
+            for other in self.links.values():
+                if other is not link:
+                    self._send_gossip(other, fwd)
+
+    def _discover(self) -> None:
+        """Add dial targets for peers learnt from gossip; drop the ones no longer listed."""
+        if not self.cfg.discovery:
+            return
+        known = self.mesh.topology.peers()
+        listed: set[Target] = set()
+        for peer, addrs in self.mesh.candidates(self.cfg.port).items():
+            if peer not in known:
+                continue  # only mentioned: its own record has not arrived (or it left)
+            listed |= addrs
+            if peer in self.links:
+                continue
+            for t in addrs:
+                if t not in self.targets:
+                    self.targets[t] = TargetState(t, peer=peer, discovered=True)
+        for t, ts in list(self.targets.items()):
+            if ts.discovered and not ts.connecting and t not in listed:
+                del self.targets[t]
 
     def _backoff(self, ts: TargetState) -> None:
         base = min(BACKOFF_MAX, BACKOFF_START * (1.5 ** max(0, ts.attempts - 1)))
@@ -512,7 +691,7 @@ class Node:
 
     async def _accept(self, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
-        if len(self.links) >= MAX_CONNECTIONS:
+        if len(self.links) >= self.cfg.conn_limit:
             self.drops.inc("conn_limit")
             writer.close()
             return
@@ -534,9 +713,18 @@ class Node:
             if est.remote_id == self.id:
                 if ts is not None:
                     ts.dead = True
-                raise ControlError("self", "connected to ourselves; not retrying this address")
-            link = Link(self, est, writer, ch, outbound, remote, index, self.cfg.encrypted)
+                if est.hello.uid == self.uid:
+                    raise ControlError("self", f"{where} is ourselves; not dialling it again")
+                raise ControlError("name_clash", f"the peer at {where} has our identity "
+                                   f"{self.name} (a copied state dir?); refusing it")
+            if outbound and ts is not None:
+                addr = str(ts.target)
+            else:  # where it came from, with the port it says it listens on
+                addr = str(Target(remote[0], est.hello.udp_port))
+            link = Link(self, est, writer, ch, outbound, remote, index, self.cfg.encrypted,
+                        addr)
             if not self._register(link):
+                link.send_control({"t": "bye", "why": "duplicate"})  # not an error: say so
                 return "duplicate"
             self.stats.inc("handshake_ok")
             if ts is not None:
@@ -548,7 +736,8 @@ class Node:
         except ControlError as e:
             reason = e.reason
             self.stats.inc(f"conn_fail_{e.reason}")
-            log.warning("connection %s %s: %s", "to" if outbound else "from", where, e.detail)
+            (log.info if e.reason == "duplicate" else log.warning)(
+                "connection %s %s: %s", "to" if outbound else "from", where, e.detail)
             if not outbound and e.reason in ("auth_failed", "encryption_mismatch"):
                 writer.write(error_frame(e.detail))
         except (TimeoutError, OSError, asyncio.IncompleteReadError) as e:
@@ -600,8 +789,12 @@ class Node:
         t = m["t"]
         if t == "udp_ok":
             link.confirmed = True
+        elif t == "topo":
+            self._on_gossip(link, m.get("r"))
         elif t == "hb":
             pass
+        elif t == "bye" and m.get("why") == "duplicate":
+            raise ControlError("duplicate", f"{link.name} keeps another connection to us")
         else:
             self.drops.inc("unknown_control")
 
@@ -627,6 +820,9 @@ class Node:
             old.writer.close()
         self.links[link.peer] = link
         self.by_index[link.session.local_index] = link
+        self._send_full_view(link)  # it may have been partitioned away: tell it everything
+        link.next_gossip = time.monotonic() + jitter(ANTI_ENTROPY)
+        self._sync_own_record()
         return True
 
     def _unregister(self, link: Link) -> None:
@@ -634,6 +830,7 @@ class Node:
             del self.links[link.peer]
             n = self.macs.forget_peer(link.peer)
             log.info("disconnected from %s (%s); forgot %d MACs", link.name, link.nickname, n)
+            self._sync_own_record()
         self.by_index.pop(link.session.local_index, None)
 
     # ------------------------------------------------------------------ status
@@ -666,22 +863,35 @@ class Node:
             "uptime_s": round(now - self.started, 1),
             "connections": [lk.status() for lk in self.links.values()],
             "targets": [{"target": str(ts.target), "connected": ts.peer in self.links,
+                         "discovered": ts.discovered,
                          "attempts": ts.attempts, "last_error": ts.last_error,
                          "retry_in_s": max(0.0, round(ts.next_try - now, 1))}
                         for ts in self.targets.values()],
-            "peers": [{"peer": self.name, "nickname": self.cfg.nickname, "uid": self.uid,
-                       "self": True, "connections": len(self.links)}]
-            + [{"peer": lk.name, "nickname": lk.nickname, "uid": lk.uid, "self": False,
-                "connections": None} for lk in self.links.values()],
-            # direct links only until the mesh lands: the next hop is the peer itself
-            "routes": [{"destination": lk.name, "via": lk.name, "hops": 1,
-                        "usable": lk.state == "established"} for lk in self.links.values()],
+            "peers": self._peers_status(),
+            "routes": self._routes_status(),
             "macs": [{"mac": m.hex(":"), "peer": "local" if p == LOCAL else format_peer_id(p),
                       "age_s": round(age, 1)} for m, p, age in self.macs.entries(now)],
             "drops": self.drops.snapshot(),
             "counters": self.stats.snapshot(),
             "pid": os.getpid(),
         }
+
+
+    def _peers_status(self) -> list[dict[str, Any]]:
+        reach = self.mesh.topology.reachable()
+        return [{"peer": format_peer_id(r.peer), "nickname": r.nickname, "uid": r.uid,
+                 "version": r.version, "self": r.peer == self.id,
+                 "reachable": r.peer in reach, "direct": r.peer in self.links,
+                 "connections": [{"peer": format_peer_id(c.peer), "addr": c.addr,
+                                  "outbound": c.outbound, "established": c.established}
+                                 for c in r.conns]}
+                for r in self.mesh.topology.records()]
+
+    def _routes_status(self) -> list[dict[str, Any]]:
+        hops = self.mesh.hop_counts()
+        return [{"destination": format_peer_id(d), "via": format_peer_id(v),
+                 "hops": hops.get(d), "usable": v in self.links}
+                for d, v in sorted(self.mesh.routes.unicast().items())]
 
 
 class _Stop(Exception):

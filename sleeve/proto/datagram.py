@@ -30,9 +30,11 @@ Inside the body, records follow each other::
 
 ``length`` counts the payload only. ``flags`` bit 0 says an 8-byte source
 peer id follows (the frame was captured by a peer other than the sending
-hop), bit 1 a destination peer id (the frame must be relayed further), bits
-4-7 carry the remaining hop limit for relayed frames. Direct traffic pays
-4 bytes per frame.
+hop), bit 1 a destination peer id (the frame must be relayed further), bit 2
+says the frame is a broadcast travelling down the source's spanning tree (each
+receiver delivers it and forwards it to its own children in that tree), bits
+4-7 carry the remaining hop limit for relayed and broadcast frames. Direct
+unicast pays 4 bytes per frame.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ KIND_PROBE: Final = 2  # PMTU probe padding; payload: 4-byte probe id, zeros
 
 FLAG_SRC: Final = 0x01
 FLAG_DST: Final = 0x02
+FLAG_BCAST: Final = 0x04
 HOPS_SHIFT: Final = 4
 MAX_HOPS: Final = 15
 
@@ -97,11 +100,12 @@ def encode_record(
     src: bytes | None = None,
     dst: bytes | None = None,
     hops: int = 0,
+    bcast: bool = False,
 ) -> bytes:
     if not 0 <= hops <= MAX_HOPS or any(p is not None and len(p) != PEER_ID_LEN
                                         for p in (src, dst)):
         raise ValueError("hop limit must be 0..15 and peer ids 8 bytes")
-    flags = hops << HOPS_SHIFT
+    flags = hops << HOPS_SHIFT | (FLAG_BCAST if bcast else 0)
     parts: list[bytes | memoryview] = []
     if src is not None:
         flags |= FLAG_SRC
@@ -124,6 +128,7 @@ class Record:
     dst: bytes | None
     hops: int
     payload: memoryview
+    bcast: bool = False
 
 
 def iter_records(body: bytes | memoryview) -> Iterator[Record]:
@@ -153,5 +158,6 @@ def iter_records(body: bytes | memoryview) -> Iterator[Record]:
             off += PEER_ID_LEN
         if end - off < length:
             raise DecodeError("truncated_record")
-        yield Record(kind, src, dst, flags >> HOPS_SHIFT, mv[off : off + length])
+        yield Record(kind, src, dst, flags >> HOPS_SHIFT, mv[off : off + length],
+                     bool(flags & FLAG_BCAST))
         off += length

@@ -1,0 +1,149 @@
+"""The mesh adapter: gossip over control connections, discovery candidates, route status.
+
+Sans-IO glue between the node and the pure ``proto.topology``/``proto.routes``: the
+node tells it about its links and the gossip it receives, and gets back the bytes to
+send to whom. No sockets, no clock of its own (``now`` is passed in), so the whole
+mesh can be simulated in one process (bench/test_mesh_scale.py, tests/test_mesh.py).
+
+Gossip is a control message ``{"t": "topo", "r": <topology message>}`` (see
+``proto.topology`` for the encoding). What is sent when:
+
+- a new link: our full view, to that link only (it may have been partitioned away);
+- our own record changed (a link came, went or changed state): our record, to all links;
+- received records that improved our view: exactly those (the delta), to every link but
+  the one they came from. Records that taught us nothing stop here, so a change
+  crosses each link at most about once and gossip per change is O(links), not O(N^2);
+- anti-entropy: our full view to every link every ``ANTI_ENTROPY`` seconds (jittered
+  per link), which repairs anything a lost or refused message left behind.
+
+Full views are split into messages of at most ``CHUNK_BYTES`` so a large mesh never
+hits the control channel's 1 MiB frame bound.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sleeve.config import Target, parse_target
+from sleeve.proto.routes import Routes
+from sleeve.proto.topology import (
+    ConnRecord,
+    PeerRecord,
+    Topology,
+    TopologyDecodeError,
+    decode_records,
+    encode_records,
+)
+
+ANTI_ENTROPY = 60.0
+CHUNK_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LinkInfo:
+    """What the node tells the mesh about one of its links."""
+
+    peer: bytes
+    addr: str  # outbound: the address we dialled; inbound: remote IP + announced port
+    outbound: bool
+    established: bool
+
+
+class Mesh:
+    def __init__(self, me: bytes, nickname: str, uid: int, *, gc_delay: float = 1.0) -> None:
+        self.me = me
+        self.topology = Topology(me, nickname, uid, gc_delay=gc_delay)
+        self.routes = Routes(self.topology)
+
+    # -- our own record ---------------------------------------------------------------------
+    def set_links(self, links: Iterable[LinkInfo]) -> bytes | None:
+        """Our current links; returns the gossip message for all links if our record changed."""
+        rec = self.topology.set_local_connections(
+            ConnRecord(li.peer, li.addr[:262], li.outbound, li.established) for li in links)
+        return None if rec is None else encode_records([rec])
+
+    # -- gossip -----------------------------------------------------------------------------
+    def full_state(self) -> list[bytes]:
+        """Our whole view as one or more messages (a new neighbour, anti-entropy)."""
+        out: list[bytes] = []
+        chunk: list[PeerRecord] = []
+        size = 0
+        for r in self.topology.records():
+            n = len(r.canonical())
+            if chunk and size + n > CHUNK_BYTES:
+                out.append(encode_records(chunk))
+                chunk, size = [], 0
+            chunk.append(r)
+            size += n
+        if chunk:
+            out.append(encode_records(chunk))
+        return out
+
+    def receive(self, sender: bytes, sender_uid: int, data: bytes) -> tuple[bytes | None, str]:
+        """Merge a gossip message from a direct neighbour.
+
+        Returns (message to forward to every other link, or None; outcome). The outcome
+        is "ok" or a drop reason. A neighbour is the only source of its own record
+        we accept directly: one about it with another incarnation id is a lie or a
+        mix-up, and the whole message is refused.
+        """
+        try:
+            recs = decode_records(data)
+        except TopologyDecodeError:
+            return None, "gossip_undecodable"
+        for r in recs:
+            if r.peer == sender and r.uid != sender_uid:
+                return None, "gossip_bad_origin"
+        delta = self.topology.merge(recs)
+        if not delta:
+            return None, "ok"
+        return encode_records(delta), "ok"
+
+    def gc(self, now: float) -> list[bytes]:
+        """Forget peers that have been unreachable for a while; returns their ids."""
+        return self.topology.gc(now)
+
+    # -- discovery --------------------------------------------------------------------------
+    def candidates(self, default_port: int) -> dict[bytes, set[Target]]:
+        """Addresses to dial for every peer we know of.
+
+        An outbound connection lists the address its owner dialled: the listening
+        address of the remote peer. An inbound one lists where the dialler came from
+        with the port it announced, which works unless the dialler sits behind NAT
+        (then the dial fails and backs off; relay and hole punching cover that case).
+        """
+        out: dict[bytes, set[Target]] = {}
+        for rec in self.topology.records():
+            for c in rec.conns:
+                if c.peer == self.me:
+                    continue
+                try:
+                    t = parse_target(c.addr, default_port)
+                except ValueError:
+                    continue  # a malformed address from gossip is ignored, not fatal
+                out.setdefault(c.peer, set()).add(t)
+        return out
+
+    # -- views for status -------------------------------------------------------------------
+    def hop_counts(self) -> dict[bytes, int]:
+        """Hops to every peer over symmetric established links (BFS; status only)."""
+        links = self.routes.links
+        dist = {self.me: 0}
+        level = [self.me]
+        while level:
+            nxt = []
+            for p in level:
+                for q in links.get(p, ()):
+                    if q not in dist:
+                        dist[q] = dist[p] + 1
+                        nxt.append(q)
+            level = nxt
+        del dist[self.me]
+        return dist
+
+
+def jitter(period: float) -> float:
+    """A period spread over [0.75, 1.25] so links do not gossip in lockstep."""
+    return period * random.uniform(0.75, 1.25)
