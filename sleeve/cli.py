@@ -179,6 +179,7 @@ def launch(args: argparse.Namespace) -> int:
     except ConfigError as e:
         _fail(str(e), 2)
     from sleeve.capture.base import Port, PortError
+    from sleeve.crypto.keys import stable_mac
     from sleeve.node import Node
 
     def make_port() -> Port:
@@ -186,7 +187,7 @@ def launch(args: argparse.Namespace) -> int:
             from sleeve.capture.afpacket import AfPacketPort
             return AfPacketPort(cfg.attach)
         from sleeve.capture.tap import TapPort
-        return TapPort(cfg.iface, cfg.mtu, cfg.ip)
+        return TapPort(cfg.iface, cfg.mtu, cfg.ip, mac=stable_mac(node.id))
 
     try:
         node = Node(cfg, make_port)

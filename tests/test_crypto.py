@@ -415,3 +415,11 @@ def test_derive_data_keys_end_to_end() -> None:
         derive_data_keys(b"x", i_r2i.key, h)
     with pytest.raises(ValueError):
         derive_data_keys(i_i2r.key, i_r2i.key, b"short")
+
+
+def test_stable_tap_mac_is_unicast_local_and_per_peer() -> None:
+    from sleeve.crypto.keys import stable_mac
+
+    a, b = stable_mac(b"\x01" * 8), stable_mac(b"\x02" * 8)
+    assert a == stable_mac(b"\x01" * 8) and a != b and len(a) == 6
+    assert all(m[0] & 1 == 0 and m[0] & 2 == 2 for m in (a, b))

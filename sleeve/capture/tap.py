@@ -19,7 +19,8 @@ READ_SIZE = 65535 + 14
 
 
 class TapPort:
-    def __init__(self, name: str, mtu: int, cidr: str | None = None) -> None:
+    def __init__(self, name: str, mtu: int, cidr: str | None = None,
+                 mac: bytes | None = None) -> None:
         try:
             import pytun
         except ImportError as e:  # pragma: no cover - a packaging error, not a runtime one
@@ -33,6 +34,10 @@ class TapPort:
         self.name: str = self._dev.name
         self.tx_dropped = 0
         try:
+            if mac is not None:
+                # A MAC that survives restarts: neighbours' ARP caches stay right when the
+                # router is restarted, instead of pointing at a device that is gone.
+                self._dev.hwaddr = mac
             self._dev.mtu = mtu
             self.mtu = mtu
             os.set_blocking(self._dev.fileno(), False)

@@ -97,3 +97,10 @@ def peer_id(public: bytes) -> bytes:
 def format_peer_id(pid: bytes) -> str:
     """Lowercase hex pairs joined by ':' (e.g. ``3a:9f:...``)."""
     return ":".join(f"{b:02x}" for b in pid)
+
+
+def stable_mac(pid: bytes) -> bytes:
+    """The TAP's MAC, derived from the peer id: unicast, locally administered, stable."""
+    m = bytearray(hashlib.blake2b(b"sleeve-tap-mac" + pid, digest_size=6).digest())
+    m[0] = (m[0] & 0xFE) | 0x02
+    return bytes(m)

@@ -1,0 +1,72 @@
+"""Relay around a firewall: A-B-C where nftables blocks A<->C directly.
+
+A and C still ping and move 5 MB intact through B; when the block is lifted they
+connect directly and B stops relaying. Needs root; fails (never skips) without it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from sleeve.lab import Lab
+from sleeve.lab.routers import Router, workdir
+from sleeve.lab.traffic import expected_digest, tcp_transfer
+
+pytestmark = pytest.mark.lab
+
+A_UL, B_UL, C_UL = "198.18.2.1", "198.18.2.2", "198.18.2.3"
+A_OV, B_OV, C_OV = "198.19.2.1", "198.19.2.2", "198.19.2.3"
+
+
+def test_blocked_pair_is_relayed_then_goes_direct_when_unblocked() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("lab tests need root (network namespaces)")
+    with Lab() as lab:
+        sw = lab.switch()
+        a, b, c = lab.host("a"), lab.host("b"), lab.host("c")
+        for h, ip in ((a, A_UL), (b, B_UL), (c, C_UL)):
+            lab.connect(h, sw, f"{ip}/24")
+        block = a.block(C_UL)  # every protocol, both directions, on A
+        wd = workdir()
+        rb = Router(b, ["--ip", f"{B_OV}/24"], wd, "relay pw")
+        ra = Router(a, ["--ip", f"{A_OV}/24", B_UL], wd, "relay pw")
+        rc = Router(c, ["--ip", f"{C_OV}/24", B_UL], wd, "relay pw")
+        st = ra.wait(lambda st: any(r["destination"] == rc.status()["name"] and r["hops"] == 2
+                                    for r in st["routes"]), 20, "route to C via B")
+        c_name = rc.status()["name"]
+        b_name = rb.status()["name"]
+        route = {r["destination"]: r for r in st["routes"]}[c_name]
+        assert route["via"] == b_name
+        # A learnt C's address from gossip and tries it, but the firewall says no
+        ra.wait(lambda st: any(t["discovered"] and t["target"].startswith(C_UL)
+                               and t["attempts"] >= 1 for t in st["targets"]), 10,
+                "discovered target C")
+        assert a.wait_ping(C_OV, timeout=10)
+        assert c.wait_ping(A_OV, timeout=10)
+        n = 5_000_000
+        got, digest, secs = tcp_transfer(a, c, C_OV, n, timeout=60)
+        assert (got, digest) == (n, expected_digest(n, "sleeve"))
+        relayed = rb.status()["counters"].get("relayed_frames", 0)
+        print(f"\n5 MB A->C relayed through B in {secs:.2f}s; B relayed {relayed} frames")
+        assert relayed > n // 1500  # every segment went through B
+        assert not any(cn["peer"] == c_name for cn in ra.status()["connections"])
+
+        a.unblock(block)
+        t = time.monotonic()
+        # the discovery backoff decides how soon A or C retries: at most ~90 s after 20 s
+        ra.wait(lambda st: any(cn["peer"] == c_name and cn["state"] == "established"
+                               for cn in st["connections"]), 120, "direct link A-C")
+        ra.wait(lambda st: {r["destination"]: r for r in st["routes"]}[c_name]["via"]
+                == c_name, 10, "direct route A-C")
+        print(f"block lifted: A-C direct after {time.monotonic() - t:.1f}s")
+        before = rb.status()["counters"].get("relayed_frames", 0)
+        got, digest, _ = tcp_transfer(a, c, C_OV, n, timeout=60)
+        assert (got, digest) == (n, expected_digest(n, "sleeve"))
+        after = rb.status()["counters"].get("relayed_frames", 0)
+        assert after - before < 50, "B still relays although A and C are connected"
+        for r in (ra, rb, rc):
+            assert r.running
+            assert r.status()["drops"].get("internal_error", 0) == 0
