@@ -47,10 +47,13 @@ from sleeve.config import Config, Target, check_host_port, parse_target
 from sleeve.crypto.keys import format_peer_id, load_or_create_static_key, peer_id
 from sleeve.crypto.noise import KeyPair
 from sleeve.forward.batcher import pack
+from sleeve.forward.oversize import record_source, shrink
+from sleeve.forward.reassembly import KIND_FRAGMENT, Reassembler, fragment
 from sleeve.mesh import ANTI_ENTROPY, LinkInfo, Mesh, jitter
 from sleeve.proto import datagram as dg
 from sleeve.proto.control import ControlChannel, ControlError, Established, Hello, error_frame
 from sleeve.proto.mactable import LOCAL, MacTable
+from sleeve.proto.pmtu import PmtuProber, ack_record, datagram_bounds, parse_probe, probe_record
 from sleeve.proto.session import DataSession
 from sleeve.proto.stats import Counters
 from sleeve.status.http import Route, json_action, json_route, start_http
@@ -68,6 +71,9 @@ UDP_SLOW_HEARTBEAT = 5.0  # also keeps NAT mappings open (UDP timeouts are >= 30
 UDP_DEAD = 15.0
 MESH_PERIOD = 1.0  # topology GC and discovery
 CONTROL_BUFFER_MAX = 4 << 20  # a peer that does not read its control connection is cut off
+ICMP_PER_SECOND = 100  # too-big replies we generate, like the kernel's icmp_ratelimit
+UNDERLAY_MTU = 1500  # the PMTU search's ceiling: the usual interface MTU
+IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2  # <linux/in.h>; Python 3.11's socket lacks them
 TICK = 0.25
 BACKOFF_START = 2.0
 BACKOFF_MAX = 60.0
@@ -95,6 +101,12 @@ class Link:
         # Until a datagram authenticates we can only guess the peer's UDP endpoint:
         # the address it connected from (or we dialled) and the port it announced.
         self.endpoint: tuple[str, int] = (remote[0], est.hello.udp_port)
+        floor, ceiling = datagram_bounds(":" in remote[0], UNDERLAY_MTU)
+        self.pmtu = PmtuProber(ceiling, floor, time.monotonic())
+        self._max_ceiling = ceiling
+        self.reasm = Reassembler()
+        self._frag_id = random.getrandbits(32)
+        self._pmtu_known = False
         self.endpoint_learnt = False
         self.heard_at = 0.0  # last authenticated datagram
         self.confirmed = False  # the peer told us it hears our datagrams
@@ -122,7 +134,22 @@ class Link:
             return "pending", f"no authenticated UDP datagram for {quiet:.0f}s"
         if not self.confirmed:
             return "pending", "peer has not yet confirmed it receives our UDP datagrams"
+        if not self.pmtu_known():
+            return "pending", f"path MTU: {self.pmtu.reason}"
         return "established", "UDP heartbeats both ways"
+
+    def pmtu_known(self) -> bool:
+        """Whether the first answer about full-size datagrams is in (then stays true).
+
+        Data waits for it so that a fresh link neither black-holes big frames on a
+        small path nor shrinks every sender's MTU to the floor on a normal one. On a
+        normal path that is one probe round trip; on a black hole, a few timeouts.
+        """
+        if not self._pmtu_known:
+            p = self.pmtu
+            self._pmtu_known = p.state != "base" and (p.current >= p.ceiling
+                                                      or p.ceiling < self._max_ceiling)
+        return self._pmtu_known
 
     def send_control(self, msg: dict[str, Any]) -> None:
         if self.writer.is_closing():
@@ -155,8 +182,10 @@ class Link:
             "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
             "encrypted": self._node.cfg.encrypted,
             "path": "sleeve",
-            "pmtu": self._node.max_datagram,
-            "counters": self.stats.snapshot(),
+            **self.pmtu.status(),
+            "counters": {**self.stats.snapshot(),
+                         **{f"drop_{k}": v for k, v in self.reasm.drops.items()}},
+            "reassembling": len(self.reasm),
         }
 
 
@@ -185,6 +214,8 @@ class Node:
         self.mesh = Mesh(self.id, cfg.nickname[:64], self.uid)
         self._next_mesh = 0.0
         self._touched: list[Link] = []  # links with queued records, flushed per event
+        self._icmp_window = 0.0
+        self._icmp_sent = 0
         self.macs = MacTable()
         self.drops = Counters()  # untrusted input and local overflow, by reason
         self.stats = Counters()  # ok-path counters
@@ -322,6 +353,9 @@ class Node:
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_BUFFER)
+            # DF on every datagram: the path MTU is found by probing, and a datagram the
+            # kernel knows is too big fails with EMSGSIZE instead of being fragmented.
+            s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
             s.bind((self.cfg.listen, self.cfg.port))
         except OSError as e:
             s.close()
@@ -419,20 +453,50 @@ class Node:
         records, link.pending = link.pending, []
         if not records:
             return
-        bodies, oversize = pack(records, self._max_body())
+        datagram = link.pmtu.current
+        max_body = datagram - dg.HEADER_LEN - dg.TAG_LEN
+        bodies, oversize = pack(records, max_body)
         if oversize:
-            link.stats.inc("drop_too_big", len(oversize))
+            frags: list[bytes] = []
+            for rec in oversize:
+                frags += self._too_big(link, rec, datagram, max_body)
+            if frags:
+                more, still = pack(frags, max_body)
+                bodies += more
+                link.stats.inc("drop_too_big", len(still))
         for body in bodies:
             self._send(link, body)
 
-    @property
-    def max_datagram(self) -> int:
-        # A datagram must fit a 1500-byte underlay without IP fragmentation until PMTU
-        # discovery lands; the default TAP MTU is sized so that one frame always fits.
-        return 1500 - dg.UDP4_OVERHEAD
-
-    def _max_body(self) -> int:
-        return self.max_datagram - dg.HEADER_LEN - dg.TAG_LEN
+    def _too_big(self, link: Link, rec: bytes, datagram: int, max_body: int) -> list[bytes]:
+        """Fragment (returned as records) or answer with ICMP; never a silent drop."""
+        frags, reply, outcome = shrink(rec, datagram)
+        if reply is None and not frags:
+            # No ICMP can help (IPv6 below 1280, not IP, a broadcast): carry it in pieces.
+            link._frag_id = (link._frag_id + 1) & 0xFFFFFFFF
+            frags = fragment(rec, link._frag_id, max_body)
+            outcome = "sleeve_fragmented" if frags else outcome
+        link.stats.inc(outcome)
+        if reply is None:
+            return frags
+        now = time.monotonic()
+        if now - self._icmp_window >= 1.0:
+            self._icmp_window, self._icmp_sent = now, 0
+        if self._icmp_sent >= ICMP_PER_SECOND:
+            self.drops.inc("icmp_rate_limited")
+            return frags
+        self._icmp_sent += 1
+        src = record_source(rec)
+        if src is None or src == self.id:
+            assert self.port is not None
+            self.port.write(reply)  # the sender is on our side
+            return frags
+        # The sender is behind another peer: route the ICMP back to it like any frame.
+        hop = self.mesh.routes.next_hop(src)
+        via = self.links.get(hop) if hop is not None else self.links.get(src)
+        if via is not None:
+            self._queue(via, dg.encode_record(dg.KIND_FRAME, reply, src=self.id, dst=src,
+                                              hops=dg.MAX_HOPS))
+        return frags
 
     def _send(self, link: Link, body: bytes) -> None:
         assert self.udp is not None
@@ -444,6 +508,8 @@ class Node:
             return
         except OSError as e:
             # EPERM (firewall), unreachable, EMSGSIZE: count, never raise out of the loop.
+            if e.errno == errno.EMSGSIZE:  # the kernel knows a smaller path MTU
+                link.pmtu.on_emsgsize(len(data), time.monotonic())
             link.stats.inc(f"drop_tx_{errno.errorcode.get(e.errno or 0, 'err').lower()}")
             return
         link.stats.inc("tx_packets")
@@ -498,6 +564,10 @@ class Node:
         if not link.endpoint_learnt:
             link.endpoint_learnt = True
             link.send_control({"t": "udp_ok"})
+        self._on_body(link, body, len(data), now, False)
+
+    def _on_body(self, link: Link, body: bytes | memoryview, size: int, now: float,
+                 reassembled: bool) -> None:
         me = self.id
         try:
             for rec in dg.iter_records(body):
@@ -514,6 +584,12 @@ class Node:
                         self._pass_on_broadcast(link, src, rec)
                 elif rec.kind == dg.KIND_HEARTBEAT:
                     self._on_heartbeat(link, rec.payload, now)
+                elif rec.kind == dg.KIND_PROBE:
+                    self._on_probe(link, rec, size, now)
+                elif rec.kind == KIND_FRAGMENT and not reassembled:
+                    whole = link.reasm.add(rec.payload, now)
+                    if whole is not None:
+                        self._on_body(link, whole, size, now, True)
                 else:
                     self.drops.inc("unknown_record")
         except dg.DecodeError as e:
@@ -561,6 +637,19 @@ class Node:
         self.port.write(frame)
         link.stats.inc("rx_frames")
 
+    def _on_probe(self, link: Link, rec: dg.Record, size: int, now: float) -> None:
+        msg = None if rec.src or rec.dst else parse_probe(rec.payload)
+        if msg is None:
+            self.drops.inc("bad_probe")  # probes are one hop, between the two ends only
+        elif not msg.is_ack:
+            self._queue(link, ack_record(msg.probe_id, size))
+        elif link.pmtu.on_ack(msg.probe_id, now, msg.size):
+            self._probe(link, now)  # next search step now, not at the next tick
+
+    def _probe(self, link: Link, now: float) -> None:
+        for p in link.pmtu.poll(now):
+            self._send(link, probe_record(p))
+
     def _on_heartbeat(self, link: Link, payload: memoryview, now: float) -> None:
         if len(payload) != 9:
             self.drops.inc("bad_heartbeat")
@@ -586,6 +675,8 @@ class Node:
                 link.next_hb = now + (UDP_FAST_HEARTBEAT if fast else UDP_SLOW_HEARTBEAT)
                 self._send(link, link.heartbeat_record(now))
             link.usable = link.state == "established"
+            self._probe(link, now)
+            link.reasm.expire(now)
             if now >= link.next_gossip:
                 link.next_gossip = now + jitter(ANTI_ENTROPY)
                 self._send_full_view(link)

@@ -159,6 +159,14 @@ def test_address_validation(lab: Lab) -> None:
     with pytest.raises(ValueError):
         a.ping("10.0.0.1")
     a.addr("lo", "198.19.7.1/32")  # overlay addresses are fine on a host
+    a.addr("lo", "2001:2:0:1900::7/128")  # and the IPv6 lab ranges (RFC 5180 benchmarking)
+    for bad in ("2001:db8::1/64", "2001:2::1/48", "::/0"):
+        with pytest.raises(ValueError):
+            a.addr("lo", bad)
+    with pytest.raises(ValueError):
+        a.route("::/0", "2001:2:0:1800::1")
+    with pytest.raises(ValueError):
+        a.ping("2001:db8::1")
     with pytest.raises(ValueError):
         lab.host("a")  # duplicate
     with pytest.raises(ValueError):

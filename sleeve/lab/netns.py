@@ -32,7 +32,11 @@ log = logging.getLogger("sleeve.lab")
 
 UNDERLAY: Final = ipaddress.IPv4Network("198.18.0.0/16")
 OVERLAY: Final = ipaddress.IPv4Network("198.19.0.0/16")
-ANY_LAB_NET: Final = (UNDERLAY, OVERLAY)
+# IPv6: inside 2001:2::/48, the IPv6 benchmarking range (RFC 5180), as 198.18/15 is for IPv4.
+UNDERLAY6: Final = ipaddress.IPv6Network("2001:2:0:1800::/56")
+OVERLAY6: Final = ipaddress.IPv6Network("2001:2:0:1900::/56")
+_Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+ANY_LAB_NET: Final[tuple[_Net, ...]] = (UNDERLAY, OVERLAY, UNDERLAY6, OVERLAY6)
 
 AUTO: Final = "auto"
 """Default for :meth:`Lab.connect`: allocate ``198.18.<switch index>.<N>/24``."""
@@ -65,7 +69,7 @@ class LabCommandError(subprocess.CalledProcessError):
 # ---------------------------------------------------------------- validation
 
 
-def _check_iface(cidr: str, allowed: tuple[ipaddress.IPv4Network, ...]) -> str:
+def _check_iface(cidr: str, allowed: tuple[_Net, ...]) -> str:
     """Return ``cidr`` normalised; ValueError unless the whole prefix is inside ``allowed``."""
     try:
         iface = ipaddress.ip_interface(cidr)
@@ -73,19 +77,18 @@ def _check_iface(cidr: str, allowed: tuple[ipaddress.IPv4Network, ...]) -> str:
         raise ValueError(f"not an address/prefix: {cidr!r}") from e
     if "/" not in cidr:
         raise ValueError(f"address needs a prefix length: {cidr!r}")
-    if not isinstance(iface, ipaddress.IPv4Interface) or not any(
-        iface.network.subnet_of(net) for net in allowed
-    ):
+    if not any(iface.version == net.version and iface.network.subnet_of(net)  # type: ignore[arg-type]
+               for net in allowed):
         raise ValueError(f"{cidr} is outside the lab ranges {', '.join(map(str, allowed))}")
     return str(iface)
 
 
-def _check_ip(ip: str, allowed: tuple[ipaddress.IPv4Network, ...] = ANY_LAB_NET) -> str:
+def _check_ip(ip: str, allowed: tuple[_Net, ...] = ANY_LAB_NET) -> str:
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError as e:
         raise ValueError(f"not an IP address: {ip!r}") from e
-    if not isinstance(addr, ipaddress.IPv4Address) or not any(addr in n for n in allowed):
+    if not any(addr in n for n in allowed):
         raise ValueError(f"{ip} is outside the lab ranges {', '.join(map(str, allowed))}")
     return str(addr)
 
@@ -95,7 +98,8 @@ def _check_net(dst: str) -> str:
         net = ipaddress.ip_network(dst, strict=False)
     except ValueError as e:
         raise ValueError(f"not a network: {dst!r}") from e
-    if not isinstance(net, ipaddress.IPv4Network) or not any(net.subnet_of(n) for n in ANY_LAB_NET):
+    if not any(net.version == n.version and net.subnet_of(n)  # type: ignore[arg-type]
+               for n in ANY_LAB_NET):
         raise ValueError(f"route {dst} is outside the lab ranges (no routes to the outside)")
     return str(net)
 
@@ -237,9 +241,11 @@ class Host:
         self.lab._exec(["ip", "-n", self.netns, *args], check=True, timeout=CMD_TIMEOUT)
 
     def addr(self, ifname: str, cidr: str) -> None:
-        """Add an address (198.18/16 or 198.19/16 only, else ValueError) and bring ``ifname`` up."""
+        """Add an address (lab ranges only, else ValueError) and bring ``ifname`` up."""
         cidr = _check_iface(cidr, ANY_LAB_NET)
-        self._ip("addr", "add", cidr, "dev", _check_ifname(ifname))
+        # IPv6: no duplicate address detection, so the address is usable at once
+        extra = ("nodad",) if ":" in cidr else ()
+        self._ip("addr", "add", cidr, "dev", _check_ifname(ifname), *extra)
         self._ip("link", "set", "dev", ifname, "up")
 
     def set_mtu(self, ifname: str, mtu: int) -> None:

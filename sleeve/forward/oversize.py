@@ -1,0 +1,59 @@
+"""What to do with a record whose frame does not fit the link's path MTU (pure).
+
+A record is ``len[2] kind flags [src 8] [dst 8] frame`` (see proto.datagram). For a
+frame too big for a datagram of ``datagram`` bytes:
+
+- IPv4 without DF: fragmented here into frames that fit; each fragment gets the
+  original record's kind, flags and peer ids, so relaying and broadcast trees
+  treat them like the original;
+- IPv4 with DF, or IPv6: an ICMP "fragmentation needed" / ICMPv6 "packet too big"
+  frame addressed back to the sender, carrying the MTU that fits, so the sending
+  host's kernel lowers its path MTU for that destination (the overlay MTU thereby
+  follows the smallest path, per destination);
+- anything else (broadcasts, ICMP errors, garbage, frames flooded down a broadcast
+  tree): dropped; never a bogus ICMP.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from sleeve.proto import datagram as dg
+from sleeve.proto.icmp import too_big_reply
+from sleeve.proto.ipfrag import fragment_ipv4
+from sleeve.proto.pmtu import overlay_mtu
+
+
+def record_ids(rec: bytes) -> int:
+    flags = rec[3]
+    return bool(flags & dg.FLAG_SRC) + bool(flags & dg.FLAG_DST)
+
+
+def shrink(rec: bytes, datagram: int) -> tuple[list[bytes], bytes | None, str]:
+    """Return (fragment records, ICMP reply frame or None, outcome).
+
+    outcome is "fragmented", "too_big_reply" or a drop reason.
+    """
+    if len(rec) < dg.REC_LEN or rec[2] != dg.KIND_FRAME:
+        return [], None, "too_big"
+    nids = record_ids(rec)
+    head = dg.REC_LEN + nids * dg.PEER_ID_LEN
+    frame = rec[head:]
+    mtu = overlay_mtu(datagram, nids)
+    frags = fragment_ipv4(frame, mtu)
+    if frags is not None and len(frags) > 1:
+        prefix = rec[2:head]
+        return [struct.pack("!H", len(f)) + prefix + f for f in frags], None, "fragmented"
+    if rec[3] & dg.FLAG_BCAST:
+        return [], None, "too_big_flooded"  # several relays would each answer: none does
+    reply = too_big_reply(frame, mtu)
+    if reply is None:
+        return [], None, "too_big"
+    return [], reply, "too_big_reply"
+
+
+def record_source(rec: bytes) -> bytes | None:
+    """The source peer id a record carries, if any."""
+    if rec[3] & dg.FLAG_SRC:
+        return rec[dg.REC_LEN:dg.REC_LEN + dg.PEER_ID_LEN]
+    return None
