@@ -62,7 +62,9 @@ from sleeve.status.metrics import metrics_route
 log = logging.getLogger("sleeve")
 
 HANDSHAKE_TIMEOUT = 10.0
-TCP_HEARTBEAT = 30.0
+TCP_HEARTBEAT = 5.0  # a control message at least this often, so silence means dead
+TCP_FALLBACK_AFTER = 3.0  # peer still hears no UDP from us: carry data over TCP
+TCP_MAX_BODY = 65000  # records per control message when data goes over TCP
 TCP_READ_TIMEOUT = 75.0
 UDP_FAST_HEARTBEAT = 0.5  # until the peer confirmed it hears us
 UDP_SLOW_HEARTBEAT = 5.0  # also keeps NAT mappings open (UDP timeouts are >= 30 s)
@@ -110,6 +112,10 @@ class Link:
         self.endpoint_learnt = False
         self.heard_at = 0.0  # last authenticated datagram
         self.confirmed = False  # the peer told us it hears our datagrams
+        self.told_ok = False  # we told the peer we hear its datagrams
+        self.over_tcp = False  # our data goes over the control connection (UDP blocked)
+        self.tcp_heard_at = time.monotonic()  # last control message from the peer
+        self.next_tcp_hb = 0.0
         self.usable = False  # state == established, refreshed every tick (hot path reads it)
         self.next_gossip = 0.0
         self.next_hb = 0.0
@@ -126,17 +132,28 @@ class Link:
         return self.state_reason()[0]
 
     def state_reason(self) -> tuple[str, str]:
-        """The link state and, in words, why (what `status` shows an operator)."""
-        if not self.heard_at:
-            return "pending", "no authenticated UDP datagram from the peer yet"
-        quiet = time.monotonic() - self.heard_at
+        """The link state and, in words, why (what `status` shows an operator).
+
+        It describes our sending direction: we know it works when the peer says it
+        hears our datagrams (or when we send over TCP); what the peer sends us is
+        its own link state. Silence on both UDP and TCP means the link is dead.
+        """
+        now = time.monotonic()
+        quiet = now - max(self.heard_at, self.tcp_heard_at)
         if quiet >= UDP_DEAD:
-            return "pending", f"no authenticated UDP datagram for {quiet:.0f}s"
+            return "pending", f"nothing from the peer over UDP or TCP for {quiet:.0f}s"
+        hears = self.heard_at and now - self.heard_at < UDP_DEAD
+        if self.over_tcp:
+            return "established", ("over TCP: the peer receives no UDP datagrams from us" +
+                                   ("" if hears else "; none from it either"))
         if not self.confirmed:
+            if not self.heard_at:
+                return "pending", "no authenticated UDP datagram from the peer yet"
             return "pending", "peer has not yet confirmed it receives our UDP datagrams"
         if not self.pmtu_known():
             return "pending", f"path MTU: {self.pmtu.reason}"
-        return "established", "UDP heartbeats both ways"
+        return "established", ("UDP heartbeats both ways" if hears else
+                               "UDP to the peer; its datagrams reach us over TCP")
 
     def pmtu_known(self) -> bool:
         """Whether the first answer about full-size datagrams is in (then stays true).
@@ -181,7 +198,7 @@ class Link:
             "state": state, "reason": reason, "endpoint_learnt": self.endpoint_learnt,
             "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
             "encrypted": self._node.cfg.encrypted,
-            "path": "sleeve",
+            "path": "tcp" if self.over_tcp else "sleeve",
             **self.pmtu.status(),
             "counters": {**self.stats.snapshot(),
                          **{f"drop_{k}": v for k, v in self.reasm.drops.items()}},
@@ -453,6 +470,13 @@ class Node:
         records, link.pending = link.pending, []
         if not records:
             return
+        if link.over_tcp:
+            bodies, oversize = pack(records, TCP_MAX_BODY)
+            link.stats.inc("drop_too_big", len(oversize))
+            for body in bodies:
+                link.send_control({"t": "d", "b": body})
+                link.stats.inc("tx_tcp_bytes", len(body))
+            return
         datagram = link.pmtu.current
         max_body = datagram - dg.HEADER_LEN - dg.TAG_LEN
         bodies, oversize = pack(records, max_body)
@@ -561,8 +585,9 @@ class Node:
                          *link.endpoint, *addr)
             link.endpoint = addr
             link.stats.inc("endpoint_changes")
-        if not link.endpoint_learnt:
-            link.endpoint_learnt = True
+        link.endpoint_learnt = True
+        if not link.told_ok:
+            link.told_ok = True
             link.send_control({"t": "udp_ok"})
         self._on_body(link, body, len(data), now, False)
 
@@ -594,6 +619,16 @@ class Node:
                     self.drops.inc("unknown_record")
         except dg.DecodeError as e:
             self.drops.inc(e.reason)
+
+    def _on_tcp_data(self, link: Link, body: object) -> None:
+        if not isinstance(body, bytes):
+            self.drops.inc("bad_tcp_data")
+            return
+        link.stats.inc("rx_tcp_bytes", len(body))
+        try:
+            self._on_body(link, body, len(body), time.monotonic(), False)
+        finally:
+            self._flush_touched()
 
     def _relay(self, link: Link, rec: dg.Record) -> None:
         assert rec.dst is not None
@@ -671,9 +706,11 @@ class Node:
     def on_timer(self, now: float) -> None:
         for link in list(self.links.values()):
             if now >= link.next_hb:
-                fast = not (link.confirmed and link.heard_at)
+                # fast until the peer hears us; over TCP, slow probes notice UDP coming back
+                fast = not (link.confirmed and link.heard_at) and not link.over_tcp
                 link.next_hb = now + (UDP_FAST_HEARTBEAT if fast else UDP_SLOW_HEARTBEAT)
                 self._send(link, link.heartbeat_record(now))
+            self._udp_or_tcp(link, now)
             link.usable = link.state == "established"
             self._probe(link, now)
             link.reasm.expire(now)
@@ -703,6 +740,20 @@ class Node:
                 dialling.add(ts.peer)
             if self._tg is not None:
                 self._tg.create_task(self._dial(ts))
+
+    def _udp_or_tcp(self, link: Link, now: float) -> None:
+        """Tell the peer whether we hear its UDP; fall back to TCP while it hears none of ours."""
+        if link.told_ok and now - link.heard_at >= UDP_DEAD:
+            link.told_ok = False
+            link.send_control({"t": "udp_lost"})
+        fallback = not link.confirmed and now - link.established_at >= TCP_FALLBACK_AFTER
+        if fallback != link.over_tcp:
+            link.over_tcp = fallback
+            log.info("link to %s: data now over %s", link.name, "TCP" if fallback else "UDP")
+            self.stats.inc("tcp_fallbacks" if fallback else "udp_recoveries")
+        if now >= link.next_tcp_hb:
+            link.next_tcp_hb = now + TCP_HEARTBEAT
+            link.send_control({"t": "hb"})
 
     # ------------------------------------------------------------------ mesh
     def _sync_own_record(self) -> None:
@@ -878,8 +929,13 @@ class Node:
 
     def _on_control(self, link: Link, m: dict[str, Any]) -> None:
         t = m["t"]
+        link.tcp_heard_at = time.monotonic()
         if t == "udp_ok":
             link.confirmed = True
+        elif t == "udp_lost":
+            link.confirmed = False
+        elif t == "d":
+            self._on_tcp_data(link, m.get("b"))
         elif t == "topo":
             self._on_gossip(link, m.get("r"))
         elif t == "hb":

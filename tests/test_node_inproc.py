@@ -139,3 +139,41 @@ def test_connecting_to_self_stops_retrying() -> None:
         await asyncio.wait_for(t, 5)
 
     asyncio.run(body())
+
+
+def test_data_falls_back_to_tcp_while_the_peer_hears_no_udp() -> None:
+    async def body(a: Node, pa: MemoryPort, b: Node, pb: MemoryPort) -> None:
+        assert b.udp is not None
+        deaf = b.udp
+        drained = 0
+
+        def discard() -> None:  # b's UDP is "firewalled": everything it receives vanishes
+            nonlocal drained
+            while True:
+                try:
+                    deaf.recv(65535)
+                    drained += 1
+                except BlockingIOError:
+                    return
+
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(deaf.fileno())
+        loop.add_reader(deaf.fileno(), discard)
+        await wait_for(lambda: established(a) and established(b), 10)
+        la, lb = a.links[b.id], b.links[a.id]
+        assert la.over_tcp and la.status()["path"] == "tcp"
+        assert not lb.over_tcp  # a hears b's UDP and said so: b keeps sending UDP
+        pa.inject(frame(BCAST, MAC_A, b"over tcp"))
+        await wait_for(lambda: len(pb.delivered) == 1)
+        pb.inject(frame(MAC_A, MAC_B, b"over udp"))
+        await wait_for(lambda: len(pa.delivered) == 1)
+        assert la.stats["tx_tcp_bytes"] > 0 and lb.stats["rx_tcp_bytes"] > 0
+        assert lb.stats["tx_packets"] > 0 and drained > 0
+        assert a.stats["tcp_fallbacks"] == 1
+        # UDP comes back: b hears a again, says so, and a returns to UDP
+        loop.remove_reader(deaf.fileno())
+        loop.add_reader(deaf.fileno(), b._on_udp_readable)
+        await wait_for(lambda: not la.over_tcp, 10)
+        assert a.stats["udp_recoveries"] == 1
+
+    asyncio.run(pair(body))
