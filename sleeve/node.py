@@ -76,6 +76,7 @@ CONTROL_BUFFER_MAX = 4 << 20  # a peer that does not read its control connection
 ICMP_PER_SECOND = 100  # too-big replies we generate, like the kernel's icmp_ratelimit
 UNDERLAY_MTU = 1500  # the PMTU search's ceiling: the usual interface MTU
 IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2  # <linux/in.h>; Python 3.11's socket lacks them
+IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO = 23, 2  # <linux/in6.h>
 TICK = 0.25
 BACKOFF_START = 2.0
 BACKOFF_MAX = 60.0
@@ -103,6 +104,7 @@ class Link:
         # Until a datagram authenticates we can only guess the peer's UDP endpoint:
         # the address it connected from (or we dialled) and the port it announced.
         self.endpoint: tuple[str, int] = (remote[0], est.hello.udp_port)
+        self.v6 = ":" in remote[0]  # which of our UDP sockets reaches the endpoint
         floor, ceiling = datagram_bounds(":" in remote[0], UNDERLAY_MTU)
         self.pmtu = PmtuProber(ceiling, floor, time.monotonic())
         self._max_ceiling = ceiling
@@ -194,7 +196,7 @@ class Link:
             "peer": self.name, "nickname": self.nickname,
             "direction": "outbound" if self.outbound else "inbound",
             "tcp": f"{self.remote_tcp[0]}:{self.remote_tcp[1]}",
-            "udp": f"{self.endpoint[0]}:{self.endpoint[1]}",
+            "udp": str(Target(*self.endpoint)),
             "state": state, "reason": reason, "endpoint_learnt": self.endpoint_learnt,
             "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
             "encrypted": self._node.cfg.encrypted,
@@ -243,7 +245,8 @@ class Node:
         }
         if cfg.resume:
             self._load_known_peers()
-        self.udp: socket.socket | None = None
+        self.udp: socket.socket | None = None  # IPv4 underlay
+        self.udp6: socket.socket | None = None  # IPv6 underlay
         self.udp_port = cfg.port
         self.tcp_port = cfg.port
         self._tg: asyncio.TaskGroup | None = None
@@ -255,12 +258,27 @@ class Node:
         """Serve until ``stop()``. Sockets first, so a busy port fails before a TAP exists."""
         loop = asyncio.get_running_loop()
         async with contextlib.AsyncExitStack() as stack:
-            self.udp = udp = self._open_udp()
-            stack.callback(udp.close)
-            self.udp_port = udp.getsockname()[1]
+            v4, v6 = _listen_addresses(self.cfg.listen)
+            uport = self.cfg.port
+            if v4 is not None:
+                self.udp = self._open_udp(socket.AF_INET, v4, uport)
+                stack.callback(self.udp.close)
+                uport = self.udp.getsockname()[1]
+            if v6 is not None:
+                try:
+                    self.udp6 = self._open_udp(socket.AF_INET6, v6, uport)
+                    stack.callback(self.udp6.close)
+                    uport = self.udp6.getsockname()[1]
+                except OSError as e:
+                    if v4 is None:
+                        raise
+                    log.warning("no IPv6 underlay: %s", e.strerror)  # e.g. IPv6 disabled
+                    v6 = None
+            self.udp_port = uport
+            hosts = [h for h in (v4, v6) if h is not None]
             try:
                 server = await asyncio.start_server(
-                    self._accept, self.cfg.listen, self.udp_port, reuse_address=True, backlog=64)
+                    self._accept, hosts, self.udp_port, reuse_address=True, backlog=64)
             except OSError as e:
                 raise OSError(e.errno, f"cannot listen on TCP port {self.udp_port}: "
                               f"{e.strerror}") from None
@@ -279,8 +297,10 @@ class Node:
             stack.callback(port.close)
             loop.add_reader(port.fileno(), self._on_port_readable)
             stack.callback(loop.remove_reader, port.fileno())
-            loop.add_reader(udp.fileno(), self._on_udp_readable)
-            stack.callback(loop.remove_reader, udp.fileno())
+            for sock in (self.udp, self.udp6):
+                if sock is not None:
+                    loop.add_reader(sock.fileno(), self._on_udp_readable, sock)
+                    stack.callback(loop.remove_reader, sock.fileno())
             stack.callback(self._close_links)
             if self.targets:
                 self._save_known_peers()
@@ -365,18 +385,22 @@ class Node:
         except OSError as e:
             log.warning("cannot remember peers in %s: %s", path, e.strerror)
 
-    def _open_udp(self) -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    def _open_udp(self, family: int, addr: str, port: int) -> socket.socket:
+        s = socket.socket(family, socket.SOCK_DGRAM)
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_BUFFER)
             # DF on every datagram: the path MTU is found by probing, and a datagram the
             # kernel knows is too big fails with EMSGSIZE instead of being fragmented.
-            s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
-            s.bind((self.cfg.listen, self.cfg.port))
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # v4 has its own
+                s.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO)
+            else:
+                s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+            s.bind((addr, port))
         except OSError as e:
             s.close()
-            raise OSError(e.errno, f"cannot bind UDP port {self.cfg.port}: {e.strerror}") \
+            raise OSError(e.errno, f"cannot bind UDP port {port} on {addr}: {e.strerror}") \
                 from None
         s.setblocking(False)
         return s
@@ -523,10 +547,13 @@ class Node:
         return frags
 
     def _send(self, link: Link, body: bytes) -> None:
-        assert self.udp is not None
+        sock = self.udp6 if link.v6 else self.udp
+        if sock is None:
+            link.stats.inc("drop_no_socket_for_family")  # e.g. an IPv6 peer, IPv4-only here
+            return
         data = link.session.seal(body)
         try:
-            self.udp.sendto(data, link.endpoint)
+            sock.sendto(data, link.endpoint)
         except BlockingIOError:
             link.stats.inc("drop_tx_busy")
             return
@@ -539,9 +566,8 @@ class Node:
         link.stats.inc("tx_packets")
         link.stats.inc("tx_bytes", len(data))
 
-    def _on_udp_readable(self) -> None:
-        assert self.udp is not None
-        recv = self.udp.recvfrom
+    def _on_udp_readable(self, sock: socket.socket) -> None:
+        recv = sock.recvfrom
         try:
             for _ in range(BATCH):
                 try:
@@ -559,7 +585,7 @@ class Node:
         finally:
             self._flush_touched()  # relayed records, one aggregation per batch
 
-    def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+    def _on_datagram(self, data: bytes, addr: tuple[Any, ...]) -> None:
         try:
             index, counter = dg.decode_header(data)
         except dg.DecodeError as e:
@@ -579,11 +605,14 @@ class Node:
         link.heard_at = now
         link.stats.inc("rx_packets")
         link.stats.inc("rx_bytes", len(data))
+        if len(addr) != 2:
+            addr = addr[:2]  # IPv6: drop flow info and scope id
         if addr != link.endpoint:
             if link.endpoint_learnt:
-                log.info("peer %s moved its UDP endpoint %s:%d -> %s:%d", link.name,
-                         *link.endpoint, *addr)
-            link.endpoint = addr
+                log.info("peer %s moved its UDP endpoint %s -> %s", link.name,
+                         Target(*link.endpoint), Target(*addr))
+            link.endpoint = (addr[0], addr[1])
+            link.v6 = ":" in addr[0]
             link.stats.inc("endpoint_changes")
         link.endpoint_learnt = True
         if not link.told_ok:
@@ -1043,6 +1072,15 @@ class Node:
 
 class _Stop(Exception):
     pass
+
+
+def _listen_addresses(listen: str) -> tuple[str | None, str | None]:
+    """(IPv4, IPv6) addresses to bind: both families for a wildcard, else the one given."""
+    if listen in ("", "0.0.0.0", "::"):
+        return "0.0.0.0", "::"
+    if ":" in listen:
+        return None, listen
+    return listen, None
 
 
 def _oserror_text(e: BaseException) -> str:

@@ -172,7 +172,7 @@ def test_data_falls_back_to_tcp_while_the_peer_hears_no_udp() -> None:
         assert a.stats["tcp_fallbacks"] == 1
         # UDP comes back: b hears a again, says so, and a returns to UDP
         loop.remove_reader(deaf.fileno())
-        loop.add_reader(deaf.fileno(), b._on_udp_readable)
+        loop.add_reader(deaf.fileno(), b._on_udp_readable, deaf)
         await wait_for(lambda: not la.over_tcp, 10)
         assert a.stats["udp_recoveries"] == 1
 
