@@ -1,25 +1,39 @@
-"""End-to-end throughput/latency/CPU across two lab hosts: ``python3 -m bench.e2e``.
+"""End-to-end benchmark of sleeve against kernel and userspace tunnels: ``python3 -m bench.e2e``.
 
-For each subject a fresh lab is built (hosts ``a`` and ``b`` on one switch, underlay
-198.18.0.1/24 and .2/24), measured and torn down:
+For each subject a fresh lab is built (hosts ``a`` and ``b`` plugged into one switch,
+underlay 198.18.0.1/24 and .2/24; tunnels carry overlay 198.19.0.1/24 and .2/24), the
+subject is measured and everything is torn down before the next one:
 
-- ``veth``: iperf3 straight over the underlay (no tunnel): the machine's limit;
-- ``vxlan``: a hand-made kernel VXLAN link (overlay 198.19.0.x/24, MTU 1450);
+- ``veth``: no tunnel, traffic straight over the underlay: the machine's limit;
+- ``vxlan``: kernel VXLAN (L2, clear text, MTU 1450);
 - ``sleeve``: ``sleeve launch`` with a password (encrypted data plane);
-- ``sleeve-plain``: ``sleeve launch --no-encryption``.
+- ``sleeve-plain``: ``sleeve launch --no-encryption`` (authenticated, clear text);
+- ``sleeve-fast``: sleeve's fast datapath: not built yet, reported as "not available";
+- ``wireguard-go``, ``tinc`` (1.0, switch mode), ``fastd`` (salsa2012+umac): userspace
+  reference tunnels from Debian packages (``--setup`` or ``bench/setup.sh`` installs them);
+  see :mod:`sleeve.lab.peers`.
 
-Measured: iperf3 single-stream TCP a->b (received bit/s, retransmits), ping RTT (avg, p99
-of 200 pings 10 ms apart) and the CPU seconds the two router processes used during the
-iperf3 run (utime+stime from /proc/PID/stat) per GB received.  Results go to
-``--out`` as ``e2e-<stamp>.json`` and ``e2e-<stamp>.md`` plus a ``LATEST.md`` copy.
+Each tunnel runs at its own largest non-fragmenting MTU (sleeve at its default), checked
+with a don't-fragment ping and the underlay's IpFragCreates.  Encrypted tunnels are
+checked for plaintext on the wire (tcpdump on the switch while pinging with a pattern).
 
-Every process runs through the lab (tracked, killed by PID at teardown); only lab
-namespaces and 198.18/16, 198.19/16 addresses are used.
+Measured per subject (``--tests``): iperf3 TCP, one stream and 4 streams, a->b and b->a
+(``-R``); iperf3 UDP as fast as possible with 64- and 512-byte payloads a->b (packets per
+second received, loss); ping RTT (avg, p99); for each iperf3 run the CPU seconds of the
+tunnel processes of both ends (utime+stime from /proc/PID/stat, all threads) per GB
+received, and the whole box's busy CPU seconds.  With ``sleeve`` measured, its two router
+processes are also profiled with py-spy under a single-stream load (``--profile``).
+
+Results go to ``--out``: ``e2e-<stamp>.json``, ``.md``, ``.png`` (matplotlib) and the
+profile files, plus a ``LATEST.md`` copy of the Markdown.  Every process runs through
+the lab (tracked, stopped by PID at teardown); only lab namespaces and 198.18/16,
+198.19/16 addresses are used.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import importlib.metadata
 import json
@@ -32,25 +46,81 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sleeve.lab import Host, Lab
+from bench import e2e_report as report
+from sleeve.lab import Host, Lab, Switch
+from sleeve.lab import peers as peerlib
 from sleeve.lab.routers import Router, established_with, workdir
 
-SUBJECTS: Final = ("veth", "vxlan", "sleeve", "sleeve-plain")
+SUBJECTS: Final = ("veth", "vxlan", "sleeve", "sleeve-plain", "sleeve-fast",
+                   "wireguard-go", "tinc", "fastd")
+USERSPACE_PEERS: Final = peerlib.KINDS
+SLEEVE_SUBJECTS: Final = ("sleeve", "sleeve-plain", "sleeve-fast")
+
+
+@dataclass(frozen=True)
+class Test:
+    name: str
+    label: str
+    proto: str  # tcp, udp or icmp
+    streams: int = 1
+    reverse: bool = False
+    length: int | None = None  # UDP payload bytes
+
+
+TESTS: Final[dict[str, Test]] = {t.name: t for t in (
+    Test("tcp1", "TCP 1 stream a->b", "tcp"),
+    Test("tcp1r", "TCP 1 stream b->a", "tcp", reverse=True),
+    Test("tcp4", "TCP 4 streams a->b", "tcp", streams=4),
+    Test("tcp4r", "TCP 4 streams b->a", "tcp", streams=4, reverse=True),
+    Test("udp64", "UDP 64 B a->b", "udp", length=64),
+    Test("udp512", "UDP 512 B a->b", "udp", length=512),
+    Test("ping", "ping", "icmp"),
+)}
+
+SUBJECT_INFO: Final[dict[str, dict[str, Any]]] = {
+    "veth": {"layer": "-", "encrypted": False, "kind": "kernel",
+             "what": "no tunnel: the underlay itself (the machine's limit)"},
+    "vxlan": {"layer": "L2", "encrypted": False, "kind": "kernel", "what": "kernel VXLAN"},
+    "sleeve": {"layer": "L2", "encrypted": True, "kind": "sleeve",
+               "what": "sleeve, ChaCha20-Poly1305 (PyNaCl)"},
+    "sleeve-plain": {"layer": "L2", "encrypted": False, "kind": "sleeve",
+                     "what": "sleeve --no-encryption (authenticated, clear text)"},
+    "sleeve-fast": {"layer": "L2", "encrypted": True, "kind": "sleeve",
+                    "what": "sleeve fast datapath"},
+    "wireguard-go": {"layer": "L3", "encrypted": True, "kind": "userspace",
+                     "what": "wireguard-go + wg, ChaCha20-Poly1305"},
+    "tinc": {"layer": "L2", "encrypted": True, "kind": "userspace",
+             "what": "tinc 1.0 Mode=switch, aes-256-cbc + HMAC-SHA256/4 (defaults)"},
+    "fastd": {"layer": "L2", "encrypted": True, "kind": "userspace",
+              "what": "fastd TAP, salsa2012+umac"},
+}
+
 A_UL, B_UL = "198.18.0.1", "198.18.0.2"
 A_OV, B_OV = "198.19.0.1", "198.19.0.2"
 IPERF_PORT: Final = 5201
 VXLAN_MTU: Final = 1450
-PING_COUNT: Final = 200
-ANCHOR_BPS: Final = 1.03e9
+VETH_MTU: Final = 1500
+# The flag a fast-datapath-capable `sleeve launch` is expected to offer; the subject
+# "sleeve-fast" runs with it once `sleeve launch --help` lists it.
+FAST_DATAPATH_FLAG: Final = "--fast-datapath"
+LEAK_PATTERN: Final = "5c1eeb0b5c1eeb0b5c1eeb0b5c1eeb0b"  # 16 bytes, ping -p
+NSTAT_COUNTERS: Final = ("UdpRcvbufErrors", "UdpSndbufErrors", "UdpInErrors",
+                         "TcpRetransSegs", "IpFragCreates")
 ANCHOR_NOTE: Final = (
-    "best userspace-tunnel anchor: fastd, 1.03 Gbit/s, measured on this kind of machine; "
-    "an external reference figure, NOT measured in this run"
+    "external anchors (shared/reference/anchors-2026-11-27.md, another VM of this kind, "
+    "direct veth, not this run): veth 22.27, vxlan 17.92, wireguard-go 0.76, tinc 0.89, "
+    "fastd 1.03 Gbit/s single-stream TCP"
 )
 DEFAULT_OUT: Final = pathlib.Path(__file__).resolve().parent / "results"
+SETUP_SCRIPT: Final = pathlib.Path(__file__).resolve().parent / "setup.sh"
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+# py-spy samples the routers with native frames (so syscalls, libsodium and uvloop show),
+# which needs it to pause the process per sample: a higher rate costs throughput.
+PYSPY_RATE: Final = 100
 
 _T0 = time.monotonic()
 
@@ -81,32 +151,103 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _iperf3_version() -> str | None:
-    if shutil.which("iperf3") is None:
+def _mem_gib() -> float | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _tool_version(argv: Sequence[str]) -> str | None:
+    if shutil.which(argv[0]) is None:
         return None
     try:
-        r = subprocess.run(["iperf3", "--version"], capture_output=True, text=True, timeout=5)
+        r = subprocess.run(list(argv), capture_output=True, text=True, timeout=5,
+                           stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    first = r.stdout.splitlines()[:1]
+    first = (r.stdout or r.stderr).strip().splitlines()[:1]
     return first[0].strip() if first else None
 
 
+def _os_release() -> str | None:
+    try:
+        text = pathlib.Path("/etc/os-release").read_text()
+    except OSError:
+        return None
+    m = re.search(r'^PRETTY_NAME="?([^"\n]*)"?', text, re.M)
+    return m.group(1) if m else None
+
+
+def _proc_ticks() -> dict[int, tuple[int, int, str]]:
+    """pid -> (utime+stime ticks, nice, comm) of every process."""
+    out: dict[int, tuple[int, int, str]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat", encoding="ascii", errors="replace") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[int(d)] = (int(fields[11]) + int(fields[12]), int(fields[16]), comm)
+    return out
+
+
+def background_load(sample: float = 1.0) -> dict[str, Any]:
+    """What else keeps the machine busy: the load average and every process that used at
+    least 10 % of a core over ``sample`` seconds (the benchmark shares the machine)."""
+    with open("/proc/loadavg", encoding="ascii") as f:
+        loadavg = " ".join(f.read().split()[:3])
+    t0 = _proc_ticks()
+    time.sleep(sample)
+    t1 = _proc_ticks()
+    busy = []
+    for pid, (ticks, nice, comm) in t1.items():
+        if pid == os.getpid() or pid not in t0:
+            continue
+        pct = 100.0 * (ticks - t0[pid][0]) / CLK_TCK / sample
+        if pct >= 10.0:
+            try:
+                args = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                args = comm.encode()
+            cmd = args.replace(b"\0", b" ").decode(errors="replace").strip()[:100]
+            busy.append({"pid": pid, "cpu_percent": round(pct), "nice": nice, "cmd": cmd})
+    return {"loadavg": loadavg, "busy_processes": busy}
+
+
 def environment() -> dict[str, Any]:
+    """Machine, kernel, Python and library versions: stamped on every output."""
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "hostname": platform.node(),
+        "machine": platform.machine(),
+        "os": _os_release(),
         "kernel": platform.release(),
         "cpu_model": _cpu_model(),
         "cpus": os.cpu_count(),
+        "mem_gib": _mem_gib(),
         "python": platform.python_version(),
+        "sleeve": _version("sleeve"),
         "pynacl": _version("pynacl"),
         "uvloop": _version("uvloop"),
-        "sleeve": _version("sleeve"),
-        "iperf3": _iperf3_version(),
+        "msgpack": _version("msgpack"),
+        "matplotlib": _version("matplotlib"),
+        "py-spy": _version("py-spy"),
+        "iperf3": _tool_version(["iperf3", "--version"]),
+        "debian_packages": peerlib.package_versions(),
+        "background_before": background_load(),
     }
 
 
-# ---------------------------------------------------------------- measurements
+# ---------------------------------------------------------------- counters
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -118,12 +259,33 @@ def proc_cpu_seconds(pid: int) -> float:
     return (utime + stime) / CLK_TCK
 
 
-def router_pid(r: Router) -> int:
-    """The PID of the router's python process.
+def box_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat", encoding="ascii") as f:
+        vals = [int(v) for v in f.readline().split()[1:]]
+    total = sum(vals[:8])  # user nice system idle iowait irq softirq steal
+    idle = vals[3] + vals[4]
+    return (total - idle) / CLK_TCK, total / CLK_TCK
 
-    ``Router.proc`` is ``ip netns exec NS python -m sleeve ...``; ``ip netns exec`` execs the
-    command, so the PID is the python process. Verified here via /proc/PID/cmdline.
-    """
+
+def daemon_pid(proc: subprocess.Popen[bytes], comm: str, timeout: float = 5.0) -> int:
+    """The PID of a daemon started as ``ip netns exec NS <daemon>`` (which execs), once
+    /proc/PID/comm shows ``comm`` (a prefix: comm is at most 15 chars)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got = pathlib.Path(f"/proc/{proc.pid}/comm").read_text().strip()
+        except OSError as e:
+            raise RuntimeError(f"pid {proc.pid} ({comm}) is gone") from e
+        if got and comm.startswith(got[:15]):
+            return proc.pid
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"pid {proc.pid} is {got!r}, not {comm!r}")
+        time.sleep(0.05)  # still `ip` before the exec
+
+
+def router_pid(r: Router) -> int:
+    """The PID of a router's python process (``ip netns exec`` execs python)."""
     assert r.proc is not None
     pid = r.proc.pid
     deadline = time.monotonic() + 5.0
@@ -136,22 +298,206 @@ def router_pid(r: Router) -> int:
             return pid
         if time.monotonic() > deadline:
             raise RuntimeError(f"pid {pid} is not the router's python process: {argv!r}")
-        time.sleep(0.05)  # still `ip` before the exec
+        time.sleep(0.05)
 
 
-def measure_ping(a: Host, dst: str) -> dict[str, Any]:
-    say(f"ping -c {PING_COUNT} -i 0.01 {dst}")
-    r = a.run("ping", "-n", "-c", str(PING_COUNT), "-i", "0.01", "-W", "1", dst,
-              check=False, timeout=30)
+def nstat(h: Host, counters: Sequence[str] = NSTAT_COUNTERS) -> dict[str, int]:
+    """Absolute values of the given counters inside ``h`` (nstat -azs: no history update)."""
+    r = h.run("nstat", "-azs", *counters, check=False, timeout=10)
+    out = dict.fromkeys(counters, 0)
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] in out:
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after.get(k, 0) - v for k, v in before.items()}
+
+
+# ---------------------------------------------------------------- subjects
+
+
+@dataclass
+class Running:
+    """A subject set up in a lab, ready to be measured."""
+
+    subject: str
+    dst: str  # b's address the traffic goes to
+    mtu: int | None
+    daemons: list[tuple[str, int]] = field(default_factory=list)  # (host, pid)
+    routers: list[Router] = field(default_factory=list)
+    tunnel: peerlib.Tunnel | None = None
+    notes: list[str] = field(default_factory=list)
+    ping_timeout: float = 20.0
+
+    def dead(self) -> list[str]:
+        """Hosts whose tunnel process has exited."""
+        out = [r.host.name for r in self.routers if not r.running]
+        if self.tunnel is not None:
+            out += [h.name for h, p in self.tunnel.procs if p.poll() is not None]
+        return out
+
+
+class Unavailable(Exception):
+    """The subject cannot run on this machine (tool not installed, feature not built)."""
+
+
+def sleeve_fast_unavailable() -> str | None:
+    """Why the ``sleeve-fast`` subject cannot run (None once it can).
+
+    The hook for the fast datapath: once ``sleeve launch --help`` lists
+    :data:`FAST_DATAPATH_FLAG`, the subject runs sleeve with it (encrypted).
+    """
+    try:
+        r = subprocess.run([sys.executable, "-m", "sleeve", "launch", "--help"],
+                           capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"could not ask `sleeve launch --help`: {e}"
+    if FAST_DATAPATH_FLAG in r.stdout:
+        return None
+    return (f"sleeve has no fast datapath yet (`sleeve launch --help` has no "
+            f"{FAST_DATAPATH_FLAG}); no number is reported")
+
+
+def unavailable_reason(subject: str) -> str | None:
+    """None if ``subject`` can run here, else why not (checked before building a lab)."""
+    if subject == "sleeve-fast":
+        return sleeve_fast_unavailable()
+    if subject in USERSPACE_PEERS:
+        try:
+            peerlib.check_available(subject)
+        except peerlib.PeerUnavailable as e:
+            return str(e)
+    if subject == "vxlan" and shutil.which("ip") is None:
+        return "ip (iproute2) not installed"
+    return None
+
+
+def _setup_vxlan(h: Host, ul_if: str, local: str, remote: str, overlay: str) -> None:
+    h.run("ip", "link", "add", "vx0", "type", "vxlan", "id", "42", "remote", remote,
+          "local", local, "dstport", "4789", "dev", ul_if, timeout=15)
+    h.set_mtu("vx0", VXLAN_MTU)
+    h.addr("vx0", overlay)
+
+
+def _link_mtu(h: Host, ifname: str) -> int | None:
+    r = h.run("ip", "-o", "link", "show", "dev", ifname, check=False, timeout=10)
+    m = re.search(r"\bmtu (\d+)", r.stdout)
+    return int(m.group(1)) if m else None
+
+
+def setup_subject(subject: str, a: Host, b: Host, ifs: tuple[str, str],
+                  wd: pathlib.Path, sleeve_mtu: int | None) -> Running:
+    if subject == "veth":
+        return Running(subject, B_UL, VETH_MTU)
+    if subject == "vxlan":
+        _setup_vxlan(a, ifs[0], A_UL, B_UL, f"{A_OV}/24")
+        _setup_vxlan(b, ifs[1], B_UL, A_UL, f"{B_OV}/24")
+        return Running(subject, B_OV, VXLAN_MTU)
+    if subject in SLEEVE_SUBJECTS:
+        pw = None if subject == "sleeve-plain" else "bench-" + os.urandom(8).hex()
+        extra = [FAST_DATAPATH_FLAG] if subject == "sleeve-fast" else []
+        if sleeve_mtu is not None:
+            extra += ["--mtu", str(sleeve_mtu)]
+        rb = Router(b, ["--ip", f"{B_OV}/24", *extra], wd, pw)
+        ra = Router(a, ["--ip", f"{A_OV}/24", *extra, B_UL], wd, pw)
+        run = Running(subject, B_OV, None, routers=[ra, rb])
+        ra.wait(established_with(1), 30, "link a-b")
+        rb.wait(established_with(1), 30, "link b-a")
+        run.daemons = [(r.host.name, router_pid(r)) for r in (ra, rb)]
+        mtus = {_link_mtu(h, "sleeve0") for h in (a, b)}
+        run.mtu = mtus.pop() if len(mtus) == 1 else None
+        return run
+    if subject in USERSPACE_PEERS:
+        t = peerlib.SETUP[subject](a, b, A_UL, B_UL, f"{A_OV}/24", f"{B_OV}/24", wd)
+        run = Running(subject, B_OV, t.mtu, tunnel=t, notes=list(t.notes))
+        # a fastd handshake that went unanswered is retried only after ~20 s
+        run.ping_timeout = 60.0
+        run.daemons = [(h.name, daemon_pid(p, peerlib.COMM[subject])) for h, p in t.procs]
+        return run
+    raise ValueError(f"unknown subject {subject!r}")
+
+
+def teardown_subject(run: Running) -> None:
+    """Stop the tunnel processes (the lab would kill them anyway); never raises."""
+    for r in run.routers:
+        if r.running:
+            try:
+                r.stop()
+            except Exception as e:
+                run.notes.append(f"stopping the router on {r.host.name}: {e}")
+    if run.tunnel is not None:
+        run.tunnel.stop()
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def measure_ping(a: Host, dst: str, count: int) -> dict[str, Any]:
+    say(f"  ping -c {count} -i 0.01 {dst}")
+    r = a.run("ping", "-n", "-c", str(count), "-i", "0.01", "-W", "1", dst,
+              check=False, timeout=30 + count * 0.05)
     times = sorted(float(m) for m in re.findall(r"time=([0-9.]+) ms", r.stdout))
-    res: dict[str, Any] = {"sent": PING_COUNT, "received": len(times)}
+    res: dict[str, Any] = {"sent": count, "received": len(times)}
     m = re.search(r"= ([0-9.]+)/([0-9.]+)/([0-9.]+)/([0-9.]+) ms", r.stdout)
     res["avg_ms"] = float(m.group(2)) if m else None
     res["min_ms"] = float(m.group(1)) if m else None
     res["max_ms"] = float(m.group(3)) if m else None
     res["p99_ms"] = times[max(0, math.ceil(0.99 * len(times)) - 1)] if times else None
     res["p50_ms"] = times[len(times) // 2] if times else None
+    res["loss_percent"] = round(100.0 * (count - len(times)) / count, 2)
     return res
+
+
+def check_mtu(a: Host, b: Host, dst: str, mtu: int | None) -> dict[str, Any]:
+    """A don't-fragment ping filling the tunnel MTU must pass without any underlay IP
+    fragmentation (IpFragCreates of both hosts unchanged)."""
+    if mtu is None:
+        return {"mtu": None, "ok": None, "note": "MTU unknown"}
+    size = mtu - 28
+    before = [nstat(h, ("IpFragCreates",)) for h in (a, b)]
+    ok = a.ping(dst, count=3, size=size, dont_fragment=True, timeout=15)
+    after = [nstat(h, ("IpFragCreates",)) for h in (a, b)]
+    frags = sum(x["IpFragCreates"] - y["IpFragCreates"] for x, y in zip(after, before,
+                                                                        strict=True))
+    return {"mtu": mtu, "df_ping_payload": size, "df_ping_ok": ok,
+            "underlay_frag_creates": frags, "ok": bool(ok and frags == 0)}
+
+
+def check_leak(sw: Switch, a: Host, dst: str, wd: pathlib.Path) -> dict[str, Any]:
+    """Ping ``dst`` with a 16-byte pattern while tcpdump records the switch's bridge; report
+    whether the pattern appears in clear on the underlay."""
+    pcap = wd / f"leak-{os.urandom(3).hex()}.pcap"
+    errf = wd / "tcpdump.err"
+    with open(errf, "wb") as err:
+        # --immediate-mode: else packets wait in the capture ring for up to 1 s and are lost
+        # when tcpdump is stopped
+        td = sw.popen("tcpdump", "-i", sw.bridge, "-n", "-s", "0", "-U", "--immediate-mode",
+                      "-Z", "root", "-w", str(pcap), stderr=err)
+    try:
+        deadline = time.monotonic() + 5.0
+        while b"listening on" not in errf.read_bytes() and time.monotonic() < deadline:
+            if td.poll() is not None:
+                return {"checked": False, "note": f"tcpdump exited {td.returncode}"}
+            time.sleep(0.05)
+        a.run("ping", "-n", "-q", "-c", "5", "-i", "0.05", "-W", "1", "-p", LEAK_PATTERN,
+              dst, check=False, timeout=15)
+        time.sleep(0.2)
+    finally:
+        sw.stop(td)
+    try:
+        data = pcap.read_bytes()
+    except OSError as e:
+        return {"checked": False, "note": f"no capture: {e}"}
+    finally:
+        with contextlib.suppress(OSError):
+            pcap.unlink()
+    if len(data) <= 24:  # the pcap file header alone: nothing was captured
+        return {"checked": False, "note": "tcpdump captured nothing"}
+    return {"checked": True, "capture_bytes": len(data),
+            "plaintext_seen": bytes.fromhex(LEAK_PATTERN) in data}
 
 
 def _wait_listening(h: Host, port: int, server: subprocess.Popen[bytes], timeout: float) -> None:
@@ -166,30 +512,20 @@ def _wait_listening(h: Host, port: int, server: subprocess.Popen[bytes], timeout
     raise TimeoutError(f"iperf3 server on {h.name} not listening after {timeout}s")
 
 
-def measure_iperf(a: Host, b: Host, dst: str, seconds: int,
-                  routers: Sequence[Router]) -> dict[str, Any]:
-    pids = [router_pid(r) for r in routers]
-    say(f"iperf3 server on {b.name}")
-    server = b.popen("iperf3", "-s", "-1", "-B", dst, "-p", str(IPERF_PORT))
-    try:
-        _wait_listening(b, IPERF_PORT, server, 10.0)
-        cpu0 = [proc_cpu_seconds(p) for p in pids]
-        t0 = time.monotonic()
-        say(f"iperf3 -c {dst} -t {seconds} (single TCP stream a->b)")
-        r = a.run("iperf3", "-c", dst, "-p", str(IPERF_PORT), "-t", str(seconds), "-J",
-                  check=False, timeout=seconds + 30)
-        wall = time.monotonic() - t0
-        cpu1 = [proc_cpu_seconds(p) for p in pids]
-        try:
-            server.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-    finally:
-        b.stop(server)  # untracks it; SIGTERM/SIGKILL only if still running
-    try:
-        data: dict[str, Any] = json.loads(r.stdout)
-    except json.JSONDecodeError as e:
-        raise RuntimeError(f"iperf3 gave no JSON (rc {r.returncode}): {r.stderr[-500:]}") from e
+def iperf_argv(test: Test, dst: str, seconds: int) -> list[str]:
+    argv = ["iperf3", "-c", dst, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"]
+    if test.streams > 1:
+        argv += ["-P", str(test.streams)]
+    if test.reverse:
+        argv.append("-R")
+    if test.proto == "udp":
+        argv += ["-u", "-b", "0", "-l", str(test.length)]
+    return argv
+
+
+def parse_iperf(test: Test, data: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one iperf3 ``-J`` result (client side, which also carries the
+    receiver's totals)."""
     if "error" in data:
         raise RuntimeError(f"iperf3 failed: {data['error']}")
     end = data["end"]
@@ -197,193 +533,349 @@ def measure_iperf(a: Host, b: Host, dst: str, seconds: int,
     res: dict[str, Any] = {
         "bits_per_second": recv["bits_per_second"],
         "bytes_received": recv["bytes"],
-        "retransmits": sent.get("retransmits"),
         "sender_bits_per_second": sent["bits_per_second"],
         "seconds": recv.get("seconds"),
-        "wall_seconds": round(wall, 3),
         "iperf_cpu_percent": end.get("cpu_utilization_percent"),
     }
-    if pids:
-        used = [c1 - c0 for c0, c1 in zip(cpu0, cpu1, strict=True)]
-        gb = recv["bytes"] / 1e9
-        res["router_cpu_seconds"] = {r.host.name: round(u, 3)
-                                     for r, u in zip(routers, used, strict=True)}
-        res["router_cpu_seconds_total"] = round(sum(used), 3)
-        res["router_cpu_s_per_gb"] = round(sum(used) / gb, 3) if gb > 0 else None
-        res["router_pids"] = pids
+    if test.proto == "tcp":
+        res["retransmits"] = sent.get("retransmits")
+    else:
+        assert test.length is not None
+        secs = sent.get("seconds") or recv.get("seconds") or 0.0
+        n_sent = int(sent.get("packets", 0))
+        n_recv = int(recv["bytes"]) // test.length
+        res.update({
+            "payload_bytes": test.length,
+            "packets_sent": n_sent,
+            "packets_received": n_recv,
+            "tx_pps": n_sent / secs if secs else None,
+            "rx_pps": n_recv / secs if secs else None,
+            "loss_percent": 100.0 * (n_sent - n_recv) / n_sent if n_sent else None,
+            "iperf_lost_percent": recv.get("lost_percent"),
+        })
     return res
 
 
-def nstat(h: Host, *counters: str) -> dict[str, int]:
-    """Absolute values of the given counters inside ``h`` (nstat -azs: no history update)."""
-    r = h.run("nstat", "-azs", *counters, check=False, timeout=10)
-    out: dict[str, int] = {}
-    for line in r.stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] in counters:
-            out[parts[0]] = int(parts[1])
-    return out
+def measure_iperf(a: Host, b: Host, dst: str, test: Test, seconds: int,
+                  daemons: Sequence[tuple[str, int]]) -> dict[str, Any]:
+    say(f"  iperf3 {test.label} for {seconds} s")
+    server = b.popen("iperf3", "-s", "-1", "-B", dst, "-p", str(IPERF_PORT))
+    try:
+        _wait_listening(b, IPERF_PORT, server, 10.0)
+        ns0 = {h.name: nstat(h) for h in (a, b)}
+        cpu0 = [proc_cpu_seconds(pid) for _, pid in daemons]
+        box0 = box_cpu_seconds()
+        t0 = time.monotonic()
+        r = a.run(*iperf_argv(test, dst, seconds), check=False, timeout=seconds + 40)
+        wall = time.monotonic() - t0
+        box1 = box_cpu_seconds()
+        cpu1 = [proc_cpu_seconds(pid) for _, pid in daemons]
+        ns1 = {h.name: nstat(h) for h in (a, b)}
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=5)
+    finally:
+        b.stop(server)  # untracks it; SIGTERM/SIGKILL only if still running
+    try:
+        data: dict[str, Any] = json.loads(r.stdout)
+    except json.JSONDecodeError as e:
+        raise RuntimeError(f"iperf3 gave no JSON (rc {r.returncode}): {r.stderr[-500:]}") from e
+    res = parse_iperf(test, data)
+    res["wall_seconds"] = round(wall, 3)
+    res["box_busy_cpu_seconds"] = round(box1[0] - box0[0], 3)
+    res["box_total_cpu_seconds"] = round(box1[1] - box0[1], 3)
+    res["nstat_delta"] = {h: _delta(ns0[h], ns1[h]) for h in ns0}
+    if daemons:
+        used = [c1 - c0 for c0, c1 in zip(cpu0, cpu1, strict=True)]
+        gb = res["bytes_received"] / 1e9
+        res["daemon_cpu_seconds"] = {h: round(u, 3) for (h, _), u in zip(daemons, used,
+                                                                         strict=True)}
+        res["daemon_cpu_seconds_total"] = round(sum(used), 3)
+        res["daemon_cpu_s_per_gb"] = round(sum(used) / gb, 3) if gb > 0 else None
+    return res
 
 
-# ---------------------------------------------------------------- subjects
+# ---------------------------------------------------------------- profile
 
 
-def _setup_vxlan(h: Host, ul_if: str, local: str, remote: str, overlay: str) -> None:
-    h.run("ip", "link", "add", "vx0", "type", "vxlan", "id", "42", "remote", remote,
-          "local", local, "dstport", "4789", "dev", ul_if, timeout=15)
-    h.set_mtu("vx0", VXLAN_MTU)
-    h.addr("vx0", overlay)
+def pyspy_available() -> str | None:
+    """None if py-spy can be used, else why not."""
+    if shutil.which("py-spy") is None:
+        return "py-spy not installed (pip install -e '.[bench]')"
+    return None
 
 
-def run_subject(subject: str, seconds: int) -> dict[str, Any]:
-    say(f"=== {subject}: building lab")
-    result: dict[str, Any] = {"subject": subject}
-    with Lab() as lab:
-        sw = lab.switch()
-        a, b = lab.host("a"), lab.host("b")
-        if_a = lab.connect(a, sw, f"{A_UL}/24")
-        if_b = lab.connect(b, sw, f"{B_UL}/24")
-        routers: list[Router] = []
-        dst = B_UL
-        if subject == "vxlan":
-            say("vxlan: vx0 on both hosts")
-            _setup_vxlan(a, if_a, A_UL, B_UL, f"{A_OV}/24")
-            _setup_vxlan(b, if_b, B_UL, A_UL, f"{B_OV}/24")
-            dst = B_OV
-        elif subject in ("sleeve", "sleeve-plain"):
-            pw = "bench" if subject == "sleeve" else None
-            wd = workdir("sleeve-bench-")
-            result["workdir"] = str(wd)
-            say(f"{subject}: launching routers (password={'yes' if pw else 'none'})")
-            rb = Router(b, ["--ip", f"{B_OV}/24"], wd, pw)
-            ra = Router(a, ["--ip", f"{A_OV}/24", B_UL], wd, pw)
-            routers = [ra, rb]
-            ra.wait(established_with(1), 30, "link a-b")
-            rb.wait(established_with(1), 30, "link b-a")
-            say(f"{subject}: established on both routers")
-            dst = B_OV
-        elif subject != "veth":
-            raise ValueError(f"unknown subject {subject!r}")
-        say(f"{subject}: waiting for ping {dst}")
-        if not a.wait_ping(dst, timeout=20):
-            raise RuntimeError(f"{subject}: no ping reply from {dst}")
-        result["target"] = dst
-        result["ping"] = measure_ping(a, dst)
-        result["iperf"] = measure_iperf(a, b, dst, seconds, routers)
-        result["nstat_b"] = nstat(b, "UdpRcvbufErrors", "UdpInErrors", "UdpSndbufErrors",
-                                  "TcpRetransSegs")
-        result["nstat_a"] = nstat(a, "UdpRcvbufErrors", "UdpInErrors", "UdpSndbufErrors",
-                                  "TcpRetransSegs")
-        for r in routers:
+def profile_sleeve(a: Host, b: Host, run: Running, seconds: int, out: pathlib.Path,
+                   stamp: str) -> dict[str, Any]:
+    """py-spy records both routers (raw collapsed stacks with native frames, idle samples
+    included) during a single-stream TCP run a->b; returns the files and a summary (where
+    the time goes: idle, syscalls, crypto, Python; the hottest functions)."""
+    why = pyspy_available()
+    if why:
+        return {"status": "not available", "reason": why}
+    say(f"  profiling both routers with py-spy for {seconds} s under TCP 1 stream a->b")
+    hosts = {"a": a, "b": b}
+    files: dict[str, pathlib.Path] = {}
+    spies: list[tuple[Host, subprocess.Popen[bytes], pathlib.Path]] = []
+    server = b.popen("iperf3", "-s", "-1", "-B", run.dst, "-p", str(IPERF_PORT))
+    try:
+        _wait_listening(b, IPERF_PORT, server, 10.0)
+        for host_name, pid in run.daemons:
+            h = hosts[host_name]
+            f = out / f"e2e-{stamp}-profile-{run.subject}-{host_name}.collapsed.txt"
+            log = out / f".py-spy-{host_name}.log"
+            with open(log, "wb") as lf:
+                p = h.popen("py-spy", "record", "--pid", str(pid), "--rate", str(PYSPY_RATE),
+                            "--duration", str(seconds + 1), "--format", "raw", "--native",
+                            "--idle", "--output", str(f), stdout=lf, stderr=lf)
+            files[host_name] = f
+            spies.append((h, p, log))
+        time.sleep(0.5)  # py-spy attaches
+        r = a.run(*iperf_argv(TESTS["tcp1"], run.dst, seconds), check=False,
+                  timeout=seconds + 40)
+        for h, p, _ in spies:
             try:
-                st = r.status()
-                result.setdefault("router_drops", {})[r.host.name] = st.get("drops", {})
-            except RuntimeError as e:
-                result.setdefault("router_drops", {})[r.host.name] = {"error": str(e)}
-            result.setdefault("router_alive", {})[r.host.name] = r.running
-        for r in routers:
-            if r.running:
-                r.stop()
-        say(f"=== {subject}: {result['iperf']['bits_per_second'] / 1e9:.3f} Gbit/s, "
-            f"ping avg {result['ping']['avg_ms']} ms; tearing down")
-    if lab.errors:
-        result["teardown_errors"] = list(lab.errors)
-    wd_done = result.pop("workdir", None)
-    if wd_done is not None:  # logs, state and password file; kept only if the subject failed
-        shutil.rmtree(wd_done, ignore_errors=True)
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                h.stop(p)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=5)
+    finally:
+        for h, p, _ in spies:
+            if p.returncode is None:
+                h.stop(p)
+        b.stop(server)
+    res: dict[str, Any] = {"status": "ok", "tool": _tool_version(["py-spy", "--version"]),
+                           "seconds": seconds, "rate_hz": PYSPY_RATE, "load": "TCP 1 stream a->b",
+                           "files": {}, "summary": {}}
+    with contextlib.suppress(json.JSONDecodeError, KeyError, RuntimeError):
+        res["bits_per_second_while_profiled"] = parse_iperf(
+            TESTS["tcp1"], json.loads(r.stdout))["bits_per_second"]
+    for (_h, p, log), (host_name, f) in zip(spies, files.items(), strict=True):
+        role = "sender (encrypts)" if host_name == "a" else "receiver (decrypts)"
+        if not f.exists() or f.stat().st_size == 0:
+            res["files"][host_name] = None
+            res["summary"][host_name] = {
+                "role": role, "error": f"py-spy rc {p.returncode}: "
+                + log.read_text(errors="replace")[-400:]}
+        else:
+            res["files"][host_name] = f.name
+            res["summary"][host_name] = {"role": role,
+                                         **report.summarize_collapsed(f.read_text())}
+        with contextlib.suppress(OSError):
+            log.unlink()
+    if all(v is None for v in res["files"].values()):
+        res["status"] = "failed"
+    return res
+
+
+# ---------------------------------------------------------------- one subject
+
+
+def estimate_seconds(subjects: Sequence[str], tests: Sequence[str], seconds: int,
+                     profile_seconds: int) -> float:
+    """A rough wall-time estimate, for the progress lines."""
+    per = sum(seconds + 1.5 for t in tests if t != "ping") + (3 if "ping" in tests else 0)
+    total = sum(per + 8 for s in subjects if s != "sleeve-fast")
+    if "sleeve" in subjects and profile_seconds:
+        total += profile_seconds + 3
+    return total
+
+
+@dataclass
+class Config:
+    seconds: int
+    tests: list[str]
+    ping_count: int
+    profile_seconds: int  # 0: no profile
+    sleeve_mtu: int | None
+    out: pathlib.Path
+    stamp: str
+
+
+def run_subject(subject: str, cfg: Config) -> dict[str, Any]:
+    result: dict[str, Any] = {"subject": subject, **SUBJECT_INFO[subject]}
+    why = unavailable_reason(subject)
+    if why is not None:
+        say(f"=== {subject}: not available: {why}")
+        result.update(status="not available", reason=why)
+        return result
+    say(f"=== {subject}: building lab")
+    wd = workdir(f"sleeve-bench-{subject}-")
+    ok = False
+    try:
+        with Lab() as lab:
+            sw = lab.switch()
+            a, b = lab.host("a"), lab.host("b")
+            ifs = (lab.connect(a, sw, f"{A_UL}/24"), lab.connect(b, sw, f"{B_UL}/24"))
+            run = setup_subject(subject, a, b, ifs, wd, cfg.sleeve_mtu)
+            try:
+                ok = _measure_subject(result, run, a, b, sw, wd, cfg)
+            finally:
+                teardown_subject(run)
+        if lab.errors:
+            result["teardown_errors"] = list(lab.errors)
+    except Exception as e:
+        say(f"=== {subject}: FAILED: {e!r}")
+        result.update(status="failed", error=f"{type(e).__name__}: {e}")
+    finally:
+        if ok:  # logs, keys and password files; kept for a look if the subject failed
+            shutil.rmtree(wd, ignore_errors=True)
+        else:
+            result["workdir_kept"] = str(wd)
+            say(f"{subject}: work directory kept: {wd} (removed at exit unless "
+                "SLEEVE_LAB_KEEP=1)")
     return result
 
 
-# ---------------------------------------------------------------- report
+def _measure_subject(result: dict[str, Any], run: Running, a: Host, b: Host, sw: Switch,
+                     wd: pathlib.Path, cfg: Config) -> bool:
+    subject = run.subject
+    result["mtu"] = run.mtu
+    result["target"] = run.dst
+    result["daemon_pids"] = {h: pid for h, pid in run.daemons}
+    say(f"{subject}: waiting for ping {run.dst} (up to {run.ping_timeout:.0f} s)")
+    t0 = time.monotonic()
+    if not a.wait_ping(run.dst, timeout=run.ping_timeout):
+        extra = run.tunnel.log() if run.tunnel else "\n".join(r.log()[-2000:]
+                                                              for r in run.routers)
+        raise RuntimeError(f"{subject}: no ping reply from {run.dst}\n{extra}")
+    result["ping_ready_seconds"] = round(time.monotonic() - t0, 2)
+    if subject in USERSPACE_PEERS:  # let handshakes and PMTU settle before measuring
+        time.sleep(1.0)
+    result["mtu_check"] = check_mtu(a, b, run.dst, run.mtu)
+    if subject != "veth":
+        result["leak_check"] = check_leak(sw, a, run.dst, wd)
+        leak = result["leak_check"]
+        if leak.get("checked") and result["encrypted"] and leak["plaintext_seen"]:
+            run.notes.append("PLAINTEXT SEEN ON THE UNDERLAY although the subject encrypts")
+    tests: dict[str, Any] = {}
+    result["tests"] = tests
+    n = len(cfg.tests)
+    for i, name in enumerate(cfg.tests, 1):
+        test = TESTS[name]
+        say(f"{subject}: test {i}/{n}: {test.label}")
+        try:
+            if name == "ping":
+                tests[name] = measure_ping(a, run.dst, cfg.ping_count)
+            else:
+                tests[name] = measure_iperf(a, b, run.dst, test, cfg.seconds, run.daemons)
+        except Exception as e:
+            say(f"{subject}: {name} FAILED: {e!r}")
+            tests[name] = {"error": f"{type(e).__name__}: {e}"}
+        dead = run.dead()
+        if dead:
+            raise RuntimeError(f"{subject}: tunnel process on {dead} died during {name}")
+    if subject == "sleeve" and cfg.profile_seconds > 0:
+        try:
+            result["profile"] = profile_sleeve(a, b, run, cfg.profile_seconds, cfg.out,
+                                               cfg.stamp)
+        except Exception as e:
+            say(f"{subject}: profile FAILED: {e!r}")
+            result["profile"] = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+    for r in run.routers:
+        try:
+            st = r.status()
+            result.setdefault("router_drops", {})[r.host.name] = st.get("drops", {})
+        except RuntimeError as e:
+            result.setdefault("router_drops", {})[r.host.name] = {"error": str(e)}
+    result["notes"] = run.notes
+    failed = [k for k, v in tests.items() if "error" in v]
+    result["status"] = "failed" if failed else "ok"
+    if failed:
+        result["error"] = f"tests failed: {', '.join(failed)}"
+    t1 = tests.get("tcp1", {})
+    summary = (f"{t1['bits_per_second'] / 1e9:.3f} Gbit/s TCP 1 stream"
+               if "bits_per_second" in t1 else "done")
+    say(f"=== {subject}: {summary}; tearing down")
+    return not failed
 
 
-def _fmt(v: Any, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
+# ---------------------------------------------------------------- main
 
 
-def markdown(doc: dict[str, Any]) -> str:
-    env = doc["environment"]
-    lines = [
-        f"# sleeve end-to-end benchmark ({env['date']})",
-        "",
-        f"- kernel {env['kernel']}, CPU {env['cpu_model']} x{env['cpus']}, "
-        f"Python {env['python']}, pynacl {env['pynacl']}, uvloop {env['uvloop']}, "
-        f"{env['iperf3']}",
-        f"- iperf3 single TCP stream a->b for {doc['seconds']} s; ping {PING_COUNT} x 10 ms; "
-        "router CPU = utime+stime of both router processes during the iperf3 run",
-        f"- anchor: {ANCHOR_NOTE}",
-        "",
-        "| subject | Gbit/s | vs veth | vs anchor (1.03 Gbit/s) | retransmits "
-        "| ping avg ms | ping p99 ms | router CPU-s | CPU-s/GB | UdpRcvbufErrors (b) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    veth_bps = next((r["iperf"]["bits_per_second"] for r in doc["results"]
-                     if r["subject"] == "veth" and "iperf" in r), None)
-    for r in doc["results"]:
-        if "error" in r:
-            lines.append(f"| {r['subject']} | FAILED: {r['error'][:80]} |||||||||")
-            continue
-        ip, pg = r["iperf"], r["ping"]
-        bps = ip["bits_per_second"]
-        lines.append(
-            f"| {r['subject']} | {bps / 1e9:.3f} "
-            f"| {_fmt(bps / veth_bps if veth_bps else None, '.3f')} "
-            f"| {bps / ANCHOR_BPS:.3f} | {_fmt(ip['retransmits'], 'd')} "
-            f"| {_fmt(pg['avg_ms'], '.3f')} | {_fmt(pg['p99_ms'], '.3f')} "
-            f"| {_fmt(ip.get('router_cpu_seconds_total'), '.2f')} "
-            f"| {_fmt(ip.get('router_cpu_s_per_gb'), '.2f')} "
-            f"| {_fmt(r['nstat_b'].get('UdpRcvbufErrors'), 'd')} |"
-        )
-    lines.append("")
-    return "\n".join(lines)
+def run_setup() -> None:
+    say(f"set-up: {SETUP_SCRIPT}")
+    subprocess.run(["sh", str(SETUP_SCRIPT)], check=True, timeout=1800)
+
+
+def _csv(value: str, allowed: Sequence[str], what: str,
+         error: Callable[[str], Any]) -> list[str]:
+    items = [s.strip() for s in value.split(",") if s.strip()]
+    bad = [s for s in items if s not in allowed]
+    if bad or not items:
+        error(f"unknown {what} {bad}; choose from {','.join(allowed)}")
+    return items
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m bench.e2e", description=__doc__.split("\n")[0])
-    p.add_argument("--seconds", type=int, default=10, help="iperf3 duration (default 10)")
+    p = argparse.ArgumentParser(prog="python3 -m bench.e2e",
+                                description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--seconds", type=int, default=10, help="each iperf3 run (default 10)")
     p.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT,
                    help="output directory (default bench/results/)")
     p.add_argument("--subjects", default=",".join(SUBJECTS),
                    help=f"comma-separated subset of {','.join(SUBJECTS)}")
+    p.add_argument("--tests", default=",".join(TESTS),
+                   help=f"comma-separated subset of {','.join(TESTS)}")
+    p.add_argument("--ping-count", type=int, default=200, help="pings 10 ms apart (200)")
+    p.add_argument("--profile-seconds", type=int, default=None,
+                   help="py-spy profile of the encrypted sleeve routers (default: --seconds; "
+                   "0: none)")
+    p.add_argument("--sleeve-mtu", type=int, default=None,
+                   help="run sleeve with this --mtu (default: its own default)")
+    p.add_argument("--setup", action="store_true",
+                   help="first install the reference tunnels and the bench extra "
+                   "(bench/setup.sh: apt-get + pip; needs the package registries)")
+    p.add_argument("--no-latest", action="store_true", help="do not write LATEST.md")
     args = p.parse_args(argv)
-    subjects = [s.strip() for s in args.subjects.split(",") if s.strip()]
-    bad = [s for s in subjects if s not in SUBJECTS]
-    if bad or not subjects:
-        p.error(f"unknown subjects {bad}; choose from {','.join(SUBJECTS)}")
+    subjects = _csv(args.subjects, SUBJECTS, "subjects", p.error)
+    tests = _csv(args.tests, tuple(TESTS), "tests", p.error)
     if not 1 <= args.seconds <= 600:
         p.error("--seconds must be 1..600")
-    env = environment()
-    say(f"environment: {json.dumps(env)}")
-    results: list[dict[str, Any]] = []
-    for s in subjects:
-        try:
-            results.append(run_subject(s, args.seconds))
-        except Exception as e:
-            say(f"=== {s}: FAILED: {e!r}")
-            results.append({"subject": s, "error": f"{type(e).__name__}: {e}"})
-    doc: dict[str, Any] = {
-        "environment": env,
-        "seconds": args.seconds,
-        "anchor": {"bits_per_second": ANCHOR_BPS, "note": ANCHOR_NOTE},
-        "results": results,
-    }
-    veth = next((r for r in results if r["subject"] == "veth" and "iperf" in r), None)
-    for r in results:
-        if "iperf" in r:
-            bps = r["iperf"]["bits_per_second"]
-            r["ratio_to_veth"] = bps / veth["iperf"]["bits_per_second"] if veth else None
-            r["ratio_to_anchor"] = bps / ANCHOR_BPS
+    if not 1 <= args.ping_count <= 10000:
+        p.error("--ping-count must be 1..10000")
+    profile_seconds = args.seconds if args.profile_seconds is None else args.profile_seconds
+    if not 0 <= profile_seconds <= 600:
+        p.error("--profile-seconds must be 0..600")
+    if args.setup:
+        run_setup()
     out: pathlib.Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    jpath, mpath = out / f"e2e-{stamp}.json", out / f"e2e-{stamp}.md"
-    jpath.write_text(json.dumps(doc, indent=2) + "\n")
-    md = markdown(doc)
-    mpath.write_text(md)
-    (out / "LATEST.md").write_text(md)
-    say(f"wrote {jpath}, {mpath}, {out / 'LATEST.md'}")
-    print(md)
-    return 1 if any("error" in r for r in results) else 0
+    cfg = Config(args.seconds, tests, args.ping_count, profile_seconds, args.sleeve_mtu,
+                 out, stamp)
+    env = environment()
+    say(f"environment: {json.dumps(env)}")
+    est = estimate_seconds(subjects, tests, args.seconds, profile_seconds)
+    say(f"{len(subjects)} subjects x {len(tests)} tests; estimated {est / 60:.1f} min")
+    t_start = time.monotonic()
+    results: list[dict[str, Any]] = []
+    for i, s in enumerate(subjects, 1):
+        left = estimate_seconds(subjects[i - 1:], tests, args.seconds, profile_seconds)
+        say(f"--- subject {i}/{len(subjects)}: {s} (about {left / 60:.1f} min left)")
+        try:
+            results.append(run_subject(s, cfg))
+        except Exception as e:
+            say(f"=== {s}: FAILED: {e!r}")
+            results.append({"subject": s, **SUBJECT_INFO[s], "status": "failed",
+                            "error": f"{type(e).__name__}: {e}"})
+    doc: dict[str, Any] = {
+        "schema": 2,
+        "environment": env,
+        "config": {"seconds": args.seconds, "tests": tests, "subjects": subjects,
+                   "ping_count": args.ping_count, "profile_seconds": profile_seconds,
+                   "sleeve_mtu": args.sleeve_mtu,
+                   "test_labels": {k: TESTS[k].label for k in tests}},
+        "wall_seconds": round(time.monotonic() - t_start, 1),
+        "background_after": background_load(),
+        "anchor_note": ANCHOR_NOTE,
+        "results": results,
+    }
+    doc["ratios"] = report.ratios(doc)
+    paths = report.write_all(doc, out, stamp, latest=not args.no_latest)
+    say("wrote " + ", ".join(str(v) for v in paths.values()))
+    print(paths["md"].read_text())
+    return 1 if any(r.get("status") == "failed" for r in results) else 0
 
 
 if __name__ == "__main__":
