@@ -15,6 +15,20 @@ AEAD encryption of the empty message over ``header | plaintext``.
 
 Nonce = 4 zero bytes | counter as 8-byte little-endian (same encoding as Noise's ChaChaPoly).
 Replay protection is *not* done here; see ``sleeve.proto.replay``.
+
+Key rotation (:class:`KeyChain`) is a one-way hash chain per direction, so both ends derive
+the same keys with no message exchange and a key in use now says nothing about earlier ones::
+
+    C_0 = the data key from the handshake          K_0 = C_0
+    C_e = BLAKE2b(key=C_{e-1}, "sleeve rekey"     | e as 8-byte BE)      e >= 1
+    K_e = BLAKE2b(key=C_e,     "sleeve epoch key" | e as 8-byte BE)      e >= 1
+
+``K_e`` seals epoch ``e``'s datagrams; the chain key ``C_e`` never touches a packet. Keeping
+them apart matters in Python, where an AEAD key must be an immutable ``bytes`` (PyNaCl's
+binding) that cannot be wiped: a stale copy of an old ``K_e`` left in freed memory opens
+that one epoch only, whereas a stale chain key would open every later epoch. Chain keys
+live in ``bytearray``s that are overwritten as soon as the chain moves on. ``K_0 = C_0``
+keeps epoch 0 byte-identical to the datagrams sleeve sent before rotation existed.
 """
 
 from __future__ import annotations
@@ -33,10 +47,12 @@ __all__ = [
     "KEYLEN",
     "TAGLEN",
     "DecryptError",
+    "KeyChain",
     "Opener",
     "RekeyRequired",
     "Sealer",
     "derive_data_keys",
+    "wipe",
 ]
 
 KEYLEN: Final = 32
@@ -48,10 +64,15 @@ COUNTER_LIMIT: Final = 2**64 - 1 - _COUNTER_MARGIN
 
 _LABEL_I2R: Final = b"sleeve data i2r"
 _LABEL_R2I: Final = b"sleeve data r2i"
+_LABEL_REKEY: Final = b"sleeve rekey"
+_LABEL_EPOCH_KEY: Final = b"sleeve epoch key"
+
+
+_NONCE_PAD: Final = b"\x00\x00\x00\x00"
 
 
 def _nonce(counter: int) -> bytes:
-    return b"\x00\x00\x00\x00" + counter.to_bytes(8, "little")
+    return _NONCE_PAD + counter.to_bytes(8, "little")
 
 
 def _check_key(key: bytes) -> bytes:
@@ -61,14 +82,23 @@ def _check_key(key: bytes) -> bytes:
 
 
 class Sealer:
-    """Seals outgoing packets for one direction of one session."""
+    """Seals outgoing packets for one direction of one session (one key epoch).
 
-    __slots__ = ("_counter", "_encrypt", "_key")
+    ``limit`` caps how many packets this key seals (default: the whole safe counter
+    space); :meth:`seal` raises :class:`RekeyRequired` once it is reached, so a caller
+    that rotates keys (``DataSession``) sets it to its rekey-after-messages and rotates
+    on the exception, long before :data:`COUNTER_LIMIT`.
+    """
 
-    def __init__(self, key: bytes, encrypt: bool = True) -> None:
+    __slots__ = ("_counter", "_encrypt", "_key", "_limit")
+
+    def __init__(self, key: bytes, encrypt: bool = True, limit: int = COUNTER_LIMIT) -> None:
+        if not 1 <= limit <= COUNTER_LIMIT:
+            raise ValueError(f"sealer limit must be 1..{COUNTER_LIMIT}")
         self._key = _check_key(key)
         self._encrypt = encrypt
         self._counter = 0
+        self._limit = limit
 
     def __repr__(self) -> str:  # never show the key
         return f"Sealer(encrypt={self._encrypt}, counter={self._counter})"
@@ -85,11 +115,11 @@ class Sealer:
         the encryption raises, that counter value is never handed out again.
         """
         counter = self._counter
-        if counter >= COUNTER_LIMIT:
+        if counter >= self._limit:
             raise RekeyRequired("data-plane counter exhausted; rekey required")
         self._counter = counter + 1
         header = build_header(counter)
-        nonce = _nonce(counter)
+        nonce = _NONCE_PAD + counter.to_bytes(8, "little")  # _nonce(), inlined: hot path
         if self._encrypt:
             sealed = _sodium.crypto_aead_chacha20poly1305_ietf_encrypt(
                 plaintext, header, nonce, self._key
@@ -123,7 +153,7 @@ class Opener:
             raise DecryptError("counter out of range")
         if len(body) < TAGLEN:
             raise DecryptError("packet shorter than the AEAD tag")
-        nonce = _nonce(counter)
+        nonce = _NONCE_PAD + counter.to_bytes(8, "little")  # _nonce(), inlined: hot path
         try:
             if self._encrypt:
                 return bytes(
@@ -157,3 +187,65 @@ def derive_data_keys(
     i2r = hashlib.blake2b(_LABEL_I2R + handshake_hash, key=cs_i2r_key, digest_size=KEYLEN)
     r2i = hashlib.blake2b(_LABEL_R2I + handshake_hash, key=cs_r2i_key, digest_size=KEYLEN)
     return i2r.digest(), r2i.digest()
+
+
+# ------------------------------------------------------------------------- key rotation
+
+
+def wipe(buf: bytearray) -> None:
+    """Overwrite ``buf`` with zeros in place (same length: no reallocation)."""
+    buf[:] = bytes(len(buf))
+
+
+class KeyChain:
+    """One direction's chain of epoch keys (see the module docstring for the formulas).
+
+    What wiping achieves, and what it does not: the chain key is held in one
+    ``bytearray`` that is overwritten in place when the chain advances and by
+    :meth:`wipe`, so a later disclosure of this process's live memory (a core dump, swap,
+    a debugger) finds no chain key of a past epoch, hence no way back *or forward* from
+    it. It cannot erase copies Python made along the way: ``hashlib`` returns each
+    digest as an immutable ``bytes`` that is freed but not cleared, the message keys
+    ``K_e`` must be ``bytes`` for PyNaCl and are only dropped, and the epoch-0 key
+    belongs to the caller. Those leftovers expose at most their own epoch (``K_e``) or
+    are transient; none of this defends against an attacker who can read memory *now*.
+    """
+
+    __slots__ = ("_chain", "_epoch")
+
+    def __init__(self, key: bytes | bytearray, epoch: int = 0) -> None:
+        if len(key) != KEYLEN:
+            raise ValueError(f"data-plane key must be {KEYLEN} bytes")
+        self._chain = bytearray(key)
+        self._epoch = epoch
+
+    def __repr__(self) -> str:  # never show the key
+        return f"KeyChain(epoch={self._epoch})"
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def key(self) -> bytes:
+        """``K_epoch``: the AEAD key of this epoch."""
+        if self._epoch == 0:
+            return bytes(self._chain)  # K_0 = C_0: epoch 0 is the pre-rotation wire format
+        return hashlib.blake2b(_LABEL_EPOCH_KEY + self._epoch.to_bytes(8, "big"),
+                               key=self._chain, digest_size=KEYLEN).digest()
+
+    def _next_chain(self) -> bytes:
+        return hashlib.blake2b(_LABEL_REKEY + (self._epoch + 1).to_bytes(8, "big"),
+                               key=self._chain, digest_size=KEYLEN).digest()
+
+    def next(self) -> KeyChain:
+        """A new chain one epoch ahead; this one is left as it is."""
+        return KeyChain(self._next_chain(), self._epoch + 1)
+
+    def advance(self) -> None:
+        """Move to the next epoch, overwriting the current chain key in place."""
+        self._chain[:] = self._next_chain()
+        self._epoch += 1
+
+    def wipe(self) -> None:
+        """Zero the chain key; the chain is unusable afterwards (keys are all zero-derived)."""
+        wipe(self._chain)

@@ -5,7 +5,7 @@ One UDP datagram carries one sealed batch of records for one session::
      0                   1                   2                   3
      0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
     +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-    |  type (=1)    |   version     |         reserved (0)          |
+    |  type (=1)    |   version     |     key epoch (BE, mod 2^16)  |
     +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
     |                  receiver session index (BE)                  |
     +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
@@ -21,6 +21,12 @@ One UDP datagram carries one sealed batch of records for one session::
 The receiver index names *our* session, not the sender's address, so NAT
 rebinding and roaming need no trust in the outer header (WireGuard style).
 Nothing in the header is believed before the tag verifies.
+
+``key epoch`` (formerly reserved, always 0) is the sender's key epoch modulo 2**16:
+the session keys rotate on time and volume (``sleeve.proto.session``), the counter
+restarts at 0 in each epoch, and the field tells the receiver which key to try. Epoch 0
+is the handshake's key, so a session's first datagrams are as before rotation existed.
+Like the rest of the header it is AEAD associated data: a changed epoch fails the tag.
 
 Inside the body, records follow each other::
 
@@ -48,6 +54,8 @@ TYPE_DATA: Final = 1
 VERSION: Final = 1
 HEADER = struct.Struct("!BBHIQ")
 HEADER_LEN: Final = HEADER.size  # 16
+EPOCH_OFFSET: Final = 2  # the 16-bit key epoch, big-endian, at bytes 2..3
+EPOCH_MASK: Final = 0xFFFF
 TAG_LEN: Final = 16
 REC = struct.Struct("!HBB")
 REC_LEN: Final = REC.size  # 4
@@ -78,15 +86,20 @@ class DecodeError(ValueError):
         self.reason = reason
 
 
-def encode_header(receiver: int, counter: int) -> bytes:
-    return HEADER.pack(TYPE_DATA, VERSION, 0, receiver, counter)
+def encode_header(receiver: int, counter: int, epoch: int = 0) -> bytes:
+    """``epoch`` is the key epoch modulo 2**16 (the caller reduces it)."""
+    return HEADER.pack(TYPE_DATA, VERSION, epoch, receiver, counter)
 
 
 def decode_header(dgram: bytes | memoryview) -> tuple[int, int]:
-    """Return (receiver index, counter). Untrusted until the tag verifies."""
+    """Return (receiver index, counter). Untrusted until the tag verifies.
+
+    The key epoch (bytes 2..3) is read by ``DataSession.open``, which needs the datagram
+    anyway; the node's dispatch only needs the index.
+    """
     if len(dgram) < HEADER_LEN + TAG_LEN:
         raise DecodeError("short")
-    typ, ver, _res, receiver, counter = HEADER.unpack_from(dgram, 0)
+    typ, ver, _epoch, receiver, counter = HEADER.unpack_from(dgram, 0)
     if typ != TYPE_DATA:
         raise DecodeError("bad_type")
     if ver != VERSION:

@@ -1,39 +1,196 @@
-"""One data-plane session: the keys, counters and replay window of one link.
+"""One data-plane session: the keys, counters and replay windows of one link.
 
 Order on receive is fixed (STYLE 7): authenticate, then replay-check, then
 let the caller learn anything (endpoint, MACs) from the contents.
+
+Key rotation (issue 8). Each direction's keys form a one-way chain of *epochs*
+(``sleeve.crypto.aead.KeyChain``); epoch 0 is the handshake's key, so a restarted peer,
+which always re-handshakes, starts from fresh keys and nothing of the old session opens.
+
+- Send: the sealer moves to the next epoch after ``rekey_after_seconds`` or
+  ``rekey_after_messages`` datagrams, whichever comes first. The counter (the nonce)
+  restarts at 0 in each epoch and a key never seals more than ``rekey_after_messages``
+  datagrams, so no nonce is reused under one key. The epoch modulo 2**16 travels in the
+  header, which is associated data.
+- Receive: we hold the current epoch and the previous one, each with its own replay
+  window. A datagram of a later epoch, at most ``MAX_EPOCH_SKIP`` ahead (a sender may
+  rotate several times while nothing reaches us), is decrypted with that epoch's key;
+  only if it authenticates do we move there. The previous epoch is accepted for
+  ``reject_previous_after`` seconds after we moved on (datagrams reordered across the
+  boundary); after that, or for anything older, the drop reason is ``expired_key``.
+- Work is bounded: every datagram costs at most one AEAD decryption whatever its
+  header says, and the keys of epochs ahead are derived at most once each
+  (``MAX_EPOCH_SKIP`` of them, cached until we get there or the session ends). A
+  forgery changes nothing that decides what is accepted.
+- The hot path (current epoch) adds to the pre-rotation code two byte compares on
+  receive and one clock read and float compare on send; rotation and housekeeping run
+  only when that compare says a deadline passed.
+
+Nothing is accepted twice: each epoch's key is paired with one replay window for as
+long as we hold the key, and the chain only moves forward, so a key we dropped can
+never be re-derived.
 """
 
 from __future__ import annotations
 
-from sleeve.crypto.aead import DecryptError, Opener, Sealer
-from sleeve.proto.datagram import HEADER_LEN, encode_header
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Final
+
+from sleeve.crypto.aead import COUNTER_LIMIT, DecryptError, KeyChain, Opener, RekeyRequired, Sealer
+from sleeve.proto.datagram import (
+    EPOCH_MASK,
+    EPOCH_OFFSET,
+    HEADER,
+    HEADER_LEN,
+    TYPE_DATA,
+    VERSION,
+    encode_header,
+)
 from sleeve.proto.replay import ReplayWindow
+
+REKEY_AFTER_SECONDS: Final = 120.0  # WireGuard's REKEY_AFTER_TIME
+REKEY_AFTER_MESSAGES: Final = 2**40  # far below COUNTER_LIMIT and ChaCha20-Poly1305's limits
+# How long the previous epoch's key still opens datagrams once a later epoch authenticated.
+# Only datagrams sealed before the peer rotated can legitimately be in flight, so this just
+# covers reordering and queueing in the network; shorter means better forward secrecy.
+REJECT_PREVIOUS_AFTER: Final = 10.0
+# Epochs a datagram may be ahead of ours and still be tried. A peer that keeps sending
+# while nothing reaches us (one-way outage) rotates every REKEY_AFTER_SECONDS: 64 epochs
+# is about 2 h of such silence, after which only a new handshake resynchronises.
+MAX_EPOCH_SKIP: Final = 64
+
+EXPIRED_KEY: Final = "expired_key"
+# An epoch we hold no key for and cannot derive one for (too far ahead, or before the
+# session began). It is reported as an authentication failure, which it is: the existing
+# codec/fuzz contracts say a tampered header yields "auth". A distinct reason for
+# operators ("bad_epoch") is a one-line change here plus those tests.
+UNKNOWN_EPOCH: Final = "auth"
+
+_HI: Final = EPOCH_OFFSET  # open() spells them 2 and 3: constants cost a global lookup
+_LO: Final = EPOCH_OFFSET + 1
+assert (_HI, _LO) == (2, 3)
+_HALF: Final = (EPOCH_MASK + 1) // 2
+_NEVER: Final = float("inf")
 
 
 class DataSession:
-    __slots__ = ("_opener", "_sealer", "local_index", "remote_index", "replay")
+    __slots__ = (
+        "_ahead", "_clock", "_encrypt", "_grace", "_header", "_opener", "_prev_opener",
+        "_prev_replay", "_prev_until", "_rekey_messages", "_rekey_seconds", "_rx_chain",
+        "_rx_hi", "_rx_lo", "_sealer", "_sent_before", "_tx_chain", "_tx_deadline",
+        "_tx_wire", "_wake_at", "local_index", "remote_index", "replay",
+    )
 
     def __init__(self, local_index: int, remote_index: int, send_key: bytes, recv_key: bytes,
-                 encrypt: bool) -> None:
+                 encrypt: bool, *, rekey_after_seconds: float = REKEY_AFTER_SECONDS,
+                 rekey_after_messages: int = REKEY_AFTER_MESSAGES,
+                 reject_previous_after: float = REJECT_PREVIOUS_AFTER,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not rekey_after_seconds > 0:
+            raise ValueError("rekey_after_seconds must be > 0")
+        if not 1 <= rekey_after_messages <= COUNTER_LIMIT:
+            raise ValueError(f"rekey_after_messages must be 1..{COUNTER_LIMIT}")
+        if not reject_previous_after >= 0:
+            raise ValueError("reject_previous_after must be >= 0")
         self.local_index = local_index
         self.remote_index = remote_index
-        self._sealer = Sealer(send_key, encrypt)
-        self._opener = Opener(recv_key, encrypt)
-        self.replay = ReplayWindow()
+        self._encrypt = encrypt
+        self._clock = clock
+        self._rekey_seconds = rekey_after_seconds
+        self._rekey_messages = rekey_after_messages
+        self._grace = reject_previous_after
+        # send
+        self._tx_chain = KeyChain(send_key)
+        self._sealer = Sealer(self._tx_chain.key(), encrypt, rekey_after_messages)
+        self._tx_wire = 0
+        self._header = self._header_builder()
+        self._sent_before = 0
+        self._tx_deadline = clock() + rekey_after_seconds
+        # receive: the current epoch, the previous one, and lazily derived ones ahead
+        self._rx_chain = KeyChain(recv_key)
+        self._opener = Opener(self._rx_chain.key(), encrypt)
+        self.replay = ReplayWindow()  # the current epoch's window
+        self._rx_hi = self._rx_lo = 0
+        self._prev_opener: Opener | None = None
+        self._prev_replay: ReplayWindow | None = None
+        self._prev_until = _NEVER
+        self._ahead: list[tuple[KeyChain, Opener]] = []  # epochs current+1, current+2, ...
+        self._wake_at = self._tx_deadline  # earliest of the send and previous-key deadlines
 
-    def _header(self, counter: int) -> bytes:
-        return encode_header(self.remote_index, counter)
+    def __repr__(self) -> str:  # never show keys
+        return (f"DataSession(local={self.local_index}, remote={self.remote_index}, "
+                f"send_epoch={self.send_epoch}, recv_epoch={self.recv_epoch})")
+
+    # ------------------------------------------------------------------ send
+
+    def _header_builder(self) -> Callable[[int], bytes]:
+        """``counter -> header`` for the current send epoch.
+
+        ``encode_header`` with the epoch and receiver bound, as a C-level partial of the
+        struct's ``pack`` so the hot path runs no Python frame for it; rebuilt on
+        rotation (``remote_index`` is fixed for the life of the session).
+        """
+        build = partial(HEADER.pack, TYPE_DATA, VERSION, self._tx_wire, self.remote_index)
+        assert build(0) == encode_header(self.remote_index, 0, self._tx_wire)
+        return build
 
     def seal(self, body: bytes) -> bytes:
-        return self._sealer.seal(self._header, body)
+        if self._clock() >= self._wake_at:
+            self.tick()
+        try:
+            return self._sealer.seal(self._header, body)
+        except RekeyRequired:  # this epoch sealed rekey_after_messages datagrams
+            self._rotate_send(self._clock())
+            return self._sealer.seal(self._header, body)
+
+    def _rotate_send(self, now: float) -> None:
+        self._sent_before += self._sealer.counter
+        self._tx_chain.advance()  # overwrites the old chain key
+        self._sealer = Sealer(self._tx_chain.key(), self._encrypt, self._rekey_messages)
+        self._tx_wire = self._tx_chain.epoch & EPOCH_MASK
+        self._header = self._header_builder()
+        self._tx_deadline = now + self._rekey_seconds
+        self._wake_at = min(self._tx_deadline, self._prev_until)
+
+    def tick(self, now: float | None = None) -> None:
+        """Run what is due: rotate the send key, forget an expired previous receive key.
+
+        ``seal`` calls it when a deadline passed; a caller with a timer may call it too
+        so an expired key is dropped even when nothing is sealed.
+        """
+        if now is None:
+            now = self._clock()
+        if now >= self._prev_until:
+            self._drop_previous()
+        if now >= self._tx_deadline:
+            self._rotate_send(now)
+        self._wake_at = min(self._tx_deadline, self._prev_until)
 
     @property
     def sent(self) -> int:
-        return self._sealer.counter
+        """Datagrams sealed in this session, all epochs together."""
+        return self._sent_before + self._sealer.counter
+
+    @property
+    def send_epoch(self) -> int:
+        return self._tx_chain.epoch
+
+    # ------------------------------------------------------------------ receive
+
+    @property
+    def recv_epoch(self) -> int:
+        return self._rx_chain.epoch
 
     def open(self, counter: int, dgram: bytes) -> bytes | str:
-        """Return the authenticated body, or the drop reason (a str)."""
+        """Return the authenticated body, or the drop reason (a str). Never raises."""
+        try:  # the key epoch (bytes _HI, _LO) as two small ints: no allocation
+            other = dgram[3] != self._rx_lo or dgram[2] != self._rx_hi
+        except IndexError:  # shorter than a header (Opener rejects any short datagram)
+            return "auth"
+        if other:
+            return self._open_other_epoch(counter, dgram)
         try:
             body = self._opener.open(counter, dgram[:HEADER_LEN], dgram[HEADER_LEN:])
         except DecryptError:
@@ -42,3 +199,83 @@ class DataSession:
         if reason is not None:
             return reason
         return body
+
+    def _open_other_epoch(self, counter: int, dgram: bytes) -> bytes | str:
+        epoch = self._rx_chain.epoch
+        delta = ((dgram[_HI] << 8 | dgram[_LO]) - epoch) & EPOCH_MASK
+        if delta == EPOCH_MASK:  # the previous epoch
+            opener, window = self._prev_opener, self._prev_replay
+            if opener is None or window is None:
+                return EXPIRED_KEY if epoch else UNKNOWN_EPOCH
+            if self._clock() >= self._prev_until:
+                self._drop_previous()
+                return EXPIRED_KEY
+            try:
+                body = opener.open(counter, dgram[:HEADER_LEN], dgram[HEADER_LEN:])
+            except DecryptError:
+                return "auth"
+            reason = window.accept(counter)
+            return body if reason is None else reason
+        if delta <= MAX_EPOCH_SKIP:  # ahead: one trial decryption, move only if genuine
+            try:
+                body = self._lookahead(delta).open(counter, dgram[:HEADER_LEN],
+                                                   dgram[HEADER_LEN:])
+            except DecryptError:
+                return "auth"
+            self._advance(delta)
+            reason = self.replay.accept(counter)  # a fresh window: always accepts
+            return body if reason is None else reason
+        if delta >= _HALF and EPOCH_MASK + 1 - delta <= epoch:
+            return EXPIRED_KEY  # an epoch we had and left behind
+        return UNKNOWN_EPOCH
+
+    def _lookahead(self, delta: int) -> Opener:
+        """The opener of epoch current+delta, deriving (once) the keys up to it."""
+        ahead = self._ahead
+        while len(ahead) < delta:
+            chain = (ahead[-1][0] if ahead else self._rx_chain).next()
+            ahead.append((chain, Opener(chain.key(), self._encrypt)))
+        return ahead[delta - 1][1]
+
+    def _advance(self, delta: int) -> None:
+        """Make epoch current+delta current; the one before it becomes the previous."""
+        ahead = self._ahead
+        if delta == 1:
+            prev_opener, prev_replay = self._opener, self.replay
+        else:  # we skipped epochs: the one just before the new one was never current
+            prev_opener, prev_replay = ahead[delta - 2][1], ReplayWindow()
+        self._rx_chain.wipe()
+        for chain, _ in ahead[: delta - 1]:
+            chain.wipe()
+        self._rx_chain, self._opener = ahead[delta - 1]
+        del ahead[:delta]
+        self.replay = ReplayWindow()
+        self._prev_opener, self._prev_replay = prev_opener, prev_replay
+        self._prev_until = self._clock() + self._grace
+        wire = self._rx_chain.epoch & EPOCH_MASK
+        self._rx_hi, self._rx_lo = wire >> 8, wire & 0xFF
+        self._wake_at = min(self._tx_deadline, self._prev_until)
+
+    def _drop_previous(self) -> None:
+        # The Opener's key is immutable bytes: dropping the last reference is all we can do.
+        self._prev_opener = self._prev_replay = None
+        self._prev_until = _NEVER
+        self._wake_at = self._tx_deadline
+
+    # ------------------------------------------------------------------ teardown
+
+    def wipe(self) -> None:
+        """Zero the chain keys this session holds (see ``KeyChain`` for what that means).
+
+        Afterwards the session must not be used; it also runs when the session is freed.
+        """
+        for chain in (self._tx_chain, self._rx_chain, *(c for c, _ in self._ahead)):
+            chain.wipe()
+        self._ahead.clear()
+        self._prev_opener = self._prev_replay = None
+
+    def __del__(self) -> None:
+        try:
+            self.wipe()
+        except Exception:  # a finaliser must not raise (e.g. __init__ failed half-way)
+            pass
