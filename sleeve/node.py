@@ -37,6 +37,7 @@ import os
 import pathlib
 import random
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ from sleeve.proto.session import DataSession
 from sleeve.proto.stats import Counters
 from sleeve.status.http import Route, json_action, json_route, start_http
 from sleeve.status.metrics import metrics_route
+from sleeve.virtual import RelayWriter
 
 log = logging.getLogger("sleeve")
 
@@ -72,6 +74,16 @@ UDP_SLOW_HEARTBEAT = 5.0  # also keeps NAT mappings open (UDP timeouts are >= 30
 # carrying data and the mesh routes around it.
 UDP_DEAD = 15.0
 MESH_PERIOD = 1.0  # topology GC and discovery
+PUNCH_GRACE = 2.0  # a newly seen peer gets this long to be dialled directly first
+PUNCH_BACKOFF_MAX = 60.0
+MAX_VIRTUAL = 64  # relayed control connections in progress or up
+# Hole punching: first open our own NAT's mapping with datagrams that die one hop past it
+# (they must not reach the peer's NAT before the peer's own mapping exists: a NAT that
+# saw an unsolicited datagram on a port keeps that conntrack entry and moves the peer's
+# mapping to a random port), then send normally. As in low-TTL punching elsewhere.
+PUNCH_TTL = 2
+PUNCH_PHASE = 1.0
+PUNCH_TIME = 20.0  # punch datagrams this long, then give up (the mesh relays)
 CONTROL_BUFFER_MAX = 4 << 20  # a peer that does not read its control connection is cut off
 ICMP_PER_SECOND = 100  # too-big replies we generate, like the kernel's icmp_ratelimit
 UNDERLAY_MTU = 1500  # the PMTU search's ceiling: the usual interface MTU
@@ -105,6 +117,7 @@ class Link:
         # the address it connected from (or we dialled) and the port it announced.
         self.endpoint: tuple[str, int] = (remote[0], est.hello.udp_port)
         self.v6 = ":" in remote[0]  # which of our UDP sockets reaches the endpoint
+        self.hello_port = est.hello.udp_port
         floor, ceiling = datagram_bounds(":" in remote[0], UNDERLAY_MTU)
         self.pmtu = PmtuProber(ceiling, floor, time.monotonic())
         self._max_ceiling = ceiling
@@ -116,6 +129,7 @@ class Link:
         self.confirmed = False  # the peer told us it hears our datagrams
         self.told_ok = False  # we told the peer we hear its datagrams
         self.over_tcp = False  # our data goes over the control connection (UDP blocked)
+        self.virtual = isinstance(writer, RelayWriter)  # control relayed: hole punched
         self.tcp_heard_at = time.monotonic()  # last control message from the peer
         self.next_tcp_hb = 0.0
         self.usable = False  # state == established, refreshed every tick (hot path reads it)
@@ -234,6 +248,10 @@ class Node:
         self._next_mesh = 0.0
         self._touched: list[Link] = []  # links with queued records, flushed per event
         self._icmp_window = 0.0
+        # relayed control connections: peer -> (reader, writer, mediator peer)
+        self._virtual: dict[bytes, tuple[asyncio.StreamReader, RelayWriter, bytes]] = {}
+        self._punch_next: dict[bytes, float] = {}
+        self._punch_attempts: dict[bytes, int] = {}
         self._icmp_sent = 0
         self.macs = MacTable()
         self.drops = Counters()  # untrusted input and local overflow, by reason
@@ -547,6 +565,11 @@ class Node:
         return frags
 
     def _send(self, link: Link, body: bytes) -> None:
+        if link.virtual and not link.endpoint_learnt:
+            # Still punching: a datagram reaching the peer's NAT before the peer's own
+            # mapping exists would spoil the punch (see PUNCH_TTL). Only _punch_send sends.
+            link.stats.inc("drop_punching")
+            return
         sock = self.udp6 if link.v6 else self.udp
         if sock is None:
             link.stats.inc("drop_no_socket_for_family")  # e.g. an IPv6 peer, IPv4-only here
@@ -734,7 +757,9 @@ class Node:
 
     def on_timer(self, now: float) -> None:
         for link in list(self.links.values()):
-            if now >= link.next_hb:
+            if link.virtual and not link.endpoint_learnt:
+                self._punch_send(link, now)
+            elif now >= link.next_hb:
                 # fast until the peer hears us; over TCP, slow probes notice UDP coming back
                 fast = not (link.confirmed and link.heard_at) and not link.over_tcp
                 link.next_hb = now + (UDP_FAST_HEARTBEAT if fast else UDP_SLOW_HEARTBEAT)
@@ -753,6 +778,7 @@ class Node:
                 n = self.macs.forget_peer(gone)
                 log.info("peer %s left the mesh; forgot %d MACs", format_peer_id(gone), n)
             self._discover()
+            self._punch(now)
             self.macs.expire(now)
         dialling: set[bytes] = {ts.peer for ts in self.targets.values()
                                 if ts.connecting and ts.peer is not None}
@@ -775,7 +801,9 @@ class Node:
         if link.told_ok and now - link.heard_at >= UDP_DEAD:
             link.told_ok = False
             link.send_control({"t": "udp_lost"})
-        fallback = not link.confirmed and now - link.established_at >= TCP_FALLBACK_AFTER
+        # A relayed control connection is no data path: without UDP the mesh relays.
+        fallback = (not link.confirmed and not link.virtual
+                    and now - link.established_at >= TCP_FALLBACK_AFTER)
         if fallback != link.over_tcp:
             link.over_tcp = fallback
             log.info("link to %s: data now over %s", link.name, "TCP" if fallback else "UDP")
@@ -785,6 +813,148 @@ class Node:
             link.send_control({"t": "hb"})
 
     # ------------------------------------------------------------------ mesh
+    # -- hole punching: control connections relayed through a common neighbour
+    def _punch(self, now: float) -> None:
+        """Start relayed connections to peers no one can dial (the smaller id starts)."""
+        if not self.cfg.discovery:
+            return
+        for peer in self.mesh.topology.peers():
+            if peer == self.id or peer in self.links or peer in self._virtual:
+                continue
+            first = self._punch_next.setdefault(peer, now + PUNCH_GRACE)
+            if peer < self.id or now < first or len(self._virtual) >= MAX_VIRTUAL:
+                continue
+            med = self._mediator_for(peer)
+            if med is None or self._tg is None:
+                continue
+            n = self._punch_attempts[peer] = self._punch_attempts.get(peer, 0) + 1
+            self._punch_next[peer] = now + min(PUNCH_BACKOFF_MAX, 5.0 * 1.5 ** (n - 1))
+            self.stats.inc("punch_attempts")
+            self._start_virtual(peer, med, None, True)
+        for peer in list(self._punch_next):
+            if peer not in self.mesh.topology.peers():
+                self._punch_next.pop(peer, None)
+                self._punch_attempts.pop(peer, None)
+
+    def _punch_send(self, link: Link, now: float) -> None:
+        """Each tick, a heartbeat to every endpoint the peer may have (low TTL at first)."""
+        age = now - link.established_at
+        if age > PUNCH_TIME:
+            # Give up on this attempt; _punch tries again later with backoff, and the
+            # mesh relays meanwhile.
+            log.info("hole punching to %s failed after %.0fs", link.name, age)
+            self.stats.inc("punch_failed")
+            link.writer.close()
+            return
+        ttl = PUNCH_TTL if age < PUNCH_PHASE else None
+        host, port = link.endpoint
+        for ep in {(host, port), (host, link.hello_port)}:
+            sock = self.udp6 if ":" in host else self.udp
+            if sock is None:
+                return
+            data = link.session.seal(link.heartbeat_record(now))
+            try:
+                if ttl is None:
+                    sock.sendto(data, ep)
+                else:
+                    level, opt = ((socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT) if ":" in host
+                                  else (socket.IPPROTO_IP, socket.IP_TTL))
+                    sock.sendmsg([data], [(level, opt, struct.pack("i", ttl))], 0, ep)
+                link.stats.inc("punch_packets")
+            except OSError as e:
+                link.stats.inc(f"drop_tx_{errno.errorcode.get(e.errno or 0, 'err').lower()}")
+
+    def _mediator_for(self, peer: bytes) -> Link | None:
+        for p in sorted(self.links):
+            rec = self.mesh.topology.get(p)
+            link = self.links[p]
+            if rec is not None and link.usable and any(
+                    c.peer == peer and c.established for c in rec.conns):
+                return link
+        return None
+
+    def _start_virtual(self, peer: bytes, med: Link, observed: tuple[str, int] | None,
+                       outbound: bool) -> asyncio.StreamReader:
+        mid = med.peer
+
+        def send(msg: dict[str, Any]) -> bool:
+            link = self.links.get(mid)
+            if link is None or link.writer.is_closing():
+                return False
+            link.send_control(msg)
+            return True
+
+        def buffered() -> int:
+            link = self.links.get(mid)
+            return 0 if link is None else link.writer.transport.get_write_buffer_size()
+
+        reader = asyncio.StreamReader()
+        writer = RelayWriter(peer, send, buffered, observed)
+        self._virtual[peer] = (reader, writer, mid)
+
+        async def run() -> None:
+            try:
+                await self._run_connection(reader, writer, outbound, None)  # type: ignore[arg-type]
+            finally:
+                if self._virtual.get(peer, (None, None, None))[1] is writer:
+                    del self._virtual[peer]
+
+        assert self._tg is not None
+        self._tg.create_task(run())
+        return reader
+
+    def _on_via(self, link: Link, m: dict[str, Any]) -> None:
+        to, frm, data = m.get("to"), m.get("from"), m.get("d")
+        if isinstance(to, bytes) and len(to) == 8:  # we are the mediator: pass it on
+            target = self.links.get(to)
+            if target is None:
+                self.drops.inc("via_no_route")
+                return
+            fwd: dict[str, Any] = {"t": "via", "from": link.peer}
+            if m.get("fin") is True:
+                fwd["fin"] = True
+            elif isinstance(data, bytes):
+                fwd["d"] = data
+            else:
+                self.drops.inc("bad_via")
+                return
+            if link.endpoint_learnt:
+                fwd["ep"] = [link.endpoint[0], link.endpoint[1]]
+            target.send_control(fwd)
+            self.stats.inc("via_relayed")
+            return
+        if not (isinstance(frm, bytes) and len(frm) == 8):
+            self.drops.inc("bad_via")
+            return
+        entry = self._virtual.get(frm)
+        if m.get("fin") is True:
+            if entry is not None and entry[2] == link.peer:
+                entry[0].feed_eof()
+            return
+        if not isinstance(data, bytes):
+            self.drops.inc("bad_via")
+            return
+        ep = m.get("ep")
+        observed = None
+        if (isinstance(ep, list) and len(ep) == 2 and isinstance(ep[0], str)
+                and type(ep[1]) is int and 0 < ep[1] < 65536):
+            observed = (ep[0], ep[1])
+        if entry is None:
+            # Only the smaller id starts, only peers we know, only while unconnected.
+            if (frm >= self.id or frm in self.links or len(self._virtual) >= MAX_VIRTUAL
+                    or frm not in self.mesh.topology.peers() or self._tg is None):
+                self.drops.inc("via_refused")
+                return
+            self._start_virtual(frm, link, observed, False)
+            entry = self._virtual[frm]
+        reader, writer, mid = entry
+        if mid != link.peer:
+            self.drops.inc("via_wrong_mediator")
+            return
+        if writer.observed is None and observed is not None:
+            writer.observed = observed
+        reader.feed_data(data)
+
     def _sync_own_record(self) -> None:
         """Publish our links in our mesh record; gossip it if it changed."""
         msg = self.mesh.set_links(
@@ -888,12 +1058,17 @@ class Node:
                     raise ControlError("self", f"{where} is ourselves; not dialling it again")
                 raise ControlError("name_clash", f"the peer at {where} has our identity "
                                    f"{self.name} (a copied state dir?); refusing it")
-            if outbound and ts is not None:
+            if isinstance(writer, RelayWriter):
+                addr = ""  # nobody can dial this one: it is behind NAT
+            elif outbound and ts is not None:
                 addr = str(ts.target)
             else:  # where it came from, with the port it says it listens on
                 addr = str(Target(remote[0], est.hello.udp_port))
             link = Link(self, est, writer, ch, outbound, remote, index, self.cfg.encrypted,
-                        addr)
+                        addr)  # a RelayWriter quacks like a StreamWriter
+            if isinstance(writer, RelayWriter) and writer.observed is not None:
+                link.endpoint = writer.observed  # the NAT mapping the mediator sees
+                link.v6 = ":" in link.endpoint[0]
             if not self._register(link):
                 link.send_control({"t": "bye", "why": "duplicate"})  # not an error: say so
                 return "duplicate"
@@ -965,6 +1140,8 @@ class Node:
             link.confirmed = False
         elif t == "d":
             self._on_tcp_data(link, m.get("b"))
+        elif t == "via":
+            self._on_via(link, m)
         elif t == "topo":
             self._on_gossip(link, m.get("r"))
         elif t == "hb":
@@ -1008,6 +1185,10 @@ class Node:
             log.info("disconnected from %s (%s); forgot %d MACs", link.name, link.nickname, n)
             self._sync_own_record()
         self.by_index.pop(link.session.local_index, None)
+        for reader, w, med in list(self._virtual.values()):
+            if med == link.peer and not w.is_closing():  # relayed streams die with their relay
+                w._closed = True
+                reader.feed_eof()
 
     # ------------------------------------------------------------------ status
     def report(self) -> dict[str, Any]:
