@@ -72,6 +72,12 @@ def test_two_nats(symmetric: bool) -> None:
             assert c["udp"].startswith(NAT2 + ":") and c["path"] == "sleeve"
             r1.wait(lambda st: next(r for r in st["routes"] if r["destination"] == n2)["via"]
                     == n2, 10, "direct route h1-h2")
+        else:
+            # the smaller id tries to punch; with random ports it cannot succeed
+            deadline = time.monotonic() + 20
+            while sum(r.status()["counters"].get("punch_attempts", 0) for r in (r1, r2)) < 1:
+                assert time.monotonic() < deadline, "no hole punching attempted"
+                time.sleep(0.5)
         # capture the underlay on gw1's public side during a transfer: sleeve datagrams
         # between the two NATs show a direct path; none means it went through s
         cap_file = wd / f"cap-{symmetric}.txt"
@@ -92,8 +98,6 @@ def test_two_nats(symmetric: bool) -> None:
               f"between the NATs {direct}, frames relayed by s {relayed}")
         if symmetric:
             # relayed through s; the odd punch attempt may still cross between the NATs
-            assert relayed > n // 1500 and direct < 50
-            assert r1.status()["counters"].get("punch_attempts", 0) + \
-                r2.status()["counters"].get("punch_attempts", 0) >= 1
+            assert relayed > n // 1500 and direct < relayed // 20
         else:
             assert direct > 1000 and relayed < 50  # direct, not relayed
