@@ -29,6 +29,7 @@ from sleeve.config import (
     ConfigError,
     check_cidr,
     check_host_port,
+    check_subnets,
     parse_target,
 )
 
@@ -70,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only dial the peers given, not the ones learnt from the mesh")
     la.add_argument("--conn-limit", type=int, default=DEFAULT_CONN_LIMIT, metavar="N",
                     help=f"most control connections (default {DEFAULT_CONN_LIMIT})")
+    la.add_argument("--no-fastdp", action="store_true",
+                    help="never hand links to the kernel's VXLAN (fast datapath)")
+    la.add_argument("--trusted-subnets", default="", metavar="CIDR[,CIDR]",
+                    help="peers in these underlay subnets may use the unencrypted fast "
+                         "datapath even on an encrypted network")
     la.add_argument("--nickname", default=socket.gethostname()[:64])
     la.add_argument("--http", default=DEFAULT_HTTP,
                     help=f"status API address (default {DEFAULT_HTTP}); 'off' to disable")
@@ -149,6 +155,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         mtu=args.mtu, state_dir=pathlib.Path(args.state_dir), nickname=args.nickname,
         peers=tuple(parse_target(p, args.port) for p in args.peers), http=http,
         resume=args.resume, discovery=not args.no_discovery, conn_limit=args.conn_limit,
+        fastdp=not args.no_fastdp, trusted_subnets=check_subnets(args.trusted_subnets),
     )
 
 

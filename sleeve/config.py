@@ -44,6 +44,8 @@ class Config:
     resume: bool = False  # also dial the peers remembered in state_dir/peers.json
     discovery: bool = True  # dial the peers learnt from gossip
     conn_limit: int = DEFAULT_CONN_LIMIT
+    fastdp: bool = True  # hand links to kernel VXLAN where policy allows (unencrypted/trusted)
+    trusted_subnets: tuple[str, ...] = ()  # peers here may use the unencrypted fast datapath
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -87,6 +89,20 @@ def check_cidr(text: str) -> str:
     if "/" not in text:
         raise ConfigError(f"--ip needs a prefix length, like {text}/24")
     return text
+
+
+def check_subnets(text: str) -> tuple[str, ...]:
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise ConfigError(f"--trusted-subnets needs CIDRs like 198.18.0.0/16: "
+                              f"{part!r}") from None
+    return tuple(out)
 
 
 def check_host_port(text: str, what: str) -> tuple[str, int]:

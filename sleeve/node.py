@@ -47,6 +47,7 @@ from sleeve.capture.base import BATCH, Port
 from sleeve.config import Config, Target, check_host_port, parse_target
 from sleeve.crypto.keys import format_peer_id, load_or_create_static_key, peer_id
 from sleeve.crypto.noise import KeyPair
+from sleeve.fastdp.agent import FastdpAgent
 from sleeve.forward.batcher import pack
 from sleeve.forward.oversize import record_source, shrink
 from sleeve.forward.reassembly import KIND_FRAGMENT, Reassembler, fragment
@@ -118,6 +119,7 @@ class Link:
         self.endpoint: tuple[str, int] = (remote[0], est.hello.udp_port)
         self.v6 = ":" in remote[0]  # which of our UDP sockets reaches the endpoint
         self.hello_port = est.hello.udp_port
+        self.fastdp_keys = (est.data_send, est.data_recv)  # fastdp heartbeat keys derive here
         floor, ceiling = datagram_bounds(":" in remote[0], UNDERLAY_MTU)
         self.pmtu = PmtuProber(ceiling, floor, time.monotonic())
         self._max_ceiling = ceiling
@@ -171,6 +173,12 @@ class Link:
         return "established", ("UDP heartbeats both ways" if hears else
                                "UDP to the peer; its datagrams reach us over TCP")
 
+    def _path(self) -> dict[str, str]:
+        if self.over_tcp:
+            return {"path": "tcp", "path_reason": "over TCP: UDP does not get through"}
+        path, why = self._node.fastdp.link_path(self)
+        return {"path": path, "path_reason": why}
+
     def pmtu_known(self) -> bool:
         """Whether the first answer about full-size datagrams is in (then stays true).
 
@@ -214,7 +222,7 @@ class Link:
             "state": state, "reason": reason, "endpoint_learnt": self.endpoint_learnt,
             "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
             "encrypted": self._node.cfg.encrypted,
-            "path": "tcp" if self.over_tcp else "sleeve",
+            **self._path(),
             **self.pmtu.status(),
             "counters": {**self.stats.snapshot(),
                          **{f"drop_{k}": v for k, v in self.reasm.drops.items()}},
@@ -245,6 +253,7 @@ class Node:
         self.name = format_peer_id(self.id)
         self.uid = random.getrandbits(63) | 1
         self.mesh = Mesh(self.id, cfg.nickname[:64], self.uid)
+        self.fastdp = FastdpAgent(self)
         self._next_mesh = 0.0
         self._touched: list[Link] = []  # links with queued records, flushed per event
         self._icmp_window = 0.0
@@ -313,6 +322,14 @@ class Node:
             self.port = port = (self._port_factory() if callable(self._port_factory)
                                 else self._port_factory)
             stack.callback(port.close)
+            hwaddr = getattr(port, "hwaddr", None)  # a TAP: the fast datapath can bridge it
+            await self.fastdp.start(port.name, port.mtu, hwaddr)
+            if self.fastdp.dp is not None:
+                stack.push_async_callback(self.fastdp.stop)
+                if self.fastdp.hb is not None:
+                    hb_fd = self.fastdp.hb.fileno()
+                    loop.add_reader(hb_fd, self.fastdp.on_heartbeats)
+                    stack.callback(loop.remove_reader, hb_fd)
             loop.add_reader(port.fileno(), self._on_port_readable)
             stack.callback(loop.remove_reader, port.fileno())
             for sock in (self.udp, self.udp6):
@@ -772,6 +789,7 @@ class Node:
                 link.next_gossip = now + jitter(ANTI_ENTROPY)
                 self._send_full_view(link)
         self._sync_own_record()
+        self.fastdp.tick(now)
         if now >= self._next_mesh:
             self._next_mesh = now + MESH_PERIOD
             for gone in self.mesh.gc(now):
@@ -1184,6 +1202,7 @@ class Node:
             n = self.macs.forget_peer(link.peer)
             log.info("disconnected from %s (%s); forgot %d MACs", link.name, link.nickname, n)
             self._sync_own_record()
+            self.fastdp.link_down(link.peer, "link down")
         self.by_index.pop(link.session.local_index, None)
         for reader, w, med in list(self._virtual.values()):
             if med == link.peer and not w.is_closing():  # relayed streams die with their relay
@@ -1226,6 +1245,7 @@ class Node:
                         for ts in self.targets.values()],
             "peers": self._peers_status(),
             "routes": self._routes_status(),
+            "fastdp": self.fastdp.status(),
             "macs": [{"mac": m.hex(":"), "peer": "local" if p == LOCAL else format_peer_id(p),
                       "age_s": round(age, 1)} for m, p, age in self.macs.entries(now)],
             "drops": self.drops.snapshot(),
