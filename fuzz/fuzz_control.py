@@ -14,7 +14,7 @@ Modes (``mode % 7``):
 1 SEALED        an open side receives a frame that its peer really sealed, holding the
                 payload as plaintext: reaches msgpack decoding past the AEAD.
 2 HELLO_MSG3    the responder receives a genuine msg3 whose payload (the initiator's
-                Hello) is the fuzz payload.
+                Hello, with its signing key and certificate) is the fuzz payload.
 3 HELLO_SEALED  the initiator receives a genuinely sealed Hello made of the payload.
 4 CRAFTED_MSG1  a correctly MACed msg1 with an arbitrary ephemeral key (payload[:32]),
                 e.g. a low-order point: only an attacker-chosen ``e`` reaches a DH.
@@ -24,7 +24,7 @@ Modes (``mode % 7``):
 
 Contract checked: ``feed`` raises only ``ControlError`` (with a known reason) and
 ``read_message`` only ``HandshakeError``; what is accepted is exactly what a peer holding
-the keys sent.
+the keys sent, and the identity established is the one the peer's static key certifies.
 """
 
 from __future__ import annotations
@@ -35,20 +35,23 @@ from typing import Any
 
 from fuzz.common import chunks, deterministic_ephemerals, fixed_keypair, fuzz_main
 from sleeve.crypto import noise
+from sleeve.crypto.keys import Signer
 from sleeve.proto import control as ctl
 from sleeve.proto.control import ControlChannel, ControlError, Established, Hello
 
 PSK = bytes(range(100, 132))  # a fixed PSK: Argon2id derivation is irrelevant to parsing
 STATIC_I = fixed_keypair(b"sleeve fuzz initiator")
 STATIC_R = fixed_keypair(b"sleeve fuzz responder")
+SIGNER_I, SIGNER_R = Signer.from_static(STATIC_I), Signer.from_static(STATIC_R)
 HELLO_I = Hello("initiator", 0x1111, 17, 6783, "192.0.2.2:40000")
 HELLO_R = Hello("responder", 0x2222, 23, 6783, "192.0.2.1:6783")
 APP_MSG: dict[str, Any] = {"t": "ping", "n": 1, "blob": b"\x00\x01"}
 
 # Every reason ControlChannel may give; a new one means the contract changed (or a bug).
 REASONS = frozenset({
-    "frame_size", "bad_magic", "version", "encryption_mismatch", "rejected", "protocol",
-    "decrypt", "handshake", "auth_failed", "bad_message", "bad_hello",
+    "frame_size", "bad_magic", "version", "bad_mode", "encryption_mismatch", "rejected",
+    "protocol", "decrypt", "handshake", "auth_failed", "bad_message", "bad_hello",
+    "bad_identity",
 })
 MODES = 7
 RECEIVERS = ("r_fresh", "r_wait_msg1", "r_wait_msg3", "r_open",
@@ -153,7 +156,9 @@ def _check_error(e: ControlError) -> None:
 def _check_established(est: Established, receiver_is_initiator: bool) -> None:
     """The peer is who holds the other fixed static key; the keys are per direction."""
     peer = STATIC_R if receiver_is_initiator else STATIC_I
+    signer = SIGNER_R if receiver_is_initiator else SIGNER_I
     assert est.remote_static == peer.public
+    assert est.remote_key == signer.public and est.remote_id == signer.peer_id
     assert len(est.data_send) == len(est.data_recv) == 32
     assert est.data_send != est.data_recv
     assert isinstance(est.hello, Hello)
@@ -203,9 +208,9 @@ def _mode_sealed(t: Transcript, sel: int, seed: int, payload: bytes) -> None:
     assert repr(msgs) == repr([want])
 
 
-def _expected_hello(payload: bytes) -> Hello | ControlError:
+def _expected_hello(payload: bytes, sender: noise.KeyPair) -> Hello | ControlError:
     try:
-        return Hello.from_wire(ctl.unpack_message(payload))
+        return ctl.read_hello(ctl.unpack_message(payload), sender.public)[0]
     except ControlError as e:
         return e
 
@@ -218,7 +223,7 @@ def _mode_hello_msg3(t: Transcript, sel: int, seed: int, payload: bytes) -> None
     except ValueError:
         return  # larger than a Noise message may be: nothing to send
     ch = copy.deepcopy(t.snaps["r_wait_msg3"])
-    want = _expected_hello(payload)
+    want = _expected_hello(payload, STATIC_I)
     try:
         out, msgs, est = _feed(ch, ctl.frame(ctl.T_HANDSHAKE, msg3), seed)
     except ControlError as e:
@@ -237,11 +242,14 @@ def _mode_hello_sealed(t: Transcript, sel: int, seed: int, payload: bytes) -> No
     tx = copy.deepcopy(t.tx_r_hello)
     wire = ctl.frame(ctl.T_SEALED, tx.encrypt_with_ad(b"", payload))
     ch = copy.deepcopy(t.snaps["i_wait_hello"])
-    want = _expected_hello(payload)
+    want = _expected_hello(payload, STATIC_R)
     try:
         out, msgs, est = _feed(ch, wire, seed)
     except ControlError as e:
         _check_error(e)
+        if len(wire) - 4 > ctl.MAX_HANDSHAKE_FRAME:  # not open yet: Noise-sized frames only
+            assert e.reason == "frame_size"
+            return
         assert isinstance(want, ControlError), f"valid hello rejected: {e.reason}"
         assert e.reason == want.reason
         return

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 import struct
+from dataclasses import replace
 
 from fuzz import fuzz_control as fc
 from sleeve.proto import control as ctl
@@ -74,8 +75,10 @@ def control_seeds() -> dict[str, bytes]:
                "r_open": w[4], "i_started": w[1], "i_wait_hello": w[3], "i_open": w[5]}
         for i, name in enumerate(fc.RECEIVERS):
             seeds[f"raw-{tag}-{name}"] = _ctl(0, e | i << 1, 0, nxt[name])
-        good_i = ctl.pack_message(fc.HELLO_I.to_wire())
-        good_r = ctl.pack_message(fc.HELLO_R.to_wire())
+        good_i = ctl.pack_message(ctl.hello_message(fc.HELLO_I, fc.SIGNER_I,
+                                                    fc.STATIC_I.public))
+        good_r = ctl.pack_message(ctl.hello_message(fc.HELLO_R, fc.SIGNER_R,
+                                                    fc.STATIC_R.public))
         seeds[f"hello-msg3-{tag}"] = _ctl(2, e, 0, good_i)
         seeds[f"hello-sealed-{tag}"] = _ctl(3, e, 0, good_r)
     # The rest once, on the encrypted transcript (flag bit 0 flips the fuzzer to the other).
@@ -85,10 +88,15 @@ def control_seeds() -> dict[str, bytes]:
     seeds["raw-bytewise-r_fresh"] = _ctl(0, r_fresh, 64, w[0])  # 1-byte chunks
     seeds["raw-chunked-r_fresh"] = _ctl(0, r_fresh, 77, w[0])
     seeds["raw-bad-magic"] = _ctl(0, r_fresh, 0, b"SLEEPY\x01\x01")
-    seeds["raw-bad-version"] = _ctl(0, r_fresh, 0, b"SLEEVE\x02\x01")
+    seeds["raw-bad-version"] = _ctl(0, r_fresh, 0, b"SLEEVE\x01\x01")  # the previous one
+    seeds["raw-bad-mode"] = _ctl(0, r_fresh, 0, b"SLEEVE" + bytes((ctl.VERSION, 2)))
     seeds["raw-other-mode"] = _ctl(0, r_fresh, 0, ctl.preamble(False))
     seeds["raw-error-frame"] = _ctl(0, fc.RECEIVERS.index("i_started") << 1, 0,
                                     ctl.error_frame("wrong password"))
+    seeds["raw-error-frame-escapes"] = _ctl(0, fc.RECEIVERS.index("i_started") << 1, 0,
+                                            ctl.frame(ctl.T_ERROR, b"x\n\x1b[2J\xff" * 80))
+    seeds["raw-oversized-handshake"] = _ctl(0, fc.RECEIVERS.index("r_wait_msg1") << 1, 0,
+                                            struct.pack("!IB", ctl.MAX_HANDSHAKE_FRAME + 1, 1))
     seeds["raw-oversized"] = _ctl(0, r_open, 0, struct.pack("!IB", ctl.MAX_FRAME + 1, 3))
     seeds["raw-zero-length"] = _ctl(0, r_open, 0, b"\x00\x00\x00\x00\x03")
     # SEALED: plaintexts reaching unpack_message past the AEAD
@@ -103,6 +111,10 @@ def control_seeds() -> dict[str, bytes]:
     bad = ctl.pack_message({"t": "hello", "nick": "x", "uid": True, "idx": 1, "udp": 1})
     seeds["hello-msg3-bad"] = _ctl(2, 0, 0, bad)
     seeds["hello-sealed-bad"] = _ctl(3, 0, 0, bad)
+    # a valid Hello with the other side's identity: the certificate names another key
+    seeds["hello-msg3-stolen-cert"] = _ctl(2, 0, 0, ctl.pack_message(ctl.hello_message(
+        fc.HELLO_I, fc.SIGNER_R, fc.STATIC_R.public)))
+    seeds["hello-msg3-no-key"] = _ctl(2, 0, 0, ctl.pack_message(fc.HELLO_I.to_wire()))
     # CRAFTED msg1: a real public key, and low-order points
     seeds["crafted-real-key"] = _ctl(4, 0, 0, fc.STATIC_I.public + b"payload")
     seeds["crafted-zero-point"] = _ctl(4, 0, 0, bytes(32))
@@ -120,36 +132,69 @@ def control_seeds() -> dict[str, bytes]:
 
 
 def topology_seeds() -> dict[str, bytes]:
+    from fuzz import fuzz_topology as ft
+
+    signers = ft.SIGNERS
+
     def pid(i: int) -> bytes:
-        return bytes([i]) * 8
+        return signers[i].peer_id
+
+    def signed(r: topo.PeerRecord) -> topo.PeerRecord:
+        return topo.sign_record(r, next(s for s in signers.values() if s.peer_id == r.peer))
+
+    def by_peer(*conns: topo.ConnRecord) -> tuple[topo.ConnRecord, ...]:
+        return tuple(sorted(conns, key=lambda x: x.peer))
 
     me = pid(1)
     c = topo.ConnRecord
     recs = [
-        topo.PeerRecord(pid(2), "alpha", 7, 3, (c(me, "198.51.100.1:6783", True, True),
-                                                c(pid(3), "[2001:db8::1]:6783", False, False))),
-        topo.PeerRecord(pid(3), "", 1, 0, ()),
-        topo.PeerRecord(pid(4), "n" * topo.MAX_NICK, topo.MAX_U64, topo.MAX_U64,
-                        (c(pid(5), "a" * topo.MAX_ADDR, True, False),), b"s" * topo.MAX_SIG),
-        topo.PeerRecord(me, "me", 2, 9, (c(pid(2), "198.51.100.2:6783", False, True),)),
+        signed(topo.PeerRecord(pid(2), "alpha", 7, 3, by_peer(
+            c(me, "198.51.100.1:6783", True, True),
+            c(pid(3), "[2001:db8::1]:6783", False, False)))),
+        signed(topo.PeerRecord(pid(3), "", 1, 0, ())),
+        signed(topo.PeerRecord(pid(4), "n" * topo.MAX_NICK, topo.MAX_U64, topo.MAX_VERSION,
+                               (c(pid(5), "a" * topo.MAX_ADDR, True, False),))),
+        # an earlier incarnation of us: validly signed by our own key, makes us outbid it
+        signed(topo.PeerRecord(me, "me", 2, 9, (c(pid(2), "198.51.100.2:6783", False, True),))),
     ]
+    # forgeries: peer 3 writes a record for peer 2 (its own key; then peer 2's key with
+    # peer 3's signature), invents a connection in peer 2's signed record, signs nothing
+    honest = recs[0]
+    invented = replace(honest, version=4, conns=by_peer(*honest.conns,
+                                                        c(pid(5), "203.0.113.9:6783", True,
+                                                          True)))
+    forged = {
+        "forged-other-key": replace(signed(replace(honest, peer=pid(3))), peer=pid(2)),
+        "forged-wrong-sig": replace(honest, version=4,
+                                    sig=signers[3].sign(replace(honest, version=4)
+                                                        .signed_bytes())),
+        "forged-invented-conn": replace(invented, sig=honest.sig),
+        "forged-zero-sig": replace(honest, version=5, sig=bytes(topo.SIG_LEN)),
+        "forged-about-us": replace(signed(replace(recs[3], peer=pid(3))), peer=me,
+                                   version=10),
+    }
     seeds = {
         "empty": topo.encode_records([]),
         "one": topo.encode_records(recs[:1]),
         "all": topo.encode_records(recs),
         "bounds": topo.encode_records(recs[2:3]),
         "about-us": topo.encode_records(recs[3:]),
-        "bad-format": b"\x92\x02\x90",
+        "bad-format": b"\x92\x01\x90",  # the previous, unsigned format
         "not-array": b"\x81\xa1t\x01",
-        "bool-uid": b"\x92\x01\x91\x96\xc4\x08" + pid(2) + b"\xa0\xc3\x00\x90\xc4\x00",
+        "bool-uid": b"\x92\x02\x91\x97\xc4\x08" + pid(2) + b"\xa0\xc3\x00\x90"
+                    + b"\xc4\x20" + bytes(32) + b"\xc4\x40" + bytes(64),
     }
+    for name, r in forged.items():
+        seeds[name] = topo.encode_records([*recs[1:2], r])
     # the connection-count bound (~14 KB: also raises libFuzzer's max_len for this target)
     full = tuple(c(i.to_bytes(8, "big"), "", False, False) for i in range(2, topo.MAX_CONNS + 2))
-    seeds["max-conns"] = topo.encode_records([topo.PeerRecord(pid(1), "", 1, 0, full)])
-    # ints in wider encodings than needed: still valid (signatures cover signed_bytes)
-    seeds["wide-ints"] = (b"\x92\x01\x91\x96\xc4\x08" + pid(2) + b"\xa1x"
+    seeds["max-conns"] = topo.encode_records([signed(topo.PeerRecord(pid(1), "", 1, 0, full))])
+    # ints in wider encodings than needed: still valid, and the signature (over the
+    # canonical re-encoding) still verifies
+    w = signed(topo.PeerRecord(pid(2), "x", 5, 1, ()))
+    seeds["wide-ints"] = (b"\x92\x02\x91\x97\xc4\x08" + pid(2) + b"\xa1x"
                           + b"\xcf" + (5).to_bytes(8, "big") + b"\xce" + (1).to_bytes(4, "big")
-                          + b"\x90\xc4\x00")
+                          + b"\x90\xc4\x20" + w.key + b"\xc4\x40" + w.sig)
     return seeds
 
 

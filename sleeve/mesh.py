@@ -18,6 +18,13 @@ Gossip is a control message ``{"t": "topo", "r": <topology message>}`` (see
 
 Full views are split into messages of at most ``CHUNK_BYTES`` so a large mesh never
 hits the control channel's 1 MiB frame bound.
+
+Records are signed by their owners (see ``proto.topology``); our own with the node's
+``Signer``. A received message is refused whole, with a drop reason, when it does not
+decode (``gossip_undecodable``), when it carries a record about the sending neighbour
+that is not the one it authenticated as (other incarnation id or other signing key than
+in its handshake: ``gossip_bad_origin``), or when a record that would change our view is
+not validly signed by the peer it names (``gossip_bad_signature``).
 """
 
 from __future__ import annotations
@@ -27,11 +34,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sleeve.config import Target, parse_target
+from sleeve.crypto.keys import Signer
 from sleeve.proto.routes import Routes
 from sleeve.proto.topology import (
     ConnRecord,
     PeerRecord,
     Topology,
+    TopologyAuthError,
     TopologyDecodeError,
     decode_records,
     encode_records,
@@ -52,9 +61,10 @@ class LinkInfo:
 
 
 class Mesh:
-    def __init__(self, me: bytes, nickname: str, uid: int, *, gc_delay: float = 1.0) -> None:
-        self.me = me
-        self.topology = Topology(me, nickname, uid, gc_delay=gc_delay)
+    def __init__(self, signer: Signer, nickname: str, uid: int, *,
+                 gc_delay: float = 1.0) -> None:
+        self.me = signer.peer_id
+        self.topology = Topology(signer, nickname, uid, gc_delay=gc_delay)
         self.routes = Routes(self.topology)
 
     # -- our own record ---------------------------------------------------------------------
@@ -81,22 +91,28 @@ class Mesh:
             out.append(encode_records(chunk))
         return out
 
-    def receive(self, sender: bytes, sender_uid: int, data: bytes) -> tuple[bytes | None, str]:
+    def receive(self, sender: bytes, sender_uid: int, sender_key: bytes,
+                data: bytes) -> tuple[bytes | None, str]:
         """Merge a gossip message from a direct neighbour.
 
-        Returns (message to forward to every other link, or None; outcome). The outcome
-        is "ok" or a drop reason. A neighbour is the only source of its own record
-        we accept directly: one about it with another incarnation id is a lie or a
-        mix-up, and the whole message is refused.
+        ``sender``, ``sender_uid`` and ``sender_key`` are what the neighbour's handshake
+        established: its peer id, incarnation id (Hello) and Ed25519 key (certified in
+        its Hello). Returns (message to forward to every other link, or None; outcome).
+        The outcome is "ok" or a drop reason, and nothing was merged unless it is "ok".
+        A neighbour is the only source of its own record we accept directly: one about
+        it with another incarnation id or key is a lie or a mix-up.
         """
         try:
             recs = decode_records(data)
         except TopologyDecodeError:
             return None, "gossip_undecodable"
         for r in recs:
-            if r.peer == sender and r.uid != sender_uid:
+            if r.peer == sender and (r.uid != sender_uid or r.key != sender_key):
                 return None, "gossip_bad_origin"
-        delta = self.topology.merge(recs)
+        try:
+            delta = self.topology.merge(recs)
+        except TopologyAuthError:
+            return None, "gossip_bad_signature"
         if not delta:
             return None, "ok"
         return encode_records(delta), "ok"

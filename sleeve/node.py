@@ -45,7 +45,7 @@ from typing import Any
 
 from sleeve.capture.base import BATCH, Port
 from sleeve.config import Config, Target, check_host_port, parse_target
-from sleeve.crypto.keys import format_peer_id, load_or_create_static_key, peer_id
+from sleeve.crypto.keys import Signer, format_peer_id, load_or_create_static_key
 from sleeve.crypto.noise import KeyPair
 from sleeve.fastdp.agent import FastdpAgent
 from sleeve.forward.batcher import pack
@@ -53,7 +53,14 @@ from sleeve.forward.oversize import record_source, shrink
 from sleeve.forward.reassembly import KIND_FRAGMENT, Reassembler, fragment
 from sleeve.mesh import ANTI_ENTROPY, LinkInfo, Mesh, jitter
 from sleeve.proto import datagram as dg
-from sleeve.proto.control import ControlChannel, ControlError, Established, Hello, error_frame
+from sleeve.proto.control import (
+    ControlChannel,
+    ControlError,
+    Established,
+    Hello,
+    MessageTooLarge,
+    error_frame,
+)
 from sleeve.proto.mactable import LOCAL, MacTable
 from sleeve.proto.pmtu import PmtuProber, ack_record, datagram_bounds, parse_probe, probe_record
 from sleeve.proto.session import DataSession
@@ -68,6 +75,12 @@ HANDSHAKE_TIMEOUT = 10.0
 TCP_HEARTBEAT = 5.0  # a control message at least this often, so silence means dead
 TCP_FALLBACK_AFTER = 3.0  # peer still hears no UDP from us: carry data over TCP
 TCP_MAX_BODY = 65000  # records per control message when data goes over TCP
+# Unauthenticated work is bounded: accepts per second (token bucket) and handshakes in
+# progress; each handshake must finish within HANDSHAKE_TIMEOUT. A flood of connections
+# then costs a few closes, and established links keep running.
+ACCEPT_RATE = 20.0
+ACCEPT_BURST = 40.0
+MAX_HANDSHAKES = 32
 TCP_READ_TIMEOUT = 75.0
 UDP_FAST_HEARTBEAT = 0.5  # until the peer confirmed it hears us
 UDP_SLOW_HEARTBEAT = 5.0  # also keeps NAT mappings open (UDP timeouts are >= 30 s)
@@ -107,6 +120,7 @@ class Link:
         self.name = format_peer_id(est.remote_id)
         self.nickname = est.hello.nickname
         self.uid = est.hello.uid
+        self.sign_key = est.remote_key  # its Ed25519 key, certified in its handshake
         self.outbound = outbound
         self.addr = addr  # how the mesh can reach this peer (see mesh.LinkInfo)
         self.remote_tcp = remote
@@ -201,7 +215,14 @@ class Link:
             self._node.drops.inc("control_slow_reader")
             self.writer.close()
             return
-        self.writer.write(self.channel.seal(msg))
+        try:
+            data = self.channel.seal(msg)
+        except MessageTooLarge as e:
+            # Our bug, not the peer's: the channel is untouched, so keep the connection.
+            self._node.drops.inc("control_too_large")
+            log.error("not sending to %s: %s", self.name, e)
+            return
+        self.writer.write(data)
 
     def heartbeat_record(self, now: float) -> bytes:
         self._hb_token = random.getrandbits(64)
@@ -249,14 +270,18 @@ class Node:
         self._port_factory = port
         self.port: Port | None = None
         self.static = static or load_or_create_static_key(cfg.state_dir)
-        self.id = peer_id(self.static.public)
+        self.signer = Signer.from_static(self.static)  # gossip signing key, derived
+        self.id = self.signer.peer_id
         self.name = format_peer_id(self.id)
         self.uid = random.getrandbits(63) | 1
-        self.mesh = Mesh(self.id, cfg.nickname[:64], self.uid)
+        self.mesh = Mesh(self.signer, cfg.nickname[:64], self.uid)
         self.fastdp = FastdpAgent(self)
         self._next_mesh = 0.0
         self._touched: list[Link] = []  # links with queued records, flushed per event
         self._icmp_window = 0.0
+        self._accept_tokens = ACCEPT_BURST
+        self._accept_at = 0.0
+        self._handshaking = 0  # inbound handshakes in progress
         # relayed control connections: peer -> (reader, writer, mediator peer)
         self._virtual: dict[bytes, tuple[asyncio.StreamReader, RelayWriter, bytes]] = {}
         self._punch_next: dict[bytes, float] = {}
@@ -996,7 +1021,7 @@ class Node:
             return
         self.stats.inc("gossip_rx_msgs")
         self.stats.inc("gossip_rx_bytes", len(data))
-        fwd, outcome = self.mesh.receive(link.peer, link.uid, data)
+        fwd, outcome = self.mesh.receive(link.peer, link.uid, link.sign_key, data)
         if outcome != "ok":
             self.drops.inc(outcome)
             log.warning("gossip from %s refused: %s", link.name, outcome)
@@ -1054,21 +1079,42 @@ class Node:
             self.drops.inc("conn_limit")
             writer.close()
             return
-        await self._run_connection(reader, writer, False, None)
+        now = time.monotonic()
+        self._accept_tokens = min(ACCEPT_BURST, self._accept_tokens
+                                  + (now - self._accept_at) * ACCEPT_RATE)
+        self._accept_at = now
+        if self._accept_tokens < 1.0:
+            self.drops.inc("accept_rate_limited")
+            writer.close()
+            return
+        if self._handshaking >= MAX_HANDSHAKES:
+            self.drops.inc("handshake_limit")
+            writer.close()
+            return
+        self._accept_tokens -= 1.0
+        await self._run_connection(reader, writer, False, None, counted=True)
 
     async def _run_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                              outbound: bool, ts: TargetState | None) -> str:
+                              outbound: bool, ts: TargetState | None,
+                              counted: bool = False) -> str:
         """Handshake then serve one control connection. Returns why it ended."""
         peer = writer.get_extra_info("peername") or ("?", 0)
         remote = (str(peer[0]), int(peer[1]))
         where = f"{remote[0]}:{remote[1]}"
         index = self._new_index()
         hello = Hello(self.cfg.nickname[:64], self.uid, index, self.udp_port, where[:64])
-        ch = ControlChannel(initiator=outbound, static=self.static, psk=self.cfg.psk, hello=hello)
+        ch = ControlChannel(initiator=outbound, static=self.static, psk=self.cfg.psk, hello=hello,
+                            signer=self.signer)
         link: Link | None = None
         reason = "closed"
         try:
-            est, first_msgs = await self._handshake(ch, reader, writer, outbound)
+            if counted:
+                self._handshaking += 1
+            try:
+                est, first_msgs = await self._handshake(ch, reader, writer, outbound)
+            finally:
+                if counted:
+                    self._handshaking -= 1
             if est.remote_id == self.id:
                 if ts is not None:
                     ts.dead = True
@@ -1139,7 +1185,7 @@ class Node:
 
     async def _serve(self, link: Link, reader: asyncio.StreamReader,
                      ch: ControlChannel) -> None:
-        log.info("connected to %s (%s) at %s:%d, %s", link.name, link.nickname,
+        log.info("connected to %s (%r) at %s:%d, %s", link.name, link.nickname,
                  *link.remote_tcp, "outbound" if link.outbound else "inbound")
         while True:
             data = await asyncio.wait_for(reader.read(65536), TCP_READ_TIMEOUT)
@@ -1200,7 +1246,7 @@ class Node:
         if self.links.get(link.peer) is link:
             del self.links[link.peer]
             n = self.macs.forget_peer(link.peer)
-            log.info("disconnected from %s (%s); forgot %d MACs", link.name, link.nickname, n)
+            log.info("disconnected from %s (%r); forgot %d MACs", link.name, link.nickname, n)
             self._sync_own_record()
             self.fastdp.link_down(link.peer, "link down")
         self.by_index.pop(link.session.local_index, None)
@@ -1249,6 +1295,7 @@ class Node:
             "macs": [{"mac": m.hex(":"), "peer": "local" if p == LOCAL else format_peer_id(p),
                       "age_s": round(age, 1)} for m, p, age in self.macs.entries(now)],
             "drops": self.drops.snapshot(),
+            "handshakes_in_progress": self._handshaking,
             "counters": self.stats.snapshot(),
             "pid": os.getpid(),
         }

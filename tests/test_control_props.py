@@ -7,9 +7,13 @@ arbitrary points, as TCP may:
   and sealed messages round-trip in both directions;
 - garbage, truncation and bit flips fed to either side at any stage raise only
   ``ControlError`` (with a known reason), and a tampered message is never acted upon;
-- a frame length prefix outside 1..MAX_FRAME is rejected from its 5-byte header alone,
-  and buffered memory only ever grows with bytes actually received;
-- a Hello with a field of the wrong type or range is rejected in msg 3 and sealed alike.
+- a frame length prefix outside 1..MAX_FRAME (1..MAX_HANDSHAKE_FRAME before the channel
+  is open) is rejected from its 5-byte header alone, and buffered memory only ever grows
+  with bytes actually received;
+- a Hello with a field of the wrong type or range is rejected in msg 3 and sealed alike,
+  and so is one whose signing key does not certify the static key of the handshake;
+- the hardening of issue 8: ERROR text is sanitized, ``seal`` refuses what the peer
+  would refuse, a preamble mode other than 0/1 is refused.
 
 Codec-level properties (unpack_message, Hello.from_wire on maps) are in test_codec_props;
 Noise itself is in test_crypto. A fixed PSK stands in for the Argon2id-derived one:
@@ -28,18 +32,26 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sleeve.crypto.keys import peer_id
+from sleeve.crypto.keys import Signer
 from sleeve.crypto.noise import KeyPair
 from sleeve.proto import control as ctl
-from sleeve.proto.control import ControlChannel, ControlError, Established, Hello, State
+from sleeve.proto.control import (
+    ControlChannel,
+    ControlError,
+    Established,
+    Hello,
+    MessageTooLarge,
+    State,
+)
 
 PSK = bytes(range(32))
 STATIC_I, STATIC_R = KeyPair.generate(), KeyPair.generate()
 HELLO_I = Hello("dialler", 11, 101, 6783, "192.0.2.2:40000")
 HELLO_R = Hello("listener", 22, 202, 6784)
 REASONS = frozenset({
-    "frame_size", "bad_magic", "version", "encryption_mismatch", "rejected", "protocol",
-    "decrypt", "handshake", "auth_failed", "bad_message", "bad_hello",
+    "frame_size", "bad_magic", "version", "bad_mode", "encryption_mismatch", "rejected",
+    "protocol", "decrypt", "handshake", "auth_failed", "bad_message", "bad_hello",
+    "bad_identity",
 })
 # Handshakes cost a few ms each; on a loaded 2-core CI box hypothesis may call that slow.
 PROPS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -105,8 +117,10 @@ def test_handshake_completes_under_any_chunking(encrypted: bool, cuts: list[list
     ini, resp = pair(encrypted)
     est_i, est_r = handshake(ini, resp, cuts)
     assert est_i.remote_static == STATIC_R.public and est_r.remote_static == STATIC_I.public
-    assert est_i.remote_id == peer_id(STATIC_R.public)
-    assert est_r.remote_id == peer_id(STATIC_I.public)
+    sign_i, sign_r = Signer.from_static(STATIC_I), Signer.from_static(STATIC_R)
+    assert est_i.remote_key == sign_r.public and est_r.remote_key == sign_i.public
+    assert est_i.remote_id == sign_r.peer_id
+    assert est_r.remote_id == sign_i.peer_id
     assert est_i.hello == HELLO_R and est_r.hello == HELLO_I
     assert est_i.handshake_hash == est_r.handshake_hash
     # data-plane keys: one per direction, crosswise equal
@@ -265,12 +279,18 @@ def stream_prefix(stage: str) -> bytes:
     return ctl.preamble(True) if stage == "r_fresh" else b""
 
 
+def frame_limit(stage: str) -> int:
+    return ctl.MAX_FRAME if stage.endswith("open") else ctl.MAX_HANDSHAKE_FRAME
+
+
 @settings(PROPS, max_examples=100)
 @given(stage=st.sampled_from(STAGES),
-       length=st.just(0) | st.integers(ctl.MAX_FRAME + 1, (1 << 32) - 1),
+       length=st.just(0) | st.integers(ctl.MAX_HANDSHAKE_FRAME + 1, (1 << 32) - 1),
        typ=st.integers(0, 255), tail=st.binary(max_size=64))
 def test_out_of_bounds_length_prefix_rejected_from_the_header(
         stage: str, length: int, typ: int, tail: bytes) -> None:
+    if stage.endswith("open") and 0 < length <= ctl.MAX_FRAME:
+        length = ctl.MAX_FRAME + 1 + length % 1000  # in bounds once open: move it out
     ch = at(stage)
     header = ctl.FRAME_HDR.pack(length, typ)
     ch.feed(stream_prefix(stage) + header[:-1])  # 4 bytes: not yet decidable
@@ -289,7 +309,7 @@ def test_out_of_bounds_length_prefix_rejected_from_the_header(
 def test_buffer_grows_only_with_received_bytes(stage: str) -> None:
     """A frame claiming the maximum size costs only what has actually arrived."""
     ch = at(stage)
-    ch.feed(stream_prefix(stage) + ctl.FRAME_HDR.pack(ctl.MAX_FRAME, ctl.T_SEALED))
+    ch.feed(stream_prefix(stage) + ctl.FRAME_HDR.pack(frame_limit(stage), ctl.T_SEALED))
     tracemalloc.start()
     try:
         for _ in range(16):
@@ -303,7 +323,7 @@ def test_buffer_grows_only_with_received_bytes(stage: str) -> None:
 @pytest.mark.parametrize("stage", ["r_wait_msg1", "r_open", "i_started", "i_open"])
 def test_a_maximal_frame_is_accepted_by_framing_then_judged(stage: str) -> None:
     ch = at(stage)
-    body = bytes(ctl.MAX_FRAME - 1)
+    body = bytes(frame_limit(stage) - 1)
     with pytest.raises(ControlError) as ei:
         ch.feed(ctl.frame(ctl.T_HANDSHAKE if stage.endswith(("msg1", "started"))
                           else ctl.T_SEALED, body))
@@ -353,3 +373,145 @@ def test_hello_with_wrong_types_is_rejected_in_msg3_and_sealed(hello: Hello,
         return
     assert hello_is_valid(hello)
     assert (est_r.hello if from_dialler else est_i.hello) == hello
+
+
+# ---------------------------------------------------------------------------- identity
+
+def test_hello_identity_fields_are_required_and_exact() -> None:
+    sig = Signer.from_static(STATIC_I)
+    good = ctl.hello_message(HELLO_I, sig, STATIC_I.public)
+    assert ctl.read_hello(good, STATIC_I.public) == (HELLO_I, sig.public)
+    for field, value in (("key", None), ("key", sig.public[:-1]), ("key", "k" * 32),
+                         ("cert", None), ("cert", good["cert"] + b"x"), ("cert", 7)):
+        m = dict(good)
+        if value is None:
+            del m[field]
+        else:
+            m[field] = value
+        with pytest.raises(ControlError) as ei:
+            ctl.read_hello(m, STATIC_I.public)
+        assert ei.value.reason == "bad_hello"
+    with pytest.raises(ControlError) as ei:  # a valid certificate, for another static key
+        ctl.read_hello(good, STATIC_R.public)
+    assert ei.value.reason == "bad_identity"
+
+
+class StolenIdentity(Signer):
+    """Mallory presents the victim's signing key and the certificate she saw it send.
+
+    (The object holds the victim's key only because a Signer must hold one; it never
+    signs with it: the certificate is replayed.)
+    """
+
+    def __init__(self, victim: KeyPair) -> None:
+        real = Signer.from_static(victim)
+        super().__init__(b"\x00" * 32)
+        self.public, self.peer_id = real.public, real.peer_id
+        self._stolen = real.certify(victim.public)
+
+    def certify(self, static_public: bytes) -> bytes:
+        return self._stolen
+
+
+@pytest.mark.parametrize("liar", ["dialler", "listener"])
+def test_a_peer_cannot_claim_another_peers_identity(liar: str) -> None:
+    mallory, victim = KeyPair.generate(), KeyPair.generate()
+    thief = StolenIdentity(victim)
+    if liar == "dialler":
+        ini = ControlChannel(initiator=True, static=mallory, psk=PSK, hello=HELLO_I,
+                             signer=thief)
+        resp = ControlChannel(initiator=False, static=STATIC_R, psk=PSK, hello=HELLO_R)
+    else:
+        ini = ControlChannel(initiator=True, static=STATIC_I, psk=PSK, hello=HELLO_I)
+        resp = ControlChannel(initiator=False, static=mallory, psk=PSK, hello=HELLO_R,
+                              signer=thief)
+    m1, _, _ = resp.feed(ini.start())
+    m2, _, _ = ini.feed(m1)
+    if liar == "dialler":
+        with pytest.raises(ControlError) as ei:
+            resp.feed(m2)
+        assert resp.established is None and resp.state is not State.OPEN
+    else:
+        m3, _, est_r = resp.feed(m2)
+        assert est_r is not None
+        with pytest.raises(ControlError) as ei:
+            ini.feed(m3)
+        assert ini.established is None and ini.state is not State.OPEN
+    assert ei.value.reason == "bad_identity"
+
+
+def test_an_explicit_signer_is_the_identity_the_peer_sees() -> None:
+    other = Signer(bytes(range(32)))  # any key may certify our static key: it is then us
+    ini = ControlChannel(initiator=True, static=STATIC_I, psk=PSK, hello=HELLO_I,
+                         signer=other)
+    resp = ControlChannel(initiator=False, static=STATIC_R, psk=PSK, hello=HELLO_R)
+    _, est_r = handshake(ini, resp, [[], [], [], []])
+    assert est_r.remote_key == other.public and est_r.remote_id == other.peer_id
+
+
+# ---------------------------------------------------------------------------- hardening
+
+def test_error_frame_text_is_sanitized_and_bounded() -> None:
+    ch = at("i_started")
+    evil = b"wrong password\n2026-01-01 INFO all good\x1b[2J\r\x00\xc3\xa9" + b"A" * 1000
+    with pytest.raises(ControlError) as ei:
+        ch.feed(ctl.frame(ctl.T_ERROR, evil))
+    detail = ei.value.detail
+    assert ei.value.reason == "rejected"
+    assert all(0x20 <= ord(c) < 0x7F for c in detail), detail
+    assert "wrong password?2026-01-01 INFO all good?[2J???" in detail
+    assert detail.count("A") <= ctl.MAX_ERROR_TEXT and len(detail) < 300
+    # what we send is sanitized the same way
+    body = ctl.error_frame("bad\npassword\x1b" + "x" * 500)[ctl.FRAME_HDR.size :]
+    assert body == b"bad?password?" + b"x" * (ctl.MAX_ERROR_TEXT - 13)
+
+
+def test_printable() -> None:
+    assert ctl.printable(bytes(range(256)), 1000) == (
+        "?" * 32 + "".join(map(chr, range(32, 127))) + "?" * 129)
+    assert ctl.printable(b"abc", 2) == "ab"
+
+
+@pytest.mark.parametrize("stage", ["r_wait_msg1", "r_wait_msg3", "i_started", "i_wait_hello"])
+def test_pre_authentication_frames_are_bounded_by_the_largest_noise_message(stage: str) -> None:
+    assert ctl.MAX_HANDSHAKE_FRAME == 1 + 65535
+    ch = at(stage)
+    with pytest.raises(ControlError) as ei:
+        ch.feed(ctl.FRAME_HDR.pack(ctl.MAX_HANDSHAKE_FRAME + 1, ctl.T_HANDSHAKE))
+    assert ei.value.reason == "frame_size"
+    # the same header is fine once open (gossip may need up to MAX_FRAME)
+    ch = at("r_open" if stage.startswith("r") else "i_open")
+    assert ch.feed(ctl.FRAME_HDR.pack(ctl.MAX_HANDSHAKE_FRAME + 1, ctl.T_SEALED)) == (
+        b"", [], None)
+
+
+def test_seal_refuses_a_frame_the_peer_would_refuse_and_stays_usable() -> None:
+    ini, resp = open_pair()
+    # the largest message that fits: frame length = type + plaintext + tag = MAX_FRAME
+    overhead = len(ctl.pack_message({"t": "x", "b": bytes(1 << 17)})) - (1 << 17)
+    fits = {"t": "x", "b": bytes(ctl.MAX_FRAME - 1 - 16 - overhead)}
+    wire = ini.seal(fits)
+    assert len(wire) == ctl.FRAME_HDR.size - 1 + ctl.MAX_FRAME
+    assert feed(resp, wire, [])[1] == [fits]
+    too_big = {"t": "x", "b": bytes(ctl.MAX_FRAME - 1 - 16 - overhead + 1)}
+    with pytest.raises(MessageTooLarge) as ei:
+        ini.seal(too_big)
+    assert isinstance(ei.value, ValueError) and "'x'" in str(ei.value)
+    # nothing was consumed: the next message still opens (nonces in step)
+    assert feed(resp, ini.seal({"t": "after"}), [])[1] == [{"t": "after"}]
+
+
+@pytest.mark.parametrize("mode", [2, 3, 0x80, 0xFF])
+def test_preamble_mode_other_than_0_or_1_is_refused(mode: int) -> None:
+    for encrypted in (True, False):
+        ch = at("r_fresh", encrypted)
+        with pytest.raises(ControlError) as ei:
+            ch.feed(ctl.MAGIC + bytes((ctl.VERSION, mode)))
+        assert ei.value.reason == "bad_mode" and str(mode) in ei.value.detail
+
+
+def test_preamble_of_the_previous_version_is_refused_by_version() -> None:
+    ch = at("r_fresh")
+    with pytest.raises(ControlError) as ei:
+        ch.feed(ctl.MAGIC + bytes((ctl.VERSION - 1, 1)))
+    assert ei.value.reason == "version" and ctl.VERSION == 2

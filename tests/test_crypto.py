@@ -291,15 +291,59 @@ def test_static_key_bad_size(tmp_path: pathlib.Path, size: int) -> None:
 
 
 def test_peer_id() -> None:
-    kp = KeyPair.generate()
-    pid = keys.peer_id(kp.public)
-    assert len(pid) == 8 and pid == keys.peer_id(kp.public)
-    assert pid != keys.peer_id(KeyPair.generate().public)
+    signer = keys.Signer(bytes(32))
+    pid = keys.peer_id_of(signer.public)
+    assert len(pid) == 8 and pid == keys.peer_id_of(signer.public) == signer.peer_id
+    assert pid != keys.Signer(bytes(31) + b"\x01").peer_id
     text = keys.format_peer_id(pid)
     assert text == ":".join(f"{b:02x}" for b in pid) and len(text) == 23
     assert keys.format_peer_id(bytes([0x3A, 0x9F])) == "3a:9f"
     with pytest.raises(ValueError):
-        keys.peer_id(b"short")
+        keys.peer_id_of(b"short")
+
+
+def test_signing_key_derives_deterministically_from_the_static_key() -> None:
+    kp = KeyPair.generate()
+    s1, s2 = keys.Signer.from_static(kp), keys.Signer.from_static(KeyPair.from_private(kp.private))
+    assert s1.public == s2.public and s1.peer_id == s2.peer_id
+    assert s1.public != kp.public  # a different key, not the X25519 one reinterpreted
+    other = keys.Signer.from_static(KeyPair.generate())
+    assert other.peer_id != s1.peer_id
+    # the private key is nowhere in the repr
+    assert kp.private.hex() not in repr(s1) and keys.format_peer_id(s1.peer_id) in repr(s1)
+    with pytest.raises(ValueError):
+        keys.Signer(b"short seed")
+
+
+def test_signatures_verify_only_for_the_signed_message_and_key() -> None:
+    s, other = keys.Signer(bytes(32)), keys.Signer(b"\x01" * 32)
+    sig = s.sign(b"record")
+    assert len(sig) == keys.SIGNATURE_LEN and sig == s.sign(b"record")  # deterministic
+    assert keys.verify(s.public, b"record", sig)
+    assert not keys.verify(s.public, b"recorD", sig)
+    assert not keys.verify(other.public, b"record", sig)
+    bad = bytearray(sig)
+    bad[10] ^= 1
+    assert not keys.verify(s.public, b"record", bytes(bad))
+    # garbage of any shape is a False, never an exception
+    for key, sg in ((b"", sig), (b"k" * 31, sig), (s.public, sig[:63]), (s.public, b""),
+                    (bytes(32), sig), (b"\xff" * 32, b"\xff" * 64)):
+        assert not keys.verify(key, b"record", sg)
+
+
+def test_static_certificate_binds_the_signing_key_to_one_static_key() -> None:
+    kp, mallory = KeyPair.generate(), KeyPair.generate()
+    s = keys.Signer.from_static(kp)
+    cert = s.certify(kp.public)
+    assert cert == s.certify(kp.public)  # cached, and deterministic anyway
+    assert keys.verify_static_cert(s.public, kp.public, cert)
+    # someone else's static key, someone else's signing key, or a mere signature: no
+    assert not keys.verify_static_cert(s.public, mallory.public, cert)
+    assert not keys.verify_static_cert(keys.Signer.from_static(mallory).public, kp.public, cert)
+    assert not keys.verify_static_cert(s.public, kp.public, s.sign(kp.public))
+    assert not keys.verify_static_cert(s.public, b"short", cert)
+    with pytest.raises(ValueError):
+        s.certify(b"short")
 
 
 # ----------------------------------------------------------------------------- aead

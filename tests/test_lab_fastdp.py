@@ -95,14 +95,17 @@ def test_two_unencrypted_hosts_use_the_kernel_and_fall_back_when_vxlan_is_blocke
         assert after - before < 100 and vx >= 100
 
         # at least 0.8x a hand-made kernel VXLAN between the same hosts, same run
-        fast = iperf(a, b, OV[1])
         for h, me, peer, ov in ((a, UL[0], UL[1], "198.19.41.1/24"),
                                 (b, UL[1], UL[0], "198.19.41.2/24")):
             h.run("ip", "link", "add", "vxref", "type", "vxlan", "id", "99", "remote", peer,
                   "local", me, "dstport", "4789", timeout=15)
             h.set_mtu("vxref", 1406)
             h.addr("vxref", ov)
-        ref = iperf(a, b, "198.19.41.2")
+        # interleaved, best of two each: a 3 s iperf3 on 2 shared cores is noisy
+        fast = ref = 0.0
+        for _ in range(2):
+            fast = max(fast, iperf(a, b, OV[1]))
+            ref = max(ref, iperf(a, b, "198.19.41.2"))
         print(f"iperf3: fastdp {fast:.2f} Gbit/s, hand-made VXLAN {ref:.2f} Gbit/s "
               f"= {fast / ref:.2f}x")
         assert fast >= 0.8 * ref

@@ -150,14 +150,47 @@ def test_gossip_that_lies_about_the_sender_is_refused() -> None:
             await wait_for(lambda: knows_all(nodes), 10)
             from dataclasses import replace
 
-            from sleeve.proto.topology import encode_records
+            from sleeve.proto.topology import encode_records, sign_record
 
             link = b.links[a.id]
-            forged = replace(a.mesh.topology.own, uid=a.uid + 1, version=99)
+            assert link.sign_key == a.signer.public  # what a's handshake certified
+            forged = sign_record(replace(a.mesh.topology.own, uid=a.uid + 1, version=99),
+                                 a.signer)  # even validly signed: not its incarnation
             b._on_control(link, {"t": "topo", "r": encode_records([forged])})
             assert b.drops["gossip_bad_origin"] == 1
             assert b.mesh.topology.get(a.id) != forged
             b._on_control(link, {"t": "topo", "r": b"\xc1garbage"})
             assert b.drops["gossip_undecodable"] == 1
+
+    asyncio.run(run())
+
+
+def test_insider_cannot_forge_gossip_for_another_peer() -> None:
+    async def run() -> None:
+        # a chain a - b - c: a is the insider, c the victim, b receives the lies
+        async with mesh(3, [(1, 0), (2, 0)], discovery=False) as nodes:
+            (b, _), (a, _), (c, _) = nodes
+            await wait_for(lambda: knows_all(nodes) and routes_complete(nodes), 10)
+            from dataclasses import replace
+
+            from sleeve.proto.topology import ConnRecord, encode_records
+
+            genuine = b.mesh.topology.get(c.id)
+            assert genuine is not None
+            # c's own record with a connection to a invented in it (c's signature kept),
+            # and the same re-signed by a's key
+            lie = replace(genuine, version=genuine.version + 1, conns=tuple(sorted(
+                (*genuine.conns, ConnRecord(a.id, "198.18.0.66:6783", True, True)),
+                key=lambda x: x.peer)))
+            resigned = replace(lie, sig=a.signer.sign(lie.signed_bytes()))
+            link = b.links[a.id]
+            for n, forged in enumerate((lie, resigned), 1):
+                b._on_control(link, {"t": "topo", "r": encode_records([forged])})
+                assert b.drops["gossip_bad_signature"] == n
+                assert b.mesh.topology.get(c.id) == genuine
+            # and nothing was forwarded to c (which would have refused a record about
+            # itself with a bad signature, rather than outbid it)
+            await asyncio.sleep(0.2)
+            assert c.drops["gossip_bad_signature"] == 0 and a.drops["gossip_bad_signature"] == 0
 
     asyncio.run(run())

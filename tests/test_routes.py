@@ -24,6 +24,7 @@ from sleeve.proto.routes import (
     unicast_next_hops,
 )
 from sleeve.proto.topology import ConnRecord, PeerRecord, Topology
+from tests.test_topology import pid, signed, signer
 
 Graph = dict[bytes, set[bytes]]
 PID = st.binary(min_size=8, max_size=8)
@@ -162,9 +163,9 @@ CONN = st.tuples(st.booleans(), st.booleans())  # (listed, established)
 @settings(max_examples=50, deadline=None)
 @given(st.integers(2, 12), st.data())
 def test_symmetric_links_match_definition(n: int, data: st.DataObject) -> None:
-    ids = [bytes([i + 1]) * 8 for i in range(n)]
+    ids = [pid(i + 1) for i in range(n)]
     me = ids[0]
-    t = Topology(me, "me", 1)
+    t = Topology(signer(1), "me", 1)
     lists: dict[bytes, dict[bytes, bool]] = {}
     recs = []
     for p in ids:
@@ -175,7 +176,7 @@ def test_symmetric_links_match_definition(n: int, data: st.DataObject) -> None:
         if p == me:
             t.set_local_connections(conns)
         elif data.draw(st.integers(0, 5)):  # sometimes we lack a peer's record
-            recs.append(PeerRecord(p, "x", 1, 1, conns))
+            recs.append(signed(PeerRecord(p, "x", 1, 1, conns)))
     t.merge(recs)
     known = t.peers()
     links = symmetric_links(t)
@@ -191,10 +192,11 @@ def _conns(*peers: bytes) -> tuple[ConnRecord, ...]:
 
 
 def test_routes_cache_follows_topology_changes() -> None:
-    a, b, c = (bytes([x]) * 8 for x in (1, 2, 3))
-    t = Topology(a, "a", 1)
+    a, b, c = (pid(x) for x in (1, 2, 3))
+    t = Topology(signer(1), "a", 1)
     t.set_local_connections(_conns(b))
-    t.merge([PeerRecord(b, "b", 1, 1, _conns(a, c)), PeerRecord(c, "c", 1, 1, _conns(b))])
+    t.merge([signed(PeerRecord(b, "b", 1, 1, _conns(a, c))),
+             signed(PeerRecord(c, "c", 1, 1, _conns(b)))])
     r = Routes(t)
     assert r.unicast() == {b: b, c: b}
     assert r.unicast() is r.unicast()  # cached
@@ -202,7 +204,7 @@ def test_routes_cache_follows_topology_changes() -> None:
     assert r.broadcast(a) == [b]
     assert r.broadcast(a) is r.broadcast(a)
     # c drops the link: the routes notice through the topology's generation
-    t.merge([PeerRecord(c, "c", 1, 2, ())])
+    t.merge([signed(PeerRecord(c, "c", 1, 2, ()))])
     assert r.next_hop(c) is None and r.unicast() == {b: b}
     assert r.links[b] == {a}
     # gossip variant: all listed links, directed

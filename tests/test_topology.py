@@ -2,13 +2,19 @@
 
 The reference for ``merge`` is the documented total order: for each other peer the
 state holds the maximum record by (version, uid, canonical encoding); our own record
-keeps its content and its version becomes ``max(v0, seen + 1)`` over every record about
-us that is not our current one. Merging is checked to be order- and repetition-free.
+keeps its content and its version becomes ``max(v0, min(seen + 1, MAX_VERSION))`` over
+every record about us that is not our current one. Merging is checked to be order- and
+repetition-free. Records are signed by their owners (signing keys are precomputed from
+fixed seeds: Ed25519 key generation and signing cost ~20 us each); forgeries are in
+test_gossip_sig.py.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import random
+from dataclasses import replace
 from typing import Any
 
 import msgpack
@@ -16,51 +22,87 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sleeve.crypto.keys import Signer
 from sleeve.proto.topology import (
     FORMAT,
+    KEY_LEN,
     MAX_ADDR,
     MAX_CONNS,
     MAX_NICK,
     MAX_RECORDS,
-    MAX_SIG,
     MAX_U64,
+    MAX_VERSION,
+    SIG_LEN,
     ConnRecord,
     PeerRecord,
     Topology,
     TopologyDecodeError,
     decode_records,
     encode_records,
+    sign_record,
+    verify_record,
 )
 
 PID = st.binary(min_size=8, max_size=8)
-POOL = [bytes([0x10 * i + 1]) * 8 for i in range(6)]  # small: forces collisions
-ME = POOL[0]
-MY_UID = 1000  # the pool's records use uids 1..3, so never ours by accident
+
+
+@functools.cache
+def signer(i: int) -> Signer:
+    """Peer number i's signing key (fixed seed); its peer id is ``pid(i)``."""
+    return Signer(hashlib.blake2b(b"sleeve test peer %d" % i, digest_size=32).digest())
 
 
 def pid(i: int) -> bytes:
-    return i.to_bytes(8, "big")
+    return signer(i).peer_id
+
+
+SIGNERS = {signer(i).peer_id: signer(i) for i in range(48)}  # every id tests sign for
+SIGNED_ID = st.sampled_from(sorted(SIGNERS))  # ids whose keys the tests hold
+POOL = [pid(i) for i in range(6)]  # small: forces collisions
+ME = POOL[0]
+MY_UID = 1000  # the pool's records use uids 1..3, so never ours by accident
 
 
 def conn(p: bytes, est: bool = True, out: bool = True) -> ConnRecord:
     return ConnRecord(p, f"198.18.0.{p[-1]}:6783", out, est)
 
 
+def signed(rec: PeerRecord) -> PeerRecord:
+    """``rec`` signed by the key its peer id names (one of the test signers)."""
+    return sign_record(rec, SIGNERS[rec.peer])
+
+
+def rec(i: int, nick: str, uid: int, version: int, conns: tuple[ConnRecord, ...] = ()
+        ) -> PeerRecord:
+    """Peer i's signed record."""
+    return signed(PeerRecord(pid(i), nick, uid, version, conns))
+
+
+def topo(i: int, nick: str, uid: int, gc_delay: float = 1.0) -> Topology:
+    return Topology(signer(i), nick, uid, gc_delay=gc_delay)
+
+
 @st.composite
 def records(draw: st.DrawFn, ids: st.SearchStrategy[bytes] = PID, uids: Any = None,
-            versions: Any = None) -> PeerRecord:
+            versions: Any = None, sign: bool = False) -> PeerRecord:
+    """Records of any content; well-formed keys and signatures unless ``sign``, when the
+    record is really signed by its owner (``ids`` must then be test signers' ids)."""
     peer = draw(ids)
     others = draw(st.lists(ids.filter(lambda p: p != peer), unique=True, max_size=6))
     conns = tuple(ConnRecord(p, draw(st.text(max_size=30)), draw(st.booleans()),
                              draw(st.booleans())) for p in sorted(others))
-    return PeerRecord(
+    r = PeerRecord(
         peer, draw(st.text(max_size=MAX_NICK)),
         draw(uids if uids is not None else st.integers(1, MAX_U64)),
-        draw(versions if versions is not None else st.integers(0, MAX_U64)),
-        conns, draw(st.binary(max_size=MAX_SIG)))
+        draw(versions if versions is not None else st.integers(0, MAX_VERSION)),
+        conns)
+    if sign:
+        return signed(r)
+    return replace(r, key=draw(st.binary(min_size=KEY_LEN, max_size=KEY_LEN)),
+                   sig=draw(st.binary(min_size=SIG_LEN, max_size=SIG_LEN)))
 
 
-POOL_RECORDS = records(st.sampled_from(POOL), st.integers(1, 3), st.integers(0, 4))
+POOL_RECORDS = records(st.sampled_from(POOL), st.integers(1, 3), st.integers(0, 4), sign=True)
 # Record strategies draw a lot; on a loaded machine hypothesis would call them too slow.
 LOADED = settings(suppress_health_check=[HealthCheck.too_slow])
 
@@ -114,9 +156,9 @@ MSGPACK_OBJ = st.recursive(
 def test_wrong_structures_only_raise_decode_error(obj: Any, data: st.DataObject) -> None:
     _decodes_or_rejects(msgpack.packb(obj, use_bin_type=True))
     # Also splice the object into a valid message at a random position.
-    rec = PeerRecord(pid(1), "a", 1, 1, (conn(pid(2)),)).to_wire()
-    msg: Any = [FORMAT, [rec]]
-    path = data.draw(st.sampled_from([(0,), (1,), (1, 0), *[(1, 0, i) for i in range(6)],
+    wire = rec(1, "a", 1, 1, (conn(pid(2)),)).to_wire()
+    msg: Any = [FORMAT, [wire]]
+    path = data.draw(st.sampled_from([(0,), (1,), (1, 0), *[(1, 0, i) for i in range(7)],
                                       (1, 0, 4, 0), *[(1, 0, 4, 0, i) for i in range(4)]]))
     target = msg
     for i in path[:-1]:
@@ -129,23 +171,30 @@ def _wire(rec: list[Any], n: int = 1) -> bytes:
     return msgpack.packb([FORMAT, [rec] * n], use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def _conns(n: int) -> list[list[Any]]:
-    return [[pid(i + 100), "h:1", True, True] for i in range(n)]
+def n(i: int) -> bytes:
+    """A plain 8-byte id (the codec does not care whose key it names)."""
+    return i.to_bytes(8, "big")
 
 
-GOOD = [pid(1), "nick", 5, 7, _conns(2), b""]
+def _conns(k: int) -> list[list[Any]]:
+    return [[n(i + 100), "h:1", True, True] for i in range(k)]
+
+
+KEY, SIG = b"k" * KEY_LEN, b"s" * SIG_LEN
+GOOD = [n(1), "nick", 5, 7, _conns(2), KEY, SIG]
 
 
 @pytest.mark.parametrize("field,value", [
     (0, b"\x01" * 7), (0, b"\x01" * 9), (0, "x" * 8),
     (1, "n" * (MAX_NICK + 1)), (1, b"nick"),
     (2, 0), (2, -1), (2, True), (2, 1.0),
-    (3, -1), (3, False), (3, None),
-    (4, _conns(MAX_CONNS + 1)), (4, [[pid(101), "h", True, True], [pid(100), "h", True, True]]),
-    (4, [[pid(100), "h", True, True]] * 2), (4, [[pid(1), "h", True, True]]),
-    (4, [[pid(100), "h" * (MAX_ADDR + 1), True, True]]), (4, [[pid(100), "h", 1, True]]),
-    (4, [[pid(100), "h", True]]), (4, {"a": 1}),
-    (5, b"s" * (MAX_SIG + 1)), (5, "sig"),
+    (3, -1), (3, False), (3, None), (3, MAX_VERSION + 1), (3, MAX_U64),
+    (4, _conns(MAX_CONNS + 1)), (4, [[n(101), "h", True, True], [n(100), "h", True, True]]),
+    (4, [[n(100), "h", True, True]] * 2), (4, [[n(1), "h", True, True]]),
+    (4, [[n(100), "h" * (MAX_ADDR + 1), True, True]]), (4, [[n(100), "h", 1, True]]),
+    (4, [[n(100), "h", True]]), (4, {"a": 1}),
+    (5, b""), (5, KEY[:-1]), (5, KEY + b"k"), (5, "k" * KEY_LEN), (5, None),
+    (6, b""), (6, SIG[:-1]), (6, SIG + b"s"), (6, "s" * SIG_LEN), (6, None),
 ])
 def test_limits_and_types_rejected(field: int, value: Any) -> None:
     rec = list(GOOD)
@@ -154,12 +203,18 @@ def test_limits_and_types_rejected(field: int, value: Any) -> None:
         decode_records(_wire(rec))
 
 
+def test_record_arity_is_fixed() -> None:
+    for wire in (GOOD[:6], [*GOOD, b""]):
+        with pytest.raises(TopologyDecodeError):
+            decode_records(_wire(wire))
+
+
 def test_limits_accepted_at_the_bound() -> None:
-    rec = [pid(1), "n" * MAX_NICK, MAX_U64, MAX_U64, _conns(MAX_CONNS),
-           b"s" * MAX_SIG]
-    (r,) = decode_records(_wire(rec))
+    wire = [n(1), "n" * MAX_NICK, MAX_U64, MAX_VERSION, _conns(MAX_CONNS), KEY, SIG]
+    (r,) = decode_records(_wire(wire))
     assert len(r.conns) == MAX_CONNS and r.conns[-1].addr == "h:1"
-    small = [pid(1), "", 1, 0, [], b""]
+    assert r.version == MAX_VERSION == 2**62 - 1
+    small = [n(1), "", 1, 0, [], KEY, SIG]
     assert len(decode_records(_wire(small, MAX_RECORDS))) == MAX_RECORDS
     with pytest.raises(TopologyDecodeError):
         decode_records(_wire(small, MAX_RECORDS + 1))
@@ -173,18 +228,31 @@ def test_bad_envelopes_rejected(msg: Any) -> None:
 
 
 def test_encode_refuses_more_than_the_receiver_accepts() -> None:
-    r = PeerRecord(pid(1), "", 1, 0, ())
+    r = rec(1, "", 1, 0)
     with pytest.raises(ValueError):
         encode_records([r] * (MAX_RECORDS + 1))
+    with pytest.raises(ValueError, match="not signed"):  # the receiver would refuse it
+        encode_records([PeerRecord(pid(1), "", 1, 0, ())])
 
 
 def test_signed_bytes_cover_everything_but_sig() -> None:
-    a = PeerRecord(pid(1), "a", 1, 1, (conn(pid(2)),))
-    assert a.signed_bytes() == PeerRecord(pid(1), "a", 1, 1, (conn(pid(2)),), b"x").signed_bytes()
-    for b in (PeerRecord(pid(1), "b", 1, 1, a.conns), PeerRecord(pid(1), "a", 2, 1, a.conns),
-              PeerRecord(pid(1), "a", 1, 2, a.conns), PeerRecord(pid(1), "a", 1, 1, ()),
-              PeerRecord(pid(1), "a", 1, 1, (conn(pid(2), est=False),))):
+    a = PeerRecord(pid(1), "a", 1, 1, (conn(pid(2)),), KEY)
+    assert a.signed_bytes() == replace(a, sig=b"x").signed_bytes()
+    for b in (replace(a, nickname="b"), replace(a, uid=2), replace(a, version=2),
+              replace(a, conns=()), replace(a, conns=(conn(pid(2), est=False),)),
+              replace(a, conns=(conn(pid(2), out=False),)), replace(a, key=b"K" * KEY_LEN),
+              replace(a, peer=pid(3))):
         assert a.signed_bytes() != b.signed_bytes()
+
+
+def test_sign_and_verify_record() -> None:
+    r = rec(1, "a", 1, 1, (conn(pid(2)),))
+    assert r.key == signer(1).public and len(r.sig) == SIG_LEN
+    assert verify_record(r) and verify_record(decode_records(encode_records([r]))[0])
+    assert not verify_record(replace(r, version=2))
+    assert not verify_record(PeerRecord(pid(1), "a", 1, 1, ()))  # unsigned
+    with pytest.raises(ValueError):  # only the owner's key can sign
+        sign_record(PeerRecord(pid(1), "a", 1, 1, ()), signer(2))
 
 
 # -- merge ---------------------------------------------------------------------------------
@@ -199,15 +267,15 @@ def _reference(own: PeerRecord, recs: list[PeerRecord]) -> list[PeerRecord]:
     for r in recs:
         if r.peer == own.peer:
             if r != own:
-                version = max(version, r.version + 1)
+                version = max(version, min(r.version + 1, MAX_VERSION))
         elif r.peer not in best or _key(r) > _key(best[r.peer]):
             best[r.peer] = r
-    best[own.peer] = PeerRecord(own.peer, own.nickname, own.uid, version, own.conns, own.sig)
+    best[own.peer] = signed(replace(own, version=version))  # signatures are deterministic
     return [best[p] for p in sorted(best)]
 
 
 def _fresh(conns: tuple[ConnRecord, ...]) -> Topology:
-    t = Topology(ME, "me", MY_UID)
+    t = topo(0, "me", MY_UID)
     t.set_local_connections(conns)
     return t
 
@@ -260,32 +328,32 @@ def test_delta_is_exactly_what_improved(first: list[PeerRecord],
 
 
 def test_higher_version_then_higher_uid_wins() -> None:
-    t = Topology(ME, "me", MY_UID)
+    t = topo(0, "me", MY_UID)
     a = pid(2)
-    v1 = PeerRecord(a, "a", 50, 1, ())
+    v1 = rec(2, "a", 50, 1)
     assert t.merge([v1]) == [v1]
-    v2 = PeerRecord(a, "a", 10, 2, ())  # higher version beats higher uid
+    v2 = rec(2, "a", 10, 2)  # higher version beats higher uid
     assert t.merge([v2]) == [v2]
     assert t.merge([v1]) == []
-    restarted = PeerRecord(a, "a", 20, 2, (conn(pid(3)),))  # same version, higher uid
+    restarted = rec(2, "a", 20, 2, (conn(pid(3)),))  # same version, higher uid
     assert t.merge([restarted]) == [restarted]
     assert t.merge([v2]) == []
     assert t.get(a) == restarted
 
 
 def test_equal_version_and_uid_converges_on_one_record() -> None:
-    a = PeerRecord(pid(2), "a", 7, 3, ())
-    b = PeerRecord(pid(2), "b", 7, 3, ())  # a lying or buggy owner
-    t1, t2 = Topology(ME, "me", MY_UID), Topology(ME, "me", MY_UID)
+    a = rec(2, "a", 7, 3)
+    b = rec(2, "b", 7, 3)  # a lying or buggy owner
+    t1, t2 = topo(0, "me", MY_UID), topo(0, "me", MY_UID)
     t1.merge([a, b])
     t2.merge([b, a])
     assert t1.get(pid(2)) == t2.get(pid(2))
 
 
 def test_unknown_peers_in_connection_lists_are_fine() -> None:
-    t = Topology(ME, "me", MY_UID)
+    t = topo(0, "me", MY_UID)
     t.set_local_connections([conn(pid(2))])
-    r = PeerRecord(pid(2), "b", 1, 1, (conn(ME), conn(pid(9))))
+    r = rec(2, "b", 1, 1, tuple(sorted((conn(ME), conn(pid(9))), key=lambda c: c.peer)))
     assert t.merge([r]) == [r]
     assert t.peers() == {ME, pid(2)}
     assert t.reachable() == {ME, pid(2)}  # pid(9) is mentioned, not known
@@ -293,10 +361,12 @@ def test_unknown_peers_in_connection_lists_are_fine() -> None:
 
 
 def test_set_local_connections() -> None:
-    t = Topology(ME, "me", MY_UID)
-    assert t.own.version == 0
+    t = topo(0, "me", MY_UID)
+    assert t.own.version == 0 and verify_record(t.own)
     r = t.set_local_connections([conn(pid(3)), conn(pid(2))])
-    assert r is not None and r.version == 1 and [c.peer for c in r.conns] == [pid(2), pid(3)]
+    assert r is not None and r.version == 1
+    assert [c.peer for c in r.conns] == sorted([pid(2), pid(3)])
+    assert verify_record(r)  # every version of our record is signed
     assert t.set_local_connections([conn(pid(2)), conn(pid(3))]) is None
     r2 = t.set_local_connections([conn(pid(2)), conn(pid(3), est=False)])
     assert r2 is not None and r2.version == 2 and t.own == r2 and t.get(ME) == r2
@@ -316,7 +386,7 @@ def _link(a: Topology, b: Topology) -> None:
 
 
 def test_restart_new_incarnation_overwrites_the_old_one() -> None:
-    a, b = Topology(pid(1), "a", 111), Topology(pid(2), "b", 222)
+    a, b = topo(1, "a", 111), topo(2, "b", 222)
     _link(a, b)
     for _ in range(5):  # the old incarnation churns its links: version climbs
         a.set_local_connections([])
@@ -326,7 +396,7 @@ def test_restart_new_incarnation_overwrites_the_old_one() -> None:
     old = b.get(a.me)
     assert old is not None and old.version == 11
 
-    a2 = Topology(pid(1), "a", 99)  # restart: new uid (lower, even), version starts over
+    a2 = topo(1, "a", 99)  # restart: same key, new uid (lower, even), version starts over
     a2.set_local_connections([conn(b.me)])
     assert b.merge([a2.own]) == []  # version 1 loses against the old incarnation's 11
     delta = a2.merge(b.records())  # b sends its full state to the new neighbour
@@ -337,14 +407,26 @@ def test_restart_new_incarnation_overwrites_the_old_one() -> None:
     assert a2.merge(b.records()) == []  # and it stops there
 
 
-def test_forged_record_about_us_is_outbid() -> None:
-    t = Topology(ME, "me", MY_UID)
+def test_record_of_an_earlier_incarnation_of_us_is_outbid() -> None:
+    t = topo(0, "me", MY_UID)
     t.set_local_connections([conn(pid(2))])
-    forged = PeerRecord(ME, "me", MY_UID, 5, ())  # our uid, someone else's content
-    assert t.merge([forged]) == [t.own]
-    assert t.own.version == 6 and t.own.conns == (conn(pid(2)),)
-    stale = PeerRecord(ME, "old", 5, 3, ())
+    earlier = rec(0, "me", MY_UID, 5)  # our key and uid, other content
+    assert t.merge([earlier]) == [t.own]
+    assert t.own.version == 6 and t.own.conns == (conn(pid(2)),) and verify_record(t.own)
+    assert t.merge([earlier]) == []
+    stale = rec(0, "old", 5, 3)
     assert t.merge([stale]) == []  # older than us: it loses everywhere already
+
+
+def test_outbidding_saturates_at_max_version_and_stays_idempotent() -> None:
+    t = topo(0, "me", MY_UID)
+    top = rec(0, "elsewhere", MY_UID + 1, MAX_VERSION)
+    assert t.merge([top]) == [t.own] and t.own.version == MAX_VERSION
+    # it cannot be outbid any further; merging it again changes nothing (no gossip storm)
+    assert t.merge([top]) == [] and t.merge([top, top]) == []
+    assert t.set_local_connections([conn(pid(2))]) is not None
+    assert t.own.version == MAX_VERSION  # still a valid wire record
+    assert decode_records(encode_records([t.own])) == [t.own]
 
 
 # -- gossip and GC -------------------------------------------------------------------------
@@ -380,7 +462,7 @@ def _gossip(tops: dict[bytes, Topology], edges: set[frozenset[bytes]],
 def connected_graphs(draw: st.DrawFn, lo: int = 5, hi: int = 30) -> tuple[
         list[bytes], set[frozenset[bytes]]]:
     n = draw(st.integers(lo, hi))
-    ids = draw(st.lists(PID, min_size=n, max_size=n, unique=True))
+    ids = draw(st.lists(SIGNED_ID, min_size=n, max_size=n, unique=True))
     edges = {frozenset((ids[i], ids[draw(st.integers(0, i - 1))])) for i in range(1, n)}
     extra = draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=n))
     edges |= {frozenset((ids[i], ids[j])) for i, j in extra if i != j}
@@ -402,7 +484,8 @@ def _apply_links(tops: dict[bytes, Topology], edges: set[frozenset[bytes]]
 def test_delta_gossip_converges_after_join_and_leave(
         g: tuple[list[bytes], set[frozenset[bytes]]], data: st.DataObject) -> None:
     ids, edges = g
-    tops = {p: Topology(p, p.hex()[:6], i + 1, gc_delay=0.0) for i, p in enumerate(ids)}
+    tops = {p: Topology(SIGNERS[p], p.hex()[:6], i + 1, gc_delay=0.0)
+            for i, p in enumerate(ids)}
     _apply_links(tops, edges)
     _gossip(tops, edges, edges, {})
     want = tops[ids[0]].records()
@@ -410,11 +493,11 @@ def test_delta_gossip_converges_after_join_and_leave(
     assert all(t.records() == want for t in tops.values())
 
     # a peer joins with links to a few existing peers
-    newcomer = data.draw(PID.filter(lambda p: p not in tops))
+    newcomer = data.draw(SIGNED_ID.filter(lambda p: p not in tops))
     k = data.draw(st.integers(1, 3))
     fresh = {frozenset((newcomer, q)) for q in data.draw(
         st.lists(st.sampled_from(ids), min_size=k, max_size=k, unique=True))}
-    tops[newcomer] = Topology(newcomer, "new", 7, gc_delay=0.0)
+    tops[newcomer] = Topology(SIGNERS[newcomer], "new", 7, gc_delay=0.0)
     edges |= fresh
     _gossip(tops, edges, fresh, _apply_links(tops, edges))
     want = tops[newcomer].records()
@@ -433,7 +516,8 @@ def test_delta_gossip_converges_after_join_and_leave(
 
 def _chain(n: int, gc_delay: float = 1.0) -> tuple[dict[bytes, Topology], set[frozenset[bytes]]]:
     ids = [pid(i + 1) for i in range(n)]
-    tops = {p: Topology(p, str(i), i + 1, gc_delay=gc_delay) for i, p in enumerate(ids)}
+    tops = {p: Topology(signer(i + 1), str(i), i + 1, gc_delay=gc_delay)
+            for i, p in enumerate(ids)}
     edges = {frozenset((ids[i], ids[i + 1])) for i in range(n - 1)}
     _apply_links(tops, edges)
     _gossip(tops, edges, edges, {})
@@ -485,8 +569,8 @@ def test_departed_peer_with_stale_record_is_collected() -> None:
 
 
 def test_gc_never_removes_ourselves_or_direct_neighbours() -> None:
-    t = Topology(ME, "me", MY_UID, gc_delay=0.0)
+    t = topo(0, "me", MY_UID, gc_delay=0.0)
     t.set_local_connections([conn(pid(2), est=False)])  # not even established yet
-    t.merge([PeerRecord(pid(2), "b", 1, 1, ()), PeerRecord(pid(3), "c", 1, 1, ())])
+    t.merge([rec(2, "b", 1, 1), rec(3, "c", 1, 1)])
     assert t.gc(0.0) == [pid(3)]
     assert t.peers() == {ME, pid(2)}

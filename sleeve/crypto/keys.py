@@ -1,7 +1,23 @@
-"""Persistent static X25519 identity and the peer id derived from it.
+"""Persistent static X25519 identity, the Ed25519 signing key derived from it, the peer id.
 
-The node's name on the overlay is a function of its static public key, so a peer cannot
-claim a name without holding the matching private key (the Noise handshake proves it).
+One secret per node, ``state_dir/static.key``: its X25519 static private key, which the
+Noise handshake proves possession of. From it a second key is derived deterministically,
+an Ed25519 *signing key* (seed = keyed BLAKE2b-256, key = the static private key, message
+``b"sleeve signing key"``); a PRF output, so the two keys are independent in every way
+that matters while there is still only one secret to store.
+
+The peer id names the signing key: ``BLAKE2b-256(b"sleeve-peer-id-ed25519" | ed_pub)[:8]``.
+Whatever carries a peer id can therefore be checked against a key:
+
+- gossip records carry the owner's Ed25519 public key and a signature by it
+  (``proto.topology``): nobody else can write a record under that peer id;
+- the handshake authenticates the X25519 static key, and the Hello that follows carries
+  the Ed25519 public key and a *certificate*, a signature by it over
+  ``b"sleeve-static-cert-v1" | x25519_pub`` (``proto.control``): the id of a direct
+  neighbour is bound to the key it proved in the handshake. A peer cannot reuse someone
+  else's certificate, since it names a static key it cannot prove.
+
+A name cannot be claimed without both keys (or a 2^64 second preimage of the id).
 """
 
 from __future__ import annotations
@@ -12,19 +28,31 @@ import os
 import pathlib
 from typing import Final
 
+import nacl.bindings as _sodium
+import nacl.exceptions as _nacl_exc
+
 from sleeve.crypto.noise import DHLEN, KeyPair
 
 __all__ = [
     "PEER_ID_LEN",
+    "SIGNATURE_LEN",
+    "SIGN_KEY_LEN",
     "STATIC_KEY_FILE",
+    "Signer",
     "format_peer_id",
     "load_or_create_static_key",
-    "peer_id",
+    "peer_id_of",
+    "verify",
+    "verify_static_cert",
 ]
 
 STATIC_KEY_FILE: Final = "static.key"
 PEER_ID_LEN: Final = 8
-_PEER_ID_LABEL: Final = b"sleeve-peer-id"
+SIGN_KEY_LEN: Final = 32  # Ed25519 public key
+SIGNATURE_LEN: Final = 64  # Ed25519 signature
+_PEER_ID_LABEL: Final = b"sleeve-peer-id-ed25519"
+_SIGN_SEED_LABEL: Final = b"sleeve signing key"
+_CERT_LABEL: Final = b"sleeve-static-cert-v1"
 
 
 def _read_key(path: pathlib.Path) -> KeyPair:
@@ -87,11 +115,76 @@ def load_or_create_static_key(state_dir: pathlib.Path) -> KeyPair:
     return kp
 
 
-def peer_id(public: bytes) -> bytes:
-    """First 8 bytes of BLAKE2b-256(b"sleeve-peer-id" | public)."""
-    if len(public) != DHLEN:
-        raise ValueError(f"static public key must be {DHLEN} bytes")
-    return hashlib.blake2b(_PEER_ID_LABEL + public, digest_size=32).digest()[:PEER_ID_LEN]
+def peer_id_of(sign_public: bytes) -> bytes:
+    """The peer id of an Ed25519 public key: BLAKE2b-256(label | key)[:8].
+
+    (Not of the X25519 static key: that one is bound to the id by a certificate.)
+    """
+    if len(sign_public) != SIGN_KEY_LEN:
+        raise ValueError(f"signing public key must be {SIGN_KEY_LEN} bytes")
+    return hashlib.blake2b(_PEER_ID_LABEL + sign_public, digest_size=32).digest()[:PEER_ID_LEN]
+
+
+class Signer:
+    """An Ed25519 signing key: the node's identity in gossip, named by ``peer_id``.
+
+    ``Signer.from_static`` derives the node's one from its static X25519 key; tests and
+    benchmarks may build one from any 32-byte seed. The private key never leaves the
+    object (not in repr, no accessor).
+    """
+
+    __slots__ = ("_cert", "_key", "peer_id", "public")
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != _sodium.crypto_sign_SEEDBYTES:
+            raise ValueError(f"signing key seed must be {_sodium.crypto_sign_SEEDBYTES} bytes")
+        pk, sk = _sodium.crypto_sign_seed_keypair(bytes(seed))
+        self._key: bytes = sk
+        self.public: bytes = pk
+        self.peer_id: bytes = peer_id_of(pk)
+        self._cert: tuple[bytes, bytes] | None = None  # (static public, certificate)
+
+    @classmethod
+    def from_static(cls, static: KeyPair) -> Signer:
+        """The signing key that belongs to a static X25519 key (deterministic)."""
+        return cls(hashlib.blake2b(_SIGN_SEED_LABEL, key=static.private, digest_size=32)
+                   .digest())
+
+    def sign(self, message: bytes) -> bytes:
+        """A detached Ed25519 signature (deterministic: same message, same bytes)."""
+        return bytes(_sodium.crypto_sign(message, self._key)[:SIGNATURE_LEN])
+
+    def certify(self, static_public: bytes) -> bytes:
+        """The certificate binding ``static_public`` (X25519) to this key (cached)."""
+        if len(static_public) != DHLEN:
+            raise ValueError(f"static public key must be {DHLEN} bytes")
+        if self._cert is None or self._cert[0] != static_public:
+            self._cert = (bytes(static_public), self.sign(_CERT_LABEL + static_public))
+        return self._cert[1]
+
+    def __repr__(self) -> str:
+        return f"Signer({format_peer_id(self.peer_id)})"
+
+
+def verify(sign_public: bytes, message: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is a valid Ed25519 signature of ``message`` by the key.
+
+    libsodium rejects non-canonical signatures and small-order keys, so a signature
+    cannot be altered into another valid one for the same message. Never raises.
+    """
+    if len(sign_public) != SIGN_KEY_LEN or len(signature) != SIGNATURE_LEN:
+        return False
+    try:
+        _sodium.crypto_sign_open(signature + message, sign_public)
+    except (_nacl_exc.CryptoError, ValueError, TypeError):  # BadSignatureError is one
+        return False
+    return True
+
+
+def verify_static_cert(sign_public: bytes, static_public: bytes, cert: bytes) -> bool:
+    """Whether ``cert`` is ``sign_public``'s certificate for the X25519 ``static_public``."""
+    return len(static_public) == DHLEN and verify(sign_public, _CERT_LABEL + static_public,
+                                                  cert)
 
 
 def format_peer_id(pid: bytes) -> str:

@@ -5,20 +5,37 @@ length-prefixed frames::
 
     preamble (initiator only, once):
     +---+---+---+---+---+---+---------+--------+
-    | S | L | E | E | V | E | version | mode   |   mode 1 = password, 0 = --no-encryption
-    +---+---+---+---+---+---+---------+--------+
+    | S | L | E | E | V | E | version | mode   |   version 2; mode 1 = password,
+    +---+---+---+---+---+---+---------+--------+   0 = --no-encryption, others refused
 
     frame:
     +--------+--------+--------+--------+--------+----------------------+
     |        length (BE 32, = 1 + len(body))    | type   | body ...     |
     +--------+--------+--------+--------+--------+----------------------+
     type 1 HANDSHAKE  Noise message (XXpsk3: 3 of them)
-    type 2 ERROR      UTF-8 reason, clear text, only before authentication;
-                      informational (it is unauthenticated), then the sender closes
+    type 2 ERROR      reason, clear text, only before authentication; informational
+                      (it is unauthenticated: only printable ASCII of it reaches the
+                      ControlError, at most 200 characters), then the sender closes
     type 3 SEALED     Noise transport message holding one msgpack map {"t": kind, ...}
 
+    length: before the connection is open (handshake, ERROR, the sealed Hello) at most
+    1 + 65535, the largest Noise message; once open at most MAX_FRAME (1 MiB).
+
 The preamble is the Noise prologue, so a tampered version or mode fails the
-handshake instead of downgrading it. State machine::
+handshake instead of downgrading it.
+
+Hello (msg 3's payload from the initiator, the first sealed message from the
+responder) is a msgpack map::
+
+    {"t": "hello", "nick": str <= 64, "uid": uint64 > 0, "idx": uint32 > 0,
+     "udp": port, "seen": str <= 64,
+     "key": bin 32   Ed25519 public key; the peer id is crypto.keys.peer_id_of(key)
+     "cert": bin 64} signature by "key" over the sender's X25519 static public key
+                     (crypto.keys.Signer.certify)
+
+The handshake proves the static key; the certificate binds the signing key to it, and
+with it the peer id (``Established.remote_id``) that gossip records are checked against.
+State machine::
 
     initiator: start -> WAIT_MSG2 --msg2/send msg3+hello--> WAIT_HELLO --hello--> OPEN
     responder: WAIT_PREAMBLE -> WAIT_MSG1 --send msg2--> WAIT_MSG3 --hello/send hello--> OPEN
@@ -39,16 +56,33 @@ from typing import Any, Final
 import msgpack
 
 from sleeve.crypto.aead import derive_data_keys
-from sleeve.crypto.keys import peer_id
-from sleeve.crypto.noise import CipherState, HandshakeError, HandshakeState, KeyPair
+from sleeve.crypto.keys import (
+    SIGN_KEY_LEN,
+    SIGNATURE_LEN,
+    Signer,
+    peer_id_of,
+    verify_static_cert,
+)
+from sleeve.crypto.noise import (
+    MAX_MESSAGE_LEN,
+    TAGLEN,
+    CipherState,
+    HandshakeError,
+    HandshakeState,
+    KeyPair,
+)
 
 MAGIC: Final = b"SLEEVE"
-VERSION: Final = 1
+VERSION: Final = 2  # 2: Hello carries the signing key and its certificate
 PREAMBLE_LEN: Final = 8
 PATTERN: Final = "XXpsk3"
 PROLOGUE_LABEL: Final = b"sleeve-control-v1"
 FRAME_HDR = struct.Struct("!IB")
 MAX_FRAME: Final = 1 << 20  # 1 MiB: enough for gossip of thousands of peers, bounds memory per conn
+# Before authentication no frame needs more than the largest Noise message (+ type byte):
+# an unauthenticated connection cannot make us buffer more than this.
+MAX_HANDSHAKE_FRAME: Final = 1 + MAX_MESSAGE_LEN
+MAX_ERROR_TEXT: Final = 200
 T_HANDSHAKE: Final = 1
 T_ERROR: Final = 2
 T_SEALED: Final = 3
@@ -58,13 +92,21 @@ ZERO_PSK: Final = b"\x00" * 32
 class ControlError(Exception):
     """The peer broke the protocol or failed authentication; close this connection.
 
-    ``reason`` is a short metric label; ``detail`` a readable line for the log.
+    ``reason`` is a short metric label; ``detail`` a readable line for the log (anything
+    in it that came from the peer unauthenticated is printable ASCII).
     """
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+
+
+class MessageTooLarge(ValueError):
+    """``seal`` was given a message whose frame would exceed MAX_FRAME (local misuse).
+
+    Nothing was encrypted: the channel is unchanged and stays usable. Split the message.
+    """
 
 
 class State(enum.Enum):
@@ -109,8 +151,9 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class Established:
-    remote_static: bytes
-    remote_id: bytes
+    remote_static: bytes  # X25519, proven by the handshake
+    remote_key: bytes  # Ed25519, certified for remote_static in the Hello
+    remote_id: bytes  # = crypto.keys.peer_id_of(remote_key)
     hello: Hello
     handshake_hash: bytes
     data_send: bytes  # data-plane keys, separate from the control channel's (crypto.aead)
@@ -119,6 +162,30 @@ class Established:
 
 def preamble(encrypted: bool) -> bytes:
     return MAGIC + bytes((VERSION, 1 if encrypted else 0))
+
+
+def printable(data: bytes, limit: int = MAX_ERROR_TEXT) -> str:
+    """Untrusted bytes as a log-safe string: the first ``limit`` bytes, every byte that
+    is not printable ASCII (controls, escapes, newlines, non-ASCII) replaced by "?"."""
+    return "".join(chr(b) if 0x20 <= b < 0x7F else "?" for b in data[:limit])
+
+
+def hello_message(hello: Hello, signer: Signer, static_public: bytes) -> dict[str, Any]:
+    """The Hello map we send: ``hello`` plus our signing key and its certificate."""
+    return {**hello.to_wire(), "key": signer.public, "cert": signer.certify(static_public)}
+
+
+def read_hello(m: dict[str, Any], remote_static: bytes) -> tuple[Hello, bytes]:
+    """Decode a received Hello map; returns it and the peer's certified signing key."""
+    hello = Hello.from_wire(m)
+    key, cert = m.get("key"), m.get("cert")
+    if not (type(key) is bytes and len(key) == SIGN_KEY_LEN
+            and type(cert) is bytes and len(cert) == SIGNATURE_LEN):
+        raise ControlError("bad_hello", "hello lacks the signing key or its certificate")
+    if not verify_static_cert(key, remote_static, cert):
+        raise ControlError("bad_identity", "the peer's signing key does not certify the "
+                           "static key it authenticated with; refusing it")
+    return hello, key
 
 
 def frame(typ: int, body: bytes) -> bytes:
@@ -145,10 +212,13 @@ class ControlChannel:
     """One control connection's protocol state. Feed bytes in, get bytes and events out."""
 
     def __init__(self, *, initiator: bool, static: KeyPair, psk: bytes | None,
-                 hello: Hello) -> None:
+                 hello: Hello, signer: Signer | None = None) -> None:
+        """``signer`` is the node's signing key, ``Signer.from_static(static)``; pass it
+        to save deriving it per connection."""
         self.initiator = initiator
         self.encrypted = psk is not None
         self._static = static
+        self._signer = signer
         self._psk = psk if psk is not None else ZERO_PSK
         self._hello = hello
         self._buf = bytearray()
@@ -167,9 +237,23 @@ class ControlChannel:
         return pre + frame(T_HANDSHAKE, self._hs.write_message(b""))
 
     def seal(self, msg: dict[str, Any]) -> bytes:
+        """One sealed frame holding ``msg``.
+
+        Raises ``MessageTooLarge`` (nothing sent or consumed) if the frame would exceed
+        MAX_FRAME, which the peer would refuse, closing the connection.
+        """
         if self.state is not State.OPEN or self._tx is None:
             raise RuntimeError("control channel is not open")
-        return frame(T_SEALED, self._tx.encrypt_with_ad(b"", pack_message(msg)))
+        plain = pack_message(msg)
+        if 1 + len(plain) + TAGLEN > MAX_FRAME:
+            raise MessageTooLarge(f"a {msg.get('t')!r} control message of {len(plain)} bytes "
+                                  f"exceeds the {MAX_FRAME}-byte frame limit")
+        return frame(T_SEALED, self._tx.encrypt_with_ad(b"", plain))
+
+    def _hello_message(self) -> bytes:
+        if self._signer is None:
+            self._signer = Signer.from_static(self._static)
+        return pack_message(hello_message(self._hello, self._signer, self._static.public))
 
     # -- input ------------------------------------------------------------------------------
     def feed(self, data: bytes) -> tuple[bytes, list[dict[str, Any]], Established | None]:
@@ -204,8 +288,10 @@ class ControlChannel:
         if len(self._buf) < FRAME_HDR.size:
             return None
         length, typ = FRAME_HDR.unpack_from(self._buf, 0)
-        if length < 1 or length > MAX_FRAME:
-            raise ControlError("frame_size", f"control frame of {length} bytes is out of bounds")
+        limit = MAX_FRAME if self.state is State.OPEN else MAX_HANDSHAKE_FRAME
+        if length < 1 or length > limit:
+            raise ControlError("frame_size", f"control frame of {length} bytes is out of bounds "
+                               f"(at most {limit} in state {self.state.value})")
         if len(self._buf) < 4 + length:
             return None
         body = bytes(self._buf[FRAME_HDR.size : 4 + length])
@@ -222,6 +308,9 @@ class ControlChannel:
         if pre[6] != VERSION:
             raise ControlError("version", f"peer speaks control protocol version {pre[6]}, "
                                f"we speak {VERSION}")
+        if pre[7] not in (0, 1):
+            raise ControlError("bad_mode", f"preamble encryption mode {pre[7]} is neither "
+                               "1 (password) nor 0 (--no-encryption)")
         theirs = pre[7] == 1
         if theirs != self.encrypted:
             raise ControlError(
@@ -238,7 +327,7 @@ class ControlChannel:
                                                        Established | None]:
         st = self.state
         if typ == T_ERROR:
-            text = body[:200].decode("utf-8", "replace")
+            text = printable(body)  # unauthenticated: no newlines or escapes into the log
             if st is State.OPEN:
                 raise ControlError("protocol", "error frame on an open connection")
             raise ControlError("rejected", f"peer rejected the handshake: {text}")
@@ -260,7 +349,7 @@ class ControlChannel:
                 return frame(T_HANDSHAKE, hs.write_message(b"")), None, None
             if st is State.WAIT_MSG2 and typ == T_HANDSHAKE:
                 hs.read_message(body)
-                msg3 = hs.write_message(pack_message(self._hello.to_wire()))
+                msg3 = hs.write_message(self._hello_message())
                 self._split(hs)
                 self.state = State.WAIT_HELLO
                 return frame(T_HANDSHAKE, msg3), None, None
@@ -271,13 +360,16 @@ class ControlChannel:
                     raise ControlError(
                         "auth_failed", "authentication failed: wrong password (the peer uses "
                         "a different network secret) or a corrupted handshake") from None
-                est = self._finish(hs, Hello.from_wire(unpack_message(payload)))
+                assert hs.remote_static is not None
+                hello, key = read_hello(unpack_message(payload), hs.remote_static)
+                est = self._finish(hs, hello, key)
                 return frame(T_SEALED, self._tx.encrypt_with_ad(  # type: ignore[union-attr]
-                    b"", pack_message(self._hello.to_wire()))), None, est
+                    b"", self._hello_message())), None, est
             if st is State.WAIT_HELLO and typ == T_SEALED:
-                assert self._rx is not None
+                assert self._rx is not None and hs.remote_static is not None
                 m = unpack_message(self._rx.decrypt_with_ad(b"", body))
-                return b"", None, self._finish(hs, Hello.from_wire(m))
+                hello, key = read_hello(m, hs.remote_static)
+                return b"", None, self._finish(hs, hello, key)
         except HandshakeError:
             raise ControlError("handshake", f"invalid handshake message in state {st.value}") \
                 from None
@@ -287,7 +379,7 @@ class ControlChannel:
         i2r, r2i = hs.split()
         self._tx, self._rx = (i2r, r2i) if self.initiator else (r2i, i2r)
 
-    def _finish(self, hs: HandshakeState, hello: Hello) -> Established:
+    def _finish(self, hs: HandshakeState, hello: Hello, key: bytes) -> Established:
         if self._tx is None:
             self._split(hs)
         assert self._tx is not None and self._rx is not None
@@ -297,10 +389,11 @@ class ControlChannel:
         i2r, r2i = (self._tx.key, self._rx.key) if self.initiator else (self._rx.key, self._tx.key)
         d_i2r, d_r2i = derive_data_keys(i2r, r2i, hs.handshake_hash)
         send, recv = (d_i2r, d_r2i) if self.initiator else (d_r2i, d_i2r)
-        self.established = Established(rs, peer_id(rs), hello, hs.handshake_hash, send, recv)
+        self.established = Established(rs, key, peer_id_of(key), hello, hs.handshake_hash,
+                                       send, recv)
         return self.established
 
 
 def error_frame(text: str) -> bytes:
     """What a responder sends before closing on a failed handshake (unauthenticated)."""
-    return frame(T_ERROR, text.encode()[:200])
+    return frame(T_ERROR, printable(text.encode(), MAX_ERROR_TEXT).encode())

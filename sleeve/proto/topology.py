@@ -1,44 +1,63 @@
-"""Mesh topology: per-peer records, their wire encoding and the gossip merge (sans-IO).
+"""Mesh topology: signed per-peer records, their wire encoding and the gossip merge (sans-IO).
 
 Every peer owns exactly one record: who it is and which peers it has connections to.
-Only the peer itself originates its record (the transport checks the origin of records
-that arrive from the peer directly; relayed records are carried unchanged), and every
-peer keeps the best record it has seen for every other peer. Gossip carries records, and
-a peer forwards only those that improved its own view, so a change costs O(1) records
-per link instead of the full O(N) state (Weave's mesh re-sent connection lists wholesale).
+Only the peer itself can originate its record: records are signed with the owner's
+Ed25519 key (``crypto.keys.Signer``) and the peer id is the hash of that key, so a peer
+holding the network password can still only speak for itself -- it cannot invent
+connections for another peer, nor replace another peer's record (a relayed record is
+carried unchanged, signature included). Every peer keeps the best record it has seen for
+every other peer. Gossip carries records, and a peer forwards only those that improved
+its own view, so a change costs O(1) records per link instead of the full O(N) state
+(Weave's mesh re-sent connection lists wholesale).
 
 Wire encoding (msgpack, arrays not maps: no field names on the wire, fixed arity)::
 
-    message := [ FORMAT (=1), [ record, ... ] ]                 at most 10000 records
-    record  := [ peer    bin  8 bytes      the owner's peer id (crypto.keys.peer_id)
+    message := [ FORMAT (=2), [ record, ... ] ]                 at most 10000 records
+    record  := [ peer    bin  8 bytes      the owner's peer id = crypto.keys.peer_id_of(key)
                , nick    str  <= 64 chars
                , uid     uint 1 .. 2^64-1  incarnation: random per process start
-               , version uint 0 .. 2^64-1  bumped by the owner on every change
+               , version uint 0 .. 2^62-1  bumped by the owner on every change
                , conns   [ conn, ... ]     at most 1024, strictly ascending by peer id
-               , sig     bin  <= 128 bytes carried, not verified yet (see signed_bytes)
+               , key     bin  32 bytes     the owner's Ed25519 public key
+               , sig     bin  64 bytes     Ed25519 signature by ``key`` over signed_bytes()
                ]
     conn    := [ peer bin 8, addr str <= 262 chars, outbound bool, established bool ]
 
+    signed_bytes := b"sleeve-peer-record-v2" | msgpack([peer, nick, uid, version, conns, key])
+
 Conns are strictly ascending by peer (one connection per pair, none to itself), so a
-record has exactly one valid form: a signature over ``signed_bytes`` will not depend on
-how a relay re-encoded the message. Anything else (wrong types or arity, bools where
-ints belong, maps, ext types, oversized strings) raises ``TopologyDecodeError``.
+record has exactly one valid form: the signature does not depend on how a relay
+re-encoded the message (``signed_bytes`` re-packs the decoded fields canonically).
+Anything else (wrong types or arity, bools where ints belong, maps, ext types, oversized
+strings, keys or signatures of the wrong length) raises ``TopologyDecodeError``.
+
+Versions stop at 2^62-1, far below what a uint64 holds: the owner counts up by one per
+change, so an honest record never gets near, and whatever version a record about us
+carries, we can outbid it (a uint64 maximum could not be outbid, see fuzz/README.md).
+
+Verification (``verify_record``: id == hash(key), signature valid) costs ~75 us, so it
+runs only for records that would change our view, after the cheap version comparison:
+the per-peer winner of a message, when it beats what we hold. Records we already hold or
+that lose are never verified (they change nothing and are not forwarded). If any record
+that would change our view fails, ``merge`` raises ``TopologyAuthError`` before changing
+anything: the whole message is refused (honest peers only relay verified records).
 
 Merge rules (Weave mesh, with the holes filled):
 - for another peer: a higher ``version`` wins; at equal version the higher ``uid`` wins
   (the owner restarted); at equal (version, uid) with different content, which only a
-  buggy or lying owner produces, the larger canonical encoding wins so that all peers
-  still converge on one record whatever the order they saw them in;
-- about ourselves: a record that is not our current one and not older than it (an
-  earlier incarnation, or a forgery) makes us bump our version past it and gossip our
-  own record, which then overwrites the other one everywhere. Stale copies are ignored.
+  buggy owner produces, the larger canonical encoding wins so that all peers still
+  converge on one record whatever the order they saw them in;
+- about ourselves: a validly signed record that is not our current one and not older
+  than it (an earlier incarnation: same key, since the key derives from the static key)
+  makes us bump our version past it and gossip our own record, which then overwrites
+  the other one everywhere. Stale copies are ignored; replays of old records lose.
 - records naming peers we have no record for are fine: those peers are reachable but
   unknown, and nothing routes through them until their own record arrives.
 
 The merge is a per-peer maximum under a total order (our own version is
-``max(v, seen + 1)``), hence commutative and idempotent: any order, any repetition of
-the same records gives the same state. The one exception needs a forged record that
-carries our own uid and exactly our future content.
+``max(v, min(seen + 1, MAX_VERSION))``), hence commutative and idempotent: any order, any
+repetition of the same records gives the same state. (The one exception needs a record
+signed by our own key that carries our uid and exactly our future content.)
 
 Garbage collection removes peers that cannot be reached from us by following the
 connection lists (every listed connection, established or not), once they have been
@@ -48,26 +67,41 @@ records listing it arrive in separate messages without the new peer being droppe
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import msgpack
 
-FORMAT: Final = 1
+from sleeve.crypto.keys import SIGN_KEY_LEN, SIGNATURE_LEN, Signer, peer_id_of, verify
+
+FORMAT: Final = 2
 PEER_ID_LEN: Final = 8  # = sleeve.crypto.keys.PEER_ID_LEN
 MAX_RECORDS: Final = 10000
 MAX_CONNS: Final = 1024
 MAX_NICK: Final = 64  # same bound as control.Hello
 MAX_ADDR: Final = 262  # "[" + 253-char host + "]:65535"
-MAX_SIG: Final = 128  # room for any signature scheme we would pick (Ed25519: 64)
+KEY_LEN: Final = SIGN_KEY_LEN  # 32
+SIG_LEN: Final = SIGNATURE_LEN  # 64
 MAX_U64: Final = (1 << 64) - 1
+MAX_VERSION: Final = (1 << 62) - 1  # leaves every version on the wire room to be outbid
 GC_DELAY: Final = 1.0  # as mesh's gcInterval: GC after updates have had time to arrive
-_SIGNED_LABEL: Final = b"sleeve-peer-record-v1"
+_SIGNED_LABEL: Final = b"sleeve-peer-record-v2"
 
 
 class TopologyDecodeError(ValueError):
     """A topology message was malformed; drop the message (and count it)."""
+
+
+class TopologyAuthError(ValueError):
+    """A record that would have changed our view is not signed by the peer it names.
+
+    Raised by ``Topology.merge`` before it changes anything: drop the whole message.
+    """
+
+    def __init__(self, peer: bytes) -> None:
+        super().__init__(f"record for peer {peer.hex()} has no valid signature by its owner")
+        self.peer = peer
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,15 +123,17 @@ class PeerRecord:
     uid: int
     version: int
     conns: tuple[ConnRecord, ...]  # strictly ascending by peer id
-    sig: bytes = b""
+    key: bytes = b""  # the owner's Ed25519 public key (empty: not signed yet)
+    sig: bytes = b""  # Ed25519 signature by ``key`` over signed_bytes()
 
     def to_wire(self) -> list[Any]:
         return [self.peer, self.nickname, self.uid, self.version,
-                [[c.peer, c.addr, c.outbound, c.established] for c in self.conns], self.sig]
+                [[c.peer, c.addr, c.outbound, c.established] for c in self.conns],
+                self.key, self.sig]
 
     def signed_bytes(self) -> bytes:
-        """What a future ``sig`` will cover: a label and every field but ``sig``, canonical."""
-        return _SIGNED_LABEL + _pack(self.to_wire()[:5])
+        """What ``sig`` covers: a label and every field but ``sig``, canonical."""
+        return _SIGNED_LABEL + _pack(self.to_wire()[:6])
 
     def canonical(self) -> bytes:
         """The record's one encoding; orders records that tie on (version, uid)."""
@@ -108,8 +144,26 @@ def _pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
 
+def sign_record(rec: PeerRecord, signer: Signer) -> PeerRecord:
+    """``rec`` with the signer's key and signature (the signer must own the record)."""
+    if rec.peer != signer.peer_id:
+        raise ValueError("a record can only be signed by the key its peer id names")
+    rec = replace(rec, key=signer.public, sig=b"")
+    return replace(rec, sig=signer.sign(rec.signed_bytes()))
+
+
+def verify_record(rec: PeerRecord) -> bool:
+    """Whether the record's key is the one its peer id names and its signature is valid."""
+    return (len(rec.key) == KEY_LEN and peer_id_of(rec.key) == rec.peer
+            and verify(rec.key, rec.signed_bytes(), rec.sig))
+
+
 def encode_records(records: Iterable[PeerRecord]) -> bytes:
-    recs = [r.to_wire() for r in records]
+    recs = []
+    for r in records:
+        if len(r.key) != KEY_LEN or len(r.sig) != SIG_LEN:
+            raise ValueError(f"record of peer {r.peer.hex()} is not signed")
+        recs.append(r.to_wire())
     if len(recs) > MAX_RECORDS:
         # The adapter splits bigger states; sending one the receiver rejects helps nobody.
         raise ValueError(f"{len(recs)} records exceed the limit of {MAX_RECORDS} per message")
@@ -123,7 +177,7 @@ def decode_records(data: bytes) -> list[PeerRecord]:
         # make the unpacker pre-allocate a huge list (it also bounds lengths by input size).
         m = msgpack.unpackb(data, raw=False, use_list=True, max_map_len=0,
                             max_array_len=MAX_RECORDS, max_str_len=4 * MAX_ADDR,
-                            max_bin_len=max(MAX_SIG, PEER_ID_LEN), max_ext_len=0)
+                            max_bin_len=max(SIG_LEN, KEY_LEN, PEER_ID_LEN), max_ext_len=0)
     except Exception as e:  # msgpack raises several unrelated types on garbage
         raise TopologyDecodeError(f"undecodable topology message ({type(e).__name__})") \
             from None
@@ -149,19 +203,21 @@ def _is_u64(x: object) -> bool:
 
 
 def _record_from_wire(r: object) -> PeerRecord:
-    if not (isinstance(r, list) and len(r) == 6):
-        raise TopologyDecodeError("peer record is not a 6-element array")
-    peer, nick, uid, version, conns, sig = r
+    if not (isinstance(r, list) and len(r) == 7):
+        raise TopologyDecodeError("peer record is not a 7-element array")
+    peer, nick, uid, version, conns, key, sig = r
     if not _is_id(peer):
         raise TopologyDecodeError("peer id is not 8 bytes")
     if not (type(nick) is str and len(nick) <= MAX_NICK):
         raise TopologyDecodeError("nickname is not a string of at most 64 characters")
     if not (_is_u64(uid) and uid != 0):
         raise TopologyDecodeError("uid is not a non-zero 64-bit unsigned integer")
-    if not _is_u64(version):
-        raise TopologyDecodeError("version is not a 64-bit unsigned integer")
-    if not (type(sig) is bytes and len(sig) <= MAX_SIG):
-        raise TopologyDecodeError("sig is not bytes of at most 128 bytes")
+    if not (type(version) is int and 0 <= version <= MAX_VERSION):
+        raise TopologyDecodeError("version is not an unsigned integer below 2^62")
+    if not (type(key) is bytes and len(key) == KEY_LEN):
+        raise TopologyDecodeError("key is not 32 bytes")
+    if not (type(sig) is bytes and len(sig) == SIG_LEN):
+        raise TopologyDecodeError("sig is not 64 bytes (an unsigned record?)")
     if not isinstance(conns, list):
         raise TopologyDecodeError("conns is not a list")
     if len(conns) > MAX_CONNS:
@@ -182,7 +238,7 @@ def _record_from_wire(r: object) -> PeerRecord:
             raise TopologyDecodeError("connections are not strictly ascending, or name the owner")
         prev = cpeer
         out.append(ConnRecord(cpeer, addr, outbound, established))
-    return PeerRecord(peer, nick, uid, version, tuple(out), sig)
+    return PeerRecord(peer, nick, uid, version, tuple(out), key, sig)
 
 
 def _beats(a: PeerRecord, b: PeerRecord) -> bool:
@@ -198,13 +254,17 @@ class Topology:
     """One peer's view of the mesh: its own record plus the best record of every other peer.
 
     ``generation`` increases on every change of the view, so caches (routes.Routes) can
-    tell whether they are stale.
+    tell whether they are stale. ``verify`` checks records before they change the view;
+    only tests and fuzzing replace it (e.g. to explore merge orders without keys).
     """
 
-    __slots__ = ("_own", "_recs", "_unreachable_since", "gc_delay", "generation", "me")
+    __slots__ = ("_own", "_recs", "_signer", "_unreachable_since", "gc_delay", "generation",
+                 "me", "verify")
 
-    def __init__(self, me: bytes, nickname: str, uid: int, *,
-                 gc_delay: float = GC_DELAY) -> None:
+    def __init__(self, signer: Signer, nickname: str, uid: int, *,
+                 gc_delay: float = GC_DELAY,
+                 verify: Callable[[PeerRecord], bool] = verify_record) -> None:
+        me = signer.peer_id
         if len(me) != PEER_ID_LEN:
             raise ValueError("peer id must be 8 bytes")
         if not 0 < uid <= MAX_U64:
@@ -214,7 +274,9 @@ class Topology:
         self.me = me
         self.gc_delay = gc_delay
         self.generation = 0
-        self._own = PeerRecord(me, nickname, uid, 0, ())
+        self.verify = verify
+        self._signer = signer
+        self._own = sign_record(PeerRecord(me, nickname, uid, 0, ()), signer)
         self._recs: dict[bytes, PeerRecord] = {me: self._own}
         self._unreachable_since: dict[bytes, float] = {}
 
@@ -252,13 +314,13 @@ class Topology:
             raise ValueError(f"more than {MAX_CONNS} connections")
         if cs == self._own.conns:
             return None
-        self._set_own(replace(self._own, version=min(self._own.version + 1, MAX_U64),
-                              conns=cs, sig=b""))
+        self._set_own(replace(self._own, version=min(self._own.version + 1, MAX_VERSION),
+                              conns=cs))
         return self._own
 
     def _set_own(self, rec: PeerRecord) -> None:
-        self._own = rec
-        self._recs[self.me] = rec
+        self._own = sign_record(rec, self._signer)
+        self._recs[self.me] = self._own
         self.generation += 1
 
     # -- gossip -----------------------------------------------------------------------------
@@ -266,24 +328,52 @@ class Topology:
         """Merge received records; return those that improved our view (to gossip on).
 
         Each peer appears at most once in the result, with its final record; our own
-        record is included when a record about us forced a version bump.
+        record is included when a record about us forced a version bump. Raises
+        ``TopologyAuthError``, having changed nothing, if a record that would change our
+        view fails verification (only those are verified: the per-peer winner of the
+        message, when it beats what we hold).
         """
-        delta: dict[bytes, PeerRecord] = {}
         me = self.me
+        own = self._own
+        # 1. the best record of this message per peer (about us: other than our current
+        #    one); pure comparisons, no crypto
+        best: dict[bytes, PeerRecord] = {}
         for r in records:
-            if r.peer == me:
-                own = self._own
-                if r != own and r.version >= own.version:
-                    # An old incarnation of us (or a forgery) is out there: outbid it.
-                    self._set_own(replace(own, version=min(r.version + 1, MAX_U64)))
-                    delta[me] = self._own
-                continue
-            cur = self._recs.get(r.peer)
-            if cur is None or _beats(r, cur):
-                self._recs[r.peer] = r
-                delta[r.peer] = r
+            if r.peer == me and r == own:
+                continue  # our own record echoed back: the common case
+            w = best.get(r.peer)
+            if w is None or _beats(r, w):
+                best[r.peer] = r
+        # 2. which of them would change our view
+        changes: list[PeerRecord] = []
+        version = own.version
+        for p, w in best.items():
+            if p == me:
+                # An earlier incarnation of us is out there: outbid it (the cap keeps the
+                # merge idempotent even at the top of the range).
+                v = min(w.version + 1, MAX_VERSION)
+                if v > version:
+                    version = v
+                    changes.append(w)
+            else:
+                cur = self._recs.get(p)
+                if cur is None or _beats(w, cur):
+                    changes.append(w)
+        # 3. verify all of them before applying any: a bad one refuses the whole message
+        verify = self.verify
+        for w in changes:
+            if not verify(w):
+                raise TopologyAuthError(w.peer)
+        delta: list[PeerRecord] = []
+        for w in changes:
+            if w.peer == me:
+                self._set_own(replace(own, version=version))
+                delta.append(self._own)
+            else:
+                self._recs[w.peer] = w
+                delta.append(w)
                 self.generation += 1
-        return list(delta.values())
+        return delta
 
     def reachable(self) -> set[bytes]:
         """Peers with a record reachable from us over any listed connection, us included.
