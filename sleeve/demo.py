@@ -50,7 +50,8 @@ def run_demo() -> int:
         print(f"sleeve: error: {e}", file=sys.stderr)
         return 1
     with lab:
-        _step(1, "Building the lab: site 1 (hosts a, b) and host c behind a NAT gateway")
+        _step(1, "Building the lab: site 1 (hosts a, b), host c behind a NAT gateway, and host d "
+                 "behind a 1280-byte MTU link whose direct path to b is firewalled")
         site = lab.switch("site")
         a, b = lab.host("a"), lab.host("b")
         lab.connect(a, site, "198.18.0.1/24")
@@ -60,8 +61,17 @@ def run_demo() -> int:
         gw_in, _ = lab.link(gw, c, "198.18.10.1/24", "198.18.10.2/24")
         lab.nat(gw, gw_in, gw_out)
         c.route("198.18.0.0/24", "198.18.10.1")
+        wan, d = lab.router("wan"), lab.host("d")
+        lab.connect(wan, site, "198.18.0.253/24")
+        lab.link(wan, d, "198.18.11.1/24", "198.18.11.2/24", mtu=1280)
+        d.route("198.18.0.0/24", "198.18.11.1")
+        for h in (a, b, gw):
+            h.route("198.18.11.0/24", "198.18.0.253")
+        c.route("198.18.11.0/24", "198.18.10.1")
+        d.block("198.18.0.2")  # d <-> b: a firewall drops everything
         _say("    a 198.18.0.1, b 198.18.0.2 on one switch; c 198.18.10.2 behind NAT "
              "(gw masquerades as 198.18.0.254); nothing can dial c")
+        _say("    d 198.18.11.2 behind a router on a 1280-byte MTU link; a firewall blocks d <-> b")
 
         _step(2, "Launching encrypted routers (password from `sleeve keygen`)")
         secret = random_secret()
@@ -69,26 +79,45 @@ def run_demo() -> int:
         rb = Router(b, ["--ip", "198.19.0.2/24"], wd, secret)
         ra = Router(a, ["--ip", "198.19.0.1/24", "198.18.0.2"], wd, secret)
         rc = Router(c, ["--ip", "198.19.0.3/24", "198.18.0.2"], wd, secret)
+        rd = Router(d, ["--ip", "198.19.0.4/24", "198.18.0.1"], wd, secret)
         _say("    b: sleeve launch --ip 198.19.0.2/24")
         _say("    a: sleeve launch --ip 198.19.0.1/24 198.18.0.2")
         _say("    c: sleeve launch --ip 198.19.0.3/24 198.18.0.2   (dials out through NAT)")
+        _say("    d: sleeve launch --ip 198.19.0.4/24 198.18.0.1   (knows only a)")
+        routers = (ra, rb, rc, rd)
+        for router in routers:
+            router.wait(lambda st: len(st["peers"]) == 4 and len(st["routes"]) == 3
+                   and all(x["usable"] for x in st["routes"]), 40, "mesh converged")
         st = rb.wait(established_with(2), 30, "b connected to a and c")
-        ra.wait(established_with(1), 15, "a connected")
-        rc.wait(established_with(1), 15, "c connected")
-        _say(f"    converged in {time.monotonic() - t0:.1f}s since start; b sees:")
+        _say(f"    mesh converged in {time.monotonic() - t0:.1f}s since start: every router "
+             "knows all 4 and has a route to each; b sees:")
         for conn in st["connections"]:
             nat = conn["nickname"] == "c"
             _say(f"      {conn['nickname']}: {conn['state']}, UDP endpoint {conn['udp']}"
                  + ("  <- NAT mapping, learnt from authenticated datagrams" if nat else ""))
+        std = rd.status()
+        nick = {p["peer"]: p["nickname"] for p in std["peers"]}
+        _say("    d's routes (gossip found the others; the firewall made b a relay case):")
+        for rt in std["routes"]:
+            via = ("direct" if rt["via"] == rt["destination"]
+                   else f"relayed via {nick.get(rt['via'], rt['via'])}")
+            _say(f"      -> {nick.get(rt['destination'])}: {via}, {rt['hops']} hop(s)")
+        for conn in std["connections"]:
+            _say(f"      d's link to {conn['nickname']}: path MTU {conn['pmtu']} bytes "
+                 f"({conn['pmtu_reason']})")
 
         _step(3, "Pinging across the overlay")
+        pings_ok = True
         for src, name, dst in ((a, "a", "198.19.0.2"), (b, "b", "198.19.0.1"),
-                               (c, "c", "198.19.0.2"), (b, "b", "198.19.0.3")):
+                               (c, "c", "198.19.0.2"), (b, "b", "198.19.0.3"),
+                               (d, "d", "198.19.0.2"), (d, "d", "198.19.0.3")):
             r = src.run("ping", "-c", "3", "-i", "0.2", "-W", "2", dst, check=False)
             line = [ln for ln in r.stdout.splitlines() if "rtt" in ln or "loss" in ln]
+            pings_ok = pings_ok and r.returncode == 0
             _say(f"    {name} -> {dst}: " + ("ok" if r.returncode == 0 else "FAILED") +
                  (f"  ({line[-1].split('=')[-1].strip()})" if line else ""))
-        _say("    (b -> c reaches the host behind NAT: the tunnel it dialled carries it)")
+        _say("    (b -> c reaches the host behind NAT: the tunnel it dialled carries it;")
+        _say("     d -> b is relayed by a around the firewall)")
 
         _step(4, f"Transferring {TRANSFER // 1_000_000} MB from a to b, checked with SHA-256")
         result: dict[str, Any] = {}
@@ -123,11 +152,11 @@ def run_demo() -> int:
             _say("    " + ln)
 
         _step(6, "Cleaning up: stopping routers (SIGTERM) and removing the namespaces")
-        codes = [rt.stop() for rt in (ra, rb, rc)]
+        codes = [rt.stop() for rt in routers]
         taps = [h.run("ip", "link", "show", "sleeve0", check=False).returncode == 0
-                for h in (a, b, c)]
+                for h in (a, b, c, d)]
         _say(f"    routers exited with {codes}; TAP devices left: {sum(taps)}")
-        ok = ok and codes == [0, 0, 0] and not any(taps)
+        ok = ok and pings_ok and codes == [0, 0, 0, 0] and not any(taps)
     left = lab.namespaces()
     _say(f"    done in {time.monotonic() - t0:.1f}s; namespaces left: {len(left)}")
     return 0 if ok and not left else 1

@@ -85,6 +85,12 @@ def test_status_and_metrics_match_the_traffic() -> None:
                 lb["counters"]["rx_bytes"]
             assert metric(text, "sleeve_link_established", nickname="a") == 1
             assert metric(text, "sleeve_handshakes_total", result="ok") == 1
+            # gossip: b sent a its view (at least its own record) and both know 2 peers
+            assert metric(text, "sleeve_gossip_total", direction="tx", unit="messages") == \
+                sb["counters"]["gossip_tx_msgs"] >= 1
+            assert metric(text, "sleeve_gossip_total", direction="rx", unit="bytes") == \
+                sb["counters"]["gossip_rx_bytes"] > 0
+            assert metric(text, "sleeve_peers") == 2
             rep = json.loads(await asyncio.to_thread(get, f"http://127.0.0.1:{ha}/report"))
             assert rep["config"]["encrypted"] is True
             assert "psk" not in json.dumps(rep).lower()

@@ -68,7 +68,7 @@ class FastdpAgent:
             self.capability = Capability(False, "needs the TAP port (not with --attach)")
             return
         if not self.wanted:
-            self.capability = Capability(False, "not used: the network is encrypted and no "
+            self.capability = Capability(False, "the network is encrypted and no "
                                          "--trusted-subnets are given")
             return
         self.capability = await aprobe(cfg.port + 1)

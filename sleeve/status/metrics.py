@@ -75,6 +75,25 @@ class _NodeCollector(Collector):
                                 value=len(st["connections"]))
         yield CounterMetricFamily("sleeve_port_rx_frames", "frames read from the local port",
                                   value=st["counters"].get("port_rx_frames", 0))
+        c = st["counters"]
+        gossip = CounterMetricFamily("sleeve_gossip", "topology gossip on control connections",
+                                     labels=["direction", "unit"])
+        for d in ("tx", "rx"):
+            gossip.add_metric([d, "messages"], c.get(f"gossip_{d}_msgs", 0))
+            gossip.add_metric([d, "bytes"], c.get(f"gossip_{d}_bytes", 0))
+        yield gossip
+        events = CounterMetricFamily(
+            "sleeve_events", "router events: relayed frames, TCP fallbacks, hole punching, "
+            "fast datapath switches, ...", labels=["event"])
+        for key, v in sorted(c.items()):
+            if not key.startswith(("gossip_", "conn_fail_", "conn_end_", "handshake_ok",
+                                   "port_rx_frames")):
+                events.add_metric([key], v)
+        yield events
+        yield GaugeMetricFamily("sleeve_peers", "peers known in the mesh",
+                                value=len(st.get("peers", [])))
+        yield GaugeMetricFamily("sleeve_fastdp_active", "1 when the kernel VXLAN datapath is up",
+                                value=1 if st.get("fastdp", {}).get("active") else 0)
 
 
 def metrics_route(status: Callable[[], dict[str, Any]]) -> Route:

@@ -26,13 +26,21 @@ def summary(s: dict[str, Any]) -> str:
         f"       Peers: {len(s.get('peers', []))}",
         f" Connections: {len(conns)} ({est} established, {len(conns) - est} pending)",
         f"     Targets: {len(s.get('targets', []))}   MACs: {len(s.get('macs', []))}",
-        "     FastDP: not available (not built yet)",
+        "     FastDP: " + _fastdp(s.get("fastdp")),
     ]
     if s.get("drops"):
         out.append("       Drops: " + ", ".join(f"{k}={v}" for k, v in sorted(s["drops"].items())))
     if conns:
         out += ["", connections(s)]
     return "\n".join(out)
+
+
+def _fastdp(f: dict[str, Any] | None) -> str:
+    if not f:
+        return "unknown"
+    if f.get("active"):
+        return f"active, {f.get('links_on_fastdp', 0)} link(s) on the kernel path"
+    return ("available but unused: " if f.get("available") else "not in use: ") + str(f["reason"])
 
 
 def connections(s: dict[str, Any]) -> str:
@@ -49,6 +57,8 @@ def connections(s: dict[str, Any]) -> str:
                        "TX_PKTS/BYTES", "RX_PKTS/BYTES", "DROPS"])
     why = [f"  {c['nickname']}: {c['state']}: {c['reason']}" for c in s.get("connections", [])
            if c["state"] != "established"]
+    why += [f"  {c['nickname']}: path {c['path']}: {c['path_reason']}"
+            for c in s.get("connections", []) if c.get("path_reason")]
     return "\n".join([out, *why])
 
 
@@ -58,11 +68,17 @@ def render(what: str, s: dict[str, Any]) -> str:
     if what == "connections":
         return connections(s)
     if what == "peers":
-        return table([[p["peer"], p["nickname"], p["uid"], "yes" if p["self"] else ""]
-                      for p in s.get("peers", [])], ["PEER", "NICK", "UID", "SELF"])
+        return table([[p["peer"], p["nickname"], p["uid"], "yes" if p["self"] else "",
+                       "yes" if p.get("direct") else "", len(p.get("connections", []))]
+                      for p in s.get("peers", [])],
+                     ["PEER", "NICK", "UID", "SELF", "DIRECT", "CONNECTIONS"])
     if what == "routes":
-        return table([[r["destination"], r["via"], r["hops"], r["usable"]]
-                      for r in s.get("routes", [])], ["DESTINATION", "VIA", "HOPS", "USABLE"])
+        nick = {p["peer"]: p["nickname"] for p in s.get("peers", [])}
+        return table([[r["destination"], nick.get(r["destination"], ""),
+                       "direct" if r["via"] == r["destination"] else
+                       f"relayed via {nick.get(r['via'], r['via'])}", r["hops"], r["usable"]]
+                      for r in s.get("routes", [])],
+                     ["DESTINATION", "NICK", "PATH", "HOPS", "USABLE"])
     if what == "macs":
         return table([[m["mac"], m["peer"], m["age_s"]] for m in s.get("macs", [])],
                      ["MAC", "PEER", "AGE_S"])
