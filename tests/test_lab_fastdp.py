@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from sleeve.lab import Host, Lab
-from sleeve.lab.probes import FrameCounter, arp_storm
+from sleeve.lab.probes import Capture, FrameCounter, arp_storm
 from sleeve.lab.routers import Router, established_with, workdir
 from sleeve.lab.traffic import expected_digest, tcp_transfer
 
@@ -77,19 +77,12 @@ def test_two_unencrypted_hosts_use_the_kernel_and_fall_back_when_vxlan_is_blocke
         assert a.ping(OV[1], count=3)
 
         # the kernel carries it: VXLAN on the underlay, router frame counters flat
-        cap_file = wd / "vxlan.txt"
-        with open(cap_file, "wb") as out:
-            cap = a.popen("tcpdump", "-n", "-i", if_a, "-c", "200", "--immediate-mode", "-l",
-                          "udp port 6784", stdout=out, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
+        cap = Capture(a, if_a, "udp port 6784", wd / "vxlan.txt", limit=200)
         before = ra.status()["counters"].get("port_rx_frames", 0)
         n = 20_000_000
         assert tcp_transfer(a, b, OV[1], n)[:2] == (n, expected_digest(n, "sleeve"))
         after = ra.status()["counters"].get("port_rx_frames", 0)
-        time.sleep(0.3)
-        if cap.poll() is None:
-            a.stop(cap)
-        vx = len(cap_file.read_text().splitlines())
+        vx = cap.count()
         print(f"20 MB over fastdp: router read {after - before} frames from its TAP, "
               f"{vx} VXLAN packets captured")
         assert after - before < 100 and vx >= 100

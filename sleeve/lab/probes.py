@@ -7,8 +7,10 @@ probe is bounded in count and time.
 
 from __future__ import annotations
 
+import pathlib
 import subprocess
 import sys
+import time
 
 from sleeve.lab.netns import Host, _check_ip
 
@@ -140,3 +142,27 @@ def mcast_send(host: Host, group: str, port: int, local_ip: str, n: int) -> None
         raise ValueError("count must be 1..10000")
     host.run(sys.executable, "-c", _MSEND, group, str(port), _check_ip(local_ip), str(n),
              timeout=30 + n * 0.01)
+
+
+class Capture:
+    """tcpdump on ``iface`` of ``host`` (at most ``limit`` packets); ``count()`` stops it.
+
+    Writes one line per packet to ``path`` so nothing is lost if the capture is cut
+    short; counts what the underlay really carried (e.g. direct vs relayed paths).
+    """
+
+    def __init__(self, host: Host, iface: str, bpf: str, path: pathlib.Path,
+                 limit: int = 2000) -> None:
+        self.host = host
+        self.path = path
+        with open(path, "wb") as out:
+            self.proc = host.popen("tcpdump", "-n", "-i", iface, "-c", str(limit),
+                                   "--immediate-mode", "-l", bpf,
+                                   stdout=out, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # tcpdump needs a moment before it sees packets
+
+    def count(self) -> int:
+        time.sleep(0.3)
+        if self.proc.poll() is None:
+            self.host.stop(self.proc)
+        return len(self.path.read_text().splitlines())
