@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"most control connections (default {DEFAULT_CONN_LIMIT})")
     la.add_argument("--no-fastdp", action="store_true",
                     help="never hand links to the kernel's VXLAN (fast datapath)")
+    la.add_argument("--offload", action=argparse.BooleanOptionalAction, default=True,
+                    help="UDP segmentation offloads (GSO on send, GRO on receive) where the "
+                         "kernel has them (default on)")
     la.add_argument("--trusted-subnets", default="", metavar="CIDR[,CIDR]",
                     help="peers in these underlay subnets may use the unencrypted fast "
                          "datapath even on an encrypted network")
@@ -156,6 +159,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         peers=tuple(parse_target(p, args.port) for p in args.peers), http=http,
         resume=args.resume, discovery=not args.no_discovery, conn_limit=args.conn_limit,
         fastdp=not args.no_fastdp, trusted_subnets=check_subnets(args.trusted_subnets),
+        offload=args.offload,
     )
 
 

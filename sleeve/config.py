@@ -46,6 +46,7 @@ class Config:
     conn_limit: int = DEFAULT_CONN_LIMIT
     fastdp: bool = True  # hand links to kernel VXLAN where policy allows (unencrypted/trusted)
     trusted_subnets: tuple[str, ...] = ()  # peers here may use the unencrypted fast datapath
+    offload: bool = True  # UDP GSO/GRO on the data plane (--no-offload: per datagram)
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -24,6 +24,7 @@ OPTIONS: dict[str, type] = {
     "password_file": str, "no_encryption": bool, "port": int, "listen": str, "iface": str,
     "attach": str, "ip": str, "mtu": int, "state_dir": str, "nickname": str, "http": str,
     "log_level": str, "log_format": str, "peers": list, "resume": bool,
+    "offload": bool,
 }
 
 

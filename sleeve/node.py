@@ -8,8 +8,11 @@ Pipeline, per readiness event:
    source and destination peer ids in the record; group/unknown: our children
    in our own broadcast tree) -> records queued per link
 2. per link with queued records: pack into datagrams up to the path MTU,
-   seal (one counter per datagram), ``sendto`` the link's learnt endpoint
-3. UDP readable -> ``recvfrom`` (<= 64 datagrams) -> header -> session by
+   seal (one counter per datagram), send to the link's learnt endpoint: runs of
+   equal-size datagrams in one ``sendmsg`` with UDP GSO once the link's path has
+   carried a GSO run of probes, else one ``sendto`` each (issue 9)
+3. UDP readable -> ``recvfrom``, or with UDP GRO ``recvmsg`` split at the
+   cmsg's segment size (<= 64 datagrams) -> header -> session by
    receiver index -> open (authenticate) -> replay check -> learn endpoint
    -> records: frames for us are learnt (src MAC -> source peer) and written
    to the port; frames for another peer are relayed to its next hop;
@@ -38,6 +41,7 @@ import pathlib
 import random
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,7 +66,15 @@ from sleeve.proto.control import (
     error_frame,
 )
 from sleeve.proto.mactable import LOCAL, MacTable
-from sleeve.proto.pmtu import PmtuProber, ack_record, datagram_bounds, parse_probe, probe_record
+from sleeve.proto.pmtu import COMPLETE as PMTU_COMPLETE
+from sleeve.proto.pmtu import (
+    PmtuProber,
+    Probe,
+    ack_record,
+    datagram_bounds,
+    parse_probe,
+    probe_record,
+)
 from sleeve.proto.session import DataSession
 from sleeve.proto.stats import Counters
 from sleeve.status.http import Route, json_action, json_route, start_http
@@ -81,7 +93,7 @@ TCP_MAX_BODY = 65000  # records per control message when data goes over TCP
 ACCEPT_RATE = 20.0
 ACCEPT_BURST = 40.0
 MAX_HANDSHAKES = 32
-TCP_READ_TIMEOUT = 75.0
+TCP_READ_TIMEOUT = 20.0  # four missed control heartbeats: the connection is dead
 UDP_FAST_HEARTBEAT = 0.5  # until the peer confirmed it hears us
 UDP_SLOW_HEARTBEAT = 5.0  # also keeps NAT mappings open (UDP timeouts are >= 30 s)
 # No authenticated datagram for this long (three slow heartbeats): the link stops
@@ -107,6 +119,27 @@ TICK = 0.25
 BACKOFF_START = 2.0
 BACKOFF_MAX = 60.0
 UDP_BUFFER = 4 << 20  # the anchors show loss happens where the receiver's UDP buffer overflows
+# UDP segmentation offloads (<linux/udp.h>; Python 3.11's socket lacks the names). GSO: one
+# sendmsg carries a run of equal-size datagrams (the last may be shorter), split by the
+# kernel (or the NIC) as late as possible. GRO: one recvmsg returns a run of datagrams of
+# the same flow and size, with the size in a cmsg.
+SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104
+GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS before Linux 6.9 (128 since)
+GSO_MAX_BYTES = 65000  # all segments' UDP payload together: an IP packet is at most 64 KiB
+GRO_READ = 65535  # largest coalesced payload the kernel hands over in one read
+GRO_CMSG_SPACE = socket.CMSG_SPACE(4)  # the gso_size int
+# A GSO run crosses every hop inside this kernel (veth, bridge, a router namespace) as one
+# super-packet, so a middlebox there judges it by its total length: a firewall dropping
+# "UDP longer than N" (a PMTU black hole) drops the whole run although each datagram fits.
+# So a link uses GSO only once a full-size run of PMTU probes got an ack over its current
+# path (endpoint and path MTU); until then, and after either changes, one send per datagram.
+GSO_PROOF_ID = 0x80000000  # probe ids with the top bit: never the PMTU prober's (from 1 up)
+GSO_PROOF_RETRY = 2.0  # first retry of an unanswered proof; doubles up to the max
+GSO_PROOF_RETRY_MAX = 60.0
+_BYTEORDER = sys.byteorder  # cmsg ints (UDP_SEGMENT u16, UDP_GRO int) are native
+_REC_UNPACK = dg.REC.unpack_from  # _on_body's hot path: module constants, no attribute lookups
+_REC_LEN = dg.REC_LEN
+_KIND_FRAME = dg.KIND_FRAME
 STP_PREFIX = b"\x01\x80\xc2\x00\x00"  # IEEE 802.1D link-local group: never forwarded by a bridge
 
 
@@ -155,6 +188,12 @@ class Link:
         self._hb_token = 0
         self._hb_sent_at = 0.0
         self.pending: list[bytes] = []
+        # UDP GSO for this link (see GSO_PROOF_ID): proven for (endpoint, datagram size)
+        self.gso_ok = False
+        self.gso_path: tuple[tuple[str, int], int] | None = None
+        self.gso_proof_id = 0
+        self.gso_next_proof = 0.0
+        self.gso_retry = GSO_PROOF_RETRY
         self.stats = Counters()
         self.established_at = time.monotonic()
         self._node = node
@@ -285,6 +324,8 @@ class Node:
         # relayed control connections: peer -> (reader, writer, mediator peer)
         self._virtual: dict[bytes, tuple[asyncio.StreamReader, RelayWriter, bytes]] = {}
         self._punch_next: dict[bytes, float] = {}
+        # streams we relay as mediator, (from, to): told "fin" when either end leaves
+        self._via_pairs: dict[tuple[bytes, bytes], None] = {}
         self._punch_attempts: dict[bytes, int] = {}
         self._icmp_sent = 0
         self.macs = MacTable()
@@ -299,6 +340,11 @@ class Node:
             self._load_known_peers()
         self.udp: socket.socket | None = None  # IPv4 underlay
         self.udp6: socket.socket | None = None  # IPv6 underlay
+        # UDP GSO/GRO (see SOL_UDP above); off with --no-offload. A socket whose kernel
+        # refused a GSO send is remembered and gets one sendto per datagram from then on.
+        self.offload = cfg.offload
+        self._gso_off: set[socket.socket] = set()
+        self._gro_on: set[socket.socket] = set()
         self.udp_port = cfg.port
         self.tcp_port = cfg.port
         self._tg: asyncio.TaskGroup | None = None
@@ -463,6 +509,14 @@ class Node:
             raise OSError(e.errno, f"cannot bind UDP port {port} on {addr}: {e.strerror}") \
                 from None
         s.setblocking(False)
+        if self.offload:
+            try:
+                s.setsockopt(SOL_UDP, UDP_GRO, 1)
+                self._gro_on.add(s)
+            except OSError as e:  # a kernel before 5.0: one datagram per read
+                log.info("no UDP GRO on this kernel: %s", e.strerror)
+        else:
+            self._gso_off.add(s)
         return s
 
     # ------------------------------------------------------------------ data plane
@@ -572,8 +626,10 @@ class Node:
                 more, still = pack(frags, max_body)
                 bodies += more
                 link.stats.inc("drop_too_big", len(still))
-        for body in bodies:
-            self._send(link, body)
+        if len(bodies) == 1:
+            self._send(link, bodies[0])
+        else:
+            self._send_many(link, bodies)
 
     def _too_big(self, link: Link, rec: bytes, datagram: int, max_body: int) -> list[bytes]:
         """Fragment (returned as records) or answer with ICMP; never a silent drop."""
@@ -607,31 +663,130 @@ class Node:
         return frags
 
     def _send(self, link: Link, body: bytes) -> None:
+        """Seal one body and send it as one datagram (PMTU probes always come here)."""
+        sock = self._link_socket(link)
+        if sock is not None:
+            self._sendto(link, sock, link.session.seal(body))
+
+    def _link_socket(self, link: Link) -> socket.socket | None:
         if link.virtual and not link.endpoint_learnt:
             # Still punching: a datagram reaching the peer's NAT before the peer's own
             # mapping exists would spoil the punch (see PUNCH_TTL). Only _punch_send sends.
             link.stats.inc("drop_punching")
-            return
+            return None
         sock = self.udp6 if link.v6 else self.udp
         if sock is None:
             link.stats.inc("drop_no_socket_for_family")  # e.g. an IPv6 peer, IPv4-only here
-            return
-        data = link.session.seal(body)
+        return sock
+
+    def _sendto(self, link: Link, sock: socket.socket, data: bytes) -> bool:
         try:
             sock.sendto(data, link.endpoint)
         except BlockingIOError:
             link.stats.inc("drop_tx_busy")
-            return
+            return False
         except OSError as e:
-            # EPERM (firewall), unreachable, EMSGSIZE: count, never raise out of the loop.
-            if e.errno == errno.EMSGSIZE:  # the kernel knows a smaller path MTU
-                link.pmtu.on_emsgsize(len(data), time.monotonic())
-            link.stats.inc(f"drop_tx_{errno.errorcode.get(e.errno or 0, 'err').lower()}")
-            return
+            self._send_error(link, e, len(data))
+            return False
         link.stats.inc("tx_packets")
         link.stats.inc("tx_bytes", len(data))
+        return True
+
+    def _send_error(self, link: Link, e: OSError, size: int, n: int = 1) -> None:
+        # EPERM (firewall), unreachable, EMSGSIZE: count, never raise out of the loop.
+        if e.errno == errno.EMSGSIZE:  # the kernel knows a smaller path MTU
+            link.pmtu.on_emsgsize(size, time.monotonic())
+        link.stats.inc(f"drop_tx_{errno.errorcode.get(e.errno or 0, 'err').lower()}", n)
+
+    def _send_many(self, link: Link, bodies: list[bytes]) -> None:
+        """Seal several bodies; each run of equal-size datagrams goes in one GSO send.
+
+        A run may end with one shorter datagram (the kernel allows a short last segment).
+        Without GSO (refused before, or --no-offload) it is one sendto per datagram.
+        """
+        sock = self._link_socket(link)
+        if sock is None:
+            return
+        seal = link.session.seal
+        datas = [seal(b) for b in bodies]
+        if not link.gso_ok or sock in self._gso_off:
+            for data in datas:
+                self._sendto(link, sock, data)
+            return
+        n = len(datas)
+        i = 0
+        while i < n:
+            size = len(datas[i])
+            limit = min(n, i + min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size))
+            j = i + 1
+            while j < limit and len(datas[j]) == size:
+                j += 1
+            if j < limit and len(datas[j]) < size:
+                j += 1  # a shorter last segment
+            if j - i == 1:
+                self._sendto(link, sock, datas[i])
+            else:
+                self._send_gso(link, sock, datas[i:j], size)
+            i = j
+
+    def _send_gso(self, link: Link, sock: socket.socket, segs: list[bytes], size: int,
+                  fallback: bool = True) -> None:
+        try:
+            # The segments go as an iovec: the kernel gathers them, no join here.
+            sent = sock.sendmsg(segs, [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, _BYTEORDER))],
+                                0, link.endpoint)
+        except BlockingIOError:
+            link.stats.inc("drop_tx_busy", len(segs))
+            return
+        except OSError as e:
+            if not fallback or e.errno not in (errno.EIO, errno.EINVAL):
+                self._send_error(link, e, size, len(segs))
+                return
+            # EIO: no checksum offload on the route's device; EINVAL: no UDP_SEGMENT, or a
+            # segment over the route's MTU. Send them one by one: if that works, it was
+            # GSO the kernel refused, and this socket stops trying; an EMSGSIZE from it
+            # lowers the path MTU as usual.
+            first = self._sendto(link, sock, segs[0])
+            if first and sock not in self._gso_off:
+                self._gso_off.add(sock)
+                log.info("UDP GSO refused (%s): one datagram per send from now on",
+                         e.strerror)
+            for data in segs[1:]:
+                self._sendto(link, sock, data)
+            return
+        link.stats.inc("tx_packets", len(segs))
+        link.stats.inc("tx_bytes", sent)
+        link.stats.inc("tx_gso_sends")
+
+    def _gso_proof(self, link: Link, now: float) -> None:
+        """Prove (again) that a GSO run reaches the peer over the link's current path."""
+        if not self.offload or link.over_tcp or not link.usable:
+            return
+        path = (link.endpoint, link.pmtu.current)
+        if path != link.gso_path:  # new path (or none proven yet): stop GSO until proven
+            link.gso_ok = False
+            link.gso_path = path
+            link.gso_next_proof = now
+            link.gso_retry = GSO_PROOF_RETRY
+        if link.gso_ok or now < link.gso_next_proof or link.pmtu.state != PMTU_COMPLETE:
+            return
+        sock = self._link_socket(link)
+        if sock is None or sock in self._gso_off:
+            return
+        size = path[1]
+        link.gso_proof_id = GSO_PROOF_ID | (link.gso_proof_id + 1) & 0x7FFFFFFF
+        rec = probe_record(Probe(link.gso_proof_id, size))
+        seal = link.session.seal
+        n = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size)
+        self._send_gso(link, sock, [seal(rec) for _ in range(n)], size, fallback=False)
+        link.stats.inc("gso_proofs")
+        link.gso_next_proof = now + link.gso_retry
+        link.gso_retry = min(GSO_PROOF_RETRY_MAX, link.gso_retry * 2)
 
     def _on_udp_readable(self, sock: socket.socket) -> None:
+        if sock in self._gro_on:
+            self._on_udp_readable_gro(sock)
+            return
         recv = sock.recvfrom
         try:
             for _ in range(BATCH):
@@ -647,6 +802,45 @@ class Node:
                 except Exception:  # a bug must not kill the loop; count and log
                     self.drops.inc("internal_error")
                     log.exception("internal error handling a datagram")
+        finally:
+            self._flush_touched()  # relayed records, one aggregation per batch
+
+    def _on_udp_readable_gro(self, sock: socket.socket) -> None:
+        """Like ``_on_udp_readable``, but a read may hold a run of coalesced datagrams.
+
+        The batch bound counts datagrams, not reads; the read that crosses it is finished.
+        """
+        recv = sock.recvmsg
+        on_datagram = self._on_datagram
+        n = 0
+        try:
+            while n < BATCH:
+                try:
+                    data, anc, flags, addr = recv(GRO_READ, GRO_CMSG_SPACE)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    self.drops.inc("udp_recv_error")  # e.g. ICMP port unreachable reported late
+                    n += 1
+                    continue
+                if flags & socket.MSG_TRUNC:
+                    self.drops.inc("udp_truncated")
+                    n += 1
+                    continue
+                seg = 0
+                for level, typ, cdata in anc:
+                    if level == SOL_UDP and typ == UDP_GRO and len(cdata) >= 4:
+                        seg = int.from_bytes(cdata[:4], _BYTEORDER)
+                size = len(data)
+                if 0 < seg < size:
+                    self.stats.inc("rx_gro_reads")
+                for off in range(0, size, seg) if 0 < seg < size else (0,):
+                    n += 1
+                    try:
+                        on_datagram(data[off:off + seg] if seg else data, addr)
+                    except Exception:  # a bug must not kill the loop; count and log
+                        self.drops.inc("internal_error")
+                        log.exception("internal error handling a datagram")
         finally:
             self._flush_touched()  # relayed records, one aggregation per batch
 
@@ -678,6 +872,7 @@ class Node:
                          Target(*link.endpoint), Target(*addr))
             link.endpoint = (addr[0], addr[1])
             link.v6 = ":" in addr[0]
+            link.gso_ok = False  # a new path: prove GSO again (next tick)
             link.stats.inc("endpoint_changes")
         link.endpoint_learnt = True
         if not link.told_ok:
@@ -687,18 +882,44 @@ class Node:
 
     def _on_body(self, link: Link, body: bytes | memoryview, size: int, now: float,
                  reassembled: bool) -> None:
+        """Handle an authenticated body's records (``dg.iter_records``, unrolled).
+
+        The hot case, a frame sent directly by the link's peer (kind frame, no flags),
+        is parsed inline without building a ``dg.Record``; every other record goes
+        through ``dg.parse_record``, with the same framing checks and drop reasons.
+        """
         me = self.id
+        peer = link.peer
+        deliver = self._deliver
+        unpack = _REC_UNPACK
+        mv = memoryview(body)
+        off = 0
+        end = len(mv)
         try:
-            for rec in dg.iter_records(body):
+            while off < end:
+                if end - off < _REC_LEN:
+                    raise dg.DecodeError("truncated_record")
+                length, kind, flags = unpack(mv, off)
+                if not flags and kind == _KIND_FRAME:
+                    start = off + _REC_LEN
+                    off = start + length
+                    if off > end:
+                        raise dg.DecodeError("truncated_record")
+                    if peer == me:
+                        self.drops.inc("loop")  # our own frame came back round
+                        continue
+                    deliver(link, peer, mv[start:off], now)
+                    continue
+                rec, off = dg.parse_record(mv, off)
                 if rec.kind == dg.KIND_FRAME:
                     if rec.dst is not None and rec.dst != me:
                         self._relay(link, rec)
                         continue
-                    src = rec.src or link.peer
+                    src = rec.src or peer
                     if src == me:
                         self.drops.inc("loop")  # our own frame came back round
                         continue
-                    self._deliver(link, src, rec.payload, now)
+                    deliver(link, src, rec.payload, now)
                     if rec.bcast:
                         self._pass_on_broadcast(link, src, rec)
                 elif rec.kind == dg.KIND_HEARTBEAT:
@@ -772,6 +993,11 @@ class Node:
             self.drops.inc("bad_probe")  # probes are one hop, between the two ends only
         elif not msg.is_ack:
             self._queue(link, ack_record(msg.probe_id, size))
+        elif msg.probe_id & GSO_PROOF_ID:
+            if (msg.probe_id == link.gso_proof_id and link.gso_path is not None
+                    and msg.size == link.gso_path[1] and not link.gso_ok):
+                link.gso_ok = True  # a whole GSO run crossed this path: use it
+                link.stats.inc("gso_proven")
         elif link.pmtu.on_ack(msg.probe_id, now, msg.size):
             self._probe(link, now)  # next search step now, not at the next tick
 
@@ -809,6 +1035,7 @@ class Node:
             self._udp_or_tcp(link, now)
             link.usable = link.state == "established"
             self._probe(link, now)
+            self._gso_proof(link, now)
             link.reasm.expire(now)
             if now >= link.next_gossip:
                 link.next_gossip = now + jitter(ANTI_ENTROPY)
@@ -965,6 +1192,13 @@ class Node:
                 fwd["ep"] = [link.endpoint[0], link.endpoint[1]]
             target.send_control(fwd)
             self.stats.inc("via_relayed")
+            pair = (link.peer, to)
+            if "fin" in fwd:
+                self._via_pairs.pop(pair, None)
+            elif pair not in self._via_pairs:
+                if len(self._via_pairs) >= 4 * MAX_VIRTUAL:
+                    self._via_pairs.pop(next(iter(self._via_pairs)))
+                self._via_pairs[pair] = None
             return
         if not (isinstance(frm, bytes) and len(frm) == 8):
             self.drops.inc("bad_via")
@@ -1092,7 +1326,12 @@ class Node:
             writer.close()
             return
         self._accept_tokens -= 1.0
-        await self._run_connection(reader, writer, False, None, counted=True)
+        try:
+            await self._run_connection(reader, writer, False, None, counted=True)
+        except asyncio.CancelledError:
+            # Shutdown cancels the stream callbacks asyncio runs for accepted connections;
+            # there is nothing left to do and nothing to report.
+            writer.close()
 
     async def _run_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                               outbound: bool, ts: TargetState | None,
@@ -1146,7 +1385,7 @@ class Node:
         except ControlError as e:
             reason = e.reason
             self.stats.inc(f"conn_fail_{e.reason}")
-            (log.info if e.reason == "duplicate" else log.warning)(
+            (log.info if e.reason == "duplicate" or self._stop.is_set() else log.warning)(
                 "connection %s %s: %s", "to" if outbound else "from", where, e.detail)
             if not outbound and e.reason in ("auth_failed", "encryption_mismatch"):
                 writer.write(error_frame(e.detail))
@@ -1224,11 +1463,18 @@ class Node:
     def _register(self, link: Link) -> bool:
         old = self.links.get(link.peer)
         if old is not None:
-            # Both ends must keep the same one of two simultaneous connections: keep the
-            # one dialled by the peer with the smaller id.
+            # Both ends must make the same choice. A restarted peer (new uid) or the same
+            # side dialling again means the old connection is stale; a direct connection
+            # beats a relayed (hole-punching) one; of two simultaneous connections, keep
+            # the one dialled by the peer with the smaller id.
             def initiator_id(lk: Link) -> bytes:
                 return self.id if lk.outbound else lk.peer
-            keep_new = initiator_id(link) < initiator_id(old)
+            if link.uid != old.uid or initiator_id(link) == initiator_id(old):
+                keep_new = True
+            elif link.virtual != old.virtual:
+                keep_new = old.virtual
+            else:
+                keep_new = initiator_id(link) < initiator_id(old)
             if not keep_new:
                 log.info("duplicate connection to %s dropped", link.name)
                 return False
@@ -1250,6 +1496,12 @@ class Node:
             self._sync_own_record()
             self.fastdp.link_down(link.peer, "link down")
         self.by_index.pop(link.session.local_index, None)
+        for a, b in list(self._via_pairs):
+            if link.peer in (a, b) and link.peer not in self.links:
+                del self._via_pairs[(a, b)]
+                other = self.links.get(b if a == link.peer else a)
+                if other is not None:  # the relayed stream's other end learns it is over
+                    other.send_control({"t": "via", "from": link.peer, "fin": True})
         for reader, w, med in list(self._virtual.values()):
             if med == link.peer and not w.is_closing():  # relayed streams die with their relay
                 w._closed = True

@@ -16,6 +16,15 @@ AEAD encryption of the empty message over ``header | plaintext``.
 Nonce = 4 zero bytes | counter as 8-byte little-endian (same encoding as Noise's ChaChaPoly).
 Replay protection is *not* done here; see ``sleeve.proto.replay``.
 
+Binding (issue 9): the hot path calls libsodium's ``crypto_aead_chacha20poly1305_ietf_*``
+through PyNaCl's own cffi module (``nacl._sodium``) with a preallocated per-thread output
+buffer, instead of ``nacl.bindings``, whose argument checks and fresh zeroed ``ffi.new``
+buffer cost more than the cipher for a 1400-byte datagram (about 5.4 vs 3.1 us to seal,
+6.5 vs 3.4 us to open). The same C function, the same inputs: key (checked at
+construction), a 12-byte nonce built here, and lengths taken from the Python objects, so
+the checks the binding made are still made once (key) or hold by construction
+(nonce, lengths). A message too large for the buffer takes the binding.
+
 Key rotation (:class:`KeyChain`) is a one-way hash chain per direction, so both ends derive
 the same keys with no message exchange and a key in use now says nothing about earlier ones::
 
@@ -34,11 +43,14 @@ keeps epoch 0 byte-identical to the datagrams sleeve sent before rotation existe
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import nacl.bindings as _sodium
 import nacl.exceptions as _nacl_exc
+from nacl._sodium import ffi as _ffi
+from nacl._sodium import lib as _lib
 
 from sleeve.crypto.noise import HASHLEN, DecryptError, RekeyRequired
 
@@ -69,6 +81,25 @@ _LABEL_EPOCH_KEY: Final = b"sleeve epoch key"
 
 
 _NONCE_PAD: Final = b"\x00\x00\x00\x00"
+
+_SCRATCH_LEN: Final = 65536 + TAGLEN  # any UDP datagram's body and its tag
+_NULL: Final[Any] = _ffi.NULL
+_encrypt_c = _lib.crypto_aead_chacha20poly1305_ietf_encrypt
+_decrypt_c = _lib.crypto_aead_chacha20poly1305_ietf_decrypt
+_ffi_buffer = _ffi.buffer
+assert _sodium.crypto_aead_chacha20poly1305_ietf_KEYBYTES == 32
+assert _sodium.crypto_aead_chacha20poly1305_ietf_NPUBBYTES == 12
+assert _sodium.crypto_aead_chacha20poly1305_ietf_ABYTES == TAGLEN
+
+
+class _Scratch(threading.local):
+    """One output buffer per thread: cffi releases the GIL while libsodium runs."""
+
+    def __init__(self) -> None:
+        self.buf: Any = _ffi.new("unsigned char[]", _SCRATCH_LEN)
+
+
+_SCRATCH: Final = _Scratch()
 
 
 def _nonce(counter: int) -> bytes:
@@ -121,14 +152,22 @@ class Sealer:
         header = build_header(counter)
         nonce = _NONCE_PAD + counter.to_bytes(8, "little")  # _nonce(), inlined: hot path
         if self._encrypt:
-            sealed = _sodium.crypto_aead_chacha20poly1305_ietf_encrypt(
-                plaintext, header, nonce, self._key
-            )
+            n = len(plaintext)
+            if n + TAGLEN > _SCRATCH_LEN or type(plaintext) is not bytes:
+                return header + _sodium.crypto_aead_chacha20poly1305_ietf_encrypt(
+                    plaintext, header, nonce, self._key)
+            buf = _SCRATCH.buf
+            if _encrypt_c(buf, _NULL, plaintext, n, header, len(header), _NULL, nonce,
+                          self._key):
+                raise _nacl_exc.CryptoError("Encryption failed.")
+            sealed: bytes = _ffi_buffer(buf, n + TAGLEN)[:]
             return header + sealed
-        tag = _sodium.crypto_aead_chacha20poly1305_ietf_encrypt(
-            b"", header + plaintext, nonce, self._key
-        )
-        return header + plaintext + tag
+        ad = header + plaintext
+        buf = _SCRATCH.buf
+        if _encrypt_c(buf, _NULL, b"", 0, ad, len(ad), _NULL, nonce, self._key):
+            raise _nacl_exc.CryptoError("Encryption failed.")
+        tag: bytes = _ffi_buffer(buf, TAGLEN)[:]
+        return ad + tag
 
 
 class Opener:
@@ -154,20 +193,22 @@ class Opener:
         if len(body) < TAGLEN:
             raise DecryptError("packet shorter than the AEAD tag")
         nonce = _NONCE_PAD + counter.to_bytes(8, "little")  # _nonce(), inlined: hot path
-        try:
-            if self._encrypt:
-                return bytes(
-                    _sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
-                        body, header, nonce, self._key
-                    )
-                )
-            plaintext = body[:-TAGLEN]
-            _sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
-                body[-TAGLEN:], header + plaintext, nonce, self._key
-            )
-            return bytes(plaintext)
-        except _nacl_exc.CryptoError:
-            raise DecryptError("AEAD authentication failed") from None
+        if type(body) is not bytes or type(header) is not bytes:
+            body, header = bytes(body), bytes(header)  # cffi takes bytes as const char *
+        n = len(body)
+        buf = _SCRATCH.buf
+        if self._encrypt:
+            if n > _SCRATCH_LEN:
+                raise DecryptError("packet larger than any datagram")
+            if _decrypt_c(buf, _NULL, _NULL, body, n, header, len(header), nonce, self._key):
+                raise DecryptError("AEAD authentication failed")
+            opened: bytes = _ffi_buffer(buf, n - TAGLEN)[:]
+            return opened
+        plaintext = body[:-TAGLEN]
+        ad = header + plaintext
+        if _decrypt_c(buf, _NULL, _NULL, body[-TAGLEN:], TAGLEN, ad, len(ad), nonce, self._key):
+            raise DecryptError("AEAD authentication failed")
+        return plaintext
 
 
 def derive_data_keys(

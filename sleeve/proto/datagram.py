@@ -154,23 +154,29 @@ def iter_records(body: bytes | memoryview) -> Iterator[Record]:
     off = 0
     end = len(mv)
     while off < end:
-        if end - off < REC_LEN:
+        rec, off = parse_record(mv, off)
+        yield rec
+
+
+def parse_record(mv: memoryview, off: int) -> tuple[Record, int]:
+    """The record at ``off`` in ``mv`` and the offset after it (see ``iter_records``)."""
+    end = len(mv)
+    if end - off < REC_LEN:
+        raise DecodeError("truncated_record")
+    length, kind, flags = REC.unpack_from(mv, off)
+    off += REC_LEN
+    src = dst = None
+    if flags & FLAG_SRC:
+        if end - off < PEER_ID_LEN:
             raise DecodeError("truncated_record")
-        length, kind, flags = REC.unpack_from(mv, off)
-        off += REC_LEN
-        src = dst = None
-        if flags & FLAG_SRC:
-            if end - off < PEER_ID_LEN:
-                raise DecodeError("truncated_record")
-            src = bytes(mv[off : off + PEER_ID_LEN])
-            off += PEER_ID_LEN
-        if flags & FLAG_DST:
-            if end - off < PEER_ID_LEN:
-                raise DecodeError("truncated_record")
-            dst = bytes(mv[off : off + PEER_ID_LEN])
-            off += PEER_ID_LEN
-        if end - off < length:
+        src = bytes(mv[off : off + PEER_ID_LEN])
+        off += PEER_ID_LEN
+    if flags & FLAG_DST:
+        if end - off < PEER_ID_LEN:
             raise DecodeError("truncated_record")
-        yield Record(kind, src, dst, flags >> HOPS_SHIFT, mv[off : off + length],
-                     bool(flags & FLAG_BCAST))
-        off += length
+        dst = bytes(mv[off : off + PEER_ID_LEN])
+        off += PEER_ID_LEN
+    if end - off < length:
+        raise DecodeError("truncated_record")
+    return (Record(kind, src, dst, flags >> HOPS_SHIFT, mv[off : off + length],
+                   bool(flags & FLAG_BCAST)), off + length)
