@@ -57,6 +57,7 @@ from sleeve.forward.oversize import record_source, shrink
 from sleeve.forward.reassembly import KIND_FRAGMENT, Reassembler, fragment
 from sleeve.mesh import ANTI_ENTROPY, LinkInfo, Mesh, jitter
 from sleeve.proto import datagram as dg
+from sleeve.proto import liveness
 from sleeve.proto.control import (
     ControlChannel,
     ControlError,
@@ -209,22 +210,10 @@ class Link:
         hears our datagrams (or when we send over TCP); what the peer sends us is
         its own link state. Silence on both UDP and TCP means the link is dead.
         """
-        now = time.monotonic()
-        quiet = now - max(self.heard_at, self.tcp_heard_at)
-        if quiet >= UDP_DEAD:
-            return "pending", f"nothing from the peer over UDP or TCP for {quiet:.0f}s"
-        hears = self.heard_at and now - self.heard_at < UDP_DEAD
-        if self.over_tcp:
-            return "established", ("over TCP: the peer receives no UDP datagrams from us" +
-                                   ("" if hears else "; none from it either"))
-        if not self.confirmed:
-            if not self.heard_at:
-                return "pending", "no authenticated UDP datagram from the peer yet"
-            return "pending", "peer has not yet confirmed it receives our UDP datagrams"
-        if not self.pmtu_known():
-            return "pending", f"path MTU: {self.pmtu.reason}"
-        return "established", ("UDP heartbeats both ways" if hears else
-                               "UDP to the peer; its datagrams reach us over TCP")
+        return liveness.state(time.monotonic(), heard_at=self.heard_at,
+                              tcp_heard_at=self.tcp_heard_at, over_tcp=self.over_tcp,
+                              confirmed=self.confirmed, pmtu_known=self.pmtu_known(),
+                              pmtu_reason=self.pmtu.reason, dead_after=UDP_DEAD)
 
     def _path(self) -> dict[str, str]:
         if self.over_tcp:
@@ -1068,12 +1057,14 @@ class Node:
 
     def _udp_or_tcp(self, link: Link, now: float) -> None:
         """Tell the peer whether we hear its UDP; fall back to TCP while it hears none of ours."""
-        if link.told_ok and now - link.heard_at >= UDP_DEAD:
+        t = liveness.transport(now, heard_at=link.heard_at, told_ok=link.told_ok,
+                               confirmed=link.confirmed, established_at=link.established_at,
+                               virtual=link.virtual, dead_after=UDP_DEAD,
+                               tcp_after=TCP_FALLBACK_AFTER)
+        if t.send_udp_lost:
             link.told_ok = False
             link.send_control({"t": "udp_lost"})
-        # A relayed control connection is no data path: without UDP the mesh relays.
-        fallback = (not link.confirmed and not link.virtual
-                    and now - link.established_at >= TCP_FALLBACK_AFTER)
+        fallback = t.over_tcp
         if fallback != link.over_tcp:
             link.over_tcp = fallback
             log.info("link to %s: data now over %s", link.name, "TCP" if fallback else "UDP")
