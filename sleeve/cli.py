@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"most control connections (default {DEFAULT_CONN_LIMIT})")
     la.add_argument("--no-fastdp", action="store_true",
                     help="never hand links to the kernel's VXLAN (fast datapath)")
+    la.add_argument("--rekey-seconds", type=float, default=120.0, metavar="S",
+                    help="rotate data keys this often (default 120; lower only for tests)")
     la.add_argument("--offload", action=argparse.BooleanOptionalAction, default=True,
                     help="UDP segmentation offloads (GSO on send, GRO on receive) where the "
                          "kernel has them (default on)")
@@ -145,6 +147,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         check_cidr(args.ip)
         if args.attach:
             raise ConfigError("--ip applies to the TAP; with --attach, address the bridge")
+    if not 0.1 <= args.rekey_seconds <= 86400:
+        raise ConfigError(f"--rekey-seconds out of range (0.1..86400): {args.rekey_seconds}")
     if not 1 <= args.conn_limit <= 10000:
         raise ConfigError(f"--conn-limit out of range (1..10000): {args.conn_limit}")
     if len(args.iface) > 15:
@@ -159,7 +163,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         peers=tuple(parse_target(p, args.port) for p in args.peers), http=http,
         resume=args.resume, discovery=not args.no_discovery, conn_limit=args.conn_limit,
         fastdp=not args.no_fastdp, trusted_subnets=check_subnets(args.trusted_subnets),
-        offload=args.offload,
+        offload=args.offload, rekey_seconds=args.rekey_seconds,
     )
 
 

@@ -46,6 +46,7 @@ class Config:
     conn_limit: int = DEFAULT_CONN_LIMIT
     fastdp: bool = True  # hand links to kernel VXLAN where policy allows (unencrypted/trusted)
     trusted_subnets: tuple[str, ...] = ()  # peers here may use the unencrypted fast datapath
+    rekey_seconds: float = 120.0  # data key rotation period (and every 2^40 datagrams)
     offload: bool = True  # UDP GSO/GRO on the data plane (--no-offload: per datagram)
     extra: dict[str, str] = field(default_factory=dict)
 

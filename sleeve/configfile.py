@@ -24,7 +24,8 @@ OPTIONS: dict[str, type] = {
     "password_file": str, "no_encryption": bool, "port": int, "listen": str, "iface": str,
     "attach": str, "ip": str, "mtu": int, "state_dir": str, "nickname": str, "http": str,
     "log_level": str, "log_format": str, "peers": list, "resume": bool,
-    "offload": bool,
+    "offload": bool, "no_discovery": bool, "conn_limit": int, "no_fastdp": bool,
+    "trusted_subnets": str, "rekey_seconds": float,
 }
 
 
@@ -42,6 +43,14 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if isinstance(value, str):
             try:
                 return int(value)
+            except ValueError:
+                pass
+    elif want is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
             except ValueError:
                 pass
     elif want is list:

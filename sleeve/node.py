@@ -161,7 +161,7 @@ class Link:
         self.writer = writer
         self.channel = channel
         self.session = DataSession(local_index, est.hello.index, est.data_send, est.data_recv,
-                                   encrypt)
+                                   encrypt, rekey_after_seconds=node.cfg.rekey_seconds)
         # Until a datagram authenticates we can only guess the peer's UDP endpoint:
         # the address it connected from (or we dialled) and the port it announced.
         self.endpoint: tuple[str, int] = (remote[0], est.hello.udp_port)
@@ -276,6 +276,7 @@ class Link:
             "counters": {**self.stats.snapshot(),
                          **{f"drop_{k}": v for k, v in self.reasm.drops.items()}},
             "reassembling": len(self.reasm),
+            "key_epoch": {"send": self.session.send_epoch, "recv": self.session.recv_epoch},
         }
 
 
