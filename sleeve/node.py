@@ -210,6 +210,10 @@ class Link:
         hears our datagrams (or when we send over TCP); what the peer sends us is
         its own link state. Silence on both UDP and TCP means the link is dead.
         """
+        if self.virtual and not self.heard_at:
+            med = self._node._virtual.get(self.peer, (None, None, None))[2]
+            return "pending", ("hole punching: no UDP datagram from the peer yet; control "
+                               f"relayed via {format_peer_id(med) if med else 'a neighbour'}")
         return liveness.state(time.monotonic(), heard_at=self.heard_at,
                               tcp_heard_at=self.tcp_heard_at, over_tcp=self.over_tcp,
                               confirmed=self.confirmed, pmtu_known=self.pmtu_known(),
