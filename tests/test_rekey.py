@@ -24,8 +24,8 @@ from sleeve.proto.session import (
     REJECT_PREVIOUS_AFTER,
     DataSession,
 )
+from tests.test_codec_props import K1, K2, receive  # what the node does with a datagram
 
-K1, K2 = bytes(range(32)), bytes(range(32, 64))
 # What open() may answer for a datagram that was genuinely sealed for it but is not fresh
 # (or whose key is gone): never "auth", which would mean we tried the wrong key.
 STALE = {"replay", "too_old", EXPIRED_KEY}
@@ -47,17 +47,6 @@ def pair(clock: Clock, *, seconds: float = 1e9, messages: int = 2**40,
     a = DataSession(7, 9, keys[0], keys[1], encrypt, **kw)  # type: ignore[arg-type]
     b = DataSession(9, 7, keys[1], keys[0], encrypt, **kw)  # type: ignore[arg-type]
     return a, b
-
-
-def receive(s: DataSession, dgram: bytes) -> bytes | str:
-    """What the node does with a datagram: parse the header, then open."""
-    try:
-        index, counter = dg.decode_header(dgram)
-    except dg.DecodeError as e:
-        return e.reason
-    if index != s.local_index:
-        return "unknown_session"
-    return s.open(counter, dgram)
 
 
 def wire_epoch(dgram: bytes) -> int:
