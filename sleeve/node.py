@@ -649,8 +649,7 @@ class Node:
             self.port.write(reply)  # the sender is on our side
             return frags
         # The sender is behind another peer: route the ICMP back to it like any frame.
-        hop = self.mesh.routes.next_hop(src)
-        via = self.links.get(hop) if hop is not None else self.links.get(src)
+        via = self._towards(src)
         if via is not None:
             self._queue(via, dg.encode_record(dg.KIND_FRAME, reply, src=self.id, dst=src,
                                               hops=dg.MAX_HOPS))
@@ -939,15 +938,18 @@ class Node:
         finally:
             self._flush_touched()
 
+    def _towards(self, dest: bytes) -> Link | None:
+        """The link to the next hop towards ``dest`` (for relayed and routed-back records)."""
+        hop = self.mesh.routes.next_hop(dest)
+        via = self.links.get(hop) if hop is not None else None
+        return via if via is not None else self.links.get(dest)  # unconfirmed beats a drop
+
     def _relay(self, link: Link, rec: dg.Record) -> None:
         assert rec.dst is not None
         if rec.hops == 0:
             self.drops.inc("hop_limit")
             return
-        hop = self.mesh.routes.next_hop(rec.dst)
-        via = self.links.get(hop) if hop is not None else None
-        if via is None:
-            via = self.links.get(rec.dst)  # a direct link not confirmed yet beats a drop
+        via = self._towards(rec.dst)
         if via is None:
             self.drops.inc("no_route")
             return
