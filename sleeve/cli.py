@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--rekey-seconds", type=float, default=120.0, metavar="S",
                     help="rotate data keys this often (default 120; lower only for tests)")
     la.add_argument("--offload", action=argparse.BooleanOptionalAction, default=True,
-                    help="UDP segmentation offloads (GSO on send, GRO on receive) where the "
-                         "kernel has them (default on)")
+                    help="offloads where the kernel has them (default on): TCP segmentation "
+                         "on the TAP (64 KiB super-frames to peers that take them), UDP GSO "
+                         "on send and GRO on receive")
     la.add_argument("--trusted-subnets", default="", metavar="CIDR[,CIDR]",
                     help="peers in these underlay subnets may use the unencrypted fast "
                          "datapath even on an encrypted network")
@@ -202,7 +203,8 @@ def launch(args: argparse.Namespace) -> int:
             from sleeve.capture.afpacket import AfPacketPort
             return AfPacketPort(cfg.attach)
         from sleeve.capture.tap import TapPort
-        return TapPort(cfg.iface, cfg.mtu, cfg.ip, mac=stable_mac(node.id))
+        return TapPort(cfg.iface, cfg.mtu, cfg.ip, mac=stable_mac(node.id),
+                       offload=cfg.offload)
 
     try:
         node = Node(cfg, make_port)

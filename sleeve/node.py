@@ -52,12 +52,14 @@ from sleeve.config import Config, Target, check_host_port, parse_target
 from sleeve.crypto.keys import Signer, format_peer_id, load_or_create_static_key
 from sleeve.crypto.noise import KeyPair
 from sleeve.fastdp.agent import FastdpAgent
+from sleeve.forward import superframe
 from sleeve.forward.batcher import pack
 from sleeve.forward.oversize import record_source, shrink
 from sleeve.forward.reassembly import KIND_FRAGMENT, Reassembler, fragment
+from sleeve.forward.superframe import CAP_VNET, KIND_VNET, KIND_VNET_SEG, SALVAGE_AFTER
 from sleeve.mesh import ANTI_ENTROPY, LinkInfo, Mesh, jitter
 from sleeve.proto import datagram as dg
-from sleeve.proto import liveness
+from sleeve.proto import liveness, vnet
 from sleeve.proto.control import (
     ControlChannel,
     ControlError,
@@ -141,6 +143,12 @@ _BYTEORDER = sys.byteorder  # cmsg ints (UDP_SEGMENT u16, UDP_GRO int) are nativ
 _REC_UNPACK = dg.REC.unpack_from  # _on_body's hot path: module constants, no attribute lookups
 _REC_LEN = dg.REC_LEN
 _KIND_FRAME = dg.KIND_FRAME
+# Records parsed inline when sent directly by the link's peer (no flags): frames and
+# offloaded frames; offloaded ones with flags (relayed) are refused.
+_HOT_KINDS = frozenset((dg.KIND_FRAME, KIND_VNET, KIND_VNET_SEG))
+_VNET_HDR_LEN = vnet.HDR_LEN
+_VNET_MIN = vnet.HDR_LEN + 14
+_NEEDS_CSUM = vnet.F_NEEDS_CSUM
 STP_PREFIX = b"\x01\x80\xc2\x00\x00"  # IEEE 802.1D link-local group: never forwarded by a bridge
 
 
@@ -173,6 +181,9 @@ class Link:
         self._max_ceiling = ceiling
         self.reasm = Reassembler()
         self._frag_id = random.getrandbits(32)
+        # Offloaded frames (virtio header + super-frame) go whole to a peer that takes them.
+        self.peer_vnet = bool(est.hello.offloads & CAP_VNET)
+        self.segsets = superframe.SegmentSets()
         self._pmtu_known = False
         self.endpoint_learnt = False
         self.heard_at = 0.0  # last authenticated datagram
@@ -278,8 +289,10 @@ class Link:
             **self._path(),
             **self.pmtu.status(),
             "counters": {**self.stats.snapshot(),
-                         **{f"drop_{k}": v for k, v in self.reasm.drops.items()}},
-            "reassembling": len(self.reasm),
+                         **{f"drop_{k}": v for k, v in self.reasm.drops.items()},
+                         **{f"drop_{k}": v for k, v in self.segsets.drops.items()}},
+            "reassembling": len(self.reasm) + len(self.segsets),
+            "offload": "super-frames" if self.peer_vnet and self._node.vnet else "per frame",
             "key_epoch": {"send": self.session.send_epoch, "recv": self.session.recv_epoch},
         }
 
@@ -337,6 +350,8 @@ class Node:
         # UDP GSO/GRO (see SOL_UDP above); off with --no-offload. A socket whose kernel
         # refused a GSO send is remembered and gets one sendto per datagram from then on.
         self.offload = cfg.offload
+        self.vnet = False  # our port hands us virtio headers and super-frames (run() sets it)
+        self._salvage_armed = False
         self._gso_off: set[socket.socket] = set()
         self._gro_on: set[socket.socket] = set()
         self.udp_port = cfg.port
@@ -387,6 +402,7 @@ class Node:
             self.port = port = (self._port_factory() if callable(self._port_factory)
                                 else self._port_factory)
             stack.callback(port.close)
+            self.vnet = port.vnet and self.offload
             hwaddr = getattr(port, "hwaddr", None)  # a TAP: the fast datapath can bridge it
             await self.fastdp.start(port.name, port.mtu, hwaddr)
             if self.fastdp.dp is not None:
@@ -408,6 +424,9 @@ class Node:
                      self.name, self.cfg.nickname, self.cfg.listen, self.udp_port,
                      "encrypted" if self.cfg.encrypted else "UNENCRYPTED (--no-encryption)",
                      port.name, port.mtu)
+            if self.vnet:
+                log.info("port %s: TCP segmentation offload on (super-frames to peers "
+                         "that take them)", port.name)
             try:
                 async with asyncio.TaskGroup() as tg:
                     self._tg = tg
@@ -530,11 +549,23 @@ class Node:
         links = self.links
         routes = self.mesh.routes
         queue = self._queue
+        vnet = self.port.vnet
+        off = 0
         flood: list[Link] | None = None  # our broadcast tree's links, once per batch
-        for f in frames:
-            if len(f) < 14:
-                self.drops.inc("runt")
-                continue
+        for raw in frames:
+            if vnet:
+                if len(raw) < _VNET_MIN:
+                    self.drops.inc("runt")
+                    continue
+                # A partial checksum or a GSO type: the frame is unfinished; it goes as it
+                # is to a peer that takes offloaded frames, else it is finished here.
+                off = raw[0] & _NEEDS_CSUM or raw[1]
+                f = raw[_VNET_HDR_LEN:]
+            else:
+                f = raw
+                if len(f) < 14:
+                    self.drops.inc("runt")
+                    continue
             dst = f[0:6]
             if not macs.learn_local(f[6:12], now):
                 self.drops.inc("mac_conflict")
@@ -553,25 +584,66 @@ class Node:
                 if flood is None:
                     flood = self._tree_links(me, None)
                 if flood:
-                    rec = dg.encode_record(dg.KIND_FRAME, f, hops=dg.MAX_HOPS, bcast=True)
-                    for child in flood:
-                        queue(child, rec)
+                    for g in self._finish(raw) if off else (f,):
+                        rec = dg.encode_record(dg.KIND_FRAME, g, hops=dg.MAX_HOPS, bcast=True)
+                        for child in flood:
+                            queue(child, rec)
                 continue
             link = links.get(owner)
             if link is not None and link.usable:
-                queue(link, dg.frame_record(f))  # the hot path: direct, 4 bytes of framing
+                if not off:
+                    queue(link, dg.frame_record(f))  # the hot path: direct, 4 bytes of framing
+                elif not self._queue_offloaded(link, raw):
+                    for g in self._finish(raw):
+                        queue(link, dg.frame_record(g))
                 continue
             hop = routes.next_hop(owner)
             via = links.get(hop) if hop is not None else None
             if via is not None and via is not link:
-                queue(via, dg.encode_record(dg.KIND_FRAME, f, src=me, dst=owner,
-                                            hops=dg.MAX_HOPS))
+                for g in self._finish(raw) if off else (f,):
+                    queue(via, dg.encode_record(dg.KIND_FRAME, g, src=me, dst=owner,
+                                                hops=dg.MAX_HOPS))
             elif link is not None:
-                queue(link, dg.frame_record(f))  # not confirmed yet, but the only way
+                for g in self._finish(raw) if off else (f,):
+                    queue(link, dg.frame_record(g))  # not confirmed yet, but the only way
             else:
                 self.drops.inc("no_route")
         self.stats.inc("port_rx_frames", len(frames))
         self._flush_touched()
+
+    def _queue_offloaded(self, link: Link, raw: bytes) -> bool:
+        """Queue an unfinished frame (virtio header + frame) whole for ``link``'s peer.
+
+        False when the peer or the path cannot take it; the caller then finishes it in
+        software. A single frame too big for one datagram also goes back to the caller,
+        so that the per-frame path answers it as before (ICMP too big, IP fragments).
+        """
+        if not (self.vnet and link.peer_vnet) or link.over_tcp:
+            return False
+        gso = raw[1]
+        max_body = link.pmtu.current - dg.HEADER_LEN - dg.TAG_LEN
+        link._frag_id = (link._frag_id + 1) & 0xFFFFFFFF
+        try:
+            recs = superframe.cut(raw, link._frag_id, max_body)
+        except vnet.VnetError:
+            return False  # the software path counts it under its reason
+        if recs is None:
+            return False
+        queue = self._queue
+        for r in recs:
+            queue(link, r)
+        link.stats.inc("tx_superframes" if gso else "tx_offloaded_frames")
+        return True
+
+    def _finish(self, raw: bytes) -> list[bytes]:
+        """Ordinary frames for an unfinished one: checksum completed, TSO cut in software."""
+        try:
+            out = vnet.to_frames(raw[:_VNET_HDR_LEN], raw[_VNET_HDR_LEN:])
+        except vnet.VnetError as e:
+            self.drops.inc(e.reason)
+            return []
+        self.stats.inc("tx_segmented" if raw[1] else "tx_csum_completed")
+        return out
 
     def _tree_links(self, source: bytes, came_from: bytes | None) -> list[Link]:
         """Links to our children in ``source``'s broadcast tree.
@@ -893,7 +965,7 @@ class Node:
                 if end - off < _REC_LEN:
                     raise dg.DecodeError("truncated_record")
                 length, kind, flags = unpack(mv, off)
-                if not flags and kind == _KIND_FRAME:
+                if not flags and kind in _HOT_KINDS:
                     start = off + _REC_LEN
                     off = start + length
                     if off > end:
@@ -901,7 +973,20 @@ class Node:
                     if peer == me:
                         self.drops.inc("loop")  # our own frame came back round
                         continue
-                    deliver(link, peer, mv[start:off], now)
+                    if kind == _KIND_FRAME:
+                        deliver(link, peer, mv[start:off], now)
+                    elif kind == KIND_VNET_SEG:
+                        sets = link.segsets
+                        self._write_offloaded(link, sets.add(mv[start:off], now), now)
+                        if sets and not self._salvage_armed:
+                            self._salvage_armed = True
+                            asyncio.get_running_loop().call_later(
+                                SALVAGE_AFTER, self._salvage)
+                    elif length >= _VNET_HDR_LEN:
+                        self._deliver_offloaded(link, peer, mv[start:start + _VNET_HDR_LEN],
+                                                mv[start + _VNET_HDR_LEN:off], now)
+                    else:
+                        self.drops.inc("bad_vnet")
                     continue
                 rec, off = dg.parse_record(mv, off)
                 if rec.kind == dg.KIND_FRAME:
@@ -919,6 +1004,8 @@ class Node:
                     self._on_heartbeat(link, rec.payload, now)
                 elif rec.kind == dg.KIND_PROBE:
                     self._on_probe(link, rec, size, now)
+                elif rec.kind in _HOT_KINDS:
+                    self.drops.inc("bad_offload_record")  # offloaded frames are one hop only
                 elif rec.kind == KIND_FRAGMENT and not reassembled:
                     whole = link.reasm.add(rec.payload, now)
                     if whole is not None:
@@ -971,17 +1058,56 @@ class Node:
         self.stats.inc("relayed_broadcasts")
 
     def _deliver(self, link: Link, src_peer: bytes, frame: memoryview, now: float) -> None:
+        if self._learn_remote(frame, src_peer, now):
+            assert self.port is not None
+            self.port.write(frame)
+            link.stats.inc("rx_frames")
+
+    def _learn_remote(self, frame: bytes | memoryview, src_peer: bytes, now: float) -> bool:
         if len(frame) < 14:
             self.drops.inc("runt")
-            return
+            return False
         src = bytes(frame[6:12])
         if src[0] & 1:
             self.drops.inc("bad_src_mac")
-            return
+            return False
         self.macs.learn_remote(src, src_peer, now)
+        return True
+
+    def _write_offloaded(self, link: Link, writes: list[superframe.Write], now: float) -> None:
+        for hdr, frame in writes:
+            self._deliver_offloaded(link, link.peer, hdr, frame, now)
+
+    def _salvage(self) -> None:
+        """Write out segment sets left incomplete (their missing datagrams are lost)."""
+        self._salvage_armed = False
+        now = time.monotonic()
+        pending = False
+        for link in list(self.links.values()):
+            if link.segsets:
+                self._write_offloaded(link, link.segsets.expire(now), now)
+                pending = pending or bool(link.segsets)
+        if pending:
+            self._salvage_armed = True
+            asyncio.get_running_loop().call_later(SALVAGE_AFTER, self._salvage)
+
+    def _deliver_offloaded(self, link: Link, src_peer: bytes, hdr: bytes | memoryview,
+                           frame: bytes | memoryview, now: float) -> None:
+        """Write a peer's virtio header + frame to our port (the port segments if it must)."""
+        h = vnet.parse(hdr)
+        reason = vnet.check(h, len(frame))
+        if reason is not None:
+            self.drops.inc(reason)
+            return
+        if not self._learn_remote(frame, src_peer, now):
+            return
+        if h.flags & vnet.F_DATA_VALID:
+            hdr = vnet.sanitized(hdr)  # a peer never vouches for checksums to our kernel
         assert self.port is not None
-        self.port.write(frame)
+        self.port.write_vnet(hdr, frame)
         link.stats.inc("rx_frames")
+        if h.gso_type:
+            link.stats.inc("rx_superframes")
 
     def _on_probe(self, link: Link, rec: dg.Record, size: int, now: float) -> None:
         msg = None if rec.src or rec.dst else parse_probe(rec.payload)
@@ -1033,6 +1159,7 @@ class Node:
             self._probe(link, now)
             self._gso_proof(link, now)
             link.reasm.expire(now)
+            self._write_offloaded(link, link.segsets.expire(now), now)
             if now >= link.next_gossip:
                 link.next_gossip = now + jitter(ANTI_ENTROPY)
                 self._send_full_view(link)
@@ -1339,7 +1466,8 @@ class Node:
         remote = (str(peer[0]), int(peer[1]))
         where = f"{remote[0]}:{remote[1]}"
         index = self._new_index()
-        hello = Hello(self.cfg.nickname[:64], self.uid, index, self.udp_port, where[:64])
+        hello = Hello(self.cfg.nickname[:64], self.uid, index, self.udp_port, where[:64],
+                      CAP_VNET if self.vnet else 0)
         ch = ControlChannel(initiator=outbound, static=self.static, psk=self.cfg.psk, hello=hello,
                             signer=self.signer)
         link: Link | None = None

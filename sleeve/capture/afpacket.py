@@ -19,7 +19,7 @@ import errno
 import socket
 import struct
 
-from sleeve.capture.base import BATCH, PortError
+from sleeve.capture.base import BATCH, PortError, write_segmented
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -57,6 +57,7 @@ class AfPacketPort:
         self.name = ifname
         self.mtu = _read_mtu(ifname)
         self.tx_dropped = 0
+        self.vnet = False
 
     def fileno(self) -> int:
         return self._s.fileno()
@@ -81,6 +82,9 @@ class AfPacketPort:
             if e.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EMSGSIZE, errno.ENETDOWN):
                 raise
             self.tx_dropped += 1
+
+    def write_vnet(self, hdr: bytes | memoryview, frame: bytes | memoryview) -> None:
+        write_segmented(self, hdr, frame)
 
     def close(self) -> None:
         self._s.close()

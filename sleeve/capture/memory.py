@@ -3,6 +3,8 @@
 Frames "from the host" are pushed with ``inject``; frames the router writes
 towards the host are collected in ``delivered``. A socketpair provides a real
 readable fd so the node's event-loop code path is the same as for a TAP.
+With ``vnet=True`` it behaves like a TAP with ``IFF_VNET_HDR``: injected frames
+must carry the 10-byte virtio-net header, and ``delivered`` holds header + frame.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ from __future__ import annotations
 import collections
 import socket
 
-from sleeve.capture.base import BATCH
+from sleeve.capture.base import BATCH, write_segmented
+from sleeve.proto.vnet import ZERO_HDR
 
 
 class MemoryPort:
-    def __init__(self, name: str = "mem0", mtu: int = 1500, capacity: int = 4096) -> None:
+    def __init__(self, name: str = "mem0", mtu: int = 1500, capacity: int = 4096,
+                 vnet: bool = False) -> None:
         self.name = name
+        self.vnet = vnet
         self.mtu = mtu
         self.tx_dropped = 0
         self._rx: collections.deque[bytes] = collections.deque()
@@ -54,7 +59,13 @@ class MemoryPort:
         return out
 
     def write(self, frame: bytes | memoryview) -> None:
-        self.delivered.append(bytes(frame))
+        self.delivered.append(ZERO_HDR + bytes(frame) if self.vnet else bytes(frame))
+
+    def write_vnet(self, hdr: bytes | memoryview, frame: bytes | memoryview) -> None:
+        if self.vnet:
+            self.delivered.append(bytes(hdr) + bytes(frame))
+        else:
+            write_segmented(self, hdr, frame)
 
     def close(self) -> None:
         self._r.close()

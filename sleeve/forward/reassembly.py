@@ -56,8 +56,7 @@ class Reassembler:
     __slots__ = ("_sets", "drops")
 
     def __init__(self) -> None:
-        # set id -> (first seen, count, parts by index)
-        self._sets: OrderedDict[int, tuple[float, int, dict[int, bytes]]] = OrderedDict()
+        self._sets: OrderedDict[int, _Set] = OrderedDict()
         self.drops: dict[str, int] = {}
 
     def _drop(self, reason: str) -> None:
@@ -77,31 +76,43 @@ class Reassembler:
             if len(self._sets) >= MAX_SETS:
                 self._sets.popitem(last=False)
                 self._drop("fragment_evicted")
-            entry = (now, count, {})
+            entry = _Set(now, count)
             self._sets[set_id] = entry
-        _, want, parts = entry
-        if want != count:
+        if entry.count != count:
             del self._sets[set_id]
             self._drop("bad_fragment")
             return None
         data = bytes(payload[FRAG_HEAD.size:])
+        parts = entry.parts
+        old = parts.get(index)
         parts[index] = data
-        if sum(len(p) for p in parts.values()) > MAX_RECORD:
+        entry.size += len(data) - (len(old) if old is not None else 0)
+        if entry.size > MAX_RECORD:
             del self._sets[set_id]
             self._drop("fragment_too_big")
             return None
         if len(parts) < count:
             return None
         del self._sets[set_id]
-        return b"".join(parts[i] for i in range(count))
+        return b"".join([parts[i] for i in range(count)])
 
     def expire(self, now: float) -> None:
         while self._sets:
-            set_id, (first, _, _) = next(iter(self._sets.items()))
-            if now - first < TIMEOUT:
+            set_id, entry = next(iter(self._sets.items()))
+            if now - entry.first < TIMEOUT:
                 break
             del self._sets[set_id]
             self._drop("fragment_timeout")
 
     def __len__(self) -> int:
         return len(self._sets)
+
+
+class _Set:
+    __slots__ = ("count", "first", "parts", "size")
+
+    def __init__(self, first: float, count: int) -> None:
+        self.first = first
+        self.count = count
+        self.size = 0  # bytes held, kept up to date so a check costs O(1) per fragment
+        self.parts: dict[int, bytes] = {}

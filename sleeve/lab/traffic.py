@@ -8,19 +8,24 @@ import sys
 
 from sleeve.lab.netns import Host
 
-# Receiver: accept one connection, hash everything until EOF, print "bytes sha256".
+# Receiver: accept one connection, hash everything until EOF, print "bytes sha256 gap":
+# gap is the longest time between two reads that returned data (a stalled flow shows it).
 _RECV = r"""
-import hashlib, socket, sys
+import hashlib, socket, sys, time
 s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1); s.settimeout(float(sys.argv[3]))
 print("ready", flush=True)
 c, _ = s.accept(); c.settimeout(float(sys.argv[3])); h = hashlib.sha256(); n = 0
+gap = 0.0; last = None
 while True:
     b = c.recv(1 << 16)
     if not b: break
+    now = time.monotonic()
+    if last is not None: gap = max(gap, now - last)
+    last = now
     h.update(b); n += len(b)
-print(n, h.hexdigest(), flush=True)
+print(n, h.hexdigest(), gap, flush=True)
 """
 # Sender: deterministic pseudo-random data from a seed, so both ends can hash it.
 _SEND = r"""
@@ -53,6 +58,14 @@ def tcp_transfer(src: Host, dst: Host, dst_ip: str, nbytes: int, port: int = 520
 
     Compare the digest with :func:`expected_digest` to prove the data arrived intact.
     """
+    n, digest, secs, _ = tcp_transfer_gap(src, dst, dst_ip, nbytes, port, timeout, seed)
+    return n, digest, secs
+
+
+def tcp_transfer_gap(src: Host, dst: Host, dst_ip: str, nbytes: int, port: int = 5201,
+                     timeout: float = 60.0, seed: str = "sleeve",
+                     ) -> tuple[int, str, float, float]:
+    """``tcp_transfer`` plus the longest pause between the receiver's reads, in seconds."""
     recv = dst.popen(sys.executable, "-c", _RECV, dst_ip, str(port), str(timeout),
                      stdout=subprocess.PIPE)
     assert recv.stdout is not None
@@ -66,5 +79,5 @@ def tcp_transfer(src: Host, dst: Host, dst_ip: str, nbytes: int, port: int = 520
     finally:
         if recv.poll() is None:
             dst.stop(recv)
-    n, digest = out.decode().split()
-    return int(n), digest, secs
+    n, digest, gap = out.decode().split()
+    return int(n), digest, secs, float(gap)

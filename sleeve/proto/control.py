@@ -128,15 +128,19 @@ class Hello:
     index: int  # our data-plane session index for this link (receiver index)
     udp_port: int
     seen: str = ""  # the address we see the other side at ("" if unknown)
+    # Data-plane capabilities, a bit set (absent = 0, so older peers parse as none):
+    # 1 = we take offloaded frames with virtio-net headers (sleeve.forward.superframe).
+    offloads: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         return {"t": "hello", "nick": self.nickname, "uid": self.uid, "idx": self.index,
-                "udp": self.udp_port, "seen": self.seen}
+                "udp": self.udp_port, "seen": self.seen, "off": self.offloads}
 
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> Hello:
         try:
-            h = cls(m["nick"], m["uid"], m["idx"], m["udp"], m.get("seen", ""))
+            h = cls(m["nick"], m["uid"], m["idx"], m["udp"], m.get("seen", ""),
+                    m.get("off", 0))
         except KeyError as e:
             raise ControlError("bad_hello", f"hello lacks field {e}") from None
         # type(...) is int: msgpack booleans are ints to isinstance
@@ -144,7 +148,8 @@ class Hello:
                 and type(h.uid) is int and 0 < h.uid < 1 << 64
                 and type(h.index) is int and 0 < h.index < 1 << 32
                 and type(h.udp_port) is int and 0 < h.udp_port < 65536
-                and isinstance(h.seen, str) and len(h.seen) <= 64):
+                and isinstance(h.seen, str) and len(h.seen) <= 64
+                and type(h.offloads) is int and 0 <= h.offloads < 1 << 32):
             raise ControlError("bad_hello", "hello has a field of the wrong type or range")
         return h
 
