@@ -117,7 +117,7 @@ def run_demo() -> int:
             _say(f"    {name} -> {dst}: " + ("ok" if r.returncode == 0 else "FAILED") +
                  (f"  ({line[-1].split('=')[-1].strip()})" if line else ""))
         _say("    (b -> c reaches the host behind NAT: the tunnel it dialled carries it;")
-        _say("     d -> b is relayed by a around the firewall)")
+        _say("     d -> b is relayed around the firewall by a neighbour of both)")
 
         _step(4, f"Transferring {TRANSFER // 1_000_000} MB from a to b, checked with SHA-256")
         result: dict[str, Any] = {}
