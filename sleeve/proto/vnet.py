@@ -119,7 +119,8 @@ def check_raw(hdr: bytes | memoryview, frame_len: int) -> str | None:
     """``check`` on the 10 header bytes (per-frame path: no ``VnetHeader`` built)."""
     if len(hdr) < HDR_LEN:
         return "bad_vnet"
-    return _check(*HDR.unpack_from(hdr), frame_len)
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = HDR.unpack_from(hdr)
+    return _check(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, frame_len)
 
 
 def _check(flags: int, gso_type: int, hdr_len: int, gso_size: int, csum_start: int,
