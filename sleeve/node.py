@@ -352,6 +352,7 @@ class Node:
         self.offload = cfg.offload
         self.vnet = False  # our port hands us virtio headers and super-frames (run() sets it)
         self._salvage_armed = False
+        self._delivered = False  # frames written to the port in this event (see _answers)
         self._gso_off: set[socket.socket] = set()
         self._gro_on: set[socket.socket] = set()
         self.udp_port = cfg.port
@@ -869,6 +870,7 @@ class Node:
                     log.exception("internal error handling a datagram")
         finally:
             self._flush_touched()  # relayed records, one aggregation per batch
+            self._answers()
 
     def _on_udp_readable_gro(self, sock: socket.socket) -> None:
         """Like ``_on_udp_readable``, but a read may hold a run of coalesced datagrams.
@@ -908,6 +910,20 @@ class Node:
                         log.exception("internal error handling a datagram")
         finally:
             self._flush_touched()  # relayed records, one aggregation per batch
+            self._answers()
+
+    def _answers(self) -> None:
+        """Read the port right after writing frames to it.
+
+        Writing a frame into the TAP runs our kernel's receive path inside that system
+        call, so its answer (a TCP ACK, an echo reply) is usually queued on the TAP when
+        the write returns. Reading it now, while this process is running, sends it on
+        without a round through epoll and the wake-up of a cold interpreter, a large
+        part of a Python router's latency (see bench/results/perf-notes.md).
+        """
+        if self._delivered:
+            self._delivered = False
+            self._on_port_readable()
 
     def _on_datagram(self, data: bytes, addr: tuple[Any, ...]) -> None:
         try:
@@ -1024,6 +1040,7 @@ class Node:
             self._on_body(link, body, len(body), time.monotonic(), False)
         finally:
             self._flush_touched()
+            self._answers()
 
     def _towards(self, dest: bytes) -> Link | None:
         """The link to the next hop towards ``dest`` (for relayed and routed-back records)."""
@@ -1061,6 +1078,7 @@ class Node:
         if self._learn_remote(frame, src_peer, now):
             assert self.port is not None
             self.port.write(frame)
+            self._delivered = True
             link.stats.inc("rx_frames")
 
     def _learn_remote(self, frame: bytes | memoryview, src_peer: bytes, now: float) -> bool:
@@ -1104,6 +1122,7 @@ class Node:
             hdr = vnet.sanitized(hdr)  # a peer never vouches for checksums to our kernel
         assert self.port is not None
         self.port.write_vnet(hdr, frame)
+        self._delivered = True
         link.stats.inc("rx_frames")
         if hdr[1]:
             link.stats.inc("rx_superframes")
