@@ -70,6 +70,8 @@ SALVAGE_AFTER: Final = 0.01  # s: an incomplete set older than this lost datagra
 DONE_MEMORY: Final = 64  # ids of written sets remembered, so stragglers go on their own
 
 Write = tuple[bytes, bytes]  # (virtio header, frame) for the TAP
+_NOTHING: Final[list[Write]] = []  # returned when there is nothing to write; never mutated
+_HDR_LEN_AT: Final = FRAG_HEAD.size + 2  # the virtio header's hdr_len, little-endian
 
 
 def cut(raw: bytes, set_id: int, max_body: int) -> list[bytes] | None:
@@ -112,7 +114,7 @@ class _Set:
         self.count = count
         self.prefix = prefix  # virtio header + the super-frame's headers
         self.size = 0
-        self.parts: dict[int, bytes] = {}
+        self.parts: dict[int, bytes | memoryview] = {}
 
 
 class SegmentSets:
@@ -133,31 +135,41 @@ class SegmentSets:
         return len(self._sets)
 
     def add(self, payload: bytes | memoryview, now: float) -> list[Write]:
-        if len(payload) < SEG_HEAD + 14:
+        """``payload`` is a view of an authenticated body that the caller does not reuse:
+        the segment is kept as a view into it (one copy, at the join, not two)."""
+        n = len(payload)
+        if n < SEG_HEAD + 14:
             self._drop("bad_segment")
-            return []
+            return _NOTHING
         set_id, index, count = FRAG_HEAD.unpack_from(payload, 0)
-        end = SEG_HEAD + vnet.HDR.unpack_from(payload, FRAG_HEAD.size)[2]  # + hdr_len
-        if index >= count or end > len(payload):
+        end = SEG_HEAD + (payload[_HDR_LEN_AT] | payload[_HDR_LEN_AT + 1] << 8)  # + hdr_len
+        if index >= count or end > n:
             self._drop("bad_segment")
-            return []
-        prefix = bytes(payload[FRAG_HEAD.size:end])
-        seg = bytes(payload[end:])
-        if set_id in self._done:  # a straggler of a set already written: on its own
-            return self._run(prefix, seg, index, index == count - 1)
-        out: list[Write] = []
+            return _NOTHING
+        seg = payload[end:]
         entry = self._sets.get(set_id)
+        if entry is not None:  # the common case: a set under way; same headers, new index
+            if entry.count != count or index in entry.parts or payload[FRAG_HEAD.size:end] \
+                    != entry.prefix:
+                self._drop("bad_segment")
+                return _NOTHING
+            parts = entry.parts
+            parts[index] = seg
+            entry.size += n - end
+            if len(parts) < count and entry.size <= MAX_SET_BYTES:
+                return _NOTHING
+        prefix = bytes(payload[FRAG_HEAD.size:end])
+        if set_id in self._done:  # a straggler of a set already written: on its own
+            return self._run(prefix, bytes(seg), index, index == count - 1)
+        out: list[Write] = []
         if entry is None:
             if len(self._sets) >= MAX_SETS:
                 old_id, old = self._sets.popitem(last=False)
                 out += self._finish(old_id, old, "segment_set_evicted")
             entry = _Set(now, count, prefix)
             self._sets[set_id] = entry
-        elif entry.count != count or entry.prefix != prefix or index in entry.parts:
-            self._drop("bad_segment")
-            return out
-        entry.parts[index] = seg
-        entry.size += len(seg)
+            entry.parts[index] = seg
+            entry.size += n - end
         if entry.size > MAX_SET_BYTES:
             del self._sets[set_id]
             self._remember(set_id)
