@@ -630,9 +630,9 @@ class Node:
             return False  # the software path counts it under its reason
         if recs is None:
             return False
-        queue = self._queue
-        for r in recs:
-            queue(link, r)
+        if not link.pending:
+            self._touched.append(link)
+        link.pending += recs
         link.stats.inc("tx_superframes" if gso else "tx_offloaded_frames")
         return True
 
