@@ -26,6 +26,7 @@ from sleeve.forward import superframe
 from sleeve.node import Node
 from sleeve.proto import datagram as dg
 from sleeve.proto import vnet
+from sleeve.status.metrics import metrics_route
 from tests.test_node_inproc import MAC_A, MAC_B, PSK, established, frame, wait_for
 
 MSS = 1348
@@ -201,6 +202,9 @@ def test_super_frames_cross_whole_between_offload_peers(size: int) -> None:
         assert la.stats["tx_superframes"] == 5 and lb.stats["rx_superframes"] == 5
         assert la.status()["offload"] == "super-frames"
         assert set(b.drops.snapshot()) <= {"unknown_session"}
+        text = metrics_route(b.status)({})[1].decode()
+        assert next(ln for ln in text.splitlines() if ln.startswith(
+            "sleeve_link_superframes_total") and 'direction="rx"' in ln).endswith(" 5.0")
 
     asyncio.run(pair(body, True, True))
 

@@ -31,6 +31,9 @@ class _NodeCollector(Collector):
                                         labels=[*labels, "direction"])
         link_drops = CounterMetricFamily("sleeve_link_drops", "datagrams dropped per link",
                                          labels=[*labels, "reason"])
+        link_super = CounterMetricFamily("sleeve_link_superframes",
+                                         "TCP super-frames per link, carried whole (TSO)",
+                                         labels=[*labels, "direction"])
         rtt = GaugeMetricFamily("sleeve_link_rtt_seconds", "heartbeat round-trip time",
                                 labels=labels)
         pmtu = GaugeMetricFamily("sleeve_link_pmtu_bytes", "largest datagram for the link",
@@ -43,6 +46,7 @@ class _NodeCollector(Collector):
             for d in ("tx", "rx"):
                 link_bytes.add_metric([*lv, d], k.get(f"{d}_bytes", 0))
                 link_pkts.add_metric([*lv, d], k.get(f"{d}_packets", 0))
+                link_super.add_metric([*lv, d], k.get(f"{d}_superframes", 0))
             for key, v in k.items():
                 if key.startswith("drop_"):
                     link_drops.add_metric([*lv, key[5:]], v)
@@ -51,7 +55,7 @@ class _NodeCollector(Collector):
             pmtu.add_metric(lv, c.get("pmtu", 0))
             up.add_metric([*lv, c["path"], str(c["encrypted"]).lower()],
                           1 if c["state"] == "established" else 0)
-        yield from (link_bytes, link_pkts, link_drops, rtt, pmtu, up)
+        yield from (link_bytes, link_pkts, link_super, link_drops, rtt, pmtu, up)
         drops = CounterMetricFamily("sleeve_drops", "untrusted or undeliverable input dropped",
                                     labels=["reason"])
         for reason, v in st["drops"].items():
