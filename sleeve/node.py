@@ -957,12 +957,7 @@ class Node:
             n = len(body)
             if (n > _REC_LEN and body[2] == KIND_VNET_SEG and not body[3]
                     and (body[0] << 8 | body[1]) + _REC_LEN == n and link.peer != me):
-                sets = link.segsets
-                writes = sets.add(memoryview(body)[_REC_LEN:], now)
-                if writes:
-                    self._write_offloaded(link, writes, now)
-                if not self._salvage_armed and sets:
-                    self._arm_salvage()
+                self._on_segment(link, memoryview(body)[_REC_LEN:], now)
             else:
                 self._on_body(link, body, len(d), now, False)
         if cur is not None:
@@ -1052,12 +1047,7 @@ class Node:
                     if kind == _KIND_FRAME:
                         deliver(link, peer, mv[start:off], now)
                     elif kind == KIND_VNET_SEG:
-                        sets = link.segsets
-                        writes = sets.add(mv[start:off], now)
-                        if writes:
-                            self._write_offloaded(link, writes, now)
-                        if not self._salvage_armed and sets:
-                            self._arm_salvage()
+                        self._on_segment(link, mv[start:off], now)
                     elif length >= _VNET_HDR_LEN:
                         self._deliver_offloaded(link, peer, mv[start:start + _VNET_HDR_LEN],
                                                 mv[start + _VNET_HDR_LEN:off], now)
@@ -1151,6 +1141,15 @@ class Node:
             return False
         self.macs.learn_remote(src, src_peer, now)
         return True
+
+    def _on_segment(self, link: Link, payload: memoryview, now: float) -> None:
+        """A KIND_VNET_SEG record's payload: into its set; write what that completes."""
+        sets = link.segsets
+        writes = sets.add(payload, now)
+        if writes:
+            self._write_offloaded(link, writes, now)
+        if not self._salvage_armed and sets:
+            self._arm_salvage()
 
     def _write_offloaded(self, link: Link, writes: list[superframe.Write], now: float) -> None:
         for hdr, frame in writes:

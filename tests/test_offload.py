@@ -18,8 +18,10 @@ from sleeve.node import Node
 from tests.test_node_inproc import MAC_A, MAC_B, PSK, established, frame, wait_for
 
 
-def make(offload: bool, peers: tuple[Target, ...] = ()) -> tuple[Node, MemoryPort]:
-    port = MemoryPort(capacity=8192)
+def make(offload: bool, peers: tuple[Target, ...] = (), vnet: bool = False,
+         ) -> tuple[Node, MemoryPort]:
+    """A node on loopback; ``vnet``: its port behaves like a TAP with IFF_VNET_HDR."""
+    port = MemoryPort(capacity=8192, vnet=vnet)
     cfg = Config(psk=PSK, port=0, listen="127.0.0.1", peers=peers, http=None, offload=offload,
                  state_dir=pathlib.Path(tempfile.mkdtemp(prefix="sleeve-test-")))
     return Node(cfg, port, static=KeyPair.generate()), port

@@ -7,10 +7,8 @@ every combination of capabilities runs without root; the lab tests cover real TA
 from __future__ import annotations
 
 import asyncio
-import pathlib
 import random
 import struct
-import tempfile
 from typing import Any
 
 import pytest
@@ -20,14 +18,14 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from sleeve.capture.memory import MemoryPort
-from sleeve.config import Config, Target
-from sleeve.crypto.noise import KeyPair
+from sleeve.config import Target
 from sleeve.forward import superframe
 from sleeve.node import Node
 from sleeve.proto import datagram as dg
 from sleeve.proto import vnet
 from sleeve.status.metrics import metrics_route
-from tests.test_node_inproc import MAC_A, MAC_B, PSK, established, frame, wait_for
+from tests.test_node_inproc import MAC_A, MAC_B, established, frame, wait_for
+from tests.test_offload import make
 
 MSS = 1348
 
@@ -140,22 +138,15 @@ def test_segment_sets_are_bounded() -> None:
     assert sets.add(bytes(10), 0.0) == [] and sets.drops["bad_segment"] == 1
 
 
-def make(vnet_port: bool, peers: tuple[Target, ...] = ()) -> tuple[Node, MemoryPort]:
-    port = MemoryPort(capacity=8192, vnet=vnet_port)
-    cfg = Config(psk=PSK, port=0, listen="127.0.0.1", peers=peers, http=None,
-                 state_dir=pathlib.Path(tempfile.mkdtemp(prefix="sleeve-test-")))
-    return Node(cfg, port, static=KeyPair.generate()), port
-
-
 def plain(port: MemoryPort, f: bytes) -> bytes:
     return vnet.ZERO_HDR + f if port.vnet else f
 
 
 async def pair(body: Any, vnet_a: bool, vnet_b: bool) -> None:
-    b, pb = make(vnet_b)
+    b, pb = make(True, vnet=vnet_b)
     tb = asyncio.create_task(b.run())
     await wait_for(lambda: b.udp is not None and b.port is not None)
-    a, pa = make(vnet_a, (Target("127.0.0.1", b.udp_port),))
+    a, pa = make(True, (Target("127.0.0.1", b.udp_port),), vnet=vnet_a)
     ta = asyncio.create_task(a.run())
     try:
         await wait_for(lambda: established(a) and established(b))
