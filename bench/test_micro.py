@@ -20,7 +20,7 @@ import pytest
 
 from sleeve.crypto.aead import Sealer
 from sleeve.forward.batcher import pack
-from sleeve.node import STP_PREFIX
+from sleeve.forward.egress import STP_PREFIX
 from sleeve.proto import datagram as dg
 from sleeve.proto.mactable import LOCAL, MacTable
 from sleeve.proto.replay import ReplayWindow
@@ -219,7 +219,7 @@ class _Link:
 
 
 def _classify(frames: list[bytes], macs: MacTable, links: dict[bytes, _Link]) -> list[_Link]:
-    """The per-frame part of node.Node._on_port_readable, minus stats counters."""
+    """The per-frame part of forward.egress.Egress.on_port_readable, minus stats counters."""
     now = NOW
     touched: list[_Link] = []
     for f in frames:

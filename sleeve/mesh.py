@@ -1,8 +1,9 @@
 """The mesh adapter: gossip over control connections, discovery candidates, route status.
 
-Sans-IO glue between the node and the pure ``proto.topology``/``proto.routes``: the
-node tells it about its links and the gossip it receives, and gets back the bytes to
-send to whom. No sockets, no clock of its own (``now`` is passed in), so the whole
+Sans-IO glue between the router and the pure ``proto.topology``/``proto.routes``: it is
+told about our links and the gossip we receive, and gives back the records to send.
+``gossip.topology.TopologyChannel`` plugs it into the gossip router as the "topology"
+channel. No sockets, no clock of its own (``now`` is passed in), so the whole
 mesh can be simulated in one process (bench/test_mesh_scale.py, tests/test_mesh.py).
 
 Gossip is a control message ``{"t": "topo", "r": <topology message>}`` (see
@@ -77,45 +78,39 @@ class Mesh:
     # -- gossip -----------------------------------------------------------------------------
     def full_state(self) -> list[bytes]:
         """Our whole view as one or more messages (a new neighbour, anti-entropy)."""
-        out: list[bytes] = []
-        chunk: list[PeerRecord] = []
-        size = 0
-        for r in self.topology.records():
-            n = len(r.canonical())
-            if chunk and size + n > CHUNK_BYTES:
-                out.append(encode_records(chunk))
-                chunk, size = [], 0
-            chunk.append(r)
-            size += n
-        if chunk:
-            out.append(encode_records(chunk))
-        return out
+        return encode_chunked(self.topology.records())
 
     def receive(self, sender: bytes, sender_uid: int, sender_key: bytes,
                 data: bytes) -> tuple[bytes | None, str]:
-        """Merge a gossip message from a direct neighbour.
+        """Merge a gossip message from a direct neighbour (see ``merge``).
+
+        Returns (message to forward to every other link, or None; outcome).
+        """
+        delta, outcome = self.merge(sender, sender_uid, sender_key, data)
+        return (encode_records(delta) if delta else None), outcome
+
+    def merge(self, sender: bytes, sender_uid: int, sender_key: bytes,
+              data: bytes) -> tuple[list[PeerRecord], str]:
+        """Merge a gossip message from a direct neighbour; returns (delta, outcome).
 
         ``sender``, ``sender_uid`` and ``sender_key`` are what the neighbour's handshake
         established: its peer id, incarnation id (Hello) and Ed25519 key (certified in
-        its Hello). Returns (message to forward to every other link, or None; outcome).
-        The outcome is "ok" or a drop reason, and nothing was merged unless it is "ok".
-        A neighbour is the only source of its own record we accept directly: one about
-        it with another incarnation id or key is a lie or a mix-up.
+        its Hello). The delta is the records that improved our view. The outcome is
+        "ok" or a drop reason, and nothing was merged unless it is "ok". A neighbour is
+        the only source of its own record we accept directly: one about it with another
+        incarnation id or key is a lie or a mix-up.
         """
         try:
             recs = decode_records(data)
         except TopologyDecodeError:
-            return None, "gossip_undecodable"
+            return [], "gossip_undecodable"
         for r in recs:
             if r.peer == sender and (r.uid != sender_uid or r.key != sender_key):
-                return None, "gossip_bad_origin"
+                return [], "gossip_bad_origin"
         try:
-            delta = self.topology.merge(recs)
+            return self.topology.merge(recs), "ok"
         except TopologyAuthError:
-            return None, "gossip_bad_signature"
-        if not delta:
-            return None, "ok"
-        return encode_records(delta), "ok"
+            return [], "gossip_bad_signature"
 
     def gc(self, now: float) -> list[bytes]:
         """Forget peers that have been unreachable for a while; returns their ids."""
@@ -158,6 +153,23 @@ class Mesh:
             level = nxt
         del dist[self.me]
         return dist
+
+
+def encode_chunked(records: Iterable[PeerRecord]) -> list[bytes]:
+    """Records as messages of at most about ``CHUNK_BYTES`` each."""
+    out: list[bytes] = []
+    chunk: list[PeerRecord] = []
+    size = 0
+    for r in records:
+        n = len(r.canonical())
+        if chunk and size + n > CHUNK_BYTES:
+            out.append(encode_records(chunk))
+            chunk, size = [], 0
+        chunk.append(r)
+        size += n
+    if chunk:
+        out.append(encode_records(chunk))
+    return out
 
 
 def jitter(period: float) -> float:

@@ -9,8 +9,9 @@ import tempfile
 
 from sleeve.capture.memory import MemoryPort
 from sleeve.config import Config, Target
+from sleeve.control.connections import ACCEPT_BURST, MAX_HANDSHAKES
 from sleeve.crypto.noise import KeyPair
-from sleeve.node import ACCEPT_BURST, MAX_HANDSHAKES, Node
+from sleeve.node import Node
 from tests.test_node_inproc import PSK, established, wait_for
 
 
@@ -60,9 +61,9 @@ def test_accept_flood_is_rate_limited_and_half_open_handshakes_are_bounded() -> 
                     pass
                 socks.append(s)
                 await asyncio.sleep(0)
-                peak = max(peak, b._handshaking)
+                peak = max(peak, b.conns.handshaking)
             await asyncio.sleep(0.5)
-            peak = max(peak, b._handshaking)
+            peak = max(peak, b.conns.handshaking)
             limited = b.drops["accept_rate_limited"] + b.drops["handshake_limit"]
             assert limited >= 150 - ACCEPT_BURST - 5, b.drops.snapshot()
             assert peak <= MAX_HANDSHAKES

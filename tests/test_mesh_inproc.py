@@ -156,10 +156,10 @@ def test_gossip_that_lies_about_the_sender_is_refused() -> None:
             assert link.sign_key == a.signer.public  # what a's handshake certified
             forged = sign_record(replace(a.mesh.topology.own, uid=a.uid + 1, version=99),
                                  a.signer)  # even validly signed: not its incarnation
-            b._on_control(link, {"t": "topo", "r": encode_records([forged])})
+            b.conns.on_control(link, {"t": "topo", "r": encode_records([forged])})
             assert b.drops["gossip_bad_origin"] == 1
             assert b.mesh.topology.get(a.id) != forged
-            b._on_control(link, {"t": "topo", "r": b"\xc1garbage"})
+            b.conns.on_control(link, {"t": "topo", "r": b"\xc1garbage"})
             assert b.drops["gossip_undecodable"] == 1
 
     asyncio.run(run())
@@ -186,7 +186,7 @@ def test_insider_cannot_forge_gossip_for_another_peer() -> None:
             resigned = replace(lie, sig=a.signer.sign(lie.signed_bytes()))
             link = b.links[a.id]
             for n, forged in enumerate((lie, resigned), 1):
-                b._on_control(link, {"t": "topo", "r": encode_records([forged])})
+                b.conns.on_control(link, {"t": "topo", "r": encode_records([forged])})
                 assert b.drops["gossip_bad_signature"] == n
                 held = b.mesh.topology.get(c.id)
                 assert held is not None and held.version < lie.version

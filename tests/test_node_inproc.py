@@ -161,7 +161,7 @@ def test_data_falls_back_to_tcp_while_the_peer_hears_no_udp() -> None:
         loop.add_reader(deaf.fileno(), discard)
         await wait_for(lambda: established(a) and established(b), 10)
         la, lb = a.links[b.id], b.links[a.id]
-        assert la.over_tcp and la.status()["path"] == "tcp"
+        assert la.over_tcp and a.link_status(la)["path"] == "tcp"
         assert not lb.over_tcp  # a hears b's UDP and said so: b keeps sending UDP
         pa.inject(frame(BCAST, MAC_A, b"over tcp"))
         await wait_for(lambda: len(pb.delivered) == 1)
@@ -172,7 +172,7 @@ def test_data_falls_back_to_tcp_while_the_peer_hears_no_udp() -> None:
         assert a.stats["tcp_fallbacks"] == 1
         # UDP comes back: b hears a again, says so, and a returns to UDP
         loop.remove_reader(deaf.fileno())
-        loop.add_reader(deaf.fileno(), b._on_udp_readable, deaf)
+        loop.add_reader(deaf.fileno(), b.underlay.on_readable, deaf, b.ingress)
         await wait_for(lambda: not la.over_tcp, 10)
         assert a.stats["udp_recoveries"] == 1
 

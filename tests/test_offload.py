@@ -100,18 +100,18 @@ def test_refused_gso_falls_back_to_one_send_per_datagram_and_is_remembered() -> 
     async def body(a: Node, pa: MemoryPort, b: Node, pb: MemoryPort) -> None:
         assert a.udp is not None
         fake = _NoGso(a.udp)
-        a.udp = fake  # type: ignore[assignment]
+        a.underlay.udp = fake  # type: ignore[assignment]
         try:
             sent = burst(pa, [1400] * 20)
             await wait_for(lambda: len(pb.delivered) == 20)
             assert list(pb.delivered) == sent
-            assert fake.gso_calls == 1 and fake in a._gso_off
+            assert fake.gso_calls == 1 and fake in a.underlay.gso_off
             sent = burst(pa, [1400] * 20)
             await wait_for(lambda: len(pb.delivered) == 40)
             assert list(pb.delivered)[20:] == sent
             assert fake.gso_calls == 1  # not asked again
         finally:
-            a.udp = fake.real
+            a.underlay.udp = fake.real
 
     asyncio.run(pair(body, True))
 
@@ -130,7 +130,7 @@ def test_gso_is_used_only_on_a_path_where_a_gso_run_of_probes_got_through() -> N
         link = a.links[b.id]
         assert link.gso_ok and link.stats["gso_proven"] == 1
         fake = _DropsGsoRuns(a.udp)
-        a.udp = fake  # type: ignore[assignment]
+        a.underlay.udp = fake  # type: ignore[assignment]
         try:
             link.gso_path = None  # as if the path changed: GSO off until proven again
             await wait_for(lambda: fake.gso_calls >= 1)  # the proof, silently dropped
@@ -141,7 +141,7 @@ def test_gso_is_used_only_on_a_path_where_a_gso_run_of_probes_got_through() -> N
             assert list(pb.delivered) == sent
             assert fake.gso_calls == 1  # only the proof went as a GSO run
         finally:
-            a.udp = fake.real
+            a.underlay.udp = fake.real
         await wait_for(lambda: link.gso_ok, 10)  # the retry over the real socket proves it
 
     asyncio.run(pair(body, True))

@@ -191,7 +191,7 @@ def test_super_frames_cross_whole_between_offload_peers(size: int) -> None:
         await wait_for(lambda: len(pb.delivered) == 5)
         assert list(pb.delivered) == sent  # header and frame as the sender's kernel gave them
         assert la.stats["tx_superframes"] == 5 and lb.stats["rx_superframes"] == 5
-        assert la.status()["offload"] == "super-frames"
+        assert a.link_status(la)["offload"] == "super-frames"
         assert set(b.drops.snapshot()) <= {"unknown_session"}
         text = metrics_route(b.status)({})[1].decode()
         assert next(ln for ln in text.splitlines() if ln.startswith(
@@ -206,7 +206,7 @@ def test_peers_without_offload_get_ordinary_frames(vnet_a: bool, vnet_b: bool) -
     async def body(a: Node, pa: MemoryPort, b: Node, pb: MemoryPort) -> None:
         la = a.links[b.id]
         assert la.peer_vnet == vnet_b and b.links[a.id].peer_vnet == vnet_a
-        assert la.status()["offload"] == "per frame"
+        assert a.link_status(la)["offload"] == "per frame"
         if vnet_a:
             sent = super_frame(30000)
             pa.inject(sent)
@@ -230,10 +230,10 @@ def test_bad_offloaded_records_are_dropped_and_counted() -> None:
         bad_type = vnet.HDR.pack(vnet.F_NEEDS_CSUM, vnet.GSO_UDP, 0, 1000, 34, 6) + good[10:]
         valid_flag = bytes([vnet.F_NEEDS_CSUM | vnet.F_DATA_VALID]) + good[1:]
         relayed = dg.encode_record(superframe.KIND_VNET, good, src=a.id, dst=b.id, hops=3)
-        a._queue(la, dg.REC.pack(len(bad_type), superframe.KIND_VNET, 0) + bad_type)
-        a._queue(la, relayed)
-        a._queue(la, dg.REC.pack(len(valid_flag), superframe.KIND_VNET, 0) + valid_flag)
-        a._flush_touched()
+        a.egress.queue(la, dg.REC.pack(len(bad_type), superframe.KIND_VNET, 0) + bad_type)
+        a.egress.queue(la, relayed)
+        a.egress.queue(la, dg.REC.pack(len(valid_flag), superframe.KIND_VNET, 0) + valid_flag)
+        a.egress.flush_touched()
         await wait_for(lambda: len(pb.delivered) == 1)
         assert pb.delivered[0] == good  # DATA_VALID cleared: our kernel checks for itself
         drops = b.drops.snapshot()

@@ -1,7 +1,8 @@
 """The node's fast-datapath agent: which links may use the kernel, and keeping it in step.
 
-The node calls the hooks below; everything kernel-side goes through ``Datapath`` (one
-netlink worker thread) and ``HeartbeatSocket``. Policy, per link:
+The node calls the hooks below (``link_down`` is subscribed to the link table);
+everything kernel-side goes through ``Datapath`` (one netlink worker thread) and
+``HeartbeatSocket``. Policy, per link:
 
 - the network is encrypted and the peer's underlay address is not in
   ``--trusted-subnets``: "sleeve: encryption required" (our kernels have no IPsec,
@@ -23,18 +24,19 @@ import contextlib
 import ipaddress
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from sleeve.config import Config
 from sleeve.fastdp.datapath import Datapath
 from sleeve.fastdp.hbsock import HeartbeatSocket, HeartbeatSocketError
 from sleeve.fastdp.heartbeat import derive_key, heartbeat_mac, peek_sender
 from sleeve.fastdp.link import Enter, FastdpLink, Leave, Output, Send
 from sleeve.fastdp.netlink import DatapathError
 from sleeve.fastdp.probe import Capability, aprobe
-from sleeve.proto.mactable import LOCAL
-
-if TYPE_CHECKING:
-    from sleeve.node import Link, Node
+from sleeve.links.link import Link
+from sleeve.links.table import LinkTable
+from sleeve.proto.mactable import LOCAL, MacTable
+from sleeve.proto.stats import Counters
 
 log = logging.getLogger("sleeve")
 
@@ -42,8 +44,14 @@ SYNC_PERIOD = 1.0
 
 
 class FastdpAgent:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, cfg: Config, me: bytes, links: LinkTable, macs: MacTable,
+                 drops: Counters, stats: Counters) -> None:
+        self.cfg = cfg
+        self.me = me
+        self.table = links
+        self.macs = macs
+        self.drops = drops
+        self.stats = stats
         self.capability: Capability | None = None
         self.dp: Datapath | None = None
         self.hb: HeartbeatSocket | None = None
@@ -51,16 +59,16 @@ class FastdpAgent:
         self.peer_ip: dict[bytes, str] = {}
         self._next_sync = 0.0
         self.trusted = [ipaddress.ip_network(n, strict=False)
-                        for n in node.cfg.trusted_subnets]
+                        for n in cfg.trusted_subnets]
 
     @property
     def wanted(self) -> bool:
-        cfg = self.node.cfg
+        cfg = self.cfg
         return cfg.fastdp and (not cfg.encrypted or bool(self.trusted))
 
     async def start(self, tap_name: str, mtu: int, mac: bytes | None) -> None:
         """Probe and build the bridge + VXLAN; on any failure run sleeve-only (logged)."""
-        cfg = self.node.cfg
+        cfg = self.cfg
         if not cfg.fastdp:
             self.capability = Capability(False, "turned off (--no-fastdp)")
             return
@@ -76,7 +84,7 @@ class FastdpAgent:
             log.warning("fast datapath unavailable: %s", self.capability.reason)
             return
         dp = Datapath(tap=tap_name, port=cfg.port + 1, mtu=mtu, mac=mac,
-                      local_hb_mac=heartbeat_mac(self.node.id))
+                      local_hb_mac=heartbeat_mac(self.me))
         try:
             await dp.asetup(cfg.ip)
             self.hb = HeartbeatSocket(dp.vxlan)
@@ -103,7 +111,7 @@ class FastdpAgent:
     def why_not(self, link: Link) -> str | None:
         """Why this link must stay on sleeve, or None if it may try the kernel path."""
         host = link.endpoint[0]
-        if self.node.cfg.encrypted and not any(_in(host, n) for n in self.trusted):
+        if self.cfg.encrypted and not any(_in(host, n) for n in self.trusted):
             return "sleeve: encryption required"
         if self.dp is None:
             return None if self.capability is None else f"sleeve: fastdp {self.capability.reason}"
@@ -117,8 +125,9 @@ class FastdpAgent:
     def tick(self, now: float) -> None:
         if self.dp is None or self.hb is None:
             return
-        node = self.node
-        for peer, link in node.links.items():
+        table = self.table
+        for link in table:
+            peer = link.peer
             fl = self.links.get(peer)
             if fl is None:
                 if link.usable and link.endpoint_learnt and self.why_not(link) is None:
@@ -130,7 +139,7 @@ class FastdpAgent:
                 continue
             self._handle(fl, fl.poll(now))
         for peer in list(self.links):
-            if peer not in node.links:
+            if peer not in table:
                 self.link_down(peer, "link down")
         if now >= self._next_sync:
             self._next_sync = now + SYNC_PERIOD
@@ -144,7 +153,7 @@ class FastdpAgent:
             peer = peek_sender(payload)
             fl = self.links.get(peer) if peer is not None else None
             if fl is None:
-                self.node.drops.inc("fastdp_heartbeat_unknown")
+                self.drops.inc("fastdp_heartbeat_unknown")
                 continue
             self._handle(fl, fl.on_payload(payload, now))
 
@@ -160,7 +169,7 @@ class FastdpAgent:
     def _link_up(self, link: Link, now: float) -> None:
         assert self.dp is not None
         send_key, recv_key = link.fastdp_keys
-        fl = FastdpLink(self.node.id, link.peer, derive_key(send_key), derive_key(recv_key),
+        fl = FastdpLink(self.me, link.peer, derive_key(send_key), derive_key(recv_key),
                         self.dp.mtu, now)
         self.links[link.peer] = fl
         self.peer_ip[link.peer] = link.endpoint[0]
@@ -174,11 +183,11 @@ class FastdpAgent:
                     self.hb.send(fl.dst_mac, fl.src_mac, o.payload)
             elif isinstance(o, Enter):
                 log.info("link to %s on fast datapath", fl.remote.hex(":"))
-                self.node.stats.inc("fastdp_enter")
+                self.stats.inc("fastdp_enter")
                 self.sync(time.monotonic())
             elif isinstance(o, Leave):
                 log.info("link to %s back on sleeve: %s", fl.remote.hex(":"), o.reason)
-                self.node.stats.inc("fastdp_leave")
+                self.stats.inc("fastdp_leave")
                 self.sync(time.monotonic())
 
     def sync(self, now: float) -> None:
@@ -186,7 +195,7 @@ class FastdpAgent:
         if self.dp is None:
             return
         desired: dict[bytes, str] = {}
-        macs = self.node.macs
+        macs = self.macs
         for mac, owner, _age in macs.entries(now):
             if owner == LOCAL:
                 continue

@@ -17,8 +17,9 @@ direct UDP link that learns endpoints from authenticated datagrams. Where punchi
 cannot work (symmetric NAT), the link never confirms, never carries data, and the
 mesh keeps relaying through M.
 
-``RelayWriter`` is the asyncio.StreamWriter stand-in the node's connection code
-writes to; the node feeds what arrives into an asyncio.StreamReader.
+``RelayWriter`` is the asyncio.StreamWriter stand-in the connection code
+(``control.connections``) writes to; ``traversal.punch`` feeds what arrives into an
+asyncio.StreamReader.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ class RelayWriter:
     """Writes a control stream to ``peer`` as via messages over a neighbour's link."""
 
     def __init__(self, peer: bytes, send: Callable[[dict[str, Any]], bool],
-                 buffered: Callable[[], int], observed: tuple[str, int] | None) -> None:
+                 buffered: Callable[[], int], observed: tuple[str, int] | None,
+                 mediator: bytes) -> None:
         self.peer = peer
+        self.mediator = mediator  # the neighbour that relays this stream
         self._send = send  # returns False when the mediator link is gone
         self.buffered = buffered
         self.observed = observed  # the peer's UDP endpoint as the mediator sees it
@@ -59,6 +62,10 @@ class RelayWriter:
 
     def is_closing(self) -> bool:
         return self._closed
+
+    def abort(self) -> None:
+        """The relay is gone: stop writing without telling anyone (nobody to tell)."""
+        self._closed = True
 
     def close(self) -> None:
         if not self._closed:

@@ -1,0 +1,152 @@
+"""The dialler: which addresses to connect to, when, and what we remember of them.
+
+Targets come from the command line, from ``sleeve connect`` (the API) and, unless
+``--no-discovery``, from gossip (every address the mesh lists for a peer we know of).
+Each tick, targets that are due and not already connected or being dialled get one
+connection attempt; a failed or ended attempt backs off (jittered, 2 s x1.5 up to
+60 s). A target that turned out to be ourselves is never dialled again. The targets
+the user gave are remembered in ``state_dir/peers.json`` so ``launch --resume``
+rejoins (a few hundred bytes, written only when the set changes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import pathlib
+import random
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from sleeve.config import Config, Target, parse_target
+from sleeve.control.connections import Connections, TargetState
+
+log = logging.getLogger("sleeve")
+
+BACKOFF_START = 2.0
+BACKOFF_MAX = 60.0
+
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+class Dialler:
+    def __init__(self, cfg: Config, conns: Connections) -> None:
+        self.cfg = cfg
+        self.conns = conns
+        self.targets: dict[Target, TargetState] = {t: TargetState(t) for t in cfg.peers}
+        if cfg.resume:
+            self._load()
+
+    def add(self, t: Target) -> None:
+        self.targets.setdefault(t, TargetState(t))
+
+    def forget(self, t: Target) -> bool:
+        return self.targets.pop(t, None) is not None
+
+    # ------------------------------------------------------------------ per tick
+    def tick(self, now: float, spawn: Spawn) -> None:
+        """Start a connection attempt for every target that is due."""
+        links = self.conns.links
+        dialling: set[bytes] = {ts.peer for ts in self.targets.values()
+                                if ts.connecting and ts.peer is not None}
+        for ts in self.targets.values():
+            if ts.dead or ts.connecting or now < ts.next_try:
+                continue
+            if ts.peer is not None and (ts.peer in links or ts.peer in dialling):
+                continue
+            if len(links) >= self.cfg.conn_limit:
+                break
+            ts.connecting = True
+            ts.attempts += 1
+            if ts.peer is not None:
+                dialling.add(ts.peer)
+            spawn(self._dial(ts))
+
+    async def _dial(self, ts: TargetState) -> None:
+        try:
+            ts.last_error = await self.conns.dial(ts)
+        finally:
+            ts.connecting = False
+            if not ts.dead:
+                base = min(BACKOFF_MAX, BACKOFF_START * (1.5 ** max(0, ts.attempts - 1)))
+                ts.next_try = time.monotonic() + random.uniform(base / 2, base * 1.5)
+
+    def discover(self, known: set[bytes], candidates: dict[bytes, set[Target]]) -> None:
+        """Add dial targets for peers learnt from gossip; drop the ones no longer listed."""
+        if not self.cfg.discovery:
+            return
+        listed: set[Target] = set()
+        for peer, addrs in candidates.items():
+            if peer not in known:
+                continue  # only mentioned: its own record has not arrived (or it left)
+            listed |= addrs
+            if peer in self.conns.links:
+                continue
+            for t in addrs:
+                if t not in self.targets:
+                    self.targets[t] = TargetState(t, peer=peer, discovered=True)
+        for t, ts in list(self.targets.items()):
+            if ts.discovered and not ts.connecting and t not in listed:
+                del self.targets[t]
+
+    # ------------------------------------------------------------------ known peers
+    def _file(self) -> pathlib.Path:
+        return self.cfg.state_dir / "peers.json"
+
+    def _load(self) -> None:
+        try:
+            saved = json.loads(self._file().read_text())
+            for text in saved.get("peers", []):
+                self.add(parse_target(str(text), self.cfg.port))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, AttributeError) as e:
+            log.warning("ignoring unreadable %s: %s", self._file(), e)
+
+    def save(self) -> None:
+        path = self._file()
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps({"peers": sorted(str(t) for t, ts in self.targets.items()
+                                                       if not ts.discovered)}))
+            tmp.replace(path)
+        except OSError as e:
+            log.warning("cannot remember peers in %s: %s", path, e.strerror)
+
+    # ------------------------------------------------------------------ API and status
+    def api_connect(self, q: dict[str, str]) -> dict[str, Any]:
+        added = []
+        for p in q.get("peer", "").split(","):
+            t = parse_target(p, self.cfg.port)  # ConfigError is a ValueError: HTTP 400
+            self.add(t)
+            added.append(str(t))
+        self.save()
+        return {"added": added}
+
+    def api_forget(self, q: dict[str, str]) -> dict[str, Any]:
+        gone = []
+        for p in q.get("peer", "").split(","):
+            t = parse_target(p, self.cfg.port)
+            if self.forget(t):
+                gone.append(str(t))
+        self.save()
+        return {"forgotten": gone}
+
+    def status(self, now: float) -> list[dict[str, Any]]:
+        links = self.conns.links
+        return [{"target": str(ts.target), "connected": ts.peer in links,
+                 "discovered": ts.discovered,
+                 "attempts": ts.attempts, "last_error": ts.last_error,
+                 "retry_in_s": max(0.0, round(ts.next_try - now, 1))}
+                for ts in self.targets.values()]
+
+
+def task_spawner(tg: asyncio.TaskGroup | None) -> Spawn:
+    def spawn(coro: Coroutine[Any, Any, None]) -> None:
+        if tg is None:
+            coro.close()
+            return
+        tg.create_task(coro)
+    return spawn

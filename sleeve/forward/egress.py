@@ -1,0 +1,286 @@
+"""Egress: frames from our port to the links, and every record's way out.
+
+Pipeline, per readiness event on the port:
+
+1. ``read_batch`` (<= 64 frames) -> for each frame: learn the source MAC as local,
+   classify the destination (local: drop; known remote peer: its direct link when
+   established, else the next hop towards it with source and destination peer ids in
+   the record; group/unknown: our children in our own broadcast tree) -> records
+   queued per link (``queue``);
+2. per link with queued records (``flush_touched``): pack into datagrams up to the path
+   MTU and hand them to the underlay (one GSO send per run where proven); over TCP
+   when UDP does not get through; a record too big for the path is fragmented (IPv4
+   without DF), answered with ICMP too-big, or carried as sleeve fragments.
+
+Ingress queues relayed records here too, so one aggregation serves both. Per tick:
+UDP heartbeats, PMTU probes and GSO proofs for every link.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from sleeve.capture.base import BATCH, Port
+from sleeve.forward import superframe
+from sleeve.forward.batcher import pack
+from sleeve.forward.oversize import record_source, shrink
+from sleeve.forward.reassembly import fragment
+from sleeve.forward.underlay import Underlay
+from sleeve.links.link import Link
+from sleeve.links.table import LinkTable
+from sleeve.proto import datagram as dg
+from sleeve.proto import vnet
+from sleeve.proto.mactable import LOCAL, MacTable
+from sleeve.proto.pmtu import probe_record
+from sleeve.proto.routes import Routes
+from sleeve.proto.stats import Counters
+
+log = logging.getLogger("sleeve")
+
+TCP_MAX_BODY = 65000  # records per control message when data goes over TCP
+ICMP_PER_SECOND = 100  # too-big replies we generate, like the kernel's icmp_ratelimit
+UDP_FAST_HEARTBEAT = 0.5  # until the peer confirmed it hears us
+UDP_SLOW_HEARTBEAT = 5.0  # also keeps NAT mappings open (UDP timeouts are >= 30 s)
+STP_PREFIX = b"\x01\x80\xc2\x00\x00"  # IEEE 802.1D link-local group: never forwarded by a bridge
+_VNET_HDR_LEN = vnet.HDR_LEN
+_VNET_MIN = vnet.HDR_LEN + 14
+_NEEDS_CSUM = vnet.F_NEEDS_CSUM
+
+
+class Egress:
+    def __init__(self, me: bytes, links: LinkTable, routes: Routes, macs: MacTable,
+                 underlay: Underlay, drops: Counters, stats: Counters) -> None:
+        self.me = me
+        self.links = links
+        self.routes = routes
+        self.macs = macs
+        self.underlay = underlay
+        self.drops = drops
+        self.stats = stats
+        self.port: Port | None = None  # set when the node opened it
+        self.vnet = False  # our port hands us virtio headers and super-frames
+        self._touched: list[Link] = []  # links with queued records, flushed per event
+        self._icmp_window = 0.0
+        self._icmp_sent = 0
+
+    # ------------------------------------------------------------------ port -> links
+    def on_port_readable(self) -> None:
+        port = self.port
+        assert port is not None
+        try:
+            frames = port.read_batch(BATCH)
+        except OSError as e:
+            self.drops.inc("port_read_error")
+            log.warning("reading %s failed: %s", port.name, e)
+            return
+        if not frames:
+            return
+        now = time.monotonic()
+        me = self.me
+        macs = self.macs
+        links = self.links.links
+        routes = self.routes
+        queue = self.queue
+        vnet_on = port.vnet
+        off = 0
+        flood: list[Link] | None = None  # our broadcast tree's links, once per batch
+        for raw in frames:
+            if vnet_on:
+                if len(raw) < _VNET_MIN:
+                    self.drops.inc("runt")
+                    continue
+                # A partial checksum or a GSO type: the frame is unfinished; it goes as it
+                # is to a peer that takes offloaded frames, else it is finished here.
+                off = raw[0] & _NEEDS_CSUM or raw[1]
+                f = raw[_VNET_HDR_LEN:]
+            else:
+                f = raw
+                if len(f) < 14:
+                    self.drops.inc("runt")
+                    continue
+            dst = f[0:6]
+            if not macs.learn_local(f[6:12], now):
+                self.drops.inc("mac_conflict")
+                continue
+            owner: bytes | None = None
+            if dst[0] & 1:
+                if dst.startswith(STP_PREFIX):
+                    self.drops.inc("stp")
+                    continue
+            else:
+                owner = macs.lookup(dst, now)
+                if owner == LOCAL:
+                    self.drops.inc("local_dst")
+                    continue
+            if owner is None:  # group or unknown: down our own broadcast tree
+                if flood is None:
+                    flood = self.tree_links(me, None)
+                if flood:
+                    for g in self._finish(raw) if off else (f,):
+                        rec = dg.encode_record(dg.KIND_FRAME, g, hops=dg.MAX_HOPS, bcast=True)
+                        for child in flood:
+                            queue(child, rec)
+                continue
+            link = links.get(owner)
+            if link is not None and link.usable:
+                if not off:
+                    queue(link, dg.frame_record(f))  # the hot path: direct, 4 bytes of framing
+                elif not self._queue_offloaded(link, raw):
+                    for g in self._finish(raw):
+                        queue(link, dg.frame_record(g))
+                continue
+            hop = routes.next_hop(owner)
+            via = links.get(hop) if hop is not None else None
+            if via is not None and via is not link:
+                for g in self._finish(raw) if off else (f,):
+                    queue(via, dg.encode_record(dg.KIND_FRAME, g, src=me, dst=owner,
+                                                hops=dg.MAX_HOPS))
+            elif link is not None:
+                for g in self._finish(raw) if off else (f,):
+                    queue(link, dg.frame_record(g))  # not confirmed yet, but the only way
+            else:
+                self.drops.inc("no_route")
+        self.stats.inc("port_rx_frames", len(frames))
+        self.flush_touched()
+
+    def _queue_offloaded(self, link: Link, raw: bytes) -> bool:
+        """Queue an unfinished frame (virtio header + frame) whole for ``link``'s peer.
+
+        False when the peer or the path cannot take it; the caller then finishes it in
+        software. A single frame too big for one datagram also goes back to the caller,
+        so that the per-frame path answers it as before (ICMP too big, IP fragments).
+        """
+        if not (self.vnet and link.peer_vnet) or link.over_tcp:
+            return False
+        gso = raw[1]
+        max_body = link.pmtu.current - dg.HEADER_LEN - dg.TAG_LEN
+        try:
+            recs = superframe.cut(raw, link.next_frag_id(), max_body)
+        except vnet.VnetError:
+            return False  # the software path counts it under its reason
+        if recs is None:
+            return False
+        if not link.pending:
+            self._touched.append(link)
+        link.pending += recs
+        link.stats.inc("tx_superframes" if gso else "tx_offloaded_frames")
+        return True
+
+    def _finish(self, raw: bytes) -> list[bytes]:
+        """Ordinary frames for an unfinished one: checksum completed, TSO cut in software."""
+        try:
+            out = vnet.to_frames(raw[:_VNET_HDR_LEN], raw[_VNET_HDR_LEN:])
+        except vnet.VnetError as e:
+            self.drops.inc(e.reason)
+            return []
+        self.stats.inc("tx_segmented" if raw[1] else "tx_csum_completed")
+        return out
+
+    # ------------------------------------------------------------------ where records go
+    def tree_links(self, source: bytes, came_from: bytes | None) -> list[Link]:
+        """Links to our children in ``source``'s broadcast tree.
+
+        For our own frames, direct links the mesh does not (yet) show as symmetric
+        are added: their peers are outside the tree, so no one else covers them.
+        """
+        links = self.links.links
+        routes = self.routes
+        out = [links[c] for c in routes.broadcast(source)
+               if c in links and c != came_from and c != source]
+        if source == self.me:
+            reach = routes.unicast()
+            out += [lk for p, lk in links.items() if p not in reach]
+        return out
+
+    def towards(self, dest: bytes) -> Link | None:
+        """The link to the next hop towards ``dest`` (for relayed and routed-back records)."""
+        links = self.links.links
+        hop = self.routes.next_hop(dest)
+        via = links.get(hop) if hop is not None else None
+        return via if via is not None else links.get(dest)  # unconfirmed beats a drop
+
+    def queue(self, link: Link, rec: bytes) -> None:
+        if not link.pending:
+            self._touched.append(link)
+        link.pending.append(rec)
+
+    def flush_touched(self) -> None:
+        touched, self._touched = self._touched, []
+        for link in touched:
+            self._flush(link)
+
+    def _flush(self, link: Link) -> None:
+        records, link.pending = link.pending, []
+        if not records:
+            return
+        if link.over_tcp:
+            bodies, oversize = pack(records, TCP_MAX_BODY)
+            link.stats.inc("drop_too_big", len(oversize))
+            for body in bodies:
+                link.send_control({"t": "d", "b": body})
+                link.stats.inc("tx_tcp_bytes", len(body))
+            return
+        datagram = link.pmtu.current
+        max_body = datagram - dg.HEADER_LEN - dg.TAG_LEN
+        bodies, oversize = pack(records, max_body)
+        if oversize:
+            frags: list[bytes] = []
+            for rec in oversize:
+                frags += self._too_big(link, rec, datagram, max_body)
+            if frags:
+                more, still = pack(frags, max_body)
+                bodies += more
+                link.stats.inc("drop_too_big", len(still))
+        if len(bodies) == 1:
+            self.underlay.send(link, bodies[0])
+        else:
+            self.underlay.send_many(link, bodies)
+
+    def _too_big(self, link: Link, rec: bytes, datagram: int, max_body: int) -> list[bytes]:
+        """Fragment (returned as records) or answer with ICMP; never a silent drop."""
+        frags, reply, outcome = shrink(rec, datagram)
+        if reply is None and not frags:
+            # No ICMP can help (IPv6 below 1280, not IP, a broadcast): carry it in pieces.
+            frags = fragment(rec, link.next_frag_id(), max_body)
+            outcome = "sleeve_fragmented" if frags else outcome
+        link.stats.inc(outcome)
+        if reply is None:
+            return frags
+        now = time.monotonic()
+        if now - self._icmp_window >= 1.0:
+            self._icmp_window, self._icmp_sent = now, 0
+        if self._icmp_sent >= ICMP_PER_SECOND:
+            self.drops.inc("icmp_rate_limited")
+            return frags
+        self._icmp_sent += 1
+        src = record_source(rec)
+        if src is None or src == self.me:
+            assert self.port is not None
+            self.port.write(reply)  # the sender is on our side
+            return frags
+        # The sender is behind another peer: route the ICMP back to it like any frame.
+        via = self.towards(src)
+        if via is not None:
+            self.queue(via, dg.encode_record(dg.KIND_FRAME, reply, src=self.me, dst=src,
+                                             hops=dg.MAX_HOPS))
+        return frags
+
+    # ------------------------------------------------------------------ per tick
+    def tick(self, now: float) -> None:
+        """Heartbeats, PMTU probes and GSO proofs on every link that is not punching."""
+        for link in self.links:
+            if link.virtual and not link.endpoint_learnt:
+                continue  # the traversal part sends its punch datagrams instead
+            if now >= link.next_hb:
+                # fast until the peer hears us; over TCP, slow probes notice UDP coming back
+                fast = not (link.confirmed and link.heard_at) and not link.over_tcp
+                link.next_hb = now + (UDP_FAST_HEARTBEAT if fast else UDP_SLOW_HEARTBEAT)
+                self.underlay.send(link, link.heartbeat_record(now))
+        for link in self.links:
+            self.probe(link, now)
+            self.underlay.gso_proof(link, now)
+
+    def probe(self, link: Link, now: float) -> None:
+        for p in link.pmtu.poll(now):
+            self.underlay.send(link, probe_record(p))

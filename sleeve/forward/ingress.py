@@ -1,0 +1,361 @@
+"""Ingress: authenticated datagrams to our port, to other peers, or to their answers.
+
+Pipeline, per datagram the underlay read (one UDP GRO run counts per datagram):
+
+1. header -> session by receiver index -> open (authenticate) -> replay check, and
+   only then learn: the peer's UDP endpoint, that the link hears it (``udp_ok``);
+2. records: frames for us are learnt (src MAC -> source peer) and written to the
+   port; frames for another peer are relayed to its next hop (hop limit); broadcasts
+   are delivered and passed on to our children in the source's tree; offloaded
+   records (virtio header + super-frame pieces) join their segment sets and are
+   written whole; heartbeats and PMTU probes are answered;
+3. after the batch: relayed records are flushed through egress, and the port is
+   read at once for the answers our kernel queued while we wrote (``after_batch``).
+
+Untrusted input is counted in ``drops`` with a reason and never raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from sleeve.config import Target
+from sleeve.forward import superframe
+from sleeve.forward.egress import Egress
+from sleeve.forward.reassembly import KIND_FRAGMENT
+from sleeve.forward.superframe import KIND_VNET, KIND_VNET_SEG, SALVAGE_AFTER
+from sleeve.forward.underlay import GSO_PROOF_ID, Underlay
+from sleeve.links.link import Link
+from sleeve.links.table import LinkTable
+from sleeve.proto import datagram as dg
+from sleeve.proto import vnet
+from sleeve.proto.mactable import MacTable
+from sleeve.proto.pmtu import ack_record, parse_probe
+from sleeve.proto.stats import Counters
+
+log = logging.getLogger("sleeve")
+
+_REC_UNPACK = dg.REC.unpack_from  # on_body's hot path: module constants, no attribute lookups
+_REC_LEN = dg.REC_LEN
+_KIND_FRAME = dg.KIND_FRAME
+# Records parsed inline when sent directly by the link's peer (no flags): frames and
+# offloaded frames; offloaded ones with flags (relayed) are refused.
+_HOT_KINDS = frozenset((dg.KIND_FRAME, KIND_VNET, KIND_VNET_SEG))
+_VNET_HDR_LEN = vnet.HDR_LEN
+
+
+class Ingress:
+    def __init__(self, me: bytes, links: LinkTable, macs: MacTable, egress: Egress,
+                 underlay: Underlay, drops: Counters, stats: Counters) -> None:
+        self.me = me
+        self.links = links
+        self.macs = macs
+        self.egress = egress
+        self.underlay = underlay
+        self.drops = drops
+        self.stats = stats
+        self._salvage_armed = False
+        self._delivered = False  # frames written to the port in this event (see after_batch)
+
+    # ------------------------------------------------------------------ from the underlay
+    def after_batch(self) -> None:
+        """Flush relayed records, then read the port right after writing frames to it.
+
+        Writing a frame into the TAP runs our kernel's receive path inside that system
+        call, so its answer (a TCP ACK, an echo reply) is usually queued on the TAP when
+        the write returns. Reading it now, while this process is running, sends it on
+        without a round through epoll and the wake-up of a cold interpreter, a large
+        part of a Python router's latency (see bench/results/perf-notes.md).
+        """
+        self.egress.flush_touched()  # relayed records, one aggregation per batch
+        if self._delivered:
+            self._delivered = False
+            self.egress.on_port_readable()
+
+    def on_run(self, data: bytes, seg: int, addr: tuple[Any, ...]) -> int:
+        """One coalesced read: datagrams of ``seg`` bytes (the last may be shorter).
+
+        Each datagram is checked and opened on its own, exactly as ``on_datagram``
+        does; what is per read (the clock, the endpoint, counters) is done once per
+        link, and a body that is a single KIND_VNET_SEG record (a super-frame's piece,
+        nearly every datagram of a bulk flow) goes straight to its segment set.
+        Returns how many datagrams the read held.
+        """
+        now = time.monotonic()
+        me = self.me
+        open_ = self._open
+        cur: Link | None = None
+        count = nbytes = total = 0
+        for off in range(0, len(data), seg):
+            total += 1
+            d = data[off:off + seg]
+            link, body = open_(d)
+            if link is None or body is None:
+                continue
+            if link is not cur:  # learn from the first authenticated datagram, before its body
+                if cur is not None:
+                    _count_rx(cur, count, nbytes)
+                cur, count, nbytes = link, 0, 0
+                self._heard(link, addr, now)
+            count += 1
+            nbytes += len(d)
+            n = len(body)
+            if (n > _REC_LEN and body[2] == KIND_VNET_SEG and not body[3]
+                    and (body[0] << 8 | body[1]) + _REC_LEN == n and link.peer != me):
+                self._on_segment(link, memoryview(body)[_REC_LEN:], now)
+            else:
+                self.on_body(link, body, len(d), now, False)
+        if cur is not None:
+            _count_rx(cur, count, nbytes)
+        return total
+
+    def _open(self, data: bytes) -> tuple[Link, bytes] | tuple[None, None]:
+        """The link and authenticated body of a datagram, or (None, None), counted."""
+        try:
+            index, counter = dg.decode_header(data)
+        except dg.DecodeError as e:
+            self.drops.inc(e.reason)
+            return None, None
+        link = self.links.by_index.get(index)
+        if link is None:
+            self.drops.inc("unknown_session")
+            return None, None
+        body = link.session.open(counter, data)
+        if isinstance(body, str):
+            self.drops.inc(body)
+            link.stats.inc(f"drop_{body}")
+            return None, None
+        return link, body
+
+    def on_datagram(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        link, body = self._open(data)
+        if link is None or body is None:
+            return
+        # Authenticated and fresh: only now may the datagram teach us anything.
+        now = time.monotonic()
+        _count_rx(link, 1, len(data))
+        self._heard(link, addr, now)
+        self.on_body(link, body, len(data), now, False)
+
+    def _heard(self, link: Link, addr: tuple[Any, ...], now: float) -> None:
+        """What an authenticated datagram from ``addr`` tells us about its link."""
+        if len(addr) != 2:
+            addr = addr[:2]  # IPv6: drop flow info and scope id
+        if addr != link.endpoint:
+            if link.endpoint_learnt:
+                log.info("peer %s moved its UDP endpoint %s -> %s", link.name,
+                         Target(*link.endpoint), Target(*addr))
+            link.endpoint = (addr[0], addr[1])
+            link.v6 = ":" in addr[0]
+            link.gso_ok = False  # a new path: prove GSO again (next tick)
+            link.stats.inc("endpoint_changes")
+        link.endpoint_learnt = True
+        self.links.heard(link, now)
+
+    def on_tcp_data(self, link: Link, m: dict[str, Any]) -> None:
+        """Records that came over the control connection (UDP does not get through)."""
+        body = m.get("b")
+        if not isinstance(body, bytes):
+            self.drops.inc("bad_tcp_data")
+            return
+        link.stats.inc("rx_tcp_bytes", len(body))
+        try:
+            self.on_body(link, body, len(body), time.monotonic(), False)
+        finally:
+            self.after_batch()
+
+    # ------------------------------------------------------------------ records
+    def on_body(self, link: Link, body: bytes | memoryview, size: int, now: float,
+                reassembled: bool) -> None:
+        """Handle an authenticated body's records (``dg.iter_records``, unrolled).
+
+        The hot case, a frame sent directly by the link's peer (kind frame, no flags),
+        is parsed inline without building a ``dg.Record``; every other record goes
+        through ``dg.parse_record``, with the same framing checks and drop reasons.
+        """
+        me = self.me
+        peer = link.peer
+        deliver = self._deliver
+        unpack = _REC_UNPACK
+        mv = memoryview(body)
+        off = 0
+        end = len(mv)
+        try:
+            while off < end:
+                if end - off < _REC_LEN:
+                    raise dg.DecodeError("truncated_record")
+                length, kind, flags = unpack(mv, off)
+                if not flags and kind in _HOT_KINDS:
+                    start = off + _REC_LEN
+                    off = start + length
+                    if off > end:
+                        raise dg.DecodeError("truncated_record")
+                    if peer == me:
+                        self.drops.inc("loop")  # our own frame came back round
+                        continue
+                    if kind == _KIND_FRAME:
+                        deliver(link, peer, mv[start:off], now)
+                    elif kind == KIND_VNET_SEG:
+                        self._on_segment(link, mv[start:off], now)
+                    elif length >= _VNET_HDR_LEN:
+                        self._deliver_offloaded(link, peer, mv[start:start + _VNET_HDR_LEN],
+                                                mv[start + _VNET_HDR_LEN:off], now)
+                    else:
+                        self.drops.inc("bad_vnet")
+                    continue
+                rec, off = dg.parse_record(mv, off)
+                if rec.kind == dg.KIND_FRAME:
+                    if rec.dst is not None and rec.dst != me:
+                        self._relay(link, rec)
+                        continue
+                    src = rec.src or peer
+                    if src == me:
+                        self.drops.inc("loop")  # our own frame came back round
+                        continue
+                    deliver(link, src, rec.payload, now)
+                    if rec.bcast:
+                        self._pass_on_broadcast(link, src, rec)
+                elif rec.kind == dg.KIND_HEARTBEAT:
+                    self._on_heartbeat(link, rec.payload, now)
+                elif rec.kind == dg.KIND_PROBE:
+                    self._on_probe(link, rec, size, now)
+                elif rec.kind in _HOT_KINDS:
+                    self.drops.inc("bad_offload_record")  # offloaded frames are one hop only
+                elif rec.kind == KIND_FRAGMENT and not reassembled:
+                    whole = link.reasm.add(rec.payload, now)
+                    if whole is not None:
+                        self.on_body(link, whole, size, now, True)
+                else:
+                    self.drops.inc("unknown_record")
+        except dg.DecodeError as e:
+            self.drops.inc(e.reason)
+
+    def _relay(self, link: Link, rec: dg.Record) -> None:
+        assert rec.dst is not None
+        if rec.hops == 0:
+            self.drops.inc("hop_limit")
+            return
+        via = self.egress.towards(rec.dst)
+        if via is None:
+            self.drops.inc("no_route")
+            return
+        self.egress.queue(via, dg.encode_record(dg.KIND_FRAME, rec.payload,
+                                                src=rec.src or link.peer, dst=rec.dst,
+                                                hops=rec.hops - 1))
+        self.stats.inc("relayed_frames")
+
+    def _pass_on_broadcast(self, link: Link, src: bytes, rec: dg.Record) -> None:
+        children = self.egress.tree_links(src, link.peer)
+        if not children:
+            return
+        if rec.hops == 0:
+            self.drops.inc("hop_limit")
+            return
+        out = dg.encode_record(dg.KIND_FRAME, rec.payload, src=src, hops=rec.hops - 1,
+                               bcast=True)
+        for child in children:
+            self.egress.queue(child, out)
+        self.stats.inc("relayed_broadcasts")
+
+    def _deliver(self, link: Link, src_peer: bytes, frame: memoryview, now: float) -> None:
+        if self._learn_remote(frame, src_peer, now):
+            port = self.egress.port
+            assert port is not None
+            port.write(frame)
+            self._delivered = True
+            link.stats.inc("rx_frames")
+
+    def _learn_remote(self, frame: bytes | memoryview, src_peer: bytes, now: float) -> bool:
+        if len(frame) < 14:
+            self.drops.inc("runt")
+            return False
+        src = bytes(frame[6:12])
+        if src[0] & 1:
+            self.drops.inc("bad_src_mac")
+            return False
+        self.macs.learn_remote(src, src_peer, now)
+        return True
+
+    # ------------------------------------------------------------------ offloaded frames
+    def _on_segment(self, link: Link, payload: memoryview, now: float) -> None:
+        """A KIND_VNET_SEG record's payload: into its set; write what that completes."""
+        sets = link.segsets
+        writes = sets.add(payload, now)
+        if writes:
+            self._write_offloaded(link, writes, now)
+        if not self._salvage_armed and sets:
+            self._salvage_armed = True
+            asyncio.get_running_loop().call_later(SALVAGE_AFTER, self._salvage)
+
+    def _write_offloaded(self, link: Link, writes: list[superframe.Write], now: float) -> None:
+        for hdr, frame in writes:
+            self._deliver_offloaded(link, link.peer, hdr, frame, now)
+
+    def _salvage(self) -> None:
+        """Write out segment sets left incomplete (their missing datagrams are lost)."""
+        self._salvage_armed = False
+        now = time.monotonic()
+        pending = False
+        for link in self.links:
+            if link.segsets:
+                self._write_offloaded(link, link.segsets.expire(now), now)
+                pending = pending or bool(link.segsets)
+        if pending:
+            self._salvage_armed = True
+            asyncio.get_running_loop().call_later(SALVAGE_AFTER, self._salvage)
+
+    def _deliver_offloaded(self, link: Link, src_peer: bytes, hdr: bytes | memoryview,
+                           frame: bytes | memoryview, now: float) -> None:
+        """Write a peer's virtio header + frame to our port (the port segments if it must)."""
+        reason = vnet.check_raw(hdr, len(frame))
+        if reason is not None:
+            self.drops.inc(reason)
+            return
+        if not self._learn_remote(frame, src_peer, now):
+            return
+        if hdr[0] & vnet.F_DATA_VALID:
+            hdr = vnet.sanitized(hdr)  # a peer never vouches for checksums to our kernel
+        port = self.egress.port
+        assert port is not None
+        port.write_vnet(hdr, frame)
+        self._delivered = True
+        link.stats.inc("rx_frames")
+        if hdr[1]:
+            link.stats.inc("rx_superframes")
+
+    # ------------------------------------------------------------------ link upkeep
+    def _on_probe(self, link: Link, rec: dg.Record, size: int, now: float) -> None:
+        msg = None if rec.src or rec.dst else parse_probe(rec.payload)
+        if msg is None:
+            self.drops.inc("bad_probe")  # probes are one hop, between the two ends only
+        elif not msg.is_ack:
+            self.egress.queue(link, ack_record(msg.probe_id, size))
+        elif msg.probe_id & GSO_PROOF_ID:
+            self.underlay.on_gso_ack(link, msg.probe_id, msg.size)
+        elif link.pmtu.on_ack(msg.probe_id, now, msg.size):
+            self.egress.probe(link, now)  # next search step now, not at the next tick
+
+    def _on_heartbeat(self, link: Link, payload: memoryview, now: float) -> None:
+        if len(payload) != 9:
+            self.drops.inc("bad_heartbeat")
+            return
+        if payload[8] == 0:
+            self.underlay.send(link, dg.encode_record(dg.KIND_HEARTBEAT,
+                                                      bytes(payload[:8]) + b"\x01"))
+        else:
+            link.on_heartbeat_reply(bytes(payload[:8]), now)
+
+    def tick(self, now: float) -> None:
+        """Expire reassemblies; write out segment sets that waited too long."""
+        for link in self.links:
+            link.reasm.expire(now)
+            self._write_offloaded(link, link.segsets.expire(now), now)
+
+
+def _count_rx(link: Link, n: int, nbytes: int) -> None:
+    c = link.stats.c  # per datagram or per read: no method calls
+    c["rx_packets"] += n
+    c["rx_bytes"] += nbytes

@@ -1,0 +1,324 @@
+"""The underlay: our UDP sockets, how datagrams leave and how they are read.
+
+Sending: ``send`` seals one body into one datagram; ``send_many`` seals several and
+sends each run of equal-size datagrams in one ``sendmsg`` with UDP GSO once the link's
+path has proven it carries GSO runs (``gso_proof``), else one ``sendto`` each.
+Receiving: readiness on a socket drains up to ``BATCH`` datagrams into a ``Receiver``
+(the data plane's ingress), with UDP GRO runs handed over whole; after every batch the
+receiver's ``after_batch`` runs (flush relayed records, read the port's answers).
+
+No protocol logic lives here: no record parsing, no routing. A failed send is counted
+on the link with its errno and never raises; EMSGSIZE tells the link's PMTU prober.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import struct
+import sys
+import time
+from typing import Any, Protocol
+
+from sleeve.capture.base import BATCH
+from sleeve.links.link import Link
+from sleeve.proto.pmtu import COMPLETE as PMTU_COMPLETE
+from sleeve.proto.pmtu import Probe, probe_record
+from sleeve.proto.stats import Counters
+
+log = logging.getLogger("sleeve")
+
+UDP_BUFFER = 4 << 20  # the anchors show loss happens where the receiver's UDP buffer overflows
+IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2  # <linux/in.h>; Python 3.11's socket lacks them
+IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO = 23, 2  # <linux/in6.h>
+# UDP segmentation offloads (<linux/udp.h>; Python 3.11's socket lacks the names). GSO: one
+# sendmsg carries a run of equal-size datagrams (the last may be shorter), split by the
+# kernel (or the NIC) as late as possible. GRO: one recvmsg returns a run of datagrams of
+# the same flow and size, with the size in a cmsg.
+SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104
+GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS before Linux 6.9 (128 since)
+GSO_MAX_BYTES = 65000  # all segments' UDP payload together: an IP packet is at most 64 KiB
+GRO_READ = 65535  # largest coalesced payload the kernel hands over in one read
+GRO_CMSG_SPACE = socket.CMSG_SPACE(4)  # the gso_size int
+# A GSO run crosses every hop inside this kernel (veth, bridge, a router namespace) as one
+# super-packet, so a middlebox there judges it by its total length: a firewall dropping
+# "UDP longer than N" (a PMTU black hole) drops the whole run although each datagram fits.
+# So a link uses GSO only once a full-size run of PMTU probes got an ack over its current
+# path (endpoint and path MTU); until then, and after either changes, one send per datagram.
+GSO_PROOF_ID = 0x80000000  # probe ids with the top bit: never the PMTU prober's (from 1 up)
+GSO_PROOF_RETRY = 2.0  # first retry of an unanswered proof; doubles up to the max
+GSO_PROOF_RETRY_MAX = 60.0
+_BYTEORDER = sys.byteorder  # cmsg ints (UDP_SEGMENT u16, UDP_GRO int) are native
+
+
+class Receiver(Protocol):
+    """Where the underlay hands what it reads (``forward.ingress.Ingress``)."""
+
+    def on_datagram(self, data: bytes, addr: tuple[Any, ...]) -> None: ...
+
+    def on_run(self, data: bytes, seg: int, addr: tuple[Any, ...]) -> int: ...
+
+    def after_batch(self) -> None: ...
+
+
+class Underlay:
+    def __init__(self, drops: Counters, stats: Counters, offload: bool) -> None:
+        self.drops = drops
+        self.stats = stats
+        self.offload = offload  # UDP GSO/GRO (off with --no-offload)
+        self.udp: socket.socket | None = None  # IPv4
+        self.udp6: socket.socket | None = None  # IPv6
+        # A socket whose kernel refused a GSO send gets one sendto per datagram from then on.
+        self.gso_off: set[socket.socket] = set()
+        self.gro_on: set[socket.socket] = set()
+
+    def open(self, family: int, addr: str, port: int) -> socket.socket:
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_BUFFER)
+            # DF on every datagram: the path MTU is found by probing, and a datagram the
+            # kernel knows is too big fails with EMSGSIZE instead of being fragmented.
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # v4 has its own
+                s.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO)
+            else:
+                s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+            s.bind((addr, port))
+        except OSError as e:
+            s.close()
+            raise OSError(e.errno, f"cannot bind UDP port {port} on {addr}: {e.strerror}") \
+                from None
+        s.setblocking(False)
+        if self.offload:
+            try:
+                s.setsockopt(SOL_UDP, UDP_GRO, 1)
+                self.gro_on.add(s)
+            except OSError as e:  # a kernel before 5.0: one datagram per read
+                log.info("no UDP GRO on this kernel: %s", e.strerror)
+        else:
+            self.gso_off.add(s)
+        if family == socket.AF_INET6:
+            self.udp6 = s
+        else:
+            self.udp = s
+        return s
+
+    def sockets(self) -> list[socket.socket]:
+        return [s for s in (self.udp, self.udp6) if s is not None]
+
+    # ------------------------------------------------------------------ sending
+    def send(self, link: Link, body: bytes) -> None:
+        """Seal one body and send it as one datagram (PMTU probes always come here)."""
+        sock = self.link_socket(link)
+        if sock is not None:
+            self.sendto(link, sock, link.session.seal(body))
+
+    def link_socket(self, link: Link) -> socket.socket | None:
+        if link.virtual and not link.endpoint_learnt:
+            # Still punching: a datagram reaching the peer's NAT before the peer's own
+            # mapping exists would spoil the punch. Only the traversal part sends then.
+            link.stats.inc("drop_punching")
+            return None
+        sock = self.udp6 if link.v6 else self.udp
+        if sock is None:
+            link.stats.inc("drop_no_socket_for_family")  # e.g. an IPv6 peer, IPv4-only here
+        return sock
+
+    def sendto(self, link: Link, sock: socket.socket, data: bytes) -> bool:
+        try:
+            sock.sendto(data, link.endpoint)
+        except BlockingIOError:
+            link.stats.inc("drop_tx_busy")
+            return False
+        except OSError as e:
+            self._send_error(link, e, len(data))
+            return False
+        link.stats.inc("tx_packets")
+        link.stats.inc("tx_bytes", len(data))
+        return True
+
+    def send_ttl(self, link: Link, ep: tuple[str, int], data: bytes, ttl: int | None) -> None:
+        """One datagram to ``ep`` with a hop limit (hole punching), counted on the link."""
+        host = ep[0]
+        sock = self.udp6 if ":" in host else self.udp
+        if sock is None:
+            return
+        try:
+            if ttl is None:
+                sock.sendto(data, ep)
+            else:
+                level, opt = ((socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT) if ":" in host
+                              else (socket.IPPROTO_IP, socket.IP_TTL))
+                sock.sendmsg([data], [(level, opt, struct.pack("i", ttl))], 0, ep)
+            link.stats.inc("punch_packets")
+        except OSError as e:
+            link.stats.inc(f"drop_tx_{errno.errorcode.get(e.errno or 0, 'err').lower()}")
+
+    def _send_error(self, link: Link, e: OSError, size: int, n: int = 1) -> None:
+        # EPERM (firewall), unreachable, EMSGSIZE: count, never raise out of the loop.
+        if e.errno == errno.EMSGSIZE:  # the kernel knows a smaller path MTU
+            link.pmtu.on_emsgsize(size, time.monotonic())
+        link.stats.inc(f"drop_tx_{errno.errorcode.get(e.errno or 0, 'err').lower()}", n)
+
+    def send_many(self, link: Link, bodies: list[bytes]) -> None:
+        """Seal several bodies; each run of equal-size datagrams goes in one GSO send.
+
+        A run may end with one shorter datagram (the kernel allows a short last segment).
+        Without GSO (refused before, or --no-offload) it is one sendto per datagram.
+        """
+        sock = self.link_socket(link)
+        if sock is None:
+            return
+        seal = link.session.seal
+        datas = [seal(b) for b in bodies]
+        if not link.gso_ok or sock in self.gso_off:
+            for data in datas:
+                self.sendto(link, sock, data)
+            return
+        n = len(datas)
+        i = 0
+        while i < n:
+            size = len(datas[i])
+            limit = min(n, i + min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size))
+            j = i + 1
+            while j < limit and len(datas[j]) == size:
+                j += 1
+            if j < limit and len(datas[j]) < size:
+                j += 1  # a shorter last segment
+            if j - i == 1:
+                self.sendto(link, sock, datas[i])
+            else:
+                self._send_gso(link, sock, datas[i:j], size)
+            i = j
+
+    def _send_gso(self, link: Link, sock: socket.socket, segs: list[bytes], size: int,
+                  fallback: bool = True) -> None:
+        try:
+            # The segments go as an iovec: the kernel gathers them, no join here.
+            sent = sock.sendmsg(segs, [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, _BYTEORDER))],
+                                0, link.endpoint)
+        except BlockingIOError:
+            link.stats.inc("drop_tx_busy", len(segs))
+            return
+        except OSError as e:
+            if not fallback or e.errno not in (errno.EIO, errno.EINVAL):
+                self._send_error(link, e, size, len(segs))
+                return
+            # EIO: no checksum offload on the route's device; EINVAL: no UDP_SEGMENT, or a
+            # segment over the route's MTU. Send them one by one: if that works, it was
+            # GSO the kernel refused, and this socket stops trying; an EMSGSIZE from it
+            # lowers the path MTU as usual.
+            first = self.sendto(link, sock, segs[0])
+            if first and sock not in self.gso_off:
+                self.gso_off.add(sock)
+                log.info("UDP GSO refused (%s): one datagram per send from now on",
+                         e.strerror)
+            for data in segs[1:]:
+                self.sendto(link, sock, data)
+            return
+        link.stats.inc("tx_packets", len(segs))
+        link.stats.inc("tx_bytes", sent)
+        link.stats.inc("tx_gso_sends")
+
+    def gso_proof(self, link: Link, now: float) -> None:
+        """Prove (again) that a GSO run reaches the peer over the link's current path."""
+        if not self.offload or link.over_tcp or not link.usable:
+            return
+        path = (link.endpoint, link.pmtu.current)
+        if path != link.gso_path:  # new path (or none proven yet): stop GSO until proven
+            link.gso_ok = False
+            link.gso_path = path
+            link.gso_next_proof = now
+            link.gso_retry = GSO_PROOF_RETRY
+        if link.gso_ok or now < link.gso_next_proof or link.pmtu.state != PMTU_COMPLETE:
+            return
+        sock = self.link_socket(link)
+        if sock is None or sock in self.gso_off:
+            return
+        size = path[1]
+        link.gso_proof_id = GSO_PROOF_ID | (link.gso_proof_id + 1) & 0x7FFFFFFF
+        rec = probe_record(Probe(link.gso_proof_id, size))
+        seal = link.session.seal
+        n = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size)
+        self._send_gso(link, sock, [seal(rec) for _ in range(n)], size, fallback=False)
+        link.stats.inc("gso_proofs")
+        link.gso_next_proof = now + link.gso_retry
+        link.gso_retry = min(GSO_PROOF_RETRY_MAX, link.gso_retry * 2)
+
+    @staticmethod
+    def on_gso_ack(link: Link, probe_id: int, size: int) -> None:
+        """A proof run's ack came back: GSO works over this path."""
+        if (probe_id == link.gso_proof_id and link.gso_path is not None
+                and size == link.gso_path[1] and not link.gso_ok):
+            link.gso_ok = True  # a whole GSO run crossed this path: use it
+            link.stats.inc("gso_proven")
+
+    # ------------------------------------------------------------------ receiving
+    def on_readable(self, sock: socket.socket, rx: Receiver) -> None:
+        if sock in self.gro_on:
+            self._on_readable_gro(sock, rx)
+            return
+        recv = sock.recvfrom
+        try:
+            for _ in range(BATCH):
+                try:
+                    data, addr = recv(65535)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    self.drops.inc("udp_recv_error")  # e.g. ICMP port unreachable reported late
+                    continue
+                try:
+                    rx.on_datagram(data, addr)
+                except Exception:  # a bug must not kill the loop; count and log
+                    self.drops.inc("internal_error")
+                    log.exception("internal error handling a datagram")
+        finally:
+            rx.after_batch()
+
+    def _on_readable_gro(self, sock: socket.socket, rx: Receiver) -> None:
+        """Like ``on_readable``, but a read may hold a run of coalesced datagrams.
+
+        The batch bound counts datagrams, not reads; the read that crosses it is finished.
+        """
+        recv = sock.recvmsg
+        on_datagram = rx.on_datagram
+        n = 0
+        try:
+            while n < BATCH:
+                try:
+                    data, anc, flags, addr = recv(GRO_READ, GRO_CMSG_SPACE)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    self.drops.inc("udp_recv_error")  # e.g. ICMP port unreachable reported late
+                    n += 1
+                    continue
+                if flags & socket.MSG_TRUNC:
+                    self.drops.inc("udp_truncated")
+                    n += 1
+                    continue
+                seg = 0
+                for level, typ, cdata in anc:
+                    if level == SOL_UDP and typ == UDP_GRO and len(cdata) >= 4:
+                        seg = int.from_bytes(cdata[:4], _BYTEORDER)
+                size = len(data)
+                try:
+                    if 0 < seg < size:
+                        self.stats.inc("rx_gro_reads")
+                        n += rx.on_run(data, seg, addr)
+                    else:
+                        n += 1
+                        on_datagram(data, addr)
+                except Exception:  # a bug must not kill the loop; count and log
+                    n += 1
+                    self.drops.inc("internal_error")
+                    log.exception("internal error handling a datagram")
+        finally:
+            rx.after_batch()
+
+    def close(self) -> None:
+        for s in self.sockets():
+            s.close()

@@ -1,0 +1,76 @@
+"""The topology as a gossip channel: who is in the mesh and who is linked to whom.
+
+``Mesh`` (sleeve.mesh) holds the signed peer records and the routes; this channel
+plugs it into the gossip router. Its gossip data is a *set of peers* whose records are
+encoded when the message is actually sent (weaveworks/mesh's habit): merging two is a
+set union, and a link that was backed up gets the newest record of each peer once.
+
+- our own record changed (a link came, went or changed state): ``{me}`` to every link;
+- a neighbour's message improved our view: the improved peers to every other link;
+- a new link and anti-entropy: every peer (the router asks ``gossip()``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from sleeve.mesh import LinkInfo, Mesh, encode_chunked
+from sleeve.proto.gossip import Gossip, GossipData, GossipRefused
+
+# A neighbour's (uid, Ed25519 key) as its handshake proved them; None: no such link.
+Neighbour = Callable[[bytes], tuple[int, bytes] | None]
+
+
+class TopologyData:
+    __slots__ = ("_mesh", "peers")
+
+    def __init__(self, mesh: Mesh, peers: set[bytes]) -> None:
+        self._mesh = mesh
+        self.peers = peers
+
+    def encode(self) -> list[bytes]:
+        topo = self._mesh.topology
+        recs = [r for r in (topo.get(p) for p in sorted(self.peers)) if r is not None]
+        return encode_chunked(recs)
+
+    def merge(self, other: GossipData) -> GossipData:
+        if isinstance(other, TopologyData):
+            self.peers |= other.peers
+            return self
+        raise TypeError("topology gossip merges only with topology gossip")
+
+
+class TopologyChannel:
+    def __init__(self, mesh: Mesh, neighbour: Neighbour) -> None:
+        self.mesh = mesh
+        self._neighbour = neighbour
+        self.gossip_handle: Gossip | None = None  # set once registered
+
+    def sync_links(self, links: Iterable[LinkInfo]) -> None:
+        """Publish our links in our record; gossip it if it changed."""
+        if self.mesh.set_links(links) is not None and self.gossip_handle is not None:
+            self.gossip_handle.neighbours(TopologyData(self.mesh, {self.mesh.me}))
+
+    # -- Gossiper -------------------------------------------------------------------------
+    def gossip(self) -> GossipData | None:
+        return TopologyData(self.mesh, self.mesh.topology.peers())
+
+    def on_gossip(self, src: bytes, msg: bytes, now: float) -> GossipData | None:
+        who = self._neighbour(src)
+        if who is None:
+            raise GossipRefused("gossip_undecodable", "gossip from a peer with no link")
+        delta, outcome = self.mesh.merge(src, who[0], who[1], msg)
+        if outcome != "ok":
+            raise GossipRefused(outcome)
+        if not delta:
+            return None
+        return TopologyData(self.mesh, {r.peer for r in delta})
+
+    def on_broadcast(self, origin: bytes, msg: bytes, now: float) -> bool:
+        raise GossipRefused("not_broadcast", "the topology travels by gossip only")
+
+    def on_unicast(self, src: bytes, msg: bytes, now: float) -> None:
+        raise GossipRefused("not_unicast", "the topology travels by gossip only")
+
+    def peer_gone(self, peer: bytes) -> None:
+        pass  # the topology is where "gone" is decided (Mesh.gc)
