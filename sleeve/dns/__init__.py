@@ -1,0 +1,1 @@
+"""Service discovery: a micro DNS in every router (placeholder docstring, see below)."""
