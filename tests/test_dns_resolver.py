@@ -11,7 +11,6 @@ import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -78,7 +77,7 @@ def test_nxdomain_with_soa_and_nodata() -> None:
 
 
 def test_ptr_from_table_else_forward() -> None:
-    r, res = make()
+    _, res = make()
     m = ask(res, ipaddress.ip_address("198.19.0.2").reverse_pointer + ".", "PTR")
     assert [rd.target.to_text() for rd in m.answer[0]] == ["web.sleeve.local."]
     m = ask(res, ipaddress.ip_address("fd00::2").reverse_pointer + ".", "PTR")

@@ -173,6 +173,7 @@ class DnsServer:
         """Bind every listen address (UDP, then TCP on the same port); raises OSError if one
         cannot be bound (after closing what was bound)."""
         loop = asyncio.get_running_loop()
+        self.bound = []
         try:
             for host, port in self.listen:
                 fam = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -206,6 +207,7 @@ class DnsServer:
                 await srv.wait_closed()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.sleep(0)  # transports close their sockets on the next loop turn
         self._udp, self._tcp = [], []
 
     def status(self) -> dict[str, Any]:
