@@ -284,3 +284,27 @@ nameserver ::ffff:198.19.0.1
         ("10.0.0.2", 53), ("fe80::1", 53)]
     assert is_self(("0.0.0.0", 53), [("127.0.0.1", 53)])
     assert not is_self(("127.0.0.1", 53), [("127.0.0.1", 5353)])
+
+
+def test_pending_forwards_are_bounded() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        silent, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=(UP_HOST, 0))
+        res = Resolver(Records(b"A" * 8), lambda ip: True, ResolverConfig(rate=0))
+        s = DnsServer(res, [(HOST, 0)], [(UP_HOST, silent.get_extra_info("sockname")[1])],
+                      upstream_timeout=0.3, max_pending=2)
+        await s.start()
+        client, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, remote_addr=(HOST, s.bound[0][1]))
+        for i in range(5):  # all in one loop turn: the bound holds before any task runs
+            client.sendto(dns.message.make_query(f"n{i}.example.", "A").to_wire())
+        await asyncio.sleep(0.1)
+        assert s.stats["forward_busy"] == 3 and s.status()["pending_forwards"] == 2
+        await asyncio.sleep(0.5)
+        assert s.status()["pending_forwards"] == 0
+        client.close()
+        await s.close()
+        silent.close()
+
+    asyncio.run(main())

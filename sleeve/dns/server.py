@@ -234,28 +234,30 @@ class DnsServer:
             if self._pending >= self.max_pending:
                 self.stats["forward_busy"] += 1
                 return
+            self._pending += 1  # counted now, not when the task first runs
             self._spawn(self._udp_forward(tr, res, addr))
 
     async def _udp_forward(self, tr: asyncio.DatagramTransport, fwd: Forward, addr: Any) -> None:
-        data = await self._forward(fwd)
+        try:
+            data = await self._forward(fwd)
+        finally:
+            self._pending -= 1
         if not tr.is_closing():
             tr.sendto(data, addr)
 
     # -- forwarding ---------------------------------------------------------------------------
     async def _forward(self, fwd: Forward) -> bytes:
-        self._pending += 1
-        try:
-            async with self._sem:
-                for up in self.upstreams:
-                    try:
-                        ans = await asyncio.wait_for(self._ask(up, fwd), self.upstream_timeout)
-                    except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
-                        self.upstream_failures[f"{up[0]}:{up[1]} {type(e).__name__}"] += 1
-                        continue
-                    self.stats["forward_answered"] += 1
-                    return ans
-        finally:
-            self._pending -= 1
+        """The client's answer: the first upstream's accepted reply, else SERVFAIL.
+        (The caller counts it in ``_pending``.)"""
+        async with self._sem:
+            for up in self.upstreams:
+                try:
+                    ans = await asyncio.wait_for(self._ask(up, fwd), self.upstream_timeout)
+                except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
+                    self.upstream_failures[f"{up[0]}:{up[1]} {type(e).__name__}"] += 1
+                    continue
+                self.stats["forward_answered"] += 1
+                return ans
         return self.resolver.servfail(fwd)
 
     async def _ask(self, up: Addr, fwd: Forward) -> bytes:
@@ -322,7 +324,11 @@ class DnsServer:
                 self.stats["forward_busy"] += 1
                 data = self.resolver.servfail(res)
             else:
-                data = await self._forward(res)
+                self._pending += 1
+                try:
+                    data = await self._forward(res)
+                finally:
+                    self._pending -= 1
         elif isinstance(res, Answer):
             data = res.data
         else:
