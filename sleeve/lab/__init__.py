@@ -3,10 +3,9 @@
 Test tooling only (it shells out to ``ip``/``nft``/``sysctl``); the router never imports it.
 """
 
+from sleeve.lab.guard import OVERLAY, UNDERLAY
 from sleeve.lab.netns import (
     AUTO,
-    OVERLAY,
-    UNDERLAY,
     Host,
     Lab,
     LabCommandError,

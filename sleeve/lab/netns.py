@@ -28,15 +28,19 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import IO, Any, Final
 
-log = logging.getLogger("sleeve.lab")
+from sleeve.lab.guard import (
+    ANY_LAB_NET,
+    UNDERLAY,
+    check_iface,
+    check_ifname,
+    check_ip,
+    check_net,
+    close_streams,
+    nft_ident,
+    terminate,
+)
 
-UNDERLAY: Final = ipaddress.IPv4Network("198.18.0.0/16")
-OVERLAY: Final = ipaddress.IPv4Network("198.19.0.0/16")
-# IPv6: inside 2001:2::/48, the IPv6 benchmarking range (RFC 5180), as 198.18/15 is for IPv4.
-UNDERLAY6: Final = ipaddress.IPv6Network("2001:2:0:1800::/56")
-OVERLAY6: Final = ipaddress.IPv6Network("2001:2:0:1900::/56")
-_Net = ipaddress.IPv4Network | ipaddress.IPv6Network
-ANY_LAB_NET: Final[tuple[_Net, ...]] = (UNDERLAY, OVERLAY, UNDERLAY6, OVERLAY6)
+log = logging.getLogger("sleeve.lab")
 
 AUTO: Final = "auto"
 """Default for :meth:`Lab.connect`: allocate ``198.18.<switch index>.<N>/24``."""
@@ -47,7 +51,6 @@ IFNAMSIZ: Final = 15
 
 _RUN_ID_RE: Final = re.compile(r"^[0-9a-z]{1,6}$")
 _NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
-_IFNAME_RE: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
 _PROTOS: Final = ("udp", "tcp", "icmp")
 
 _SigHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
@@ -64,106 +67,6 @@ class LabCommandError(subprocess.CalledProcessError):
     def __str__(self) -> str:
         err = self.stderr.strip() if isinstance(self.stderr, str) else ""
         return f"{super().__str__().rstrip('.')}{': ' + err if err else ''}"
-
-
-# ---------------------------------------------------------------- validation
-
-
-def _check_iface(cidr: str, allowed: tuple[_Net, ...]) -> str:
-    """Return ``cidr`` normalised; ValueError unless the whole prefix is inside ``allowed``."""
-    try:
-        iface = ipaddress.ip_interface(cidr)
-    except ValueError as e:
-        raise ValueError(f"not an address/prefix: {cidr!r}") from e
-    if "/" not in cidr:
-        raise ValueError(f"address needs a prefix length: {cidr!r}")
-    if not any(iface.version == net.version and iface.network.subnet_of(net)  # type: ignore[arg-type]
-               for net in allowed):
-        raise ValueError(f"{cidr} is outside the lab ranges {', '.join(map(str, allowed))}")
-    return str(iface)
-
-
-def _check_ip(ip: str, allowed: tuple[_Net, ...] = ANY_LAB_NET) -> str:
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError as e:
-        raise ValueError(f"not an IP address: {ip!r}") from e
-    if not any(addr in n for n in allowed):
-        raise ValueError(f"{ip} is outside the lab ranges {', '.join(map(str, allowed))}")
-    return str(addr)
-
-
-def _check_net(dst: str) -> str:
-    try:
-        net = ipaddress.ip_network(dst, strict=False)
-    except ValueError as e:
-        raise ValueError(f"not a network: {dst!r}") from e
-    if not any(net.version == n.version and net.subnet_of(n)  # type: ignore[arg-type]
-               for n in ANY_LAB_NET):
-        raise ValueError(f"route {dst} is outside the lab ranges (no routes to the outside)")
-    return str(net)
-
-
-def _check_ifname(ifname: str) -> str:
-    if not _IFNAME_RE.match(ifname):
-        raise ValueError(f"bad interface name {ifname!r}")
-    return ifname
-
-
-def _nft_ident(ifname: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", ifname)
-
-
-# ---------------------------------------------------------------- processes
-
-
-def _killpg(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-def _exited_nowait(pid: int) -> bool:
-    """True once ``pid`` has exited; leaves it a zombie (so its PID/PGID is not reused)."""
-    try:
-        res = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return True
-    return res is not None
-
-
-def _terminate(procs: list[subprocess.Popen[bytes]], grace: float) -> list[str]:
-    """SIGTERM each process group, wait up to ``grace`` s, then SIGKILL. Never raises.
-
-    Only processes not yet reaped are signalled: while unreaped, their PID (= PGID, as
-    they were started with ``start_new_session=True``) cannot belong to anyone else.
-    """
-    errors: list[str] = []
-    live = [p for p in procs if p.returncode is None]
-    for p in live:
-        _killpg(p.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    pending = list(live)
-    while pending and time.monotonic() < deadline:
-        pending = [p for p in pending if not _exited_nowait(p.pid)]
-        if pending:
-            time.sleep(0.02)
-    for p in live:  # leader alive or a zombie: the group id is still ours
-        _killpg(p.pid, signal.SIGKILL)
-    for p in live:
-        try:
-            p.wait(timeout=3.0)
-        except subprocess.TimeoutExpired:
-            errors.append(f"pid {p.pid} survived SIGKILL")
-        except Exception as e:  # pragma: no cover - defensive
-            errors.append(f"pid {p.pid}: {e!r}")
-    return errors
-
-
-def _close_streams(p: subprocess.Popen[bytes]) -> None:
-    for s in (p.stdin, p.stdout, p.stderr):
-        if s is not None:
-            with contextlib.suppress(Exception):
-                s.close()
 
 
 # ---------------------------------------------------------------- hosts
@@ -228,9 +131,9 @@ class Host:
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float = 5.0) -> int:
         """SIGTERM the process group of ``proc``, SIGKILL after ``timeout`` s; return exit code."""
-        errors = _terminate([proc], timeout)
+        errors = terminate([proc], timeout)
         self.lab._untrack(proc)
-        _close_streams(proc)
+        close_streams(proc)
         if errors or proc.returncode is None:
             raise LabError(f"could not stop pid {proc.pid}: {'; '.join(errors)}")
         return proc.returncode
@@ -242,21 +145,21 @@ class Host:
 
     def addr(self, ifname: str, cidr: str) -> None:
         """Add an address (lab ranges only, else ValueError) and bring ``ifname`` up."""
-        cidr = _check_iface(cidr, ANY_LAB_NET)
+        cidr = check_iface(cidr, ANY_LAB_NET)
         # IPv6: no duplicate address detection, so the address is usable at once
         extra = ("nodad",) if ":" in cidr else ()
-        self._ip("addr", "add", cidr, "dev", _check_ifname(ifname), *extra)
+        self._ip("addr", "add", cidr, "dev", check_ifname(ifname), *extra)
         self._ip("link", "set", "dev", ifname, "up")
 
     def set_mtu(self, ifname: str, mtu: int) -> None:
         """Set the MTU of ``ifname``."""
         if not 68 <= mtu <= 65535:
             raise ValueError(f"bad MTU {mtu}")
-        self._ip("link", "set", "dev", _check_ifname(ifname), "mtu", str(mtu))
+        self._ip("link", "set", "dev", check_ifname(ifname), "mtu", str(mtu))
 
     def route(self, dst: str, via: str) -> None:
         """Add/replace a route to ``dst`` (a lab network, never default) via a lab address."""
-        self._ip("route", "replace", _check_net(dst), "via", _check_ip(via))
+        self._ip("route", "replace", check_net(dst), "via", check_ip(via))
 
     def sysctl(self, key: str, value: str | int) -> None:
         """Set a sysctl inside the namespace (only namespaced keys make sense: net.*)."""
@@ -266,7 +169,7 @@ class Host:
 
     def ipv4(self, ifname: str) -> list[str]:
         """The IPv4 addresses (CIDR) on ``ifname``."""
-        out = self.run("ip", "-4", "-o", "addr", "show", "dev", _check_ifname(ifname)).stdout
+        out = self.run("ip", "-4", "-o", "addr", "show", "dev", check_ifname(ifname)).stdout
         return re.findall(r"inet (\S+)", out)
 
     # -- nftables
@@ -279,7 +182,7 @@ class Host:
         """Drop traffic to/from ``peer_ip`` (input, output, forward); optionally only ``proto``
         (udp/tcp/icmp) and/or ``port`` (matched as source or destination port; a port alone
         means tcp+udp). Returns a handle for :meth:`unblock`. Table ``inet slv_block``."""
-        peer = _check_ip(peer_ip)
+        peer = check_ip(peer_ip)
         if proto is not None and proto not in _PROTOS:
             raise ValueError(f"proto must be one of {_PROTOS}")
         if port is not None and not (0 < port < 65536 and proto != "icmp"):
@@ -333,11 +236,11 @@ class Host:
         0 clears. Uses table ``netdev slv_loss`` (inet tables cannot hook device egress)."""
         if not 0 <= percent <= 100:
             raise ValueError(f"loss percent must be 0..100, not {percent}")
-        _check_ifname(ifname)
+        check_ifname(ifname)
         self.clear_loss(ifname)
         if percent == 0:
             return
-        ident = _nft_ident(ifname)
+        ident = nft_ident(ifname)
         lines = ["add table netdev slv_loss"]
         for chain, hook in (("in", "ingress"), ("out", "egress")):
             lines.append(
@@ -354,7 +257,7 @@ class Host:
         """Stop dropping packets on ``ifname`` (no-op if :meth:`loss` was not set)."""
         if ifname not in self._loss:
             return
-        ident = _nft_ident(ifname)
+        ident = nft_ident(ifname)
         self.nft(
             "".join(
                 f"flush chain netdev slv_loss {ident}_{c}\n"
@@ -383,7 +286,7 @@ class Host:
             argv += ["-s", str(size)]
         if dont_fragment:
             argv += ["-M", "do"]
-        argv.append(_check_ip(dst))
+        argv.append(check_ip(dst))
         try:
             res = self.run(*argv, check=False, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -392,7 +295,7 @@ class Host:
 
     def wait_ping(self, dst: str, timeout: float = 15.0) -> bool:
         """Single pings until one is answered (True) or ``timeout`` s pass (False)."""
-        _check_ip(dst)
+        check_ip(dst)
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -516,14 +419,14 @@ class Lab:
             try:
                 out, err = proc.communicate(input, timeout=timeout)
             except subprocess.TimeoutExpired as e:
-                _terminate([proc], 0.5)
+                terminate([proc], 0.5)
                 raise subprocess.TimeoutExpired(argv, timeout) from e
             except BaseException:
-                _terminate([proc], 0.5)
+                terminate([proc], 0.5)
                 raise
         finally:
             self._untrack(proc)
-            _close_streams(proc)
+            close_streams(proc)
         res = subprocess.CompletedProcess(
             argv, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
         )
@@ -597,7 +500,7 @@ class Lab:
         if addr == AUTO:
             addr = sw.next_addr()
         elif addr is not None:
-            addr = _check_iface(addr, (UNDERLAY,))
+            addr = check_iface(addr, (UNDERLAY,))
         h_if, s_if = self._ifname("h"), self._ifname("s")
         self._veth(host.netns, h_if, sw.netns, s_if, mtu)
         sw._ip("link", "set", s_if, "master", sw.bridge)
@@ -611,8 +514,8 @@ class Lab:
 
     def link(self, a: Host, b: Host, addr_a: str, addr_b: str, mtu: int = 1500) -> tuple[str, str]:
         """A direct veth pair between ``a`` and ``b`` with 198.18/16 addresses; returns ifnames."""
-        addr_a = _check_iface(addr_a, (UNDERLAY,))
-        addr_b = _check_iface(addr_b, (UNDERLAY,))
+        addr_a = check_iface(addr_a, (UNDERLAY,))
+        addr_b = check_iface(addr_b, (UNDERLAY,))
         if_a, if_b = self._ifname("a"), self._ifname("b")
         self._veth(a.netns, if_a, b.netns, if_b, mtu)
         a.addr(if_a, addr_a)
@@ -623,8 +526,8 @@ class Lab:
         """Make ``gw`` a masquerading NAT: forwarding on, ``masquerade`` out of ``outside_if``,
         and only established/related traffic forwarded from outside to inside (table
         ``ip slv_nat``).  ``fully_random`` randomises source ports (symmetric-NAT-like)."""
-        _check_ifname(inside_if)
-        _check_ifname(outside_if)
+        check_ifname(inside_if)
+        check_ifname(outside_if)
         gw.sysctl("net.ipv4.ip_forward", 1)
         masq = "masquerade fully-random" if fully_random else "masquerade"
         gw.nft(
@@ -665,12 +568,12 @@ class Lab:
             with self._lock:
                 procs = list(self._procs)
             try:
-                errors += _terminate(procs, TERM_GRACE)
+                errors += terminate(procs, TERM_GRACE)
             except Exception as e:
                 errors.append(f"terminate: {e!r}")
             for p in procs:
                 self._untrack(p)
-                _close_streams(p)
+                close_streams(p)
             with self._lock:
                 namespaces = list(reversed(self._namespaces))
             try:

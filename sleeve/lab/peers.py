@@ -39,7 +39,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from sleeve.lab.netns import Host, LabError, _check_iface, _check_ip
+from sleeve.lab.guard import check_iface, check_ip
+from sleeve.lab.netns import Host, LabError
 
 KINDS: Final = ("wireguard-go", "tinc", "fastd")
 
@@ -186,10 +187,10 @@ def _write(path: pathlib.Path, text: str, mode: int = 0o600) -> None:
 
 
 def _checked(a_ul: str, b_ul: str, a_ov: str, b_ov: str) -> tuple[str, str, str, str]:
-    from sleeve.lab.netns import OVERLAY, UNDERLAY
+    from sleeve.lab.guard import OVERLAY, UNDERLAY
 
-    return (_check_ip(a_ul, (UNDERLAY,)), _check_ip(b_ul, (UNDERLAY,)),
-            _check_iface(a_ov, (OVERLAY,)), _check_iface(b_ov, (OVERLAY,)))
+    return (check_ip(a_ul, (UNDERLAY,)), check_ip(b_ul, (UNDERLAY,)),
+            check_iface(a_ov, (OVERLAY,)), check_iface(b_ov, (OVERLAY,)))
 
 
 # ---------------------------------------------------------------- wireguard-go

@@ -12,7 +12,8 @@ import subprocess
 import sys
 import time
 
-from sleeve.lab.netns import Host, _check_ip
+from sleeve.lab.guard import check_ip
+from sleeve.lab.netns import Host
 
 # Count received frames on IFACE for SECONDS whose bytes contain the hex MARK; print it.
 _COUNT = r"""
@@ -120,8 +121,8 @@ def arp_storm(host: Host, iface: str, n: int, target_ip: str, sender_ip: str) ->
     """Send ``n`` broadcast ARP requests; returns when they are all sent."""
     if not 0 < n <= 100_000:
         raise ValueError("storm size must be 1..100000")
-    r = host.run(sys.executable, "-c", _ARP, iface, str(n), _check_ip(target_ip),
-                 _check_ip(sender_ip), timeout=120)
+    r = host.run(sys.executable, "-c", _ARP, iface, str(n), check_ip(target_ip),
+                 check_ip(sender_ip), timeout=120)
     assert int(r.stdout) == n
 
 
@@ -129,7 +130,7 @@ class McastReceiver:
     def __init__(self, host: Host, group: str, port: int, local_ip: str, seconds: float) -> None:
         self.host = host
         self.seconds = seconds
-        self.proc = _start(host, _MRECV, group, str(port), _check_ip(local_ip), str(seconds))
+        self.proc = _start(host, _MRECV, group, str(port), check_ip(local_ip), str(seconds))
 
     def result(self) -> tuple[int, int]:
         """(datagrams received, distinct datagrams)."""
@@ -140,7 +141,7 @@ class McastReceiver:
 def mcast_send(host: Host, group: str, port: int, local_ip: str, n: int) -> None:
     if not 0 < n <= 10_000:
         raise ValueError("count must be 1..10000")
-    host.run(sys.executable, "-c", _MSEND, group, str(port), _check_ip(local_ip), str(n),
+    host.run(sys.executable, "-c", _MSEND, group, str(port), check_ip(local_ip), str(n),
              timeout=30 + n * 0.01)
 
 
