@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--b", required=True, type=pathlib.Path, help="candidate source tree")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tests", default="tcp1,udp64")
-    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--subject", default="sleeve")
     ap.add_argument("--report", type=pathlib.Path, required=True, help="markdown file to write")
     args = ap.parse_args()
@@ -86,7 +86,7 @@ def main() -> None:
                 order.append(name)
                 print(f"run {i + 1}/{args.repeats} {name}: {time.monotonic() - t0:.0f} s",
                       flush=True)
-    lines = [f"# A/B: {args.subject}, {args.repeats} interleaved repeats, {args.seconds:g} s each",
+    lines = [f"# A/B: {args.subject}, {args.repeats} interleaved repeats, {args.seconds} s each",
              "", f"- A: `{trees['A']}`", f"- B: `{trees['B']}`",
              f"- order: {' '.join(order)}", "",
              "| test | unit | A median (min..max) | B median (min..max) | B/A |",
