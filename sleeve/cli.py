@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="show a running router's status")
     st.add_argument("what", nargs="?", default="summary",
-                    choices=["summary", "connections", "peers", "routes", "macs", "targets"])
+                    choices=["summary", "connections", "peers", "routes", "macs", "targets",
+                             "dns"])
     st.add_argument("--http", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP))
     st.add_argument("--json", action="store_true")
 

@@ -61,6 +61,6 @@ origin O; they last until the forgery reaches O, which outbids it (re-asserts it
 state, tombstones a live record it does not hold). Signing records like the topology's
 ``PeerRecord`` would close that. Persistence of our own records across a restart is in
 ``service.py`` (``Store``); stale records of a former life that were not saved are
-tombstoned when gossip brings them back. Also not done: RFC 8020 empty non-terminals (``prod.sleeve.local.`` when only
-``db.prod`` exists answers NXDOMAIN).
+tombstoned when gossip brings them back. Also not done: RFC 8020 empty non-terminals
+(``prod.sleeve.local.`` when only ``db.prod`` exists answers NXDOMAIN).
 """

@@ -26,6 +26,7 @@ to clients on the overlay subnet(s) (``--ip``'s prefix) and to the host itself
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import json
@@ -186,7 +187,7 @@ class DnsService:
                             one_address=self.cfg.dns_one_address,
                             rate=self.cfg.dns_rate, burst=max(1.0, 2 * self.cfg.dns_rate))
         resolver = Resolver(self.records, self.may_recurse, rc)
-        local = _host_addresses()
+        local = await asyncio.to_thread(_host_addresses)  # netlink: not on the loop
         try:
             text = pathlib.Path(self.resolv_conf).read_text(errors="replace")[:65536]
         except OSError as e:
