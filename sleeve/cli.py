@@ -28,6 +28,8 @@ from sleeve.config import (
     Config,
     ConfigError,
     check_cidr,
+    check_dns_domain,
+    check_dns_listen,
     check_host_port,
     check_subnets,
     parse_target,
@@ -85,6 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--nickname", default=socket.gethostname()[:64])
     la.add_argument("--http", default=DEFAULT_HTTP,
                     help=f"status API address (default {DEFAULT_HTTP}); 'off' to disable")
+    la.add_argument("--no-dns", action="store_true",
+                    help="do not serve DNS (names are still gossiped and can be registered)")
+    la.add_argument("--dns-listen", default="", metavar="ADDR[:PORT][,...]",
+                    help="where the micro DNS listens, UDP and TCP, comma separated (IPv6 as "
+                         "[ADDR]:PORT; default: the --ip address, port 53)")
+    la.add_argument("--dns-domain", default="sleeve.local.",
+                    help="domain the micro DNS answers for (default sleeve.local.)")
+    la.add_argument("--dns-ttl", type=int, default=1, metavar="S",
+                    help="TTL of DNS answers in seconds (default 1)")
+    la.add_argument("--dns-one-address", action="store_true",
+                    help="answer one random address per query instead of all, shuffled "
+                         "(clients that sort addresses by RFC 6724, like glibc, undo shuffles)")
+    la.add_argument("--dns-rate-limit", type=float, default=500.0, metavar="QPS",
+                    help="DNS queries per second per client address (default 500; 0: none)")
     la.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     la.add_argument("--log-format", default="text", choices=["text", "json"])
     la.add_argument("peers", nargs="*", metavar="PEER", help="host[:port] to connect to")
@@ -93,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="show a running router's status")
     st.add_argument("what", nargs="?", default="summary",
-                    choices=["summary", "connections", "peers", "routes", "macs", "targets"])
+                    choices=["summary", "connections", "peers", "routes", "macs", "targets",
+                             "dns"])
     st.add_argument("--http", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP))
     st.add_argument("--json", action="store_true")
 
@@ -106,6 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(verb, help=text)
         c.add_argument("peers", nargs="+", metavar="HOST[:PORT]")
         c.add_argument("--http", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP))
+
+    dn = sub.add_parser("dns", help="register names in the micro DNS of a running router")
+    dsub = dn.add_subparsers(dest="dns_cmd", required=True, parser_class=_Parser)
+    da = dsub.add_parser("add", help="NAME resolves to ADDRESS (everywhere in the mesh)")
+    da.add_argument("name", metavar="NAME", help="web, or web.sleeve.local")
+    da.add_argument("address", metavar="ADDRESS", help="IPv4 or IPv6 address")
+    da.add_argument("--id", default="", help="owner id (e.g. a container id)")
+    dr = dsub.add_parser("remove", help="remove NAME (only its ADDRESS if given)")
+    dr.add_argument("name", metavar="NAME")
+    dr.add_argument("address", nargs="?", metavar="ADDRESS")
+    for d in (da, dr):
+        d.add_argument("--http", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP))
 
     de = sub.add_parser("demo", help="build a lab on this machine and show sleeve working")
     de.add_argument("--keep-going", action="store_true", help=argparse.SUPPRESS)
@@ -154,6 +183,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise ConfigError(f"--conn-limit out of range (1..10000): {args.conn_limit}")
     if len(args.iface) > 15:
         raise ConfigError(f"--iface name longer than 15 characters: {args.iface}")
+    if not 0 <= args.dns_ttl <= 86400:
+        raise ConfigError(f"--dns-ttl out of range (0..86400): {args.dns_ttl}")
+    if not 0 <= args.dns_rate_limit <= 1e6:
+        raise ConfigError(f"--dns-rate-limit out of range (0..1000000): {args.dns_rate_limit}")
+    dns_listen = check_dns_listen(args.dns_listen)
     http = None if args.http in ("off", "", "none") else args.http
     if http is not None:
         check_host_port(http, "--http")
@@ -165,6 +199,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         resume=args.resume, discovery=not args.no_discovery, conn_limit=args.conn_limit,
         fastdp=not args.no_fastdp, trusted_subnets=check_subnets(args.trusted_subnets),
         offload=args.offload, rekey_seconds=args.rekey_seconds,
+        dns=not args.no_dns, dns_listen=dns_listen, dns_domain=check_dns_domain(args.dns_domain),
+        dns_ttl=args.dns_ttl, dns_one_address=args.dns_one_address,
+        dns_rate=args.dns_rate_limit,
     )
 
 
@@ -225,6 +262,28 @@ def launch(args: argparse.Namespace) -> int:
         _fail(str(e))
     except OSError as e:
         _fail(e.strerror or str(e))
+    return 0
+
+
+def dns_action(args: argparse.Namespace) -> int:
+    """``sleeve dns add|remove``: checked here first (exit 2), then by the router (exit 1)."""
+    import urllib.parse
+
+    from sleeve.dns.names import BadName, check_name, parse_address
+
+    q = {"name": args.name}
+    try:
+        check_name(args.name)
+        if args.address is not None:
+            q["address"] = str(parse_address(args.address))
+    except BadName as e:
+        _fail(f"bad name: {e}", 2)
+    except ValueError as e:
+        _fail(str(e), 2)
+    if args.dns_cmd == "add":
+        q["id"] = args.id
+    path = f"/dns/{args.dns_cmd}?{urllib.parse.urlencode(q)}"
+    print(json.dumps(_api(args.http, path, "POST")))
     return 0
 
 
@@ -306,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd in ("connect", "forget"):
         return peers_action(args)
+    if args.cmd == "dns":
+        return dns_action(args)
     if args.cmd == "demo":
         from sleeve.demo import run_demo
 

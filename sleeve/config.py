@@ -48,6 +48,12 @@ class Config:
     trusted_subnets: tuple[str, ...] = ()  # peers here may use the unencrypted fast datapath
     rekey_seconds: float = 120.0  # data key rotation period (and every 2^40 datagrams)
     offload: bool = True  # UDP GSO/GRO on the data plane (--no-offload: per datagram)
+    dns: bool = True  # serve the micro DNS (--no-dns: the "dns" channel still runs)
+    dns_listen: tuple[str, ...] = ()  # ADDR[:PORT] each; empty: the --ip address, port 53
+    dns_domain: str = "sleeve.local."
+    dns_ttl: int = 1
+    dns_one_address: bool = False  # answer one random address instead of all, shuffled
+    dns_rate: float = 500.0  # queries/s per client address (burst twice that); 0: no limit
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -105,6 +111,32 @@ def check_subnets(text: str) -> tuple[str, ...]:
             raise ConfigError(f"--trusted-subnets needs CIDRs like 198.18.0.0/16: "
                               f"{part!r}") from None
     return tuple(out)
+
+
+def check_dns_listen(specs: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``--dns-listen`` (a comma or space separated list, or a list of them) -> ADDR[:PORT]s."""
+    from sleeve.dns.server import parse_listen
+
+    parts = [specs] if isinstance(specs, str) else list(specs)
+    out = []
+    for part in " ".join(parts).replace(",", " ").split():
+        try:
+            parse_listen(part)
+        except ValueError:
+            raise ConfigError(f"--dns-listen needs ADDR[:PORT] (IPv6 as [ADDR]:PORT), like "
+                              f"198.19.0.1:53: {part!r}") from None
+        out.append(part)
+    return tuple(out)
+
+
+def check_dns_domain(text: str) -> str:
+    """``--dns-domain`` as an absolute name with the trailing dot."""
+    from sleeve.dns.names import BadName, check_name
+
+    try:
+        return check_name(text) + "."
+    except BadName as e:
+        raise ConfigError(f"--dns-domain: {e}") from None
 
 
 def check_host_port(text: str, what: str) -> tuple[str, int]:

@@ -8,6 +8,7 @@ uses the long option names with dashes or underscores::
     password-file = "/etc/sleeve/password"
     ip = "198.19.0.1/24"
     peers = ["198.18.0.2", "198.18.0.3:6783"]
+    dns-listen = "198.19.0.1:53,127.0.0.1:5353"   # env SLEEVE_DNS_LISTEN, same form
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ OPTIONS: dict[str, type] = {
     "log_level": str, "log_format": str, "peers": list, "resume": bool,
     "offload": bool, "no_discovery": bool, "conn_limit": int, "no_fastdp": bool,
     "trusted_subnets": str, "rekey_seconds": float,
+    "no_dns": bool, "dns_listen": str, "dns_domain": str, "dns_ttl": int,
+    "dns_one_address": bool, "dns_rate_limit": float,
 }
 
 

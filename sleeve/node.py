@@ -10,6 +10,8 @@ The parts (each in its own module, each with its own state; see docs/architectur
     gossip           GossipRouter (named channels over the control connections) and the
                      topology channel (mesh records, routes)
     traversal        hole punching over relayed control connections
+    dns              DnsService: the "dns" gossip channel (names), their persistence,
+                     and the micro DNS server on the overlay address (sleeve.dns.service)
     fastdp           the kernel VXLAN datapath agent
 
 What flows: the port and the UDP sockets are read by the event loop and handed to
@@ -36,6 +38,7 @@ from sleeve.control.connections import Connections, Identity, TargetState
 from sleeve.control.dialler import Dialler, task_spawner
 from sleeve.crypto.keys import Signer, format_peer_id, load_or_create_static_key
 from sleeve.crypto.noise import KeyPair
+from sleeve.dns.service import DnsService
 from sleeve.fastdp.agent import FastdpAgent
 from sleeve.forward.egress import Egress
 from sleeve.forward.ingress import Ingress
@@ -93,6 +96,9 @@ class Node:
                                    self.drops, self.stats, enabled=cfg.discovery,
                                    run_connection=self.conns.run)
         self.fastdp = FastdpAgent(cfg, self.id, self.table, self.macs, self.drops, self.stats)
+        # registered after topology: a new link hears who the peers are before their names
+        self.dns = DnsService(cfg, self.id, self.gossip,
+                              is_known_peer=lambda p: self.mesh.topology.get(p) is not None)
         # -- events: who hears about what
         self.table.on_up(self.gossip.link_up)  # full state first, then our new record
         self.table.on_up(lambda _link: self._sync_own_record())
@@ -166,6 +172,8 @@ class Node:
                     hb_fd = self.fastdp.hb.fileno()
                     loop.add_reader(hb_fd, self.fastdp.on_heartbeats)
                     stack.callback(loop.remove_reader, hb_fd)
+            await self.dns.start()  # after the port: it listens on the port's address
+            stack.push_async_callback(self.dns.close)
             loop.add_reader(port.fileno(), self.egress.on_port_readable)
             stack.callback(loop.remove_reader, port.fileno())
             for sock in self.underlay.sockets():
@@ -222,6 +230,9 @@ class Node:
             "GET /metrics": metrics_route(self.status),
             "POST /connect": json_action(self.dialler.api_connect),
             "POST /forget": json_action(self.dialler.api_forget),
+            "GET /dns": json_route(self.dns.status),
+            "POST /dns/add": json_action(self.dns.api_add),
+            "POST /dns/remove": json_action(self.dns.api_remove),
         }
 
     def add_target(self, t: Target) -> None:
@@ -263,6 +274,7 @@ class Node:
         self.gossip.tick(now)
         self._sync_own_record()
         self.fastdp.tick(now)
+        self.dns.tick(now)
         if now >= self._next_mesh:
             self._next_mesh = now + MESH_PERIOD
             for gone in self.mesh.gc(now):
@@ -289,7 +301,9 @@ class Node:
                        "attach": cfg.attach, "ip": cfg.ip, "mtu": cfg.mtu,
                        "state_dir": str(cfg.state_dir), "nickname": cfg.nickname,
                        "encrypted": cfg.encrypted, "peers": [str(p) for p in cfg.peers],
-                       "http": cfg.http},
+                       "http": cfg.http, "dns": cfg.dns, "dns_listen": list(cfg.dns_listen),
+                       "dns_domain": cfg.dns_domain, "dns_ttl": cfg.dns_ttl,
+                       "dns_one_address": cfg.dns_one_address, "dns_rate": cfg.dns_rate},
             "status": self.status(),
         }
 
@@ -308,6 +322,7 @@ class Node:
             "routes": self._routes_status(),
             "fastdp": self.fastdp.status(),
             "gossip": self.gossip.status(),
+            "dns": self.dns.status(),
             "macs": [{"mac": m.hex(":"), "peer": "local" if p == LOCAL else format_peer_id(p),
                       "age_s": round(age, 1)} for m, p, age in self.macs.entries(now)],
             "drops": self.drops.snapshot(),

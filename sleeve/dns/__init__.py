@@ -7,8 +7,11 @@ Modules (imports point downwards)::
     records.py   sans-IO gossip channel "dns": the record table (implements Gossiper)
     wire.py      the channel's msgpack codec (field diagram there) and its GossipData
     names.py     RFC 1123 name checks (BadName), reverse-pointer parsing
+    service.py   the router's glue (DnsService): registers the channel, persists our own
+                 records in STATE_DIR/dns.json, starts the server, the local API
 
-How the router (composition root) wires it -- nothing here reads argv, files or the clock::
+How the parts fit (service.py does this for the router; nothing but service.py reads files
+or the clock)::
 
     from sleeve.dns.names import BadName, relative_name
     from sleeve.dns.records import Records, TableFull
@@ -56,8 +59,8 @@ Not done here: per-record signatures. Gossip relays other origins' records and w
 their versions, as Weave did, so a malicious mesh member can forge records of another
 origin O; they last until the forgery reaches O, which outbids it (re-asserts its own
 state, tombstones a live record it does not hold). Signing records like the topology's
-``PeerRecord`` would close that. Also not done: persistence of our own records across a restart
-(the registrants re-register; stale records of our former life are tombstoned when gossip
-brings them back), and RFC 8020 empty non-terminals (``prod.sleeve.local.`` when only
-``db.prod`` exists answers NXDOMAIN).
+``PeerRecord`` would close that. Persistence of our own records across a restart is in
+``service.py`` (``Store``); stale records of a former life that were not saved are
+tombstoned when gossip brings them back. Also not done: RFC 8020 empty non-terminals
+(``prod.sleeve.local.`` when only ``db.prod`` exists answers NXDOMAIN).
 """

@@ -163,6 +163,22 @@ class Records:
                 for msg in RecordSet(ch, self.max_msg).encode():
                     self._gossip.broadcast(msg)
 
+    @property
+    def clock(self) -> int:
+        """The highest version of ours used or seen (persist it to outbid a former life)."""
+        return self._clock
+
+    def advance_clock(self, version: int) -> None:
+        """Our next records get versions above ``version`` (a restart restores the clock
+        it saved, so peers that still hold our former records take the new ones)."""
+        self._clock = max(self._clock, min(int(version), MAX_VERSION))
+
+    def own_records(self) -> list[tuple[str, str, str]]:
+        """Our live records as (name, address, owner), sorted (what persistence saves)."""
+        return sorted((k.name, str(parse_address(k.address)), k.owner)
+                      for k in self._by_origin.get(self.me, ())
+                      if self._recs[k].state.tomb == 0)
+
     def _next_version(self) -> int:
         self._clock = min(self._clock + 1, MAX_VERSION)
         return self._clock

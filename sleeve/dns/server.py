@@ -31,6 +31,7 @@ from typing import Any
 from sleeve.dns.resolver import Answer, Forward, Resolver, Transport
 
 Addr = tuple[str, int]
+_RCODES = {0: "noerror", 1: "formerr", 2: "servfail", 3: "nxdomain", 4: "notimp", 5: "refused"}
 
 
 # -- configuration helpers (pure) -----------------------------------------------------------
@@ -167,6 +168,7 @@ class DnsServer:
         self.bound: list[Addr] = []
         self.stats: collections.Counter[str] = collections.Counter()
         self.upstream_failures: collections.Counter[str] = collections.Counter()
+        self.rcodes: collections.Counter[str] = collections.Counter()  # answers sent, by rcode
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -214,10 +216,16 @@ class DnsServer:
         return {
             "listen": [f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p in self.bound],
             "upstreams": [f"{h}:{p}" for h, p in self.upstreams],
-            "stats": dict(self.stats), "upstream_failures": dict(self.upstream_failures),
+            "stats": dict(self.stats), "answers": dict(self.rcodes),
+            "upstream_failures": dict(self.upstream_failures),
             "pending_forwards": self._pending, "tcp_connections": len(self._tcp_conns),
             "resolver": self.resolver.status(),
         }
+
+    def _count(self, answer: bytes) -> None:
+        # the rcode's low 4 bits are in byte 3 of the header (what a client sees)
+        rc = answer[3] & 0xF if len(answer) >= 4 else -1
+        self.rcodes[_RCODES.get(rc, f"rcode{rc}")] += 1
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.get_running_loop().create_task(coro)
@@ -229,6 +237,7 @@ class DnsServer:
         self.stats["udp_queries"] += 1
         res = self.resolver.handle(data, addr[0], "udp", asyncio.get_running_loop().time())
         if isinstance(res, Answer):
+            self._count(res.data)
             tr.sendto(res.data, addr)
         elif isinstance(res, Forward):
             if self._pending >= self.max_pending:
@@ -243,6 +252,7 @@ class DnsServer:
         finally:
             self._pending -= 1
         if not tr.is_closing():
+            self._count(data)
             tr.sendto(data, addr)
 
     # -- forwarding ---------------------------------------------------------------------------
@@ -333,6 +343,7 @@ class DnsServer:
             data = res.data
         else:
             return False  # dropped (malformed, rate limited): close the connection
+        self._count(data)
         writer.write(len(data).to_bytes(2, "big") + data)
         await asyncio.wait_for(writer.drain(), self.tcp_idle)
         return True

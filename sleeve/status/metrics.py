@@ -94,10 +94,46 @@ class _NodeCollector(Collector):
                                    "port_rx_frames")):
                 events.add_metric([key], v)
         yield events
+        yield from _dns(st.get("dns") or {})
         yield GaugeMetricFamily("sleeve_peers", "peers known in the mesh",
                                 value=len(st.get("peers", [])))
         yield GaugeMetricFamily("sleeve_fastdp_active", "1 when the kernel VXLAN datapath is up",
                                 value=1 if st.get("fastdp", {}).get("active") else 0)
+
+
+def _dns(d: dict[str, Any]) -> Iterator[Any]:
+    """The micro DNS: queries in, answers out by rcode, forwards, drops, names known."""
+    srv = d.get("server") or {}
+    st = srv.get("stats", {})
+    res = srv.get("resolver") or {}
+    rs = res.get("stats", {})
+    q = CounterMetricFamily("sleeve_dns_queries", "DNS queries received", labels=["transport"])
+    q.add_metric(["udp"], st.get("udp_queries", 0))
+    q.add_metric(["tcp"], st.get("tcp_queries", 0))
+    yield q
+    ans = CounterMetricFamily("sleeve_dns_answers", "DNS answers sent, by rcode",
+                              labels=["rcode"])
+    for rc, v in sorted(srv.get("answers", {}).items()):
+        ans.add_metric([rc], v)
+    yield ans
+    fw = CounterMetricFamily("sleeve_dns_forwards", "queries forwarded upstream, by result",
+                             labels=["result"])
+    fw.add_metric(["sent"], rs.get("forwarded", 0))
+    fw.add_metric(["answered"], st.get("forward_answered", 0))
+    fw.add_metric(["servfail"], rs.get("servfail", 0))
+    fw.add_metric(["refused"], rs.get("refused", 0))  # not on the overlay: never forwarded
+    yield fw
+    drops = CounterMetricFamily("sleeve_dns_drops", "DNS queries dropped, by reason",
+                                labels=["reason"])
+    for reason, v in sorted(res.get("drops", {}).items()):
+        drops.add_metric([reason], v)
+    for reason in ("forward_busy", "tcp_rejected", "tcp_oversize"):
+        drops.add_metric([reason], st.get(reason, 0))
+    yield drops
+    yield GaugeMetricFamily("sleeve_dns_names", "live DNS records known (all origins)",
+                            value=(d.get("table") or {}).get("live", 0))
+    yield GaugeMetricFamily("sleeve_dns_serving", "1 when the DNS server is listening",
+                            value=1 if d.get("state") == "serving" else 0)
 
 
 def metrics_route(status: Callable[[], dict[str, Any]]) -> Route:

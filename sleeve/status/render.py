@@ -28,6 +28,8 @@ def summary(s: dict[str, Any]) -> str:
         f"     Targets: {len(s.get('targets', []))}   MACs: {len(s.get('macs', []))}",
         "     FastDP: " + _fastdp(s.get("fastdp")),
     ]
+    if s.get("dns"):
+        out.append("         DNS: " + _dns_line(s["dns"]))
     if s.get("drops"):
         out.append("       Drops: " + ", ".join(f"{k}={v}" for k, v in sorted(s["drops"].items())))
     if conns:
@@ -41,6 +43,40 @@ def _fastdp(f: dict[str, Any] | None) -> str:
     if f.get("active"):
         return f"active, {f.get('links_on_fastdp', 0)} link(s) on the kernel path"
     return ("available but unused: " if f.get("available") else "not in use: ") + str(f["reason"])
+
+
+def _dns_line(d: dict[str, Any]) -> str:
+    t = d.get("table", {})
+    where = ", ".join(d.get("listen", [])) or "-"
+    return (f"{d.get('state')} ({d.get('domain')} on {where}), {t.get('live', 0)} names live, "
+            f"{len(t.get('origins', {}))} origin(s)")
+
+
+def dns(s: dict[str, Any]) -> str:
+    d = s.get("dns") or {}
+    srv = d.get("server") or {}
+    res = srv.get("resolver") or {}
+    out = [f"       State: {d.get('state')}",
+           f"      Domain: {d.get('domain')}   TTL {d.get('ttl')}s   "
+           f"{'one address per answer' if d.get('one_address') else 'all addresses, shuffled'}",
+           f"      Listen: {', '.join(d.get('listen', [])) or '-'}",
+           f"   Upstreams: {', '.join(srv.get('upstreams', [])) or '-'}  (forwarding for "
+           f"{', '.join(d.get('forward_to_clients_in', []))})"]
+    if srv:
+        ans = srv.get("answers", {})
+        out.append("     Answers: " + (", ".join(f"{k}={v}" for k, v in sorted(ans.items()))
+                                       or "none yet"))
+        drops = {**res.get("drops", {}), **{k: v for k, v in srv.get("stats", {}).items()
+                                            if k in ("forward_busy", "tcp_rejected",
+                                                     "tcp_oversize")}}
+        if drops:
+            out.append("       Drops: " + ", ".join(f"{k}={v}" for k, v in sorted(drops.items())))
+    rows = [[r["name"], r["address"], r["owner"], r["origin"], r["version"]]
+            for r in d.get("records", [])]
+    out += ["", table(rows, ["NAME", "ADDRESS", "ID", "ORIGIN", "VERSION"])]
+    if d.get("records_truncated"):
+        out.append("(more records: see sleeve status dns --json or GET /dns)")
+    return "\n".join(out)
 
 
 def connections(s: dict[str, Any]) -> str:
@@ -67,6 +103,8 @@ def render(what: str, s: dict[str, Any]) -> str:
         return summary(s)
     if what == "connections":
         return connections(s)
+    if what == "dns":
+        return dns(s)
     if what == "peers":
         return table([[p["peer"], p["nickname"], p["uid"], "yes" if p["self"] else "",
                        "yes" if p.get("direct") else "", len(p.get("connections", []))]
