@@ -34,7 +34,10 @@ command -v apt-get >/dev/null 2>&1 && command -v dpkg-query >/dev/null 2>&1 ||
 codename=""
 [ -r /etc/os-release ] && codename=$(. /etc/os-release && echo "${UBUNTU_CODENAME:-}")
 if [ "$codename" = jammy ]; then PY=python3.11; else PY=python3; fi
-PKGS="$PY $PY-venv iproute2 nftables iptables iperf3 tcpdump ethtool conntrack iputils-ping procps"
+# ca-certificates: Debian's pip (the venv's) checks PyPI against the system's store when there is
+# one, so a site's own CA (a TLS-inspecting proxy) works for pip as it does for apt and curl.
+PKGS="$PY $PY-venv ca-certificates"
+PKGS="$PKGS iproute2 nftables iptables iperf3 tcpdump ethtool conntrack iputils-ping procps"
 # --no-install-recommends matters for the bench: wireguard-tools recommends a kernel image.
 [ "$extra" = bench ] && PKGS="$PKGS wireguard-go wireguard-tools tinc fastd"
 

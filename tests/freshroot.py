@@ -223,9 +223,7 @@ class FreshRoot:
             self.root.mkdir()
             run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf",
                  str(self.tarball), "-C", str(self.root)], timeout=600)
-            # Copied, not bind-mounted: the root may rewrite it, the host's must stay as it is
-            (self.root / "etc/resolv.conf").unlink(missing_ok=True)
-            shutil.copyfile("/etc/resolv.conf", self.root / "etc/resolv.conf")
+            self._copy_site_network_config()
             self._mount("--bind", str(self.root), str(self.root))
             self._mount("-t", "proc", "proc", str(self.root / "proc"))
             for rel in _BINDS:
@@ -234,6 +232,18 @@ class FreshRoot:
             self.close()
             raise
         return self
+
+    def _copy_site_network_config(self) -> None:
+        """What any new machine on this network is given, not part of a stock root: the
+        resolver, and the site's own CAs (/usr/local/share/ca-certificates: e.g. the CA of a
+        TLS-inspecting proxy; without it pip's HTTPS fails here). The CAs enter the root's
+        store only when install.sh installs ca-certificates, as on a real machine."""
+        # Copied, not bind-mounted: the root may rewrite them, the host's must stay as they are
+        (self.root / "etc/resolv.conf").unlink(missing_ok=True)
+        shutil.copyfile("/etc/resolv.conf", self.root / "etc/resolv.conf")
+        local_cas = pathlib.Path("/usr/local/share/ca-certificates")
+        if local_cas.is_dir():
+            shutil.copytree(local_cas, self.root / local_cas.relative_to("/"), dirs_exist_ok=True)
 
     def _mount(self, *argv: str) -> None:
         run(["mount", *argv], timeout=60)
