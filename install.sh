@@ -53,7 +53,8 @@ if [ -n "$missing" ]; then
     apt-get update -qq
     # shellcheck disable=SC2086
     apt-get install -y -qq --no-install-recommends $missing >/dev/null || {
-        [ "$codename" != jammy ] || echo "install.sh: $PY is in Ubuntu's universe component" >&2
+        # a stock Ubuntu server or cloud image has universe enabled; a minimal root may not
+        [ -z "$codename" ] || echo "install.sh: $PY-venv is in Ubuntu's universe component" >&2
         die "apt-get install$missing failed"
     }
 fi
