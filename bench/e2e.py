@@ -603,10 +603,17 @@ def measure_iperf(a: Host, b: Host, dst: str, test: Test, seconds: int,
 # ---------------------------------------------------------------- profile
 
 
+def pyspy() -> str | None:
+    """py-spy's path: the one installed beside this interpreter (sleeve's venv, which need not
+    be on PATH when run as /opt/sleeve/venv/bin/python -m bench.e2e), else PATH's."""
+    beside = pathlib.Path(sys.executable).parent / "py-spy"
+    return str(beside) if os.access(beside, os.X_OK) else shutil.which("py-spy")
+
+
 def pyspy_available() -> str | None:
     """None if py-spy can be used, else why not."""
-    if shutil.which("py-spy") is None:
-        return "py-spy not installed (pip install -e '.[bench]')"
+    if pyspy() is None:
+        return "py-spy not installed (./install.sh --bench)"
     return None
 
 
@@ -615,8 +622,8 @@ def profile_sleeve(a: Host, b: Host, run: Running, seconds: int, out: pathlib.Pa
     """py-spy records both routers (raw collapsed stacks with native frames, idle samples
     included) during a single-stream TCP run a->b; returns the files and a summary (where
     the time goes: idle, syscalls, crypto, Python; the hottest functions)."""
-    why = pyspy_available()
-    if why:
+    why, spy = pyspy_available(), pyspy()
+    if why or spy is None:
         return {"status": "not available", "reason": why}
     say(f"  profiling both routers with py-spy for {seconds} s under TCP 1 stream a->b")
     hosts = {"a": a, "b": b}
@@ -630,7 +637,7 @@ def profile_sleeve(a: Host, b: Host, run: Running, seconds: int, out: pathlib.Pa
             f = out / f"e2e-{stamp}-profile-{run.subject}-{host_name}.collapsed.txt"
             log = out / f".py-spy-{host_name}.log"
             with open(log, "wb") as lf:
-                p = h.popen("py-spy", "record", "--pid", str(pid), "--rate", str(PYSPY_RATE),
+                p = h.popen(spy, "record", "--pid", str(pid), "--rate", str(PYSPY_RATE),
                             "--duration", str(seconds + 1), "--format", "raw", "--native",
                             "--idle", "--output", str(f), stdout=lf, stderr=lf)
             files[host_name] = f
@@ -650,7 +657,7 @@ def profile_sleeve(a: Host, b: Host, run: Running, seconds: int, out: pathlib.Pa
             if p.returncode is None:
                 h.stop(p)
         b.stop(server)
-    res: dict[str, Any] = {"status": "ok", "tool": _tool_version(["py-spy", "--version"]),
+    res: dict[str, Any] = {"status": "ok", "tool": _tool_version([spy, "--version"]),
                            "seconds": seconds, "rate_hz": PYSPY_RATE, "load": "TCP 1 stream a->b",
                            "files": {}, "summary": {}}
     with contextlib.suppress(json.JSONDecodeError, KeyError, RuntimeError):

@@ -429,7 +429,7 @@ def chart(doc: dict[str, Any], path: pathlib.Path) -> str | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "matplotlib not installed (pip install -e '.[bench]')"
+        return "matplotlib not installed (./install.sh --bench)"
     results = [r for r in doc["results"] if r.get("status") != "not available"
                and "tests" in r]
     names = [r["subject"] for r in results]

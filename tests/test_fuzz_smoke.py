@@ -34,7 +34,7 @@ def test_atheris_is_installed() -> None:
     try:
         import atheris  # type: ignore[import-untyped]  # noqa: F401
     except ImportError as e:  # must fail, not skip: CI would otherwise never fuzz
-        pytest.fail(f"atheris is missing ({e}); install the test extra: pip install -e '.[test]'")
+        pytest.fail(f"atheris is missing ({e}); install the test extra: ./install.sh --test")
 
 
 @pytest.mark.parametrize("target", TARGETS)
