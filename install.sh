@@ -39,7 +39,9 @@ if [ "$codename" = jammy ]; then PY=python3.11; else PY=python3; fi
 PKGS="$PY $PY-venv ca-certificates"
 PKGS="$PKGS iproute2 nftables iptables iperf3 tcpdump ethtool conntrack iputils-ping procps"
 # --no-install-recommends matters for the bench: wireguard-tools recommends a kernel image.
-[ "$extra" = bench ] && PKGS="$PKGS wireguard-go wireguard-tools tinc fastd"
+[ "$extra" = bench ] && PKGS="$PKGS wireguard-go wireguard-tools tinc fastd dnsperf dnsmasq-base"
+# The DNS lab test asks with dig and uses dnsmasq (the binary, no service) as a stub upstream.
+[ "$extra" = test ] && PKGS="$PKGS dnsutils dnsmasq-base"
 
 missing=""
 for p in $PKGS; do
