@@ -1,0 +1,255 @@
+"""The IPAM channel's messages: one tag byte, then a msgpack array. Untrusted input.
+
+```
+ 0        1
++--------+------------------------------------------------------------+
+|  tag   |  msgpack array (fields below)                              |
++--------+------------------------------------------------------------+
+
+gossip / broadcast
+  0x10 RING   [start, end, seeds, peers, ents]
+                start, end   uint   the range [start, end) as IPv4 ints, end <= 2^32
+                seeds        [bin8] sorted, 1..256 peer ids (the ring's identity)
+                peers        [bin8] table of owner ids, indexed by ents
+                ents         [uint] flat, 4 per entry: gap, peer index, version, free
+                             token = start + running sum of gaps (first gap >= 0,
+                             then >= 1: strictly increasing), token < end
+  0x11 PAXOS  [quorum, peers, claims]
+                claims       [[node, p_round, p_node, a_round, a_node, [value]]]
+                             node/p_node/a_node/value are indexes into peers;
+                             round 0 = no ballot (its node index is ignored)
+unicast (between two peers)
+  0x01 SPACE_REQ [req_id, lo, hi]        give me free space inside [lo, hi)
+  0x02 DENIED    [req_id]                 I have none for you
+  0x03 GRANT     [req_id, ring]           done (or req_id 0: a leaving peer's
+                                          ranges); ring = the donor's full RING body
+```
+
+Bounds: a message is at most ``MAX_MSG`` bytes, a ring at most ``MAX_ENTRIES``
+entries; a full ring that would exceed ``CHUNK_ENTRIES`` is sent as several RING
+messages (each one a valid partial ring: merges are per token). Every field is type-
+and range-checked; anything else is ``WireError(reason)``, never another exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from sleeve.ipam.ring import MAX_ENTRIES, MAX_SEEDS, MAX_VERSION, PEER_LEN, Entry
+
+RING, PAXOS = 0x10, 0x11
+SPACE_REQ, DENIED, GRANT = 0x01, 0x02, 0x03
+MAX_MSG = 512 * 1024  # a full 8192-entry ring in one GRANT fits; typical messages are < 1 KiB
+CHUNK_ENTRIES = 4096
+MAX_PEERS = 4096
+MAX_REQ_ID = 1 << 62
+
+Ballot = tuple[int, bytes]  # (round, proposer); round 0 = none
+
+
+class WireError(ValueError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class RingMsg:
+    start: int
+    end: int
+    seeds: tuple[bytes, ...]
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    promise: Ballot
+    accepted: Ballot
+    value: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PaxosMsg:
+    quorum: int
+    claims: dict[bytes, Claims]
+
+
+# -- encoding ---------------------------------------------------------------------------
+class _Table:
+    def __init__(self) -> None:
+        self.ids: list[bytes] = []
+        self.index: dict[bytes, int] = {}
+
+    def __call__(self, p: bytes) -> int:
+        i = self.index.get(p)
+        if i is None:
+            i = self.index[p] = len(self.ids)
+            self.ids.append(p)
+        return i
+
+
+def ring_body(start: int, end: int, seeds: Sequence[bytes], entries: Sequence[Entry]) -> list[Any]:
+    table = _Table()
+    flat: list[int] = []
+    prev = start
+    for e in sorted(entries, key=lambda e: e.token):
+        flat += (e.token - prev, table(e.owner), e.version, e.free)
+        prev = e.token
+    return [start, end, list(seeds), table.ids, flat]
+
+
+def _pack(tag: int, body: list[Any]) -> bytes:
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return bytes((tag,)) + packed
+
+
+def encode_ring(
+    start: int, end: int, seeds: Sequence[bytes], entries: Sequence[Entry]
+) -> list[bytes]:
+    """One or more RING messages (chunks of at most CHUNK_ENTRIES entries)."""
+    es = sorted(entries, key=lambda e: e.token)  # each chunk is a sorted partial ring
+    chunks = [es[i : i + CHUNK_ENTRIES] for i in range(0, len(es), CHUNK_ENTRIES)] or [[]]
+    return [_pack(RING, ring_body(start, end, seeds, c)) for c in chunks]
+
+
+def encode_paxos(quorum: int, claims: dict[bytes, Claims]) -> bytes:
+    table = _Table()
+    rows = []
+    for node in sorted(claims):
+        c = claims[node]
+        rows.append(
+            [table(node), c.promise[0], table(c.promise[1]) if c.promise[0] else 0,
+             c.accepted[0], table(c.accepted[1]) if c.accepted[0] else 0,
+             [table(v) for v in c.value]]
+        )
+    return _pack(PAXOS, [quorum, table.ids, rows])
+
+
+def encode_space_req(req_id: int, lo: int, hi: int) -> bytes:
+    return _pack(SPACE_REQ, [req_id, lo, hi])
+
+
+def encode_denied(req_id: int) -> bytes:
+    return _pack(DENIED, [req_id])
+
+
+def encode_grant(req_id: int, start: int, end: int, seeds: Sequence[bytes],
+                 entries: Sequence[Entry]) -> bytes:
+    return _pack(GRANT, [req_id, ring_body(start, end, seeds, entries)])
+
+
+# -- decoding (untrusted) ---------------------------------------------------------------
+def check_uint(x: object, limit: int, what: str) -> int:
+    if type(x) is not int or not 0 <= x < limit:
+        raise WireError(f"bad_{what}")
+    return x
+
+
+def check_list(x: object, limit: int, what: str) -> list[Any]:
+    if type(x) is not list or len(x) > limit:
+        raise WireError(f"bad_{what}")
+    return x
+
+
+def _peers(x: object, limit: int, what: str) -> list[bytes]:
+    out = check_list(x, limit, what)
+    for p in out:
+        if type(p) is not bytes or len(p) != PEER_LEN:
+            raise WireError(f"bad_{what}")
+    return out
+
+
+def split(msg: bytes) -> tuple[int, list[Any]]:
+    """The tag and the body array; the size and shape bounds are checked here."""
+    if not 2 <= len(msg) <= MAX_MSG:
+        raise WireError("bad_size")
+    try:
+        body = msgpack.unpackb(
+            msg[1:], raw=False, use_list=True, strict_map_key=True,
+            max_str_len=0, max_map_len=0, max_ext_len=0,
+            max_bin_len=PEER_LEN, max_array_len=4 * MAX_ENTRIES,
+        )
+    except Exception as e:  # msgpack raises several types for malformed input
+        raise WireError("bad_msgpack") from e
+    if type(body) is not list:
+        raise WireError("bad_body")
+    return msg[0], body
+
+
+def parse_ring(body: object) -> RingMsg:
+    b = check_list(body, 5, "ring")
+    if len(b) != 5:
+        raise WireError("bad_ring")
+    end = check_uint(b[1], (1 << 32) + 1, "range")
+    start = check_uint(b[0], end, "range")
+    seeds = _peers(b[2], MAX_SEEDS, "seeds")
+    if list(seeds) != sorted(set(seeds)):
+        raise WireError("bad_seeds")
+    peers = _peers(b[3], MAX_PEERS, "peers")
+    flat = check_list(b[4], 4 * MAX_ENTRIES, "entries")
+    if len(flat) % 4:
+        raise WireError("bad_entries")
+    entries = []
+    token = start
+    for i in range(0, len(flat), 4):
+        gap = check_uint(flat[i], end - token, "token")
+        if i and gap == 0:
+            raise WireError("bad_token")  # not strictly increasing
+        token += gap
+        owner = peers[check_uint(flat[i + 1], len(peers), "peer_index")]
+        version = check_uint(flat[i + 2], MAX_VERSION, "version")
+        free = check_uint(flat[i + 3], end - token + 1, "free")
+        entries.append(Entry(token, owner, version, free))
+    if entries and not seeds:
+        raise WireError("bad_seeds")
+    return RingMsg(start, end, tuple(seeds), tuple(entries))
+
+
+def parse_paxos(body: list[Any]) -> PaxosMsg:
+    if len(body) != 3:
+        raise WireError("bad_paxos")
+    quorum = check_uint(body[0], MAX_SEEDS + 1, "quorum")
+    peers = _peers(body[1], MAX_PEERS, "peers")
+    rows = check_list(body[2], MAX_SEEDS, "claims")
+    claims: dict[bytes, Claims] = {}
+
+    def peer(x: object) -> bytes:
+        return peers[check_uint(x, len(peers), "peer_index")]
+
+    for r in rows:
+        r = check_list(r, 6, "claim")
+        if len(r) != 6:
+            raise WireError("bad_claim")
+        node = peer(r[0])
+        pr, ar = check_uint(r[1], MAX_VERSION, "round"), check_uint(r[3], MAX_VERSION, "round")
+        promise = (pr, peer(r[2]) if pr else b"")
+        accepted = (ar, peer(r[4]) if ar else b"")
+        value = tuple(peer(v) for v in check_list(r[5], MAX_SEEDS, "value"))
+        if accepted > promise or (ar and not value) or node in claims:
+            raise WireError("bad_claim")
+        claims[node] = Claims(promise, accepted, value)
+    return PaxosMsg(quorum, claims)
+
+
+def parse_req(body: list[Any]) -> tuple[int, int, int]:
+    if len(body) != 3:
+        raise WireError("bad_request")
+    hi = check_uint(body[2], (1 << 32) + 1, "request")
+    lo = check_uint(body[1], hi, "request")
+    return check_uint(body[0], MAX_REQ_ID, "req_id"), lo, hi
+
+
+def parse_denied(body: list[Any]) -> int:
+    if len(body) != 1:
+        raise WireError("bad_denied")
+    return check_uint(body[0], MAX_REQ_ID, "req_id")
+
+
+def parse_grant(body: list[Any]) -> tuple[int, RingMsg]:
+    if len(body) != 2:
+        raise WireError("bad_grant")
+    return check_uint(body[0], MAX_REQ_ID, "req_id"), parse_ring(body[1])
