@@ -229,6 +229,8 @@ class Allocator:
         except ConsensusConflict as e:
             self.drops[e.reason] += 1
             raise GossipRefused(e.reason) from None
+        if changed:
+            self._broadcast_paxos()  # our row moved: every participant must see it
         self._after_consensus(now)
         return [], changed
 
