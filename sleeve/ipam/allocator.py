@@ -88,8 +88,11 @@ class IpamData:
         a = self.a
         out = []
         if a.ring.seeded:
-            es = a.ring.entries if self.entries is None else self.entries
-            out += wire.encode_ring(a.ring.start, a.ring.end, a.ring.seeds, list(es.values()))
+            if self.entries is None:
+                out += a.full_ring()
+            else:
+                r = a.ring
+                out += wire.encode_ring(r.start, r.end, r.seeds, list(self.entries.values()))
         if self.paxos and a.consensus.participant:
             out.append(wire.encode_paxos(a.consensus.init.n, a.consensus.claims))
         return out
@@ -134,6 +137,7 @@ class Allocator:
         self._next_req_id = self.rng.randrange(1, 1 << 31)
         self._free_dirty = False
         self._next_report: float | None = None
+        self._encoded: tuple[int, list[bytes]] = (-1, [])
         self.changes = 0  # bumped on every change persist() would see; the adapter compares
         self.conflicts: dict[tuple[bytes, str], dict[str, Any]] = {}
         self.drops: collections.Counter[str] = collections.Counter()
@@ -146,6 +150,14 @@ class Allocator:
         """Take the router's handle (``router.register("ipam", allocator)``) and start."""
         self.gossip_handle = gossip
         self.consensus.start(now)
+
+    def full_ring(self) -> list[bytes]:
+        """Our whole ring as RING messages, encoded once per ring change."""
+        r = self.ring
+        if self._encoded[0] != r.gen:
+            self._encoded = (r.gen, wire.encode_ring(r.start, r.end, r.seeds,
+                                                     list(r.entries.values())))
+        return self._encoded[1]
 
     def _broadcast(self, entries: Sequence[Entry]) -> None:
         if not entries:
@@ -168,16 +180,24 @@ class Allocator:
         return None
 
     def on_gossip(self, src: bytes, msg: bytes, now: float) -> GossipData | None:
-        changed, paxos = self._receive(src, msg, now)
-        if not changed and not paxos:
-            return None
-        return IpamData(self, {e.token: e for e in changed}, paxos)
+        """Merge a neighbour's view; relay nothing (as Weave's IPAM).
+
+        Every change travels once by its owner's broadcast; gossip is the repair path
+        (new links, anti-entropy, healed partitions). Relaying what gossip taught us to
+        every other neighbour would cost O(peers^2) messages per change in a full mesh;
+        a change missed by a broadcast still spreads one hop per anti-entropy round.
+        """
+        self._receive(src, msg, now)
+        return None
 
     def on_broadcast(self, origin: bytes, msg: bytes, now: float) -> bool:
         changed, paxos = self._receive(origin, msg, now)
         return bool(changed) or paxos
 
     def _receive(self, src: bytes, msg: bytes, now: float) -> tuple[list[Entry], bool]:
+        if self.ring.seeded and msg in self.full_ring():
+            self.counters["gossip_same_ring"] += 1  # canonical encoding: nothing new
+            return [], False
         try:
             tag, body = wire.split(msg)
             if tag == wire.RING:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 PEER_LEN = 8
 MAX_ENTRIES = 8192  # ring size bound (a donation that would exceed it is denied)
@@ -52,8 +52,7 @@ class RingConflict(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):  # a tuple: equality and hashing in C (merges compare many)
     token: int
     owner: bytes
     version: int
@@ -99,6 +98,7 @@ class Ring:
         self.entries: dict[int, Entry] = {}
         # the range's own network and broadcast addresses are never handed out
         self.reserved = (start, end - 1)
+        self.gen = 0  # bumped on every change (caches of the encoded ring compare it)
 
     # -- reading ---------------------------------------------------------------------------
     @property
@@ -226,6 +226,7 @@ class Ring:
         self._check_free(cand, tokens, changed)
         self.seeds = self.seeds or seeds
         self.entries, self.tokens = cand, tokens
+        self.gen += 1
         return [changed[t] for t in sorted(changed)], reimposed
 
     def _insort(self, changed: dict[int, Entry]) -> list[int]:
@@ -273,6 +274,7 @@ class Ring:
 
     # -- the owner's operations ------------------------------------------------------------
     def _put(self, e: Entry) -> None:
+        self.gen += 1
         if e.token not in self.entries:
             bisect.insort(self.tokens, e.token)
         self.entries[e.token] = e
@@ -290,6 +292,7 @@ class Ring:
             return None
         new = Entry(token, self.me, e.version + 1, free)
         self.entries[token] = new
+        self.gen += 1
         return new
 
     def grant(
@@ -325,6 +328,7 @@ class Ring:
                 self.entries[t] = Entry(t, peer, version, self.usable(t, n))
             else:
                 self.entries[t] = Entry(t, self.me, e.version, free_fn(t, n))
+        self.gen += 1
         return [self.entries[t] for t in sorted(set(touched))]
 
     def takeover(self, dead: bytes) -> list[Entry]:
@@ -337,6 +341,7 @@ class Ring:
                 new = Entry(t, self.me, e.version + 1, self.usable(t, n))
                 self.entries[t] = new
                 out.append(new)
+        self.gen += 1
         return out
 
     def give_all(self, peer: bytes) -> list[Entry]:
@@ -347,6 +352,7 @@ class Ring:
                 new = Entry(t, peer, e.version + 1, self.usable(t, n))
                 self.entries[t] = new
                 out.append(new)
+        self.gen += 1
         return out
 
     def replace(self, seeds: tuple[bytes, ...], entries: Iterable[Entry]) -> None:
@@ -354,4 +360,5 @@ class Ring:
         self.seeds = seeds
         self.entries = {e.token: e for e in entries}
         self.tokens = sorted(self.entries)
+        self.gen += 1
         self.check()

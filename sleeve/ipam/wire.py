@@ -33,6 +33,8 @@ and range-checked; anything else is ``WireError(reason)``, never another excepti
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -191,22 +193,25 @@ def parse_ring(body: object) -> RingMsg:
         raise WireError("bad_seeds")
     peers = _peers(b[3], MAX_PEERS, "peers")
     flat = check_list(b[4], 4 * MAX_ENTRIES, "entries")
-    if len(flat) % 4:
+    if len(flat) % 4 or not set(map(type, flat)) <= {int}:  # C-speed type check
         raise WireError("bad_entries")
-    entries = []
-    token = start
-    for i in range(0, len(flat), 4):
-        gap = check_uint(flat[i], end - token, "token")
-        if i and gap == 0:
-            raise WireError("bad_token")  # not strictly increasing
-        token += gap
-        owner = peers[check_uint(flat[i + 1], len(peers), "peer_index")]
-        version = check_uint(flat[i + 2], MAX_VERSION, "version")
-        free = check_uint(flat[i + 3], end - token + 1, "free")
-        entries.append(Entry(token, owner, version, free))
-    if entries and not seeds:
+    # whole-column checks: a full ring is parsed on every anti-entropy message
+    gaps, idx, versions, frees = flat[0::4], flat[1::4], flat[2::4], flat[3::4]
+    if gaps and (gaps[0] < 0 or min(gaps) < 0 or (len(gaps) > 1 and min(gaps[1:]) < 1)):
+        raise WireError("bad_token")  # tokens strictly increasing
+    tokens = list(itertools.accumulate(gaps, initial=start))[1:]
+    if tokens and tokens[-1] >= end:
+        raise WireError("bad_token")
+    if idx and (min(idx) < 0 or max(idx) >= len(peers)):
+        raise WireError("bad_peer_index")
+    if versions and (min(versions) < 0 or max(versions) >= MAX_VERSION):
+        raise WireError("bad_version")
+    if frees and (min(frees) < 0 or any(map(operator.gt, frees, map(end.__sub__, tokens)))):
+        raise WireError("bad_free")
+    if tokens and not seeds:
         raise WireError("bad_seeds")
-    return RingMsg(start, end, tuple(seeds), tuple(entries))
+    entries = tuple(map(Entry, tokens, map(peers.__getitem__, idx), versions, frees))
+    return RingMsg(start, end, tuple(seeds), entries)
 
 
 def parse_paxos(body: list[Any]) -> PaxosMsg:
