@@ -164,7 +164,7 @@ class IpamModel(RuleBasedStateMachine):
         check_converged_cover(self.sim)
 
     @invariant()
-    def invariants(self) -> None:
+    def check_all(self) -> None:
         self.steps += 1
         self.sim.check()
         check_tiling(self.sim)
@@ -173,13 +173,14 @@ class IpamModel(RuleBasedStateMachine):
             assert [str(x) for x in self.sim.peers[p].lookup(owner_id)] == [address], "lost"
 
     def teardown(self) -> None:
+        STEP_COUNTS.append(self.steps)
         if self.sim.peers:
             self.converge()
             self.sim.check()
 
 
 IpamModel.TestCase.settings = settings(
-    max_examples=int(os.environ.get("IPAM_MODEL_EXAMPLES", "2")),
+    max_examples=int(os.environ.get("IPAM_MODEL_EXAMPLES", "25")),
     stateful_step_count=1000,
     deadline=None,
     suppress_health_check=list(HealthCheck),
@@ -235,3 +236,45 @@ def test_hundred_peers_three_thousand_steps_converge() -> None:
     held = {(p, i): str(x) for p, a in sim.peers.items() for (i, _n), addr in a.allocs.items()
             for x in a.lookup(i)}
     assert held == answers
+
+
+STEP_COUNTS: list[int] = []  # the lengths Hypothesis chose (it caps at stateful_step_count)
+
+
+def drive(seed: int, steps: int = 1000) -> IpamModel:
+    """Exactly ``steps`` random rules of the same machine, invariants after every one.
+
+    Hypothesis decides itself how long each stateful run is (up to the cap, most much
+    shorter); this guarantees full-length histories, reproducible by seed.
+    """
+    rnd = random.Random(seed)
+    m = IpamModel()
+    for _ in range(steps):
+        x = rnd.random()
+        i, j, n = rnd.randrange(N), rnd.randrange(N), rnd.randrange(IDS)
+        if x < 0.40:
+            m.allocate(i, n)
+        elif x < 0.60:
+            m.release(i, n)
+        elif x < 0.75:
+            m.gossip_pair(i, j)
+        elif x < 0.80:
+            m.partition(set(rnd.sample(range(N), rnd.randrange(1, N // 2))))
+        elif x < 0.85:
+            m.heal()
+        elif x < 0.95:
+            m.advance(rnd.choice([1.0, 5.0, 12.0]))
+        elif x < 0.97 and len(m.dead) < MAX_DEAD:
+            m.peer_dies(i, j, rnd.random() < 0.5)
+        else:
+            m.converge()
+        m.check_all()
+    m.teardown()
+    return m
+
+
+@pytest.mark.parametrize("seed", range(int(os.environ.get("IPAM_MODEL_SEEDS", "6"))))
+def test_model_full_length_runs(seed: int) -> None:
+    m = drive(seed)
+    assert m.steps == 1000
+    assert sum(1 for k in m.model) > 0

@@ -150,7 +150,10 @@ def test_ring_roundtrip_and_size() -> None:
     tag, body = wire.split(msg)
     m = wire.parse_ring(body)
     assert tag == wire.RING and m.entries == tuple(r.entries[t] for t in r.tokens)
-    assert len(msg) < 120  # 5 entries, 3 peers: compact
+    assert len(msg) < 130  # 5 entries, 3 peers: compact
+    (delta,) = wire.encode_ring(START, END, r.seeds, [r.entries[1000]], full=False)
+    d = wire.parse_ring(wire.split(delta)[1])
+    assert len(delta) < 40 and d.seeds == () and d.digest == wire.seeds_digest(r.seeds)
 
 
 def test_chunks_are_valid_partial_rings() -> None:
@@ -167,9 +170,12 @@ def test_chunks_are_valid_partial_rings() -> None:
 
 
 def _body(start: int = START, end: int = END, seeds: object = None, peers: object = None,
-          flat: object = None) -> bytes:
+          flat: object = None, digest: bytes | None = None) -> bytes:
+    ss = [A] if seeds is None else seeds
+    if digest is None:
+        digest = wire.seeds_digest(sorted(ss))  # type: ignore[arg-type]
     return bytes([wire.RING]) + msgpack.packb(
-        [start, end, [A] if seeds is None else seeds, [A] if peers is None else peers,
+        [start, end, digest, ss, [A] if peers is None else peers,
          [0, 0, 1, 5] if flat is None else flat], use_bin_type=True)
 
 
@@ -181,8 +187,9 @@ def _body(start: int = START, end: int = END, seeds: object = None, peers: objec
     (_body(start=END), "bad_range"),
     (_body(end=(1 << 32) + 5), "bad_range"),
     (_body(seeds=[B, A]), "bad_seeds"),
-    (_body(seeds=[b"short"]), "bad_seeds"),
-    (_body(seeds=[], flat=[0, 0, 1, 5]), "bad_seeds"),
+    (_body(seeds=[b"short"], digest=b"\0" * 8), "bad_seeds"),
+    (_body(digest=b"\0" * 8), "bad_seeds"),  # seeds that do not match the digest
+    (_body(digest=b"short"), "bad_digest"),
     (_body(flat=[0, 0, 1]), "bad_entries"),
     (_body(flat=[0, 0, 1, 5, 0, 0, 1, 5]), "bad_token"),  # repeated token
     (_body(flat=[300, 0, 1, 5]), "bad_token"),  # outside the range

@@ -92,7 +92,8 @@ class IpamData:
                 out += a.full_ring()
             else:
                 r = a.ring
-                out += wire.encode_ring(r.start, r.end, r.seeds, list(self.entries.values()))
+                out += wire.encode_ring(r.start, r.end, r.seeds, list(self.entries.values()),
+                                        full=False)
         if self.paxos and a.consensus.participant:
             out.append(wire.encode_paxos(a.consensus.init.n, a.consensus.claims))
         return out
@@ -165,7 +166,7 @@ class Allocator:
         self.changes += 1
         if self.gossip_handle is not None:
             r = self.ring
-            for m in wire.encode_ring(r.start, r.end, r.seeds, entries):
+            for m in wire.encode_ring(r.start, r.end, r.seeds, entries, full=False):
                 self.gossip_handle.broadcast(m)
 
     def _broadcast_paxos(self) -> None:
@@ -213,9 +214,13 @@ class Allocator:
         was_seeded = self.ring.seeded
         try:
             changed, reimposed = self.ring.merge(
-                m.start, m.end, m.seeds, m.entries, self._has_allocs
+                m.start, m.end, m.seeds, m.entries, self._has_allocs,
+                wire.seeds_digest, m.digest,
             )
         except RingConflict as e:
+            if e.reason == "delta_before_seeded":  # not a conflict: full gossip will come
+                self.drops[e.reason] += 1
+                return []
             self._conflict(src, e.reason, str(e), now)
             raise GossipRefused(e.reason, str(e)) from None
         if self.ring.seeded and not was_seeded:
@@ -259,6 +264,9 @@ class Allocator:
         if seeds is not None and not self.ring.seeded:
             self.ring.claim_for(seeds)
             self.changes += 1
+            if self.gossip_handle is not None:  # tell the participants that have not learnt
+                for m in self.full_ring():
+                    self.gossip_handle.broadcast(m)
             self._retry(now)
 
     def on_unicast(self, src: bytes, msg: bytes, now: float) -> None:
@@ -401,12 +409,32 @@ class Allocator:
                 cur = max(cur, a + 1)
         return runs
 
+    def _first_free(self, lo: int, hi: int) -> int | None:
+        """The lowest unallocated, unreserved address of ours in ``[lo, hi)``, O(log^2 n)."""
+        s = self._sorted
+        for t, n, _e in self.ring.owned():
+            x, end = max(t, lo), min(n, hi)
+            while x < end:
+                i0 = bisect.bisect_left(s, x)
+                # s[i0 + j] == x + j holds for a prefix of j (s is sorted, unique): find its end
+                a, b = 0, bisect.bisect_left(s, end) - i0
+                while a < b:
+                    m = (a + b) // 2
+                    if s[i0 + m] == x + m:
+                        a = m + 1
+                    else:
+                        b = m
+                x += a
+                if x < end and x not in self.ring.reserved:
+                    return x
+                x += 1
+        return None
+
     def _try(self, op: Allocation, now: float) -> bool:
         lo, hi = bounds(op.subnet)
-        runs = self._free_runs(lo, hi) if self.ring.seeded else []
-        if not runs:
+        addr = self._first_free(lo, hi) if self.ring.seeded else None
+        if addr is None:
             return False
-        addr = runs[0][0]
         key = (op.owner_id, op.subnet)
         self.allocs[key] = addr
         self.addrs[addr] = key

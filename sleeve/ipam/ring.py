@@ -187,6 +187,8 @@ class Ring:
         seeds: tuple[bytes, ...],
         incoming: Sequence[Entry],
         has_allocs: Callable[[int, int], bool],
+        digest: Callable[[tuple[bytes, ...]], bytes] | None = None,
+        their_digest: bytes = b"",
     ) -> tuple[list[Entry], list[Entry]]:
         """Merge a (full or partial) ring: (entries that changed here, ours re-imposed).
 
@@ -195,10 +197,13 @@ class Ring:
         """
         if (start, end) != (self.start, self.end):
             raise RingConflict("different_range", f"range [{start}, {end}) is not ours")
-        if seeds and self.seeds and seeds != self.seeds:
+        if (seeds and self.seeds and seeds != self.seeds) or (
+            their_digest and digest is not None and self.seeds
+            and digest(self.seeds) != their_digest
+        ):
             raise RingConflict("different_seeds", "ring was seeded by different peers")
-        if incoming and not seeds:
-            raise RingConflict("unseeded_entries", "entries without seeds")
+        if incoming and not seeds and not self.seeds:
+            raise RingConflict("delta_before_seeded", "a delta before we know the seeds")
         cand = dict(self.entries)
         changed: dict[int, Entry] = {}
         reimposed = []

@@ -7,9 +7,11 @@
 +--------+------------------------------------------------------------+
 
 gossip / broadcast
-  0x10 RING   [start, end, seeds, peers, ents]
+  0x10 RING   [start, end, digest, seeds, peers, ents]
                 start, end   uint   the range [start, end) as IPv4 ints, end <= 2^32
-                seeds        [bin8] sorted, 1..256 peer ids (the ring's identity)
+                digest       bin8   BLAKE2b-64 of the sorted seed ids (the ring's identity)
+                seeds        [bin8] sorted, 1..256 peer ids; empty in a delta (only
+                             full rings carry them: a delta stays small with 100 seeds)
                 peers        [bin8] table of owner ids, indexed by ents
                 ents         [uint] flat, 4 per entry: gap, peer index, version, free
                              token = start + running sum of gaps (first gap >= 0,
@@ -33,6 +35,7 @@ and range-checked; anything else is ``WireError(reason)``, never another excepti
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import operator
 from collections.abc import Sequence
@@ -63,7 +66,8 @@ class WireError(ValueError):
 class RingMsg:
     start: int
     end: int
-    seeds: tuple[bytes, ...]
+    digest: bytes
+    seeds: tuple[bytes, ...]  # () in a delta
     entries: tuple[Entry, ...]
 
 
@@ -94,14 +98,20 @@ class _Table:
         return i
 
 
-def ring_body(start: int, end: int, seeds: Sequence[bytes], entries: Sequence[Entry]) -> list[Any]:
+def seeds_digest(seeds: Sequence[bytes]) -> bytes:
+    """The ring's identity in 8 bytes (not a security check: entries are not signed)."""
+    return hashlib.blake2b(b"".join(seeds), digest_size=PEER_LEN).digest()
+
+
+def ring_body(start: int, end: int, seeds: Sequence[bytes], entries: Sequence[Entry],
+              full: bool = True) -> list[Any]:
     table = _Table()
     flat: list[int] = []
     prev = start
     for e in sorted(entries, key=lambda e: e.token):
         flat += (e.token - prev, table(e.owner), e.version, e.free)
         prev = e.token
-    return [start, end, list(seeds), table.ids, flat]
+    return [start, end, seeds_digest(seeds), list(seeds) if full else [], table.ids, flat]
 
 
 def _pack(tag: int, body: list[Any]) -> bytes:
@@ -110,12 +120,15 @@ def _pack(tag: int, body: list[Any]) -> bytes:
 
 
 def encode_ring(
-    start: int, end: int, seeds: Sequence[bytes], entries: Sequence[Entry]
+    start: int, end: int, seeds: Sequence[bytes], entries: Sequence[Entry], full: bool = True
 ) -> list[bytes]:
-    """One or more RING messages (chunks of at most CHUNK_ENTRIES entries)."""
+    """One or more RING messages (chunks of at most CHUNK_ENTRIES entries).
+
+    ``full=False`` (a delta) leaves the seed list out and keeps only its digest.
+    """
     es = sorted(entries, key=lambda e: e.token)  # each chunk is a sorted partial ring
     chunks = [es[i : i + CHUNK_ENTRIES] for i in range(0, len(es), CHUNK_ENTRIES)] or [[]]
-    return [_pack(RING, ring_body(start, end, seeds, c)) for c in chunks]
+    return [_pack(RING, ring_body(start, end, seeds, c, full)) for c in chunks]
 
 
 def encode_paxos(quorum: int, claims: dict[bytes, Claims]) -> bytes:
@@ -183,16 +196,19 @@ def split(msg: bytes) -> tuple[int, list[Any]]:
 
 
 def parse_ring(body: object) -> RingMsg:
-    b = check_list(body, 5, "ring")
-    if len(b) != 5:
+    b = check_list(body, 6, "ring")
+    if len(b) != 6:
         raise WireError("bad_ring")
     end = check_uint(b[1], (1 << 32) + 1, "range")
     start = check_uint(b[0], end, "range")
-    seeds = _peers(b[2], MAX_SEEDS, "seeds")
-    if list(seeds) != sorted(set(seeds)):
+    digest = b[2]
+    if type(digest) is not bytes or len(digest) != PEER_LEN:
+        raise WireError("bad_digest")
+    seeds = _peers(b[3], MAX_SEEDS, "seeds")
+    if list(seeds) != sorted(set(seeds)) or (seeds and seeds_digest(seeds) != digest):
         raise WireError("bad_seeds")
-    peers = _peers(b[3], MAX_PEERS, "peers")
-    flat = check_list(b[4], 4 * MAX_ENTRIES, "entries")
+    peers = _peers(b[4], MAX_PEERS, "peers")
+    flat = check_list(b[5], 4 * MAX_ENTRIES, "entries")
     if len(flat) % 4 or not set(map(type, flat)) <= {int}:  # C-speed type check
         raise WireError("bad_entries")
     # whole-column checks: a full ring is parsed on every anti-entropy message
@@ -208,10 +224,8 @@ def parse_ring(body: object) -> RingMsg:
         raise WireError("bad_version")
     if frees and (min(frees) < 0 or any(map(operator.gt, frees, map(end.__sub__, tokens)))):
         raise WireError("bad_free")
-    if tokens and not seeds:
-        raise WireError("bad_seeds")
     entries = tuple(map(Entry, tokens, map(peers.__getitem__, idx), versions, frees))
-    return RingMsg(start, end, tuple(seeds), entries)
+    return RingMsg(start, end, digest, tuple(seeds), entries)
 
 
 def parse_paxos(body: list[Any]) -> PaxosMsg:
