@@ -131,6 +131,18 @@ def test_request_waiting_for_partition_completes_after_heal() -> None:
     assert op.address is not None
 
 
+def test_release_while_request_waits() -> None:
+    # found by the model test: a request whose operations were all released crashed on tick
+    s = seeded_sim(3)
+    s.fabric.partition([P[0]])
+    a = s.peers[P[2]]
+    op = a.allocate("c1", None, s.now)
+    s.run()
+    assert a.release("c1", s.now) == 0 and op.error is not None
+    s.advance(UNREACHABLE_WAIT * 2)
+    assert a.req is None and not a.pending
+
+
 def test_silent_donor_times_out_and_next_is_asked() -> None:
     s = seeded_sim(3, seeds=2)
     dead = s.peers[P[0]]

@@ -503,9 +503,13 @@ class Allocator:
     def _ask(self, now: float) -> None:
         r = self.req
         assert r is not None and self.gossip_handle is not None
+        waiting = self._waiting_ops()
+        if not waiting:  # all released or served meanwhile: the request has no purpose
+            self.req = None
+            return None
         free = self.ring.free_by_peer(r.lo, r.hi)
         free.pop(self.me, None)
-        net = str(self._waiting_ops()[0].subnet)
+        net = str(waiting[0].subnet)
         if not free:
             return self._give_up(f"no free address in {net}: range exhausted", now)
         cands = {p: f for p, f in free.items() if p not in r.denied | r.unreachable}
@@ -538,6 +542,9 @@ class Allocator:
     def _on_space_request(self, src: bytes, req_id: int, lo: int, hi: int, now: float) -> None:
         assert self.gossip_handle is not None
         grant = self._choose_donation(lo, hi) if self.ring.seeded and src != self.me else None
+        if grant is not None and self._has_allocs(*grant):  # never: a guard, counted if hit
+            self.drops["grant_with_allocations"] += 1
+            grant = None
         if grant is None:
             self.counters["denials_sent"] += 1
             self.gossip_handle.unicast(src, wire.encode_denied(req_id))
