@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import random
@@ -140,15 +141,7 @@ class Node:
         """Serve until ``stop()``. Sockets first, so a busy port fails before a TAP exists."""
         loop = asyncio.get_running_loop()
         async with contextlib.AsyncExitStack() as stack:
-            self._open_udp(stack)
-            hosts = [h for h in _listen_addresses(self.cfg.listen)
-                     if h is not None and self._bound(h)]
-            try:
-                server = await asyncio.start_server(
-                    self.conns.accept, hosts, self.udp_port, reuse_address=True, backlog=64)
-            except OSError as e:
-                raise OSError(e.errno, f"cannot listen on TCP port {self.udp_port}: "
-                              f"{e.strerror}") from None
+            server = await self._listen(stack)
             stack.callback(server.close)
             self._tcp_port = server.sockets[0].getsockname()[1]
             if self.cfg.http:
@@ -205,7 +198,32 @@ class Node:
                 self.traversal.spawn = None
         log.info("sleeve %s stopped", self.name)
 
-    def _open_udp(self, stack: contextlib.AsyncExitStack) -> None:
+    async def _listen(self, stack: contextlib.AsyncExitStack) -> asyncio.Server:
+        """UDP socket(s), then TCP on the same port number.
+
+        With ``--port 0`` (tests, several routers in one process) the kernel picks the UDP
+        port, and that number may be taken for TCP by someone else: then pick again, a few
+        times, instead of failing at random.
+        """
+        for attempt in range(5):
+            udp = contextlib.ExitStack()
+            self._open_udp(udp)
+            hosts = [h for h in _listen_addresses(self.cfg.listen)
+                     if h is not None and self._bound(h)]
+            try:
+                server = await asyncio.start_server(
+                    self.conns.accept, hosts, self.udp_port, reuse_address=True, backlog=64)
+            except OSError as e:
+                udp.close()
+                if self.cfg.port == 0 and e.errno == errno.EADDRINUSE and attempt < 4:
+                    continue
+                raise OSError(e.errno, f"cannot listen on TCP port {self.udp_port}: "
+                              f"{e.strerror}") from None
+            stack.push(udp)
+            return server
+        raise AssertionError("unreachable")
+
+    def _open_udp(self, stack: contextlib.ExitStack) -> None:
         v4, v6 = _listen_addresses(self.cfg.listen)
         uport = self.cfg.port
         if v4 is not None:

@@ -322,3 +322,6 @@ class Underlay:
     def close(self) -> None:
         for s in self.sockets():
             s.close()
+        self.udp = self.udp6 = None
+        self.gso_off.clear()
+        self.gro_on.clear()
