@@ -1,5 +1,6 @@
 """A status JSON for N peers without routers: the page's 100-peer test and the view tests.
 
+``ServerThread`` serves it (/status, /ui, /ui/events) on 127.0.0.1 from a thread.
 Shaped like ``Node.status()`` (only the keys the page and the view read). Peer ``p000``
 is the local router; it has a direct link to the first ``direct`` peers (path kinds
 cycling through udp / tcp / fastdp / pending) and reaches the others through them.
@@ -7,7 +8,13 @@ cycling through udp / tcp / fastdp / pending) and reaches the others through the
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Callable
 from typing import Any
+
+from sleeve.status.http import HttpServer, json_route, start_http
+from sleeve.status.ui import topology_stream, ui_routes
 
 
 def pid(i: int) -> str:
@@ -63,3 +70,43 @@ def fake_status(n: int = 100, direct: int = 12, counter_base: int = 0,
                                   "origin": p.replace(":", ""), "tombstone": False}
                                  for i, p in enumerate(ids) if i % 3 == 0]}
     return st
+
+
+class ServerThread:
+    """The API on 127.0.0.1 in a thread of its own (Selenium calls block)."""
+
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.srv: HttpServer | None = None
+        ready = threading.Event()
+
+        async def start() -> None:
+            routes = {"GET /status": json_route(status), **ui_routes()}
+            self.srv = await start_http("127.0.0.1", 0, routes,
+                                        {"GET /ui/events": topology_stream(status, 0.5)})
+            ready.set()
+
+        self.thread = threading.Thread(target=self._run, args=(start(),), daemon=True)
+        self.thread.start()
+        assert ready.wait(10), "server did not start"
+
+    def _run(self, start: Any) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(start)
+        self.loop.run_forever()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.addr}/ui"
+
+    @property
+    def addr(self) -> str:
+        assert self.srv is not None
+        return f"127.0.0.1:{self.srv.port}"
+
+    def close(self) -> None:
+        assert self.srv is not None
+        asyncio.run_coroutine_threadsafe(self.srv.aclose(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()

@@ -4,58 +4,19 @@ without them."""
 
 from __future__ import annotations
 
-import asyncio
 import pathlib
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from sleeve.status.http import HttpServer, start_http
-from sleeve.status.ui import topology_stream, ui_routes
 from tests import browser
-from tests.fake_status import fake_status
+from tests.fake_status import ServerThread, fake_status
 
 pytestmark = pytest.mark.browser
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
-
-
-class ServerThread:
-    """The API on 127.0.0.1 in a thread of its own (Selenium calls block)."""
-
-    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.srv: HttpServer | None = None
-        ready = threading.Event()
-
-        async def start() -> None:
-            self.srv = await start_http("127.0.0.1", 0, ui_routes(),
-                                        {"GET /ui/events": topology_stream(status, 0.5)})
-            ready.set()
-
-        self.thread = threading.Thread(target=self._run, args=(start(),), daemon=True)
-        self.thread.start()
-        assert ready.wait(10), "server did not start"
-
-    def _run(self, start: Any) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(start)
-        self.loop.run_forever()
-
-    @property
-    def url(self) -> str:
-        assert self.srv is not None
-        return f"http://127.0.0.1:{self.srv.port}/ui"
-
-    def close(self) -> None:
-        assert self.srv is not None
-        asyncio.run_coroutine_threadsafe(self.srv.aclose(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @pytest.fixture
