@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -77,7 +78,17 @@ def chromium() -> Iterator[Any]:
     finally:
         if driver is not None:
             driver.quit()
+        _remove(profile)
+
+
+def _remove(profile: str) -> None:
+    """Remove the profile; Chromium's helpers may still write to it just after quit()."""
+    for _ in range(50):  # bounded: 5 s
         shutil.rmtree(profile, ignore_errors=True)
+        if not os.path.exists(profile):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"could not remove the browser profile {profile}")
 
 
 def console_errors(driver: Any) -> list[dict[str, Any]]:
@@ -123,6 +134,7 @@ class Agent:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.call({"op": "quit"})
+            self.proc.wait(15)  # let it quit the browser and remove its profile
         self.host.stop(self.proc)
 
 
