@@ -40,8 +40,9 @@ PKGS="$PY $PY-venv ca-certificates"
 PKGS="$PKGS iproute2 nftables iptables iperf3 tcpdump ethtool conntrack iputils-ping procps"
 # --no-install-recommends matters for the bench: wireguard-tools recommends a kernel image.
 [ "$extra" = bench ] && PKGS="$PKGS wireguard-go wireguard-tools tinc fastd dnsperf dnsmasq-base"
-# The DNS lab test asks with dig and uses dnsmasq (the binary, no service) as a stub upstream.
-[ "$extra" = test ] && PKGS="$PKGS dnsutils dnsmasq-base"
+# The DNS lab test asks with dig and uses dnsmasq (the binary, no service) as a stub upstream;
+# the topology page is tested in Debian's headless Chromium (no browser download).
+[ "$extra" = test ] && PKGS="$PKGS dnsutils dnsmasq-base chromium chromium-driver"
 
 missing=""
 for p in $PKGS; do

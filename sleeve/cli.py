@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "dns"])
     st.add_argument("--http", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP))
     st.add_argument("--json", action="store_true")
+    st.add_argument("--watch", action="store_true",
+                    help="a live table of the links, redrawn every --interval seconds")
+    st.add_argument("--interval", type=float, default=1.0, metavar="S",
+                    help="--watch period (default 1; bounded to 0.5..60)")
 
     rp = sub.add_parser("report", help="everything a bug report needs, as JSON (no secrets)")
     rp.add_argument("--http", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP))
@@ -287,23 +291,50 @@ def dns_action(args: argparse.Namespace) -> int:
     return 0
 
 
-def _api(http: str, path: str, method: str = "GET") -> Any:
+class _ApiError(Exception):
+    pass
+
+
+def _url(http: str, path: str) -> str:
     try:
         host, port = check_host_port(http, "--http")
     except ConfigError as e:
         _fail(str(e), 2)
-    url = f"http://{host}:{port}{path}"
+    return f"http://{host}:{port}{path}"
+
+
+def _call(url: str, method: str = "GET") -> Any:
     req = urllib.request.Request(url, method=method)
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             return json.loads(r.read())
     except urllib.error.HTTPError as e:
-        _fail(f"router refused: {e.read().decode(errors='replace').strip()}")
-    except (urllib.error.URLError, OSError) as e:
-        _fail(f"no router answering at {url}: {getattr(e, 'reason', e)}")
+        raise _ApiError(f"router refused: {e.read().decode(errors='replace').strip()}") \
+            from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise _ApiError(f"no router answering at {url}: {getattr(e, 'reason', e)}") from None
+
+
+def _api(http: str, path: str, method: str = "GET") -> Any:
+    try:
+        return _call(_url(http, path), method)
+    except _ApiError as e:
+        _fail(str(e))
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from sleeve.status.watch import watch
+
+    url = _url(args.http, "/status")
+    try:
+        return watch(lambda: _call(url), url, args.interval)
+    except _ApiError as e:
+        _fail(str(e))
 
 
 def status(args: argparse.Namespace) -> int:
+    if args.watch:
+        return _watch(args)
     data: dict[str, Any] = _api(args.http, "/status")
     from sleeve.status.render import render
 

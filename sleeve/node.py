@@ -52,8 +52,9 @@ from sleeve.mesh import LinkInfo, Mesh
 from sleeve.proto.control import MAX_FRAME
 from sleeve.proto.mactable import LOCAL, MacTable
 from sleeve.proto.stats import Counters
-from sleeve.status.http import Route, json_action, json_route, start_http
+from sleeve.status.http import EventStream, Route, json_action, json_route, start_http
 from sleeve.status.metrics import metrics_route
+from sleeve.status.ui import ui_routes, ui_streams
 from sleeve.traversal.punch import Traversal
 
 log = logging.getLogger("sleeve")
@@ -147,11 +148,12 @@ class Node:
             if self.cfg.http:
                 host, hport = check_host_port(self.cfg.http, "--http")
                 try:
-                    http = await start_http(host, hport, self.http_routes())
+                    http = await start_http(host, hport, self.http_routes(),
+                                            self.http_streams())
                 except OSError as e:
                     raise OSError(e.errno, f"cannot serve the status API on {self.cfg.http}: "
                                   f"{e.strerror}") from None
-                stack.callback(http.close)
+                stack.push_async_callback(http.aclose)
             self.port = port = (self._port_factory() if callable(self._port_factory)
                                 else self._port_factory)
             stack.callback(port.close)
@@ -251,7 +253,11 @@ class Node:
             "GET /dns": json_route(self.dns.status),
             "POST /dns/add": json_action(self.dns.api_add),
             "POST /dns/remove": json_action(self.dns.api_remove),
+            **ui_routes(),  # the topology page, read-only
         }
+
+    def http_streams(self) -> dict[str, EventStream]:
+        return ui_streams(self.status)
 
     def add_target(self, t: Target) -> None:
         self.dialler.add(t)
