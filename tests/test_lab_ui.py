@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import tempfile
 import time
 from typing import Any
 
@@ -30,7 +31,11 @@ pytestmark = pytest.mark.lab
 
 L_UL, T_UL, R_UL, GW_OUT, GW_IN, N_UL = ("198.18.20.1", "198.18.20.2", "198.18.20.3",
                                          "198.18.20.254", "198.18.21.1", "198.18.21.2")
-DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
+# The committed pictures in docs/ are refreshed only on request (SLEEVE_UPDATE_DOCS=1);
+# otherwise a run leaves the checkout untouched and the screenshot goes to a temp dir.
+DOCS = (pathlib.Path(__file__).resolve().parent.parent / "docs"
+        if os.environ.get("SLEEVE_UPDATE_DOCS") == "1"
+        else pathlib.Path(tempfile.gettempdir()) / "sleeve-screenshots")
 URL = "http://127.0.0.1:6782/ui"
 
 EDGES = """return Array.from(document.querySelectorAll('line.edge[data-kind]')).map(
