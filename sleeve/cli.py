@@ -48,11 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
     la = sub.add_parser("launch", help="run the router in the foreground")
-    pw = la.add_mutually_exclusive_group()
-    pw.add_argument("--password-file", metavar="F",
-                    help="file holding the network password (or env SLEEVE_PASSWORD)")
-    pw.add_argument("--no-encryption", action="store_true",
-                    help="run the data plane unencrypted (still authenticated); explicit only")
+    la.add_argument("--password-file", metavar="F",
+                    help="file holding the network password (or env SLEEVE_PASSWORD): only "
+                         "routers that know it can join")
+    la.add_argument("--no-encryption", action="store_true",
+                    help="carry data and control in clear text; with a password, members are "
+                         "still authenticated (and the fast datapath may be used)")
+    la.add_argument("--open", action="store_true",
+                    help="no password: anyone who reaches the port can join; only together "
+                         "with --no-encryption")
     la.add_argument("--port", type=int, default=DEFAULT_PORT,
                     help=f"TCP control and UDP data port (default {DEFAULT_PORT})")
     la.add_argument("--listen", default="0.0.0.0", help="local address to bind")
@@ -151,7 +155,12 @@ def _fail(msg: str, code: int = 1) -> NoReturn:
 
 
 def _read_password(args: argparse.Namespace) -> bytes | None:
-    if args.no_encryption:
+    if args.open:
+        if args.password_file or os.environ.get("SLEEVE_PASSWORD"):
+            raise ConfigError("--open means no password, but a password is given")
+        if not args.no_encryption:
+            raise ConfigError("--open needs --no-encryption: without a password there is no "
+                              "secret to encrypt with")
         return None
     if args.password_file:
         try:
@@ -165,8 +174,8 @@ def _read_password(args: argparse.Namespace) -> bytes | None:
     env = os.environ.get("SLEEVE_PASSWORD", "")
     if env:
         return env.encode()
-    raise ConfigError("no password: give --password-file F or SLEEVE_PASSWORD, or run "
-                      "--no-encryption explicitly")
+    raise ConfigError("no password: give --password-file F or SLEEVE_PASSWORD (or, for a "
+                      "network anyone can join, --open --no-encryption)")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -196,7 +205,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if http is not None:
         check_host_port(http, "--http")
     return Config(
-        psk=None if pw is None else psk_from_password(pw),
+        psk=None if pw is None else psk_from_password(pw), encrypt=not args.no_encryption,
         port=args.port, listen=args.listen, iface=args.iface, attach=args.attach, ip=args.ip,
         mtu=args.mtu, state_dir=pathlib.Path(args.state_dir), nickname=args.nickname,
         peers=tuple(parse_target(p, args.port) for p in args.peers), http=http,
@@ -370,8 +379,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         _fail(str(e), 2)
     if not layers:
         return args
-    if layers.get("password_file") and layers.get("no_encryption"):
-        _fail("config sets both password-file and no-encryption", 2)
+    if layers.get("password_file") and layers.get("open"):
+        _fail("config sets both password-file and open", 2)
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             action.choices["launch"].set_defaults(**layers)

@@ -30,7 +30,7 @@ class Target:
 
 @dataclass(frozen=True)
 class Config:
-    psk: bytes | None  # None only with an explicit --no-encryption
+    psk: bytes | None  # None: an open network (explicit --open --no-encryption only)
     port: int = DEFAULT_PORT
     listen: str = "0.0.0.0"
     iface: str = DEFAULT_IFACE
@@ -54,11 +54,23 @@ class Config:
     dns_ttl: int = 1
     dns_one_address: bool = False  # answer one random address instead of all, shuffled
     dns_rate: float = 500.0  # queries/s per client address (burst twice that); 0: no limit
+    encrypt: bool = True  # False (--no-encryption): members authenticated, data in clear
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def encrypted(self) -> bool:
-        return self.psk is not None
+        """Data and control are encrypted: a password, and no --no-encryption."""
+        return self.psk is not None and self.encrypt
+
+    @property
+    def open(self) -> bool:
+        """No password: anyone who reaches the port can join (only with --open)."""
+        return self.psk is None
+
+    @property
+    def membership(self) -> str:
+        return ("OPEN (--open): anyone who reaches the port can join" if self.open
+                else "password: only routers that know it can join")
 
 
 def parse_target(text: str, default_port: int = DEFAULT_PORT) -> Target:

@@ -179,7 +179,8 @@ class Node:
                 self.dialler.save()
             log.info("sleeve %s (%s) listening on %s port %d, %s, port %s mtu %d",
                      self.name, self.cfg.nickname, self.cfg.listen, self.udp_port,
-                     "encrypted" if self.cfg.encrypted else "UNENCRYPTED (--no-encryption)",
+                     "encrypted" if self.cfg.encrypted else "UNENCRYPTED (--no-encryption)"
+                     + (", OPEN to anyone (--open)" if self.cfg.open else ""),
                      port.name, port.mtu)
             if self.egress.vnet:
                 log.info("port %s: TCP segmentation offload on (super-frames to peers "
@@ -336,6 +337,7 @@ class Node:
         return {
             "name": self.name, "nickname": self.cfg.nickname,
             "encryption": "enabled" if self.cfg.encrypted else "DISABLED (--no-encryption)",
+            "membership": self.cfg.membership,
             "port": self.udp_port,
             "interface": None if self.port is None else self.port.name,
             "mtu": None if self.port is None else self.port.mtu,

@@ -37,7 +37,7 @@ def test_bad_flag() -> None:
 def test_bad_values() -> None:
     for args, needle in ((["--port", "70000"], "--port"), (["--ip", "198.19.0.1"], "prefix"),
                          (["--mtu", "100"], "--mtu"), (["--iface", "x" * 20], "15")):
-        r = run("launch", "--no-encryption", *args)
+        r = run("launch", "--no-encryption", "--open", *args)
         assert r.returncode == 2
         assert needle in one_line_error(r)
 
@@ -59,7 +59,7 @@ def test_not_root() -> None:
         pytest.fail("this test drops privileges and needs to start as root")
     # sys.executable may live under a directory nobody cannot read: the check must come first
     r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                        *SLEEVE, "launch", "--no-encryption"],
+                        *SLEEVE, "launch", "--no-encryption", "--open"],
                        capture_output=True, text=True, timeout=30)
     assert "must run as root" in one_line_error(r)
 
@@ -79,7 +79,7 @@ def host() -> Iterator[Host]:
 
 def _launch_in(host: Host, *args: str, pre: list[str] | None = None,
                ) -> subprocess.CompletedProcess[str]:
-    return host.run(*(pre or []), *SLEEVE, "launch", "--no-encryption", "--state-dir",
+    return host.run(*(pre or []), *SLEEVE, "launch", "--no-encryption", "--open", "--state-dir",
                     f"/tmp/sleeve-cli-test-{os.getpid()}", "--http", "off", *args,
                     check=False, timeout=30)
 

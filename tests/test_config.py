@@ -20,7 +20,7 @@ from tests.test_node_inproc import wait_for
 def test_precedence(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     f = tmp_path / "sleeve.toml"
     f.write_text('port = 7000\nmtu = 1300\nnickname = "file"\npeers = ["198.18.0.9"]\n'
-                 'no-encryption = true\n')
+                 'no-encryption = true\nopen = true\n')
     monkeypatch.setenv("SLEEVE_MTU", "1280")
     monkeypatch.setenv("SLEEVE_STATE_DIR", str(tmp_path))
     args = parse_args(["launch", "--config", str(f), "--nickname", "flag"])

@@ -257,7 +257,7 @@ def test_store_is_atomic_bounded_and_forgiving() -> None:
 
 
 def _args(*argv: str) -> Any:
-    return build_parser().parse_args(["launch", "--no-encryption", *argv])
+    return build_parser().parse_args(["launch", "--no-encryption", "--open", *argv])
 
 
 def test_dns_config_flags_env_and_validation() -> None:
@@ -282,7 +282,7 @@ def test_config_file_dns_keys(tmp_path: pathlib.Path, monkeypatch: pytest.Monkey
     f = tmp_path / "s.toml"
     f.write_text('dns-listen = "127.0.0.1:5300"\ndns-domain = "x.test"\n')
     monkeypatch.delenv("SLEEVE_CONFIG", raising=False)
-    c = config_from_args(parse_args(["launch", "--no-encryption", "--config", str(f)]))
+    c = config_from_args(parse_args(["launch", "--no-encryption", "--open", "--config", str(f)]))
     assert c.dns_listen == ("127.0.0.1:5300",) and c.dns_domain == "x.test."
 
 

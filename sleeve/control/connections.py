@@ -140,7 +140,7 @@ class Connections:
         hello = Hello(self.cfg.nickname[:64], me.uid, index, self.udp_port, where[:64],
                       CAP_VNET if self.vnet else 0)
         ch = ControlChannel(initiator=outbound, static=me.static, psk=self.cfg.psk,
-                            hello=hello, signer=me.signer)
+                            hello=hello, signer=me.signer, encrypted=self.cfg.encrypted)
         link: Link | None = None
         reason = "closed"
         try:

@@ -41,7 +41,7 @@ class Router:
         argv = [sys.executable, "-m", "sleeve", "launch", "--state-dir", str(self.state_dir),
                 "--nickname", self.host.name, *self.args]
         if self.password is None:
-            argv.append("--no-encryption")
+            argv += ["--no-encryption", "--open"]  # the lab's old default: an open network
         else:
             pw = self.workdir / f"{self.host.name}.password"
             pw.write_text(self.password)

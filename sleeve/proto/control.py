@@ -217,11 +217,14 @@ class ControlChannel:
     """One control connection's protocol state. Feed bytes in, get bytes and events out."""
 
     def __init__(self, *, initiator: bool, static: KeyPair, psk: bytes | None,
-                 hello: Hello, signer: Signer | None = None) -> None:
+                 hello: Hello, signer: Signer | None = None,
+                 encrypted: bool | None = None) -> None:
         """``signer`` is the node's signing key, ``Signer.from_static(static)``; pass it
-        to save deriving it per connection."""
+        to save deriving it per connection. ``psk`` (the password's key, None for an open
+        network) decides who may join; ``encrypted`` whether the data is encrypted
+        (default: with a psk), so a password network can run in clear text."""
         self.initiator = initiator
-        self.encrypted = psk is not None
+        self.encrypted = psk is not None if encrypted is None else encrypted
         self._static = static
         self._signer = signer
         self._psk = psk if psk is not None else ZERO_PSK
@@ -320,8 +323,8 @@ class ControlChannel:
         if theirs != self.encrypted:
             raise ControlError(
                 "encryption_mismatch",
-                "encryption mismatch: peer runs " + ("with a password" if theirs else
-                "--no-encryption") + ", we run " + ("with a password" if self.encrypted else
+                "encryption mismatch: peer runs " + ("encrypted" if theirs else
+                "--no-encryption") + ", we run " + ("encrypted" if self.encrypted else
                 "--no-encryption"),
             )
         self._hs = self._new_hs(pre)

@@ -22,6 +22,7 @@ def summary(s: dict[str, Any]) -> str:
     out = [
         f"        Name: {s['name']} ({s['nickname']})",
         f"  Encryption: {s['encryption']}",
+        f"  Membership: {s.get('membership', 'unknown')}",
         f"        Port: {s['port']}   interface {s['interface']}   MTU {s['mtu']}",
         f"       Peers: {len(s.get('peers', []))}",
         f" Connections: {len(conns)} ({est} established, {len(conns) - est} pending)",
