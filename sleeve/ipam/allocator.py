@@ -138,10 +138,15 @@ class Allocator:
             self.ring.claim_for(init.seeds)
 
     # -- wiring ---------------------------------------------------------------------------
-    def attach(self, gossip: Gossip, now: float) -> None:
-        """Take the router's handle (``router.register("ipam", allocator)``) and start."""
+    def attach(self, gossip: Gossip, now: float, start_consensus: bool = True) -> None:
+        """Take the router's handle (``router.register("ipam", allocator)``) and start.
+
+        ``start_consensus=False`` (the router): first-start agreement begins with the first
+        allocation asked here or a peer's proposal, as Weave's; until then nothing is sent.
+        """
         self.gossip_handle = gossip
-        self.consensus.start(now)
+        if start_consensus:
+            self.consensus.start(now)
 
     def full_ring(self) -> list[bytes]:
         """Our whole ring as RING messages, encoded once per ring change."""
