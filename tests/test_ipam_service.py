@@ -316,3 +316,32 @@ def test_cli_checks_input_before_asking_the_router() -> None:
     r = subprocess.run([sys.executable, "-m", "sleeve", "ipam", "allocate", "c1", "--http",
                         "127.0.0.1:9"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and "no router answering" in r.stderr
+
+
+def test_reset_donates_every_range_to_a_peer_then_stops_the_router() -> None:
+    async def body() -> None:
+        b = node()
+        tb = await start(b)
+        a = node(peers=(Target("127.0.0.1", b.udp_port),))
+        ta = await start(a)
+        try:
+            await wait_for(lambda: reach_all(a, b), 10)
+            await aapi(a, "/ipam/allocate", id="c1")
+            await aapi(b, "/ipam/allocate", id="c2")
+            await wait_for(lambda: len(b.ipam.status()["ring"]) == 2, 5)
+            r = await asyncio.to_thread(
+                subprocess.run, [sys.executable, "-m", "sleeve", "reset", "--http",
+                                 str(a.cfg.http)], capture_output=True, text=True, timeout=30)
+            assert r.returncode == 0, r.stderr
+            out = json.loads(r.stdout)
+            assert out == {"released": 1, "donated_to": b.name, "stopping": True}
+            await asyncio.wait_for(ta, 5)  # the router stopped by itself
+            await wait_for(lambda: [p["peer"] for p in b.ipam.status()["ring"]] == [b.name], 5)
+            assert sum(p["size"] for p in b.ipam.status()["ring"]) == NET.num_addresses
+            assert b.ipam.status()["conflicts"] == []
+        finally:
+            a.stop()
+            b.stop()
+            await asyncio.wait_for(asyncio.gather(ta, tb), 5)
+
+    asyncio.run(asyncio.wait_for(body(), 40))
