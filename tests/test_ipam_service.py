@@ -272,7 +272,7 @@ def test_http_routes_may_be_async_and_unavailable_is_503() -> None:
 
 
 def _launch_args(*extra: str) -> Any:
-    return build_parser().parse_args(["launch", "--no-encryption", *extra])
+    return build_parser().parse_args(["launch", "--no-encryption", "--open", *extra])
 
 
 @pytest.mark.parametrize("extra, want", [
