@@ -20,6 +20,7 @@ import urllib.request
 from typing import Any, NoReturn
 
 from sleeve.config import (
+    DEFAULT_BRIDGE,
     DEFAULT_CONN_LIMIT,
     DEFAULT_HTTP,
     DEFAULT_IFACE,
@@ -61,7 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"name of the TAP device to create (default {DEFAULT_IFACE})")
     port.add_argument("--attach", metavar="IFACE",
                       help="attach to an existing interface with a raw socket (pcap mode)")
-    la.add_argument("--ip", metavar="CIDR", help="overlay address for the TAP, e.g. 198.19.0.1/24")
+    la.add_argument("--ip", metavar="CIDR", help="overlay address for the TAP, e.g. 198.19.0.1/24 "
+                    "(on the bridge when there is one)")
+    br = la.add_mutually_exclusive_group()
+    br.add_argument("--bridge", default=DEFAULT_BRIDGE, metavar="NAME",
+                    help=f"Linux bridge the TAP is a port of, containers' veths join it "
+                         f"(default {DEFAULT_BRIDGE}; created or adopted)")
+    br.add_argument("--no-bridge", action="store_true",
+                    help="no bridge: the overlay address stays on the TAP (no containers)")
     la.add_argument("--mtu", type=int, default=DEFAULT_MTU,
                     help=f"TAP MTU (default {DEFAULT_MTU}: fits a 1500-byte underlay)")
     la.add_argument("--state-dir", default="/var/lib/sleeve",
@@ -183,6 +191,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise ConfigError(f"--conn-limit out of range (1..10000): {args.conn_limit}")
     if len(args.iface) > 15:
         raise ConfigError(f"--iface name longer than 15 characters: {args.iface}")
+    bridge = None if args.no_bridge or args.attach else args.bridge
+    if bridge is not None:
+        from sleeve.capture.bridge import check_bridge_name
+
+        try:
+            check_bridge_name(bridge)
+        except ValueError as e:
+            raise ConfigError(f"--bridge: {e}") from None
+        if bridge == args.iface:
+            raise ConfigError("--bridge and --iface need different names")
     if not 0 <= args.dns_ttl <= 86400:
         raise ConfigError(f"--dns-ttl out of range (0..86400): {args.dns_ttl}")
     if not 0 <= args.dns_rate_limit <= 1e6:
@@ -194,6 +212,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config(
         psk=None if pw is None else psk_from_password(pw),
         port=args.port, listen=args.listen, iface=args.iface, attach=args.attach, ip=args.ip,
+        bridge=bridge,
         mtu=args.mtu, state_dir=pathlib.Path(args.state_dir), nickname=args.nickname,
         peers=tuple(parse_target(p, args.port) for p in args.peers), http=http,
         resume=args.resume, discovery=not args.no_discovery, conn_limit=args.conn_limit,
