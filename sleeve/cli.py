@@ -144,6 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
     for d in (da, dr):
         d.add_argument("--http", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP))
 
+    cn = sub.add_parser("cni", help="container networking: install the CNI plugins")
+    csub = cn.add_subparsers(dest="cni_cmd", required=True, parser_class=_Parser)
+    ci = csub.add_parser("install", help="write sleeve-net, sleeve-ipam and 10-sleeve.conflist")
+    ci.add_argument("--bin-dir", default="/opt/cni/bin", help="CNI plugin dir (/opt/cni/bin)")
+    ci.add_argument("--conf-dir", default="/etc/cni/net.d",
+                    help="CNI network config dir (/etc/cni/net.d)")
+    ci.add_argument("--api", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP),
+                    help=f"the router's local API the plugins use (default {DEFAULT_HTTP})")
+    ci.add_argument("--subnet", default="", metavar="CIDR",
+                    help="containers' addresses from this IPAM subnet (default: the router's)")
+    ci.add_argument("--masquerade", action="store_true",
+                    help="containers reach beyond the overlay through the host (nft masquerade, "
+                         "default route via the router's address)")
+
     de = sub.add_parser("demo", help="build a lab on this machine and show sleeve working")
     de.add_argument("--keep-going", action="store_true", help=argparse.SUPPRESS)
     return p
@@ -344,6 +358,26 @@ def peers_action(args: argparse.Namespace) -> int:
     return 0
 
 
+def cni_install(args: argparse.Namespace) -> int:
+    from sleeve.cni.install import install
+
+    try:
+        check_host_port(args.api, "--api")
+        if args.subnet:
+            import ipaddress
+
+            ipaddress.ip_network(args.subnet)
+    except (ConfigError, ValueError) as e:
+        _fail(str(e), 2)
+    try:
+        for path in install(args.bin_dir, args.conf_dir, args.api, args.subnet,
+                            args.masquerade):
+            print(path)
+    except OSError as e:
+        _fail(f"cannot install the CNI plugins: {e}")
+    return 0
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Flags over SLEEVE_* env over the TOML file over defaults (see sleeve.configfile)."""
     parser = build_parser()
@@ -386,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         return peers_action(args)
     if args.cmd == "dns":
         return dns_action(args)
+    if args.cmd == "cni":
+        return cni_install(args)
     if args.cmd == "demo":
         from sleeve.demo import run_demo
 
