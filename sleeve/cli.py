@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"the router's local API the plugins use (default {DEFAULT_HTTP})")
     ci.add_argument("--subnet", default="", metavar="CIDR",
                     help="containers' addresses from this IPAM subnet (default: the router's)")
+    ci.add_argument("--python", default=None, metavar="PATH",
+                    help="interpreter the plugins run with (default this one; a node's "
+                         "/opt/sleeve/venv/bin/python when installing from a container)")
     ci.add_argument("--masquerade", action="store_true",
                     help="containers reach beyond the overlay through the host (nft masquerade, "
                          "default route via the router's address)")
@@ -371,7 +374,7 @@ def cni_install(args: argparse.Namespace) -> int:
         _fail(str(e), 2)
     try:
         for path in install(args.bin_dir, args.conf_dir, args.api, args.subnet,
-                            args.masquerade):
+                            args.masquerade, args.python):
             print(path)
     except OSError as e:
         _fail(f"cannot install the CNI plugins: {e}")

@@ -37,9 +37,14 @@ def source_root() -> pathlib.Path:
 
 
 def shim(module: str, python: str | None = None, root: pathlib.Path | None = None) -> str:
+    """The executable's text. ``python`` given (a node's own venv, e.g. from a Kubernetes
+    init container): that interpreter's own sleeve. Else ours, and our source tree when
+    it is not inside our interpreter's prefix (a development checkout)."""
     py = python or sys.executable
     r = root or source_root()
-    env = f"PYTHONPATH={shlex.quote(str(r))}${{PYTHONPATH:+:$PYTHONPATH}} "
+    env = ""
+    if python is None and not str(r).startswith(sys.prefix.rstrip("/") + "/"):
+        env = f"PYTHONPATH={shlex.quote(str(r))}${{PYTHONPATH:+:$PYTHONPATH}} "
     return ("#!/bin/sh\n"
             "# written by `sleeve cni install`: the sleeve CNI plugin, run by the interpreter\n"
             "# (and source tree) that installed it\n"
