@@ -203,9 +203,9 @@ def test_router_that_never_answers_is_11_within_the_timeout(tmp_path: pathlib.Pa
 
 
 def test_status_says_50_or_51_when_the_router_is_down(tmp_path: pathlib.Path) -> None:
-    rc, out = call(ipam.HANDLERS, env("STATUS"), conf(DOWN, tmp_path))
+    _, out = call(ipam.HANDLERS, env("STATUS"), conf(DOWN, tmp_path))
     assert is_error(out, 50)
-    rc, out = call(net.HANDLERS, env("STATUS"), conf(DOWN, tmp_path))
+    _, out = call(net.HANDLERS, env("STATUS"), conf(DOWN, tmp_path))
     assert is_error(out, 50)  # no containers attached: nothing loses connectivity
     net.Records(str(tmp_path), "sleeve", "net").put("c1", "eth0", {"name": None})
     _rc, out = call(net.HANDLERS, env("STATUS"), conf(DOWN, tmp_path))
@@ -242,7 +242,7 @@ def test_ipam_add_del_check_and_idempotent_del(router: FakeRouter,
 
 def test_ipam_router_errors_map_to_codes(router: FakeRouter, tmp_path: pathlib.Path) -> None:
     router.fail_allocate = 503
-    rc, out = call(ipam.HANDLERS, env("ADD"), conf(router.addr, tmp_path))
+    _, out = call(ipam.HANDLERS, env("ADD"), conf(router.addr, tmp_path))
     assert is_error(out, 11) and "no space" in out["msg"]  # type: ignore[index]
     router.fail_allocate = 400
     _rc, out = call(ipam.HANDLERS, env("ADD"), conf(router.addr, tmp_path))
