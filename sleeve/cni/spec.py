@@ -30,9 +30,11 @@ Which env variables each command needs (missing or malformed: code 4):
 
 Untrusted input never escapes as a traceback: every failure is a ``CniError`` turned into
 the error JSON by :func:`run`; an unexpected exception is reported as code 999 ("plugin
-bug") with its type, still as JSON. With ``SLEEVE_CNI_LOG=FILE`` each invocation appends
-one JSON line (command, env, CNI_ARGS, exit, code, duration): what the runtime sent, and
-how long ADD and DEL take.
+bug") with its type, still as JSON. With ``SLEEVE_CNI_LOG=FILE`` in the environment or
+``"log": FILE`` in the network config, each invocation appends one JSON line (command,
+env, CNI_ARGS, the calling process, exit, code, duration): what the runtime sent, and how
+long ADD and DEL take. (The config key exists because runtimes do not always pass their
+environment on: podman's DEL may come from a cleanup process conmon starts.)
 """
 
 from __future__ import annotations
@@ -232,10 +234,18 @@ def run(plugin: str, handlers: Mapping[str, Handler], env: Mapping[str, str],
     return rc, out
 
 
+def _caller() -> str:
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            return f.read(400).replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
 def _log(env: Mapping[str, str], plugin: str, req: Request | None, rc: int, code: int,
          seconds: float) -> None:
-    path = env.get(LOG_ENV)
-    if not path:
+    path = env.get(LOG_ENV) or (req.config.get("log") if req is not None else None)
+    if not isinstance(path, str) or not path:
         return
     line = {"ts": round(time.time(), 3), "plugin": plugin, "pid": os.getpid(),
             "command": env.get("CNI_COMMAND", ""), "containerID": env.get("CNI_CONTAINERID"),
@@ -244,6 +254,7 @@ def _log(env: Mapping[str, str], plugin: str, req: Request | None, rc: int, code
             "network": None if req is None else req.config.get("name"),
             "cniVersion": None if req is None else req.config.get("cniVersion"),
             "prevResult": None if req is None else "prevResult" in req.config,
+            "caller": _caller(),
             "exit": rc, "code": code, "ms": round(seconds * 1000, 2)}
     try:
         with open(path, "a") as f:
