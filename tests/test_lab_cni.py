@@ -282,9 +282,9 @@ def _allocated(ph: PodHost) -> list[str]:
         d = ph.dir / "ipam"
         return [p.name for q in d.iterdir() for p in q.iterdir()
                 if not p.name.startswith(("last_reserved", "lock"))] if d.exists() else []
-    st = ph.api("/ipam") or {}
-    ids = st.get("allocations") or st.get("owners") or {}
-    return list(ids) if isinstance(ids, dict | list) else []
+    st = ph.api("/ipam")
+    assert st is not None, f"{ph.host.name}: no IPAM status"
+    return [a["id"] for a in st["allocations"]]
 
 
 def test_containers_on_different_hosts_ping_by_address_and_name(cl: CniLab) -> None:

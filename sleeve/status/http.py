@@ -1,22 +1,32 @@
-"""Local HTTP API (read-only status for now), on 127.0.0.1:6782 by default.
+"""Local HTTP API (status, and the few actions the CLI drives), on 127.0.0.1:6782 by default.
 
 A deliberately tiny HTTP/1.0 responder on asyncio streams: one request per
-connection, bounded request size, GET only. It never listens on a public
-address unless the operator asks for one.
+connection, bounded request size. It never listens on a public address unless the
+operator asks for one. A handler returns ``(content type, body)`` or an awaitable of
+it: an action that must wait for the mesh (an IPAM allocation) awaits without holding
+up the loop, and bounds its own wait. Errors: ``ValueError`` -> 400 with its text (the
+caller's mistake), ``Unavailable`` -> 503 with its text (the mesh did not answer in
+time), anything else -> 500 with the exception's type only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 MAX_REQUEST = 8192
 
 
-Route = Callable[[dict[str, str]], tuple[str, bytes]]
+Reply = tuple[str, bytes]
+Route = Callable[[dict[str, str]], Reply | Awaitable[Reply]]
+
+
+class Unavailable(Exception):
+    """The action could not complete in time (503); ``str()`` is one line for the user."""
 
 
 async def start_http(host: str, port: int, routes: dict[str, Route]) -> asyncio.Server:
@@ -36,10 +46,15 @@ async def start_http(host: str, port: int, routes: dict[str, Route]) -> asyncio.
             code, ctype, body = "404 Not Found", "text/plain", b"not found\n"
         else:
             try:
-                ctype, body = route(dict(urllib.parse.parse_qsl(qs)))
+                res = route(dict(urllib.parse.parse_qsl(qs)))
+                if inspect.isawaitable(res):
+                    res = await res
+                ctype, body = res
                 code = "200 OK"
             except ValueError as e:  # the caller's mistake: say what it was
                 code, ctype, body = "400 Bad Request", "text/plain", f"{e}\n".encode()
+            except Unavailable as e:
+                code, ctype, body = "503 Service Unavailable", "text/plain", f"{e}\n".encode()
             except Exception as e:  # a status bug must not take the router down
                 code, ctype, body = "500 Internal Server Error", "text/plain", \
                     f"{type(e).__name__}\n".encode()
@@ -60,3 +75,10 @@ def json_route(fn: Callable[[], Any]) -> Route:
 
 def json_action(fn: Callable[[dict[str, str]], Any]) -> Route:
     return lambda q: ("application/json", json.dumps(fn(q)).encode() + b"\n")
+
+
+def json_async_action(fn: Callable[[dict[str, str]], Awaitable[Any]]) -> Route:
+    """An action that awaits (it bounds its own wait: raise ``Unavailable`` past it)."""
+    async def run(q: dict[str, str]) -> Reply:
+        return ("application/json", json.dumps(await fn(q)).encode() + b"\n")
+    return run
