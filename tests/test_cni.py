@@ -402,3 +402,14 @@ def test_kubernetes_manifest_parses_and_uses_only_real_options(tmp_path: pathlib
     assert (tmp_path / "etc/cni/net.d/10-sleeve.conflist").exists()
     rules = kinds["Role"]["rules"]
     assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in rules)  # read-only
+
+
+def test_each_plugin_keeps_records_in_its_own_data_dir() -> None:
+    from sleeve.cni.api import data_dir
+
+    c = {"dataDir": "/a", "ipam": {"type": "host-local", "dataDir": "/b"}}
+    assert (data_dir(c), data_dir(c, ipam_plugin=True)) == ("/a", "/b")  # host-local's is not ours
+    assert data_dir({"dataDir": "/a", "ipam": {}}, ipam_plugin=True) == "/a"
+    assert data_dir({}) == "/var/lib/cni/sleeve"
+    with pytest.raises(spec.CniError):
+        data_dir({"dataDir": "relative"})

@@ -163,9 +163,13 @@ class Records:
         return out
 
 
-def data_dir(conf: dict[str, Any]) -> str:
+def data_dir(conf: dict[str, Any], ipam_plugin: bool = False) -> str:
+    """Where a plugin keeps its records: the main plugin reads the top-level ``dataDir``;
+    an IPAM plugin its own section's first (another IPAM plugin, e.g. host-local, may use
+    ``ipam.dataDir`` for files of its own)."""
     ipam = conf.get("ipam") if isinstance(conf.get("ipam"), dict) else {}
-    d = (ipam or {}).get("dataDir") or conf.get("dataDir") or DEFAULT_DATA_DIR
+    mine, other = (ipam or {}).get("dataDir"), conf.get("dataDir")
+    d = (mine or other if ipam_plugin else other) or DEFAULT_DATA_DIR
     if not isinstance(d, str) or not d.startswith("/"):
         raise CniError(INVALID_CONFIG, "dataDir must be an absolute path")
     return d

@@ -84,7 +84,7 @@ def router_ip(info: dict[str, Any]) -> str | None:
 
 
 def _records(req: Request) -> Records:
-    return Records(data_dir(req.config), req.network, KIND)
+    return Records(data_dir(req.config, ipam_plugin=True), req.network, KIND)
 
 
 def _api(req: Request) -> RouterApi:
