@@ -295,6 +295,10 @@ def test_containers_on_different_hosts_ping_by_address_and_name(cl: CniLab) -> N
     assert len(set(addr.values())) == N and all(a.startswith("198.19.") for a in addr.values())
     for i, ph in enumerate(cl.hosts):
         me = f"c{i + 1}"
+        veth = [ln for ln in ph.links() if ln.startswith("vsl")]
+        assert len(veth) == 1, veth
+        d = ph.host.run("ip", "-d", "link", "show", veth[0]).stdout
+        assert "master sleeve" in d and "hairpin on" in d and "mtu 1406" in d, d
         rc = ph.podman("exec", me, "cat", "/etc/resolv.conf").stdout
         assert f"nameserver {OV[i]}" in rc and "sleeve.local" in rc, rc
         for other, a in addr.items():
