@@ -159,7 +159,7 @@ def _attach(req: Request, bridge: str, mtu: int, hairpin: bool,
         idx = ipr.link_lookup(ifname=host)[0]
         ipr.link("set", index=idx, master=br[0])
         if hairpin:  # a container reaching itself through a service address comes back
-            ipr.brport("set", index=idx, hairpin=1)
+            ipr.brport("set", index=idx, mode=1)  # IFLA_BRPORT_MODE: BRIDGE_MODE_HAIRPIN
         ipr.link("set", index=idx, state="up")
         br_mac = ipr.get_links(br[0])[0].get_attr("IFLA_ADDRESS")
         host_mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
