@@ -89,8 +89,9 @@ class PodHost:
         return r
 
     def api(self, path: str) -> Any:
-        r = self.host.run("curl", "-sf", "--max-time", "5", f"http://127.0.0.1:6782{path}",
-                          check=False, timeout=15)
+        get = ("import sys, urllib.request; sys.stdout.buffer.write(urllib.request.urlopen("
+               f"'http://127.0.0.1:6782{path}', timeout=5).read())")
+        r = self.host.run(sys.executable, "-c", get, check=False, timeout=15)
         return json.loads(r.stdout) if r.returncode == 0 else None
 
     def links(self) -> list[str]:
