@@ -41,8 +41,11 @@ PKGS="$PKGS iproute2 nftables iptables iperf3 tcpdump ethtool conntrack iputils-
 # --no-install-recommends matters for the bench: wireguard-tools recommends a kernel image.
 [ "$extra" = bench ] && PKGS="$PKGS wireguard-go wireguard-tools tinc fastd dnsperf dnsmasq-base"
 # The DNS lab test asks with dig and uses dnsmasq (the binary, no service) as a stub upstream;
-# the topology page is tested in Debian's headless Chromium (no browser download).
+# the topology page is tested in Debian's headless Chromium (no browser download); the CNI
+# plugins with podman (runc: crun fails on this kind of hybrid cgroup host), containers run
+# from a busybox-static rootfs, the reference plugins (portmap, host-local) beside ours.
 [ "$extra" = test ] && PKGS="$PKGS dnsutils dnsmasq-base chromium chromium-driver"
+[ "$extra" = test ] && PKGS="$PKGS podman runc busybox-static containernetworking-plugins"
 
 missing=""
 for p in $PKGS; do
