@@ -20,6 +20,7 @@ import urllib.request
 from typing import Any, NoReturn
 
 from sleeve.config import (
+    DEFAULT_BRIDGE,
     DEFAULT_CONN_LIMIT,
     DEFAULT_HTTP,
     DEFAULT_IFACE,
@@ -61,7 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"name of the TAP device to create (default {DEFAULT_IFACE})")
     port.add_argument("--attach", metavar="IFACE",
                       help="attach to an existing interface with a raw socket (pcap mode)")
-    la.add_argument("--ip", metavar="CIDR", help="overlay address for the TAP, e.g. 198.19.0.1/24")
+    la.add_argument("--ip", metavar="CIDR", help="overlay address for the TAP, e.g. 198.19.0.1/24 "
+                    "(on the bridge when there is one)")
+    br = la.add_mutually_exclusive_group()
+    br.add_argument("--bridge", default=DEFAULT_BRIDGE, metavar="NAME",
+                    help=f"Linux bridge the TAP is a port of, containers' veths join it "
+                         f"(default {DEFAULT_BRIDGE}; created or adopted)")
+    br.add_argument("--no-bridge", action="store_true",
+                    help="no bridge: the overlay address stays on the TAP (no containers)")
     la.add_argument("--mtu", type=int, default=DEFAULT_MTU,
                     help=f"TAP MTU (default {DEFAULT_MTU}: fits a 1500-byte underlay)")
     la.add_argument("--state-dir", default="/var/lib/sleeve",
@@ -140,6 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
     for d in (da, dr):
         d.add_argument("--http", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP))
 
+    cn = sub.add_parser("cni", help="container networking: install the CNI plugins")
+    csub = cn.add_subparsers(dest="cni_cmd", required=True, parser_class=_Parser)
+    ci = csub.add_parser("install", help="write sleeve-net, sleeve-ipam and 10-sleeve.conflist")
+    ci.add_argument("--bin-dir", default="/opt/cni/bin", help="CNI plugin dir (/opt/cni/bin)")
+    ci.add_argument("--conf-dir", default="/etc/cni/net.d",
+                    help="CNI network config dir (/etc/cni/net.d)")
+    ci.add_argument("--api", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP),
+                    help=f"the router's local API the plugins use (default {DEFAULT_HTTP})")
+    ci.add_argument("--subnet", default="", metavar="CIDR",
+                    help="containers' addresses from this IPAM subnet (default: the router's)")
+    ci.add_argument("--python", default=None, metavar="PATH",
+                    help="interpreter the plugins run with (default this one; a node's "
+                         "/opt/sleeve/venv/bin/python when installing from a container)")
+    ci.add_argument("--masquerade", action="store_true",
+                    help="containers reach beyond the overlay through the host (nft masquerade, "
+                         "default route via the router's address)")
+
     de = sub.add_parser("demo", help="build a lab on this machine and show sleeve working")
     de.add_argument("--keep-going", action="store_true", help=argparse.SUPPRESS)
     return p
@@ -187,6 +212,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise ConfigError(f"--conn-limit out of range (1..10000): {args.conn_limit}")
     if len(args.iface) > 15:
         raise ConfigError(f"--iface name longer than 15 characters: {args.iface}")
+    bridge = None if args.no_bridge or args.attach else args.bridge
+    if bridge is not None:
+        from sleeve.capture.bridge import check_bridge_name
+
+        try:
+            check_bridge_name(bridge)
+        except ValueError as e:
+            raise ConfigError(f"--bridge: {e}") from None
+        if bridge == args.iface:
+            raise ConfigError("--bridge and --iface need different names")
     if not 0 <= args.dns_ttl <= 86400:
         raise ConfigError(f"--dns-ttl out of range (0..86400): {args.dns_ttl}")
     if not 0 <= args.dns_rate_limit <= 1e6:
@@ -198,6 +233,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config(
         psk=None if pw is None else psk_from_password(pw),
         port=args.port, listen=args.listen, iface=args.iface, attach=args.attach, ip=args.ip,
+        bridge=bridge,
         mtu=args.mtu, state_dir=pathlib.Path(args.state_dir), nickname=args.nickname,
         peers=tuple(parse_target(p, args.port) for p in args.peers), http=http,
         resume=args.resume, discovery=not args.no_discovery, conn_limit=args.conn_limit,
@@ -356,6 +392,26 @@ def peers_action(args: argparse.Namespace) -> int:
     return 0
 
 
+def cni_install(args: argparse.Namespace) -> int:
+    from sleeve.cni.install import install
+
+    try:
+        check_host_port(args.api, "--api")
+        if args.subnet:
+            import ipaddress
+
+            ipaddress.ip_network(args.subnet)
+    except (ConfigError, ValueError) as e:
+        _fail(str(e), 2)
+    try:
+        for path in install(args.bin_dir, args.conf_dir, args.api, args.subnet,
+                            args.masquerade, args.python):
+            print(path)
+    except OSError as e:
+        _fail(f"cannot install the CNI plugins: {e}")
+    return 0
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Flags over SLEEVE_* env over the TOML file over defaults (see sleeve.configfile)."""
     parser = build_parser()
@@ -398,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         return peers_action(args)
     if args.cmd == "dns":
         return dns_action(args)
+    if args.cmd == "cni":
+        return cni_install(args)
     if args.cmd == "demo":
         from sleeve.demo import run_demo
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 DEFAULT_PORT = 6783
 DEFAULT_HTTP = "127.0.0.1:6782"
 DEFAULT_IFACE = "sleeve0"
+DEFAULT_BRIDGE = "sleeve"
 # 1500-byte underlay - IPv4/UDP 28 - sleeve 36 (header 16, tag 16, record 4) - source and
 # destination peer ids 16 (a relayed frame carries both) - inner Ethernet 14
 DEFAULT_MTU = 1406
@@ -36,6 +37,7 @@ class Config:
     iface: str = DEFAULT_IFACE
     attach: str | None = None
     ip: str | None = None
+    bridge: str | None = None  # the router's Linux bridge (CLI default "sleeve"); None: TAP only
     mtu: int = DEFAULT_MTU
     state_dir: pathlib.Path = pathlib.Path("/var/lib/sleeve")
     nickname: str = "sleeve"

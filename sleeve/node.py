@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sleeve.capture.base import Port
+from sleeve.capture.bridge import BridgeError, HostBridge
 from sleeve.config import Config, Target, check_host_port
 from sleeve.control.connections import Connections, Identity, TargetState
 from sleeve.control.dialler import Dialler, task_spawner
@@ -98,6 +99,7 @@ class Node:
                                    self.drops, self.stats, enabled=cfg.discovery,
                                    run_connection=self.conns.run)
         self.fastdp = FastdpAgent(cfg, self.id, self.table, self.macs, self.drops, self.stats)
+        self.bridge: HostBridge | None = None  # built in run() once the TAP exists
         # registered after topology: a new link hears who the peers are before their names
         self.dns = DnsService(cfg, self.id, self.gossip,
                               is_known_peer=lambda p: self.mesh.topology.get(p) is not None)
@@ -159,8 +161,9 @@ class Node:
             stack.callback(port.close)
             self.egress.port = port
             self.egress.vnet = self.conns.vnet = port.vnet and self.cfg.offload
-            hwaddr = getattr(port, "hwaddr", None)  # a TAP: the fast datapath can bridge it
-            await self.fastdp.start(port.name, port.mtu, hwaddr)
+            hwaddr = getattr(port, "hwaddr", None)  # a TAP: it can be a bridge port
+            bridge = await self._start_bridge(stack, port, hwaddr)
+            await self.fastdp.start(port.name, port.mtu, hwaddr, bridge)
             if self.fastdp.dp is not None:
                 stack.push_async_callback(self.fastdp.stop)
                 if self.fastdp.hb is not None:
@@ -240,6 +243,44 @@ class Node:
         stack.callback(self.underlay.close)
         self.conns.udp_port = uport
 
+    async def _start_bridge(self, stack: contextlib.AsyncExitStack, port: Port,
+                            hwaddr: bytes | None) -> str | None:
+        """The router's bridge (before fastdp and DNS: both use it); None without one.
+
+        A bridge that cannot be built is one log line and a status entry: the router runs
+        on with the address on its TAP (containers cannot attach; the CNI plugin says so).
+        """
+        if self.cfg.bridge is None or hwaddr is None:
+            return None
+        br = HostBridge(self.cfg.bridge, port.name, port.mtu)
+        try:
+            await br.asetup(self.cfg.ip)
+        except BridgeError as e:
+            log.error("bridge %s: %s; running without it", self.cfg.bridge, e)
+            self.bridge = br
+            return None
+        self.bridge = br
+        stack.push_async_callback(self._close_bridge, br)
+        log.info("bridge %s %s: port %s%s", br.name, br.state, port.name,
+                 f", address {br.cidr}" if br.cidr else "")
+        return br.name
+
+    async def _close_bridge(self, br: HostBridge) -> None:
+        for err in await br.aclose():
+            log.warning("bridge %s: %s", br.name, err)
+
+    def bridge_info(self) -> dict[str, Any]:
+        """``GET /bridge``: what the CNI plugin needs to attach a container here."""
+        br = self.bridge
+        dns = self.dns
+        return {"bridge": br.name if br is not None and br.is_up else None,
+                "state": "off (--no-bridge)" if br is None else br.state,
+                "mtu": self.port.mtu if self.port is not None else self.cfg.mtu,
+                "address": self.cfg.ip,
+                "dns": {"serving": dns.server is not None,
+                        "nameservers": [a for a, p in dns.listen if p == 53],
+                        "domain": dns.domain.rstrip(".")}}
+
     def _bound(self, host: str) -> bool:
         return (self.underlay.udp6 if ":" in host else self.underlay.udp) is not None
 
@@ -251,6 +292,7 @@ class Node:
             "POST /connect": json_action(self.dialler.api_connect),
             "POST /forget": json_action(self.dialler.api_forget),
             "GET /dns": json_route(self.dns.status),
+            "GET /bridge": json_route(self.bridge_info),
             "POST /dns/add": json_action(self.dns.api_add),
             "POST /dns/remove": json_action(self.dns.api_remove),
             **ui_routes(),  # the topology page, read-only
@@ -322,6 +364,7 @@ class Node:
             "version": __version__, "python": platform.python_version(),
             "kernel": platform.release(),
             "config": {"port": cfg.port, "listen": cfg.listen, "iface": cfg.iface,
+                       "bridge": cfg.bridge,
                        "attach": cfg.attach, "ip": cfg.ip, "mtu": cfg.mtu,
                        "state_dir": str(cfg.state_dir), "nickname": cfg.nickname,
                        "encrypted": cfg.encrypted, "peers": [str(p) for p in cfg.peers],
@@ -345,6 +388,7 @@ class Node:
             "peers": self._peers_status(),
             "routes": self._routes_status(),
             "fastdp": self.fastdp.status(),
+            "bridge": None if self.bridge is None else self.bridge.status(),
             "gossip": self.gossip.status(),
             "dns": self.dns.status(),
             "macs": [{"mac": m.hex(":"), "peer": "local" if p == LOCAL else format_peer_id(p),

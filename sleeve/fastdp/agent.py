@@ -66,8 +66,10 @@ class FastdpAgent:
         cfg = self.cfg
         return cfg.fastdp and (not cfg.encrypted or bool(self.trusted))
 
-    async def start(self, tap_name: str, mtu: int, mac: bytes | None) -> None:
-        """Probe and build the bridge + VXLAN; on any failure run sleeve-only (logged)."""
+    async def start(self, tap_name: str, mtu: int, mac: bytes | None,
+                    bridge: str | None = None) -> None:
+        """Probe and build the VXLAN port (and the bridge, unless the router's ``bridge``
+        exists already); on any failure run sleeve-only (logged)."""
         cfg = self.cfg
         if not cfg.fastdp:
             self.capability = Capability(False, "turned off (--no-fastdp)")
@@ -84,9 +86,10 @@ class FastdpAgent:
             log.warning("fast datapath unavailable: %s", self.capability.reason)
             return
         dp = Datapath(tap=tap_name, port=cfg.port + 1, mtu=mtu, mac=mac,
-                      local_hb_mac=heartbeat_mac(self.me))
+                      local_hb_mac=heartbeat_mac(self.me), bridge=bridge or "sleeve",
+                      existing_bridge=bridge is not None)
         try:
-            await dp.asetup(cfg.ip)
+            await dp.asetup(None if bridge else cfg.ip)
             self.hb = HeartbeatSocket(dp.vxlan)
         except (DatapathError, HeartbeatSocketError) as e:
             log.warning("fast datapath setup failed, sleeve only: %s", e)

@@ -30,6 +30,11 @@ relayed:
   (the peer may still send by sleeve, each end chooses independently) cannot move
   the entry back to the TAP.
 
+When the router runs its own bridge (``sleeve.capture.bridge``, the default: containers'
+veths are ports of it too), the datapath is built with ``existing_bridge=True``: it only
+adds and removes the VXLAN port; the bridge, the TAP's membership and the address stay
+the router's. Standalone (tests, ``--no-bridge``) it builds the bridge itself as above.
+
 All netlink runs on one worker thread (:mod:`sleeve.fastdp.netlink`). ``setup`` and
 ``teardown`` wait for it (start-up, shutdown; async variants exist); FDB changes
 are queued and return at once, and failures are counted, logged and repaired by a
@@ -109,7 +114,7 @@ class Datapath:
                  vxlan: str = "vxsleeve", vni: int = DEFAULT_VNI, port: int = DEFAULT_PORT,
                  local_ip: str | None = None, mtu: int = 1406, mac: bytes | None = None,
                  local_hb_mac: bytes | None = None, worker: NetlinkWorker | None = None,
-                 ) -> None:
+                 existing_bridge: bool = False) -> None:
         for n in (bridge, tap, vxlan):
             if not _IFNAME_RE.match(n):
                 raise DatapathError(f"bad interface name {n!r}")
@@ -134,6 +139,9 @@ class Datapath:
         self.vni, self.port, self.local_ip, self.mtu = vni, port, local_ip, mtu
         self.mac = mac
         self.local_hb_mac = local_hb_mac
+        # True: the router's bridge (sleeve.capture.bridge) already holds the TAP and the
+        # overlay address; we only add and remove the VXLAN port (and our heartbeat MAC).
+        self.existing_bridge = existing_bridge
         self._nl = worker or NetlinkWorker()
         self._own_worker = worker is None
         # Kernel state (written by the worker thread only).
@@ -331,11 +339,19 @@ class Datapath:
                 mac = parse_mac(ipr.get_links(tap)[0].get_attr("IFLA_ADDRESS"))
             step = "removing leftovers"
             self._nl_remove_leftovers(ipr)
-            step = f"creating bridge {self.bridge}"
-            ipr.link("add", ifname=self.bridge, kind="bridge", address=fmt_mac(mac),
-                     mtu=self.mtu, br_stp_state=0, br_forward_delay=0, br_mcast_snooping=0)
-            self._created.append(self.bridge)
-            self._br_index = ipr.link_lookup(ifname=self.bridge)[0]
+            if self.existing_bridge:
+                step = f"looking up bridge {self.bridge}"
+                have = ipr.link_lookup(ifname=self.bridge)
+                if not have:
+                    raise DatapathError(f"bridge {self.bridge} does not exist")
+                self._br_index = have[0]
+            else:
+                step = f"creating bridge {self.bridge}"
+                ipr.link("add", ifname=self.bridge, kind="bridge", address=fmt_mac(mac),
+                         mtu=self.mtu, br_stp_state=0, br_forward_delay=0,
+                         br_mcast_snooping=0)
+                self._created.append(self.bridge)
+                self._br_index = ipr.link_lookup(ifname=self.bridge)[0]
             step = f"creating VXLAN device {self.vxlan}"
             ipr.link("add", **self._vxlan_spec(self.vxlan, self.vni))
             self._created.insert(0, self.vxlan)
@@ -354,7 +370,7 @@ class Datapath:
                 step = "adding our heartbeat MAC to the bridge"
                 ipr.fdb("replace", ifindex=self._br_index, lladdr=fmt_mac(self.local_hb_mac),
                         state=_BR_LOCAL, flags=NTF_SELF)
-            if cidr is not None:
+            if cidr is not None and not self.existing_bridge:
                 step = f"moving {cidr} to {self.bridge}"
                 self._moved_cidr = cidr  # first: a failure half-way still restores it
                 self._nl_move_address(ipr, cidr, tap, self._br_index)
@@ -375,7 +391,10 @@ class Datapath:
 
     def _nl_remove_leftovers(self, ipr: Any) -> None:
         """Devices with our names from a crashed run: delete them if they have our kind."""
-        for name, kind in ((self.vxlan, "vxlan"), (self.bridge, "bridge")):
+        pairs = [(self.vxlan, "vxlan")]
+        if not self.existing_bridge:  # else the bridge is the router's: never ours to delete
+            pairs.append((self.bridge, "bridge"))
+        for name, kind in pairs:
             idx = ipr.link_lookup(ifname=name)
             if not idx:
                 continue
@@ -403,6 +422,13 @@ class Datapath:
 
     def _nl_teardown(self, ipr: Any) -> list[str]:
         errors: list[str] = []
+        if self.existing_bridge and self._br_index and self.local_hb_mac is not None:
+            try:  # the bridge outlives us: take our heartbeat MAC off it
+                ipr.fdb("del", ifindex=self._br_index, lladdr=fmt_mac(self.local_hb_mac),
+                        state=_BR_LOCAL, flags=NTF_SELF)
+            except Exception as e:
+                if not _ignore(e, errno.ENOENT, errno.ENODEV):
+                    errors.append(f"removing our heartbeat MAC: {describe(e)}")
         for name in self._created:
             try:
                 idx = ipr.link_lookup(ifname=name)
