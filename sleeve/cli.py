@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import pathlib
 import signal
 import socket
 import sys
+import time
 import urllib.error
 import urllib.request
 from typing import Any, NoReturn
@@ -24,6 +26,7 @@ from sleeve.config import (
     DEFAULT_CONN_LIMIT,
     DEFAULT_HTTP,
     DEFAULT_IFACE,
+    DEFAULT_IPALLOC_RANGE,
     DEFAULT_MTU,
     DEFAULT_PORT,
     Config,
@@ -32,6 +35,7 @@ from sleeve.config import (
     check_dns_domain,
     check_dns_listen,
     check_host_port,
+    check_ipalloc,
     check_subnets,
     parse_target,
 )
@@ -109,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "(clients that sort addresses by RFC 6724, like glibc, undo shuffles)")
     la.add_argument("--dns-rate-limit", type=float, default=500.0, metavar="QPS",
                     help="DNS queries per second per client address (default 500; 0: none)")
+    la.add_argument("--ipalloc-range", default=DEFAULT_IPALLOC_RANGE, metavar="CIDR",
+                    help=f"the overlay addresses IPAM hands out, shared by the whole mesh "
+                         f"(default {DEFAULT_IPALLOC_RANGE}, as Weave)")
+    la.add_argument("--ipalloc-default-subnet", default="", metavar="CIDR",
+                    help="subnet of the range allocations come from when none is asked for "
+                         "(default: the whole range)")
+    la.add_argument("--ipalloc-init", default="", metavar="MODE",
+                    help="first start: consensus=N (N peers agree; default N = peers given "
+                         "+ 1), seed=ID,... (these peers own the ring; ids as `sleeve status "
+                         "peers` shows them) or observer (owns nothing at start)")
     la.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     la.add_argument("--log-format", default="text", choices=["text", "json"])
     la.add_argument("peers", nargs="*", metavar="PEER", help="host[:port] to connect to")
@@ -118,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show a running router's status")
     st.add_argument("what", nargs="?", default="summary",
                     choices=["summary", "connections", "peers", "routes", "macs", "targets",
-                             "dns"])
+                             "dns", "ipam"])
     st.add_argument("--http", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP))
     st.add_argument("--json", action="store_true")
     st.add_argument("--watch", action="store_true",
@@ -164,6 +178,29 @@ def build_parser() -> argparse.ArgumentParser:
     ci.add_argument("--masquerade", action="store_true",
                     help="containers reach beyond the overlay through the host (nft masquerade, "
                          "default route via the router's address)")
+    ip = sub.add_parser("ipam", help="overlay addresses from the mesh's IPAM")
+    isub = ip.add_subparsers(dest="ipam_cmd", required=True, parser_class=_Parser)
+    ia = isub.add_parser("allocate", help="print ADDRESS/PREFIX for ID (the same one again "
+                                          "for the same ID)")
+    ia.add_argument("id", metavar="ID", help="owner id, e.g. a container id (1..64 printable "
+                                             "ASCII characters, no spaces)")
+    ia.add_argument("--subnet", default="", metavar="CIDR", help="a subnet of the range")
+    ia.add_argument("--json", action="store_true", help='print {"id": ..., "address": ...}')
+    ir = isub.add_parser("release", help="free every address of ID")
+    ir.add_argument("id", metavar="ID")
+    rm = sub.add_parser("rmpeer", help="take over the IPAM ranges of a peer that is gone for "
+                                       "good (refused while it is reachable)")
+    rm.add_argument("peer", metavar="PEER", help="peer id (sleeve status ipam) or nickname")
+    rs = sub.add_parser("reset", help="release this router's addresses, give its IPAM ranges "
+                                      "to a reachable peer, then stop the router")
+    rs.add_argument("--force", action="store_true",
+                    help="stop even when no peer can take the ranges")
+    ex = sub.add_parser("expose", help="give this host an overlay address from IPAM (on the "
+                                       "router's TAP)")
+    ex.add_argument("--subnet", default="", metavar="CIDR", help="a subnet of the range")
+    ex.add_argument("--json", action="store_true")
+    for c in (ia, ir, rm, rs, ex):
+        c.add_argument("--http", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP))
 
     de = sub.add_parser("demo", help="build a lab on this machine and show sleeve working")
     de.add_argument("--keep-going", action="store_true", help=argparse.SUPPRESS)
@@ -230,7 +267,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     http = None if args.http in ("off", "", "none") else args.http
     if http is not None:
         check_host_port(http, "--http")
-    return Config(
+    cfg = Config(
         psk=None if pw is None else psk_from_password(pw),
         port=args.port, listen=args.listen, iface=args.iface, attach=args.attach, ip=args.ip,
         bridge=bridge,
@@ -241,8 +278,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
         offload=args.offload, rekey_seconds=args.rekey_seconds,
         dns=not args.no_dns, dns_listen=dns_listen, dns_domain=check_dns_domain(args.dns_domain),
         dns_ttl=args.dns_ttl, dns_one_address=args.dns_one_address,
-        dns_rate=args.dns_rate_limit,
+        dns_rate=args.dns_rate_limit, ipalloc_range=args.ipalloc_range,
+        ipalloc_default_subnet=args.ipalloc_default_subnet or None,
+        ipalloc_init=args.ipalloc_init,
     )
+    check_ipalloc(cfg)
+    return cfg
 
 
 class _JsonFormatter(logging.Formatter):
@@ -269,10 +310,14 @@ def launch(args: argparse.Namespace) -> int:
         _fail("sleeve launch must run as root (it creates a TAP device and raw sockets)")
     try:
         cfg = config_from_args(args)
+        from sleeve.ipam.service import host_networks
+
+        check_ipalloc(cfg, host_networks(cfg.iface))  # the range must miss the underlay
     except ConfigError as e:
         _fail(str(e), 2)
     from sleeve.capture.base import Port, PortError
     from sleeve.crypto.keys import stable_mac
+    from sleeve.ipam.validate import IpamError
     from sleeve.node import Node
 
     def make_port() -> Port:
@@ -285,6 +330,8 @@ def launch(args: argparse.Namespace) -> int:
 
     try:
         node = Node(cfg, make_port)
+    except IpamError as e:  # a state file we must not use: guessing could duplicate addresses
+        _fail(f"ipam: {e}")
     except (OSError, ValueError) as e:
         _fail(f"cannot load the static key from {cfg.state_dir}: {e}")
 
@@ -339,10 +386,10 @@ def _url(http: str, path: str) -> str:
     return f"http://{host}:{port}{path}"
 
 
-def _call(url: str, method: str = "GET") -> Any:
+def _call(url: str, method: str = "GET", timeout: float = 5.0) -> Any:
     req = urllib.request.Request(url, method=method)
     try:
-        with urllib.request.urlopen(req, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
     except urllib.error.HTTPError as e:
         raise _ApiError(f"router refused: {e.read().decode(errors='replace').strip()}") \
@@ -351,9 +398,9 @@ def _call(url: str, method: str = "GET") -> Any:
         raise _ApiError(f"no router answering at {url}: {getattr(e, 'reason', e)}") from None
 
 
-def _api(http: str, path: str, method: str = "GET") -> Any:
+def _api(http: str, path: str, method: str = "GET", timeout: float = 5.0) -> Any:
     try:
-        return _call(_url(http, path), method)
+        return _call(_url(http, path), method, timeout)
     except _ApiError as e:
         _fail(str(e))
 
@@ -366,6 +413,51 @@ def _watch(args: argparse.Namespace) -> int:
         return watch(lambda: _call(url), url, args.interval)
     except _ApiError as e:
         _fail(str(e))
+
+
+def ipam_action(args: argparse.Namespace) -> int:
+    """``sleeve ipam allocate|release``, ``rmpeer``, ``reset``, ``expose``: stable output.
+
+    Input is checked here first (exit 2); the router's refusals exit 1, one line."""
+    import urllib.parse
+
+    from sleeve.ipam.validate import IpamError, check_id
+
+    q: dict[str, str] = {}
+    if args.cmd == "ipam":
+        try:
+            q["id"] = check_id(args.id)
+        except IpamError as e:
+            _fail(str(e), 2)
+    if getattr(args, "subnet", ""):
+        try:
+            ipaddress.IPv4Network(args.subnet, strict=True)
+        except ValueError:
+            _fail(f"--subnet needs an IPv4 CIDR like 10.32.0.0/16: {args.subnet!r}", 2)
+        q["subnet"] = args.subnet
+    if args.cmd == "rmpeer":
+        q["peer"] = args.peer
+    if args.cmd == "reset" and args.force:
+        q["force"] = "1"
+    path = {"ipam": f"/ipam/{getattr(args, 'ipam_cmd', '')}", "rmpeer": "/ipam/rmpeer",
+            "reset": "/ipam/reset", "expose": "/ipam/expose"}[args.cmd]
+    # an allocation may wait for the mesh: the router gives up after 20 s, we a little later
+    r = _api(args.http, f"{path}?{urllib.parse.urlencode(q)}", "POST", timeout=30)
+    if args.cmd in ("ipam", "expose") and "address" in r:
+        print(json.dumps({"id": r["id"], "address": r["address"]}) if args.json
+              else r["address"])
+    else:
+        print(json.dumps(r))
+    if args.cmd == "reset":
+        host, port = check_host_port(args.http, "--http")
+        for _ in range(50):  # bounded: the router stops about a second after donating
+            try:
+                socket.create_connection((host, port), timeout=0.5).close()
+            except OSError:
+                return 0
+            time.sleep(0.2)
+        _fail("the router did not stop within 10 s")
+    return 0
 
 
 def status(args: argparse.Namespace) -> int:
@@ -456,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         return dns_action(args)
     if args.cmd == "cni":
         return cni_install(args)
+    if args.cmd in ("ipam", "rmpeer", "reset", "expose"):
+        return ipam_action(args)
     if args.cmd == "demo":
         from sleeve.demo import run_demo
 

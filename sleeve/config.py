@@ -14,6 +14,7 @@ DEFAULT_BRIDGE = "sleeve"
 # destination peer ids 16 (a relayed frame carries both) - inner Ethernet 14
 DEFAULT_MTU = 1406
 DEFAULT_CONN_LIMIT = 200
+DEFAULT_IPALLOC_RANGE = "10.32.0.0/12"  # as Weave
 
 
 class ConfigError(ValueError):
@@ -56,6 +57,9 @@ class Config:
     dns_ttl: int = 1
     dns_one_address: bool = False  # answer one random address instead of all, shuffled
     dns_rate: float = 500.0  # queries/s per client address (burst twice that); 0: no limit
+    ipalloc_range: str = DEFAULT_IPALLOC_RANGE
+    ipalloc_default_subnet: str | None = None  # None: the whole range
+    ipalloc_init: str = ""  # consensus=N|seed=ID,...|observer; "": consensus=len(peers)+1
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -146,3 +150,69 @@ def check_host_port(text: str, what: str) -> tuple[str, int]:
     if t.port == 0:
         raise ConfigError(f"{what} needs host:port, got {text!r}")
     return t.host, t.port
+
+
+def ipalloc_init_text(cfg: Config) -> str:
+    """``--ipalloc-init``, defaulting as Weave: consensus among us and the peers given."""
+    return cfg.ipalloc_init or f"consensus={len(cfg.peers) + 1}"
+
+
+def parse_peer_name(text: str) -> bytes:
+    """A peer id as ``sleeve status peers`` shows it (``3a:9f:...``), or the same in plain hex.
+
+    Nicknames are not accepted at launch: they are learnt from the mesh, later."""
+    h = text.strip().replace(":", "")
+    try:
+        b = bytes.fromhex(h)
+    except ValueError:
+        b = b""
+    if len(b) != 8:
+        raise ConfigError(f"--ipalloc-init seed= needs peer ids as `sleeve status peers` shows "
+                          f"them (16 hex digits, colons optional): {text!r}")
+    return b
+
+
+def underlay_from_config(cfg: Config) -> list[ipaddress.IPv4Network]:
+    """The underlay addresses the configuration names: a specific --listen address and the
+    peers given as IPv4 literals (host names are not resolved here)."""
+    out = []
+    for h in [cfg.listen, *(t.host for t in cfg.peers)]:
+        try:
+            a = ipaddress.ip_address(h)
+        except ValueError:
+            continue
+        if isinstance(a, ipaddress.IPv4Address) and not a.is_unspecified:
+            out.append(ipaddress.IPv4Network(a))
+    return out
+
+
+def check_ipalloc(cfg: Config, host_networks: list[ipaddress.IPv4Network] | None = None,
+                  ) -> None:
+    """The IPAM options against each other, the underlay and the TAP address (one line each).
+
+    ``host_networks``: the networks of this host's interface addresses (the launch passes
+    them, read by netlink); the configuration's own underlay addresses are always checked."""
+    from sleeve.ipam.consensus import parse_init
+    from sleeve.ipam.validate import IpamError, parse_range, parse_subnet
+
+    try:
+        net = parse_range(cfg.ipalloc_range, [*underlay_from_config(cfg), *(host_networks or [])])
+    except IpamError as e:
+        raise ConfigError(f"--ipalloc-range: {e}") from None
+    try:
+        if cfg.ipalloc_default_subnet:
+            parse_subnet(cfg.ipalloc_default_subnet, net)
+    except IpamError as e:
+        raise ConfigError(f"--ipalloc-default-subnet: {e}") from None
+    try:
+        parse_init(ipalloc_init_text(cfg), parse_peer_name)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.ip:
+        a = ipaddress.ip_interface(cfg.ip).ip
+        if a in net:
+            raise ConfigError(f"--ip {cfg.ip} is inside --ipalloc-range {net}: IPAM could hand "
+                              f"that address out again (take the host's overlay address from "
+                              f"IPAM with `sleeve expose`, or choose a range without it)")

@@ -9,6 +9,8 @@ uses the long option names with dashes or underscores::
     ip = "198.19.0.1/24"
     peers = ["198.18.0.2", "198.18.0.3:6783"]
     dns-listen = "198.19.0.1:53,127.0.0.1:5353"   # env SLEEVE_DNS_LISTEN, same form
+    ipalloc-range = "10.32.0.0/12"                # env SLEEVE_IPALLOC_RANGE
+    ipalloc-init = "consensus=3"                  # env SLEEVE_IPALLOC_INIT
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ OPTIONS: dict[str, type] = {
     "trusted_subnets": str, "rekey_seconds": float,
     "no_dns": bool, "dns_listen": str, "dns_domain": str, "dns_ttl": int,
     "dns_one_address": bool, "dns_rate_limit": float,
+    "ipalloc_range": str, "ipalloc_default_subnet": str, "ipalloc_init": str,
 }
 
 

@@ -12,6 +12,8 @@ The parts (each in its own module, each with its own state; see docs/architectur
     traversal        hole punching over relayed control connections
     dns              DnsService: the "dns" gossip channel (names), their persistence,
                      and the micro DNS server on the overlay address (sleeve.dns.service)
+    ipam             IpamService: the "ipam" gossip channel (the address ring), its
+                     persistence and the allocation API (sleeve.ipam.service)
     fastdp           the kernel VXLAN datapath agent
 
 What flows: the port and the UDP sockets are read by the event loop and handed to
@@ -47,13 +49,21 @@ from sleeve.forward.ingress import Ingress
 from sleeve.forward.underlay import Underlay
 from sleeve.gossip.router import TOPOLOGY, GossipRouter
 from sleeve.gossip.topology import TopologyChannel
+from sleeve.ipam.service import IpamService
 from sleeve.links.link import Link
 from sleeve.links.table import LinkTable
 from sleeve.mesh import LinkInfo, Mesh
 from sleeve.proto.control import MAX_FRAME
 from sleeve.proto.mactable import LOCAL, MacTable
 from sleeve.proto.stats import Counters
-from sleeve.status.http import EventStream, Route, json_action, json_route, start_http
+from sleeve.status.http import (
+    EventStream,
+    Route,
+    json_action,
+    json_async_action,
+    json_route,
+    start_http,
+)
 from sleeve.status.metrics import metrics_route
 from sleeve.status.ui import ui_routes, ui_streams
 from sleeve.traversal.punch import Traversal
@@ -103,6 +113,11 @@ class Node:
         # registered after topology: a new link hears who the peers are before their names
         self.dns = DnsService(cfg, self.id, self.gossip,
                               is_known_peer=lambda p: self.mesh.topology.get(p) is not None)
+        self.ipam = IpamService(cfg, self.id, self.gossip, reachable=self.mesh.topology.reachable,
+                                nicknames=lambda: {r.peer: r.nickname
+                                                   for r in self.mesh.topology.records()},
+                                port_name=self._host_iface,
+                                stop=self.stop)
         # -- events: who hears about what
         self.table.on_up(self.gossip.link_up)  # full state first, then our new record
         self.table.on_up(lambda _link: self._sync_own_record())
@@ -172,6 +187,8 @@ class Node:
                     stack.callback(loop.remove_reader, hb_fd)
             await self.dns.start()  # after the port: it listens on the port's address
             stack.push_async_callback(self.dns.close)
+            await self.ipam.start()  # after the port: exposed addresses go back on it
+            stack.callback(self.ipam.close)
             loop.add_reader(port.fileno(), self.egress.on_port_readable)
             stack.callback(loop.remove_reader, port.fileno())
             for sock in self.underlay.sockets():
@@ -265,6 +282,14 @@ class Node:
                  f", address {br.cidr}" if br.cidr else "")
         return br.name
 
+    def _host_iface(self) -> str | None:
+        """Where the host's own overlay addresses go (``sleeve expose``): the bridge when
+        there is one (a bridge port such as the TAP does not route for the host), else the
+        port."""
+        if self.bridge is not None and self.bridge.is_up:
+            return self.bridge.name
+        return None if self.port is None else self.port.name
+
     async def _close_bridge(self, br: HostBridge) -> None:
         for err in await br.aclose():
             log.warning("bridge %s: %s", br.name, err)
@@ -295,6 +320,12 @@ class Node:
             "GET /bridge": json_route(self.bridge_info),
             "POST /dns/add": json_action(self.dns.api_add),
             "POST /dns/remove": json_action(self.dns.api_remove),
+            "GET /ipam": json_route(self.ipam.status),
+            "POST /ipam/allocate": json_async_action(self.ipam.api_allocate),
+            "POST /ipam/release": json_action(self.ipam.api_release),
+            "POST /ipam/rmpeer": json_action(self.ipam.api_rmpeer),
+            "POST /ipam/reset": json_action(self.ipam.api_reset),
+            "POST /ipam/expose": json_async_action(self.ipam.api_expose),
             **ui_routes(),  # the topology page, read-only
         }
 
@@ -341,6 +372,7 @@ class Node:
         self._sync_own_record()
         self.fastdp.tick(now)
         self.dns.tick(now)
+        self.ipam.tick(now)
         if now >= self._next_mesh:
             self._next_mesh = now + MESH_PERIOD
             for gone in self.mesh.gc(now):
@@ -370,7 +402,10 @@ class Node:
                        "encrypted": cfg.encrypted, "peers": [str(p) for p in cfg.peers],
                        "http": cfg.http, "dns": cfg.dns, "dns_listen": list(cfg.dns_listen),
                        "dns_domain": cfg.dns_domain, "dns_ttl": cfg.dns_ttl,
-                       "dns_one_address": cfg.dns_one_address, "dns_rate": cfg.dns_rate},
+                       "dns_one_address": cfg.dns_one_address, "dns_rate": cfg.dns_rate,
+                       "ipalloc_range": cfg.ipalloc_range,
+                       "ipalloc_default_subnet": cfg.ipalloc_default_subnet,
+                       "ipalloc_init": cfg.ipalloc_init},
             "status": self.status(),
         }
 
@@ -391,6 +426,7 @@ class Node:
             "bridge": None if self.bridge is None else self.bridge.status(),
             "gossip": self.gossip.status(),
             "dns": self.dns.status(),
+            "ipam": self.ipam.status(),
             "macs": [{"mac": m.hex(":"), "peer": "local" if p == LOCAL else format_peer_id(p),
                       "age_s": round(age, 1)} for m, p, age in self.macs.entries(now)],
             "drops": self.drops.snapshot(),

@@ -234,8 +234,8 @@ def test_channel_names_are_checked_and_unique() -> None:
     cfg = Config(psk=PSK, port=0, listen="127.0.0.1", http=None,
                  state_dir=pathlib.Path(tempfile.mkdtemp(prefix="sleeve-test-")))
     node = Node(cfg, MemoryPort(), static=KeyPair.generate())
-    node.gossip.register("ipam", SetChannel())
-    for bad in ("ipam", "topology", "Bad", "", "x" * 40):
+    node.gossip.register("scope", SetChannel())
+    for bad in ("scope", "ipam", "dns", "topology", "Bad", "", "x" * 40):
         with contextlib.suppress(ValueError):
             node.gossip.register(bad, SetChannel())
             raise AssertionError(f"{bad!r} was accepted")

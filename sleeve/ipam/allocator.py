@@ -20,6 +20,13 @@ its largest free run (one new token: a split; two: a carve), broadcasts the chan
 entries and unicasts its full ring in the GRANT (so the receiver knows every token
 inside the space it now owns), or it sends DENIED.
 
+Deviation from docs/architecture.md: ``on_gossip`` merges and returns None instead of
+the delta, so the gossip router relays nothing onwards (as Weave's IPAM). Every change
+travels once, by its owner's broadcast; gossip is the repair path (new links,
+anti-entropy, healed partitions), and a change a broadcast missed still spreads one
+hop per anti-entropy round. Relaying deltas would cost O(peers^2) messages per change
+in a full mesh. The requester and donor halves of space moving live in space.py.
+
 Trust (what a merge believes): broadcasts and unicasts come with an origin the router
 authenticated; gossip comes from an authenticated neighbour but carries other peers'
 entries, which are not signed. We believe any well-formed entry that wins the ring's
@@ -36,12 +43,11 @@ import collections
 import ipaddress
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from sleeve.ipam import state, wire
+from sleeve.ipam import space, state, wire
 from sleeve.ipam.consensus import Consensus, ConsensusConflict, Init
-from sleeve.ipam.ring import MAX_ENTRIES, Entry, Ring, RingConflict, join
+from sleeve.ipam.ring import Entry, Ring, RingConflict, join
 from sleeve.ipam.validate import (
     Allocation,
     IpamError,
@@ -54,24 +60,9 @@ from sleeve.ipam.validate import (
 from sleeve.proto.gossip import Gossip, GossipData, GossipRefused
 
 DEFAULT_RANGE = "10.32.0.0/12"  # as Weave
-TICK = 5.0  # s: free-count reports, retries of waiting requests (Weave's tick)
-REQ_TIMEOUT = 5.0  # s without a reply from a donor: ask the next one
-MAX_ASKS = 8  # requests sent in one round before the waiting operations fail
-UNREACHABLE_WAIT = 30.0  # s a request may wait for a route to any donor
+TICK = space.TICK
+UNREACHABLE_WAIT = space.UNREACHABLE_WAIT  # (tests read it here)
 MAX_CONFLICTS = 64
-
-@dataclass
-class _Request:
-    req_id: int
-    lo: int
-    hi: int
-    donor: bytes | None = None  # None: not asked yet, or waiting for a route
-    next_at: float = 0.0  # reply timeout (asking) or next retry (waiting)
-    asks: int = 0
-    denied: set[bytes] = field(default_factory=set)  # denied or silent: not asked again
-    unreachable: set[bytes] = field(default_factory=set)  # no route: asked again on tick
-    no_route_since: float | None = None
-
 
 class IpamData:
     """GossipData for the ring: ``entries`` (a delta) or the full ring, plus paxos rows.
@@ -134,7 +125,7 @@ class Allocator:
         self.addrs: dict[int, tuple[str, IPv4Net]] = {}
         self._sorted: list[int] = []
         self.pending: list[Allocation] = []
-        self.req: _Request | None = None
+        self.req: space.Request | None = None
         self._next_req_id = self.rng.randrange(1, 1 << 31)
         self._free_dirty = False
         self._next_report: float | None = None
@@ -147,10 +138,15 @@ class Allocator:
             self.ring.claim_for(init.seeds)
 
     # -- wiring ---------------------------------------------------------------------------
-    def attach(self, gossip: Gossip, now: float) -> None:
-        """Take the router's handle (``router.register("ipam", allocator)``) and start."""
+    def attach(self, gossip: Gossip, now: float, start_consensus: bool = True) -> None:
+        """Take the router's handle (``router.register("ipam", allocator)``) and start.
+
+        ``start_consensus=False`` (the router): first-start agreement begins with the first
+        allocation asked here or a peer's proposal, as Weave's; until then nothing is sent.
+        """
         self.gossip_handle = gossip
-        self.consensus.start(now)
+        if start_consensus:
+            self.consensus.start(now)
 
     def full_ring(self) -> list[bytes]:
         """Our whole ring as RING messages, encoded once per ring change."""
@@ -273,12 +269,12 @@ class Allocator:
         try:
             tag, body = wire.split(msg)
             if tag == wire.SPACE_REQ:
-                self._on_space_request(src, *wire.parse_req(body), now)
+                space.on_space_request(self, src, *wire.parse_req(body), now)
             elif tag == wire.DENIED:
-                self._on_denied(src, wire.parse_denied(body), now)
+                space.on_denied(self, src, wire.parse_denied(body), now)
             elif tag == wire.GRANT:
                 req_id, ring = wire.parse_grant(body)
-                self._on_grant(src, req_id, ring, now)
+                space.on_grant(self, src, req_id, ring, now)
             else:
                 raise wire.WireError("bad_tag")
         except wire.WireError as e:
@@ -471,7 +467,7 @@ class Allocator:
         for op in list(self.pending):
             if self._try(op, now):
                 self.pending.remove(op)
-        if self.req is not None and not self._waiting_ops():
+        if self.req is not None and not space.waiting_ops(self):
             self.req = None
         if not self.pending:
             return
@@ -481,114 +477,10 @@ class Allocator:
             return
         if self.req is None:
             lo, hi = bounds(self.pending[0].subnet)
-            self.req = _Request(self._next_req_id, lo, hi)
+            self.req = space.Request(self._next_req_id, lo, hi)
             self._next_req_id += 1
         if self.req.donor is None and now >= self.req.next_at:
-            self._ask(now)
-
-    def _waiting_ops(self) -> list[Allocation]:
-        r = self.req
-        assert r is not None
-        return [op for op in self.pending if bounds(op.subnet) == (r.lo, r.hi)]
-
-    def _give_up(self, why: str, now: float) -> None:
-        for op in self._waiting_ops():
-            self.pending.remove(op)
-            op.error = IpamError(why)
-            op._finish()
-        self.counters["failed_allocations"] += 1
-        self.req = None
-        self._retry(now)
-
-    def _ask(self, now: float) -> None:
-        r = self.req
-        assert r is not None and self.gossip_handle is not None
-        waiting = self._waiting_ops()
-        if not waiting:  # all released or served meanwhile: the request has no purpose
-            self.req = None
-            return None
-        free = self.ring.free_by_peer(r.lo, r.hi)
-        free.pop(self.me, None)
-        net = str(waiting[0].subnet)
-        if not free:
-            return self._give_up(f"no free address in {net}: range exhausted", now)
-        cands = {p: f for p, f in free.items() if p not in r.denied | r.unreachable}
-        if r.asks >= MAX_ASKS or not (cands or r.unreachable):
-            return self._give_up(f"asked {r.asks} peer(s) for space in {net}; none gave any", now)
-        while cands:
-            peers = sorted(cands)
-            donor = self.rng.choices(peers, weights=[cands[p] for p in peers])[0]
-            del cands[donor]
-            if self.gossip_handle.unicast(donor, wire.encode_space_req(r.req_id, r.lo, r.hi)):
-                r.donor, r.next_at, r.no_route_since = donor, now + REQ_TIMEOUT, None
-                r.asks += 1
-                self.counters["space_requests"] += 1
-                for op in self._waiting_ops():
-                    op.waiting = f"asked {donor.hex()} for space"
-                return None
-            r.unreachable.add(donor)
-            self.counters["no_route"] += 1
-        if r.no_route_since is None:
-            r.no_route_since = now
-        if now - r.no_route_since >= UNREACHABLE_WAIT:
-            return self._give_up(f"no peer with free space in {net} reachable for "
-                                 f"{UNREACHABLE_WAIT:.0f} s (partitioned?)", now)
-        r.next_at = now + TICK
-        for op in self._waiting_ops():
-            op.waiting = "the peers with free space are unreachable; waiting"
-        return None
-
-    # -- donor and requester --------------------------------------------------------------
-    def _on_space_request(self, src: bytes, req_id: int, lo: int, hi: int, now: float) -> None:
-        assert self.gossip_handle is not None
-        grant = self._choose_donation(lo, hi) if self.ring.seeded and src != self.me else None
-        if grant is not None and self._has_allocs(*grant):  # never: a guard, counted if hit
-            self.drops["grant_with_allocations"] += 1
-            grant = None
-        if grant is None:
-            self.counters["denials_sent"] += 1
-            self.gossip_handle.unicast(src, wire.encode_denied(req_id))
-            return
-        changed = self.ring.grant(grant[0], grant[1], src, self.free_in)
-        r = self.ring
-        self.counters["grants_given"] += 1
-        self.gossip_handle.unicast(
-            src, wire.encode_grant(req_id, r.start, r.end, r.seeds, list(r.entries.values()))
-        )
-        self._broadcast(changed)
-
-    def _choose_donation(self, lo: int, hi: int) -> tuple[int, int] | None:
-        runs = self._free_runs(lo, hi)
-        if not runs or len(self.ring.tokens) + 2 > MAX_ENTRIES:
-            return None
-        a, b, e = max(runs, key=lambda r: (r[1] - r[0], -r[0]))
-        n = self.ring.next_token(e.token)
-        if e.token >= lo and n <= hi and self.free_in(e.token, n) == self.ring.usable(e.token, n):
-            return e.token, n  # a whole free entry changes owner
-        if n - b <= 2 and all(x in self.ring.reserved for x in range(b, n)):
-            b = n  # no useless one-address entry for the range's broadcast address
-        size = max(1, (b - a) // 2)
-        return b - size, b  # the upper half of the largest free run
-
-    def _on_denied(self, src: bytes, req_id: int, now: float) -> None:
-        r = self.req
-        if r is None or r.req_id != req_id or r.donor != src:
-            self.drops["stale_denial"] += 1
-            return
-        self.counters["denials_received"] += 1
-        r.denied.add(src)
-        r.donor = None
-        self._ask(now)
-
-    def _on_grant(self, src: bytes, req_id: int, ring: wire.RingMsg, now: float) -> None:
-        r = self.req
-        if req_id and (r is None or r.req_id != req_id or r.donor != src):
-            self.drops["stale_grant"] += 1  # still merged: the space is ours either way
-        self._merge(src, ring, now)
-        self.counters["grants_received"] += 1
-        if self.req is not None and self.req.req_id == req_id and self.req.donor == src:
-            self.req = None
-            self._retry(now)
+            space.ask(self, now)
 
     # -- time -----------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
@@ -611,7 +503,7 @@ class Allocator:
                 r.denied.add(r.donor)
                 r.donor = None
             r.unreachable.clear()
-            self._ask(now)
+            space.ask(self, now)
         elif self.pending and r is None:
             self._retry(now)
 

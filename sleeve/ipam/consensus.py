@@ -104,7 +104,10 @@ class Consensus:
         return self.init.kind == "consensus" and self.decided is None
 
     def wants_gossip(self) -> bool:
-        return self.participant
+        """Only once agreement has started here or reached us: an idle mesh says nothing
+        (peers configured with different N then never refuse each other's rows for nothing)."""
+        return self.participant and (self.next_propose is not None or len(self.claims) > 1
+                                     or self.claims.get(self.me) != EMPTY)
 
     def msg(self) -> PaxosMsg:
         return PaxosMsg(self.init.n, dict(self.claims))

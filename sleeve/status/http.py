@@ -12,6 +12,10 @@ Two kinds of endpoint, both plain tables keyed by "METHOD /path":
   from a snapshot shared by every client (computed at most once per period, so
   N browsers never multiply the status work).
 
+A route may return an awaitable: an action that must wait for the mesh (an IPAM
+allocation) awaits without holding up the loop and bounds its own wait, raising
+``Unavailable`` (503 with its text) past it.
+
 Bounds: request bodies (``client_max_size``), request line, header size and count
 (aiohttp's parser limits), idle keep-alive. It never listens on a public address
 unless the operator asks for one. Against DNS rebinding and cross-site requests
@@ -24,11 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import ipaddress
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +48,12 @@ MAX_HEADERS = 32
 KEEPALIVE = 30.0  # idle keep-alive connections close after this
 WRITE_TIMEOUT = 10.0  # a stream client that cannot take one event in this long is dropped
 
-Route = Callable[[dict[str, str]], tuple[str, bytes]]
+Reply = tuple[str, bytes]
+Route = Callable[[dict[str, str]], Reply | Awaitable[Reply]]
+
+
+class Unavailable(Exception):
+    """The action could not complete in time (503); ``str()`` is one line for the user."""
 
 
 @dataclass
@@ -112,9 +122,14 @@ async def start_http(host: str, port: int, routes: dict[str, Route],
         if request.can_read_body:
             await request.read()  # bounded by client_max_size (413 beyond it)
         try:
-            ctype, body = route({k: v for k, v in request.query.items()})
+            res = route({k: v for k, v in request.query.items()})
+            if inspect.isawaitable(res):
+                res = await res
+            ctype, body = res
         except ValueError as e:  # the caller's mistake: say what it was
             return _text(400, str(e))
+        except Unavailable as e:  # the mesh did not answer in time
+            return _text(503, str(e))
         except Exception as e:  # a status bug must not take the router down
             log.exception("HTTP %s failed", key)
             return _text(500, type(e).__name__)
@@ -188,3 +203,10 @@ def json_route(fn: Callable[[], Any]) -> Route:
 
 def json_action(fn: Callable[[dict[str, str]], Any]) -> Route:
     return lambda q: ("application/json", json.dumps(fn(q)).encode() + b"\n")
+
+
+def json_async_action(fn: Callable[[dict[str, str]], Awaitable[Any]]) -> Route:
+    """An action that awaits (it bounds its own wait: raise ``Unavailable`` past it)."""
+    async def run(q: dict[str, str]) -> Reply:
+        return ("application/json", json.dumps(await fn(q)).encode() + b"\n")
+    return run

@@ -95,6 +95,7 @@ class _NodeCollector(Collector):
                 events.add_metric([key], v)
         yield events
         yield from _dns(st.get("dns") or {})
+        yield from _ipam(st.get("ipam") or {})
         yield GaugeMetricFamily("sleeve_peers", "peers known in the mesh",
                                 value=len(st.get("peers", [])))
         yield GaugeMetricFamily("sleeve_fastdp_active", "1 when the kernel VXLAN datapath is up",
@@ -134,6 +135,23 @@ def _dns(d: dict[str, Any]) -> Iterator[Any]:
                             value=(d.get("table") or {}).get("live", 0))
     yield GaugeMetricFamily("sleeve_dns_serving", "1 when the DNS server is listening",
                             value=1 if d.get("state") == "serving" else 0)
+
+
+def _ipam(i: dict[str, Any]) -> Iterator[Any]:
+    """IPAM: what this router holds and hands out, and how often it had to ask for space."""
+    yield GaugeMetricFamily("sleeve_ipam_allocations", "addresses allocated by this router",
+                            value=len(i.get("allocations", [])))
+    yield GaugeMetricFamily("sleeve_ipam_free_addresses", "free addresses this router owns",
+                            value=i.get("free_owned", 0))
+    yield GaugeMetricFamily("sleeve_ipam_pending", "allocations waiting for agreement or space",
+                            value=len(i.get("pending", [])))
+    yield GaugeMetricFamily("sleeve_ipam_conflicts", "peers whose ring gossip was refused",
+                            value=len(i.get("conflicts", [])))
+    ev = CounterMetricFamily("sleeve_ipam_events", "IPAM events: allocations, releases, space "
+                             "requests, grants, denials, timeouts", labels=["event"])
+    for key, v in sorted((i.get("counters") or {}).items()):
+        ev.add_metric([key], v)
+    yield ev
 
 
 def metrics_route(status: Callable[[], dict[str, Any]]) -> Route:

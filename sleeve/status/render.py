@@ -30,6 +30,8 @@ def summary(s: dict[str, Any]) -> str:
     ]
     if s.get("dns"):
         out.append("         DNS: " + _dns_line(s["dns"]))
+    if s.get("ipam"):
+        out.append("        IPAM: " + _ipam_line(s["ipam"]))
     if s.get("drops"):
         out.append("       Drops: " + ", ".join(f"{k}={v}" for k, v in sorted(s["drops"].items())))
     if conns:
@@ -79,6 +81,37 @@ def dns(s: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _ipam_line(i: dict[str, Any]) -> str:
+    c = i.get("consensus", {})
+    return (f"{i.get('range')} ({c.get('mode')}: {c.get('state')}), "
+            f"{len(i.get('allocations', []))} allocated here, {i.get('free_owned', 0)} free here, "
+            f"{len(i.get('ring', []))} owner(s)"
+            + (f", {len(i['conflicts'])} CONFLICT(S)" if i.get("conflicts") else ""))
+
+
+def ipam(s: dict[str, Any]) -> str:
+    i = s.get("ipam") or {}
+    c = i.get("consensus", {})
+    out = [f"       Range: {i.get('range')}   default subnet {i.get('default_subnet')}",
+           f"   Consensus: {c.get('mode')}: {c.get('text')}",
+           f"        Ring: {i.get('entries', 0)} entries, {len(i.get('ring', []))} owner(s)", ""]
+    rows = [[p["peer"] + (" (self)" if p.get("self") else ""), p.get("nickname", ""),
+             "yes" if p.get("reachable") else "NO", len(p["ranges"]), p["size"], p["free"],
+             " ".join(f"{r['start']}-{r['end']}" for r in p["ranges"][:4])
+             + (" ..." if len(p["ranges"]) > 4 else "")] for p in i.get("ring", [])]
+    out += [table(rows, ["PEER", "NICK", "REACHABLE", "RANGES", "SIZE", "FREE", "FIRST RANGES"]),
+            "", table([[a["id"], a["address"]] for a in i.get("allocations", [])],
+                      ["ID", "ADDRESS"])]
+    if i.get("pending"):
+        out += ["", "Waiting:", table([[p["id"], p["subnet"], p["waiting"]] for p in i["pending"]],
+                                      ["ID", "SUBNET", "WHY"])]
+    if i.get("conflicts"):
+        out += ["", "Conflicts (gossip refused):",
+                table([[x["peer"], x["reason"], x["count"], x.get("detail", "")]
+                       for x in i["conflicts"]], ["PEER", "REASON", "COUNT", "DETAIL"])]
+    return "\n".join(out)
+
+
 def connections(s: dict[str, Any]) -> str:
     rows = []
     for c in s.get("connections", []):
@@ -105,6 +138,8 @@ def render(what: str, s: dict[str, Any]) -> str:
         return connections(s)
     if what == "dns":
         return dns(s)
+    if what == "ipam":
+        return ipam(s)
     if what == "peers":
         return table([[p["peer"], p["nickname"], p["uid"], "yes" if p["self"] else "",
                        "yes" if p.get("direct") else "", len(p.get("connections", []))]
