@@ -45,9 +45,10 @@ pytestmark = pytest.mark.lab
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 UL = ["198.18.3.1", "198.18.3.2"]
-# the bridges: addresses outside the IPAM range (the config refuses them inside), with a
-# prefix that covers it, so the host has a route back to its containers (DNS answers)
-OV = ["198.19.0.1", "198.19.0.2"]
+# the bridges: outside the IPAM range (the config refuses them inside). A /17 covering the
+# range (so the host routes DNS answers back to its containers) made network create hang
+# (IPAM refuses a range overlapping a host network other than the TAP's?): not solved yet
+OV = ["198.19.3.1", "198.19.3.2"]
 RANGE = "198.19.64.0/18"
 NET = "sleevenet"
 IMAGE = "sleeve-busybox:lab"
@@ -240,7 +241,7 @@ def _build(c: DockerLab, lab: Lab) -> None:
         lab.connect(h, sw, f"{UL[i]}/24")
         d = c.root / h.name
         (d / "plugins").mkdir(parents=True)
-        args = ["--ip", f"{OV[i]}/17", "--ipalloc-range", RANGE, "--ipalloc-init",
+        args = ["--ip", f"{OV[i]}/24", "--ipalloc-range", RANGE, "--ipalloc-init",
                 "consensus=2", "--docker-plugin", "--docker-plugin-socket",
                 str(d / "plugins" / "sleeve.sock"), "--docker-api", str(d / "docker.sock"),
                 "--docker-plugin-record", str(d / "requests.jsonl"), *([UL[0]] if i else [])]
