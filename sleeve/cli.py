@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 from sleeve.config import (
     DEFAULT_BRIDGE,
     DEFAULT_CONN_LIMIT,
+    DEFAULT_DOCKER_PLUGIN_SOCKET,
     DEFAULT_HTTP,
     DEFAULT_IFACE,
     DEFAULT_IPALLOC_RANGE,
@@ -127,6 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="first start: consensus=N (N peers agree; default N = peers given "
                          "+ 1), seed=ID,... (these peers own the ring; ids as `sleeve status "
                          "peers` shows them) or observer (owns nothing at start)")
+    la.add_argument("--docker-plugin", action="store_true",
+                    help="serve the Docker network and IPAM plugin: docker network create -d "
+                         "sleeve --ipam-driver sleeve NAME (docs/docker.md)")
+    la.add_argument("--docker-plugin-socket", default=DEFAULT_DOCKER_PLUGIN_SOCKET,
+                    metavar="PATH",
+                    help=f"its unix socket (default {DEFAULT_DOCKER_PLUGIN_SOCKET}, mode 0660)")
+    la.add_argument("--docker-api", default="/var/run/docker.sock", metavar="PATH",
+                    help="dockerd's API socket, asked for containers' names (default "
+                         "/var/run/docker.sock; '' for none: containers get no DNS name)")
+    la.add_argument("--docker-plugin-record", default="", help=argparse.SUPPRESS)
     la.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     la.add_argument("--log-format", default="text", choices=["text", "json"])
     la.add_argument("peers", nargs="*", metavar="PEER", help="host[:port] to connect to")
@@ -290,6 +301,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         dns_rate=args.dns_rate_limit, ipalloc_range=args.ipalloc_range,
         ipalloc_default_subnet=args.ipalloc_default_subnet or None,
         ipalloc_init=args.ipalloc_init,
+        docker_plugin=args.docker_plugin, docker_plugin_socket=args.docker_plugin_socket,
+        docker_api=args.docker_api, docker_plugin_record=args.docker_plugin_record,
     )
     check_ipalloc(cfg)
     return cfg

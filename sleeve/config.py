@@ -30,6 +30,9 @@ class Target:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+DEFAULT_DOCKER_PLUGIN_SOCKET = "/run/docker/plugins/sleeve.sock"  # where dockerd looks
+
+
 @dataclass(frozen=True)
 class Config:
     psk: bytes | None  # None: an open network (explicit --open --no-encryption only)
@@ -61,6 +64,10 @@ class Config:
     ipalloc_range: str = DEFAULT_IPALLOC_RANGE
     ipalloc_default_subnet: str | None = None  # None: the whole range
     ipalloc_init: str = ""  # consensus=N|seed=ID,...|observer; "": consensus=len(peers)+1
+    docker_plugin: bool = False  # serve the Docker network + IPAM plugin (sleeve.docker)
+    docker_plugin_socket: str = DEFAULT_DOCKER_PLUGIN_SOCKET
+    docker_api: str = "/var/run/docker.sock"  # dockerd's API: containers' names ("": none)
+    docker_plugin_record: str = ""  # append the requests dockerd sends here (tests, debugging)
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

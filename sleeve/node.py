@@ -43,6 +43,8 @@ from sleeve.control.dialler import Dialler, task_spawner
 from sleeve.crypto.keys import Signer, format_peer_id, load_or_create_static_key
 from sleeve.crypto.noise import KeyPair
 from sleeve.dns.service import DnsService
+from sleeve.docker.driver import BridgeInfo
+from sleeve.docker.service import DockerService
 from sleeve.fastdp.agent import FastdpAgent
 from sleeve.forward.egress import Egress
 from sleeve.forward.ingress import Ingress
@@ -118,6 +120,8 @@ class Node:
                                                    for r in self.mesh.topology.records()},
                                 port_name=self._host_iface,
                                 stop=self.stop)
+        self.docker = (DockerService(cfg, self.ipam, self.dns, self._docker_bridge)
+                       if cfg.docker_plugin else None)
         # -- events: who hears about what
         self.table.on_up(self.gossip.link_up)  # full state first, then our new record
         self.table.on_up(lambda _link: self._sync_own_record())
@@ -189,6 +193,9 @@ class Node:
             stack.push_async_callback(self.dns.close)
             await self.ipam.start()  # after the port: exposed addresses go back on it
             stack.callback(self.ipam.close)
+            if self.docker is not None:  # after bridge, DNS and IPAM: it uses all three
+                await self.docker.start()
+                stack.push_async_callback(self.docker.aclose)
             loop.add_reader(port.fileno(), self.egress.on_port_readable)
             stack.callback(loop.remove_reader, port.fileno())
             for sock in self.underlay.sockets():
@@ -283,16 +290,23 @@ class Node:
                  f", address {br.cidr}" if br.cidr else "")
         return br.name
 
-    async def _close_bridge(self, br: HostBridge) -> None:
-        for err in await br.aclose():
-            log.warning("bridge %s: %s", br.name, err)
+    def _docker_bridge(self) -> BridgeInfo:
+        br = self.bridge
+        up = br is not None and br.is_up
+        return BridgeInfo(br.name if br is not None and up else None,
+                          self.port.mtu if self.port is not None else self.cfg.mtu, self.cfg.ip)
 
     def _host_iface(self) -> str | None:
-        """Where the host's overlay addresses go: the bridge when it runs (an address on a
-        bridge port would not be reachable through the bridge), else the TAP."""
+        """Where the host's own overlay addresses go (``sleeve expose``): the bridge when
+        there is one (a bridge port such as the TAP does not route for the host), else the
+        port."""
         if self.bridge is not None and self.bridge.is_up:
             return self.bridge.name
         return None if self.port is None else self.port.name
+
+    async def _close_bridge(self, br: HostBridge) -> None:
+        for err in await br.aclose():
+            log.warning("bridge %s: %s", br.name, err)
 
     def bridge_info(self) -> dict[str, Any]:
         """``GET /bridge``: what the CNI plugin needs to attach a container here."""
@@ -428,6 +442,7 @@ class Node:
             "gossip": self.gossip.status(),
             "dns": self.dns.status(),
             "ipam": self.ipam.status(),
+            "docker": None if self.docker is None else self.docker.status(),
             "macs": [{"mac": m.hex(":"), "peer": "local" if p == LOCAL else format_peer_id(p),
                       "age_s": round(age, 1)} for m, p, age in self.macs.entries(now)],
             "drops": self.drops.snapshot(),

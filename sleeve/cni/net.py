@@ -33,7 +33,6 @@ then the IPAM plugin's GC.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import ipaddress
 import json
@@ -43,6 +42,7 @@ import subprocess
 import sys
 from typing import Any
 
+from sleeve.attach import add_bridge_veth, delete_link, link_exists
 from sleeve.cni import spec
 from sleeve.cni.api import Records, RouterApi, api_address, data_dir
 from sleeve.cni.ipam import dns_of, router_ip
@@ -129,11 +129,6 @@ def delegate(req: Request, command: str, plugin: str | None = None) -> dict[str,
 # ---------------------------------------------------------------- netlink (pyroute2)
 
 
-def _nl_errno(e: BaseException) -> int | None:
-    code = getattr(e, "code", None)
-    return code if isinstance(code, int) else getattr(e, "errno", None)
-
-
 def _attach(req: Request, bridge: str, mtu: int, hairpin: bool,
             ips: list[dict[str, Any]], routes: list[dict[str, Any]],
             router: str | None) -> tuple[str, str, str]:
@@ -142,25 +137,15 @@ def _attach(req: Request, bridge: str, mtu: int, hairpin: bool,
 
     host = host_veth(req.container_id, req.ifname)
     with IPRoute() as ipr:
-        br = ipr.link_lookup(ifname=bridge)
-        if not br:
-            raise CniError(IO_FAILURE, f"bridge {bridge} does not exist on this host")
-        old = ipr.link_lookup(ifname=host)
-        if old:  # a retried ADD after a half-done one: start clean
-            ipr.link("del", index=old[0])
         try:
-            ipr.link("add", ifname=host, kind="veth", mtu=mtu,
-                     peer={"ifname": req.ifname, "net_ns_fd": req.netns, "mtu": mtu})
-        except Exception as e:
-            if _nl_errno(e) == errno.EEXIST:
-                raise CniError(INVALID_CONFIG, f"{req.ifname} already exists in the "
-                               "container") from None
-            raise
-        idx = ipr.link_lookup(ifname=host)[0]
-        ipr.link("set", index=idx, master=br[0])
-        if hairpin:  # a container reaching itself through a service address comes back
-            ipr.brport("set", index=idx, mode=1)  # IFLA_BRPORT_MODE: BRIDGE_MODE_HAIRPIN
-        ipr.link("set", index=idx, state="up")
+            idx = add_bridge_veth(ipr, host, req.ifname, bridge, mtu, hairpin=hairpin,
+                                  peer_netns=req.netns)
+        except LookupError as e:
+            raise CniError(IO_FAILURE, str(e)) from None
+        except FileExistsError:
+            raise CniError(INVALID_CONFIG, f"{req.ifname} already exists in the "
+                           "container") from None
+        br = ipr.link_lookup(ifname=bridge)
         br_mac = ipr.get_links(br[0])[0].get_attr("IFLA_ADDRESS")
         host_mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
     with NetNS(req.netns) as ns:
@@ -193,10 +178,10 @@ def _detach(req: Request) -> None:
     from pyroute2 import IPRoute, NetNS
 
     with IPRoute() as ipr:
-        idx = ipr.link_lookup(ifname=host_veth(req.container_id, req.ifname))
-        if idx:
+        host = host_veth(req.container_id, req.ifname)
+        if link_exists(ipr, host):
             with contextlib.suppress(Exception):  # gone meanwhile (container torn down)
-                ipr.link("del", index=idx[0])
+                delete_link(ipr, host)
             return
     if req.netns and os.path.exists(req.netns):
         with NetNS(req.netns) as ns:
