@@ -192,7 +192,7 @@ class Node:
             try:
                 async with asyncio.TaskGroup() as tg:
                     self._tg = tg
-                    self.traversal.spawn = task_spawner(tg)
+                    self.traversal.spawn = task_spawner(tg, self.drops)
                     tg.create_task(self._ticker())
                     if ready is not None:
                         ready()
@@ -284,7 +284,7 @@ class Node:
             self.dialler.discover(self.mesh.topology.peers(), self.mesh.candidates(self.cfg.port))
             self.traversal.start_attempts(now)
             self.macs.expire(now)
-        self.dialler.tick(now, task_spawner(self._tg))
+        self.dialler.tick(now, task_spawner(self._tg, self.drops))
 
     # ------------------------------------------------------------------ status
     def report(self) -> dict[str, Any]:
