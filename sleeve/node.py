@@ -83,6 +83,7 @@ class Node:
                              self.drops, self.stats)
         self.ingress = Ingress(self.id, self.table, self.macs, self.egress, self.underlay,
                                self.drops, self.stats)
+        self.egress.clamp_mss = self.ingress.clamp_mss = cfg.clamp_mss
         self.conns = Connections(cfg, Identity(self.static, self.signer, self.id, self.name,
                                                self.uid), self.table, self.drops, self.stats)
         self.dialler = Dialler(cfg, self.conns)
