@@ -14,7 +14,8 @@ Pipeline, per readiness event on the port:
    without DF), answered with ICMP too-big, or carried as sleeve fragments.
 
 Ingress queues relayed records here too, so one aggregation serves both. Per tick:
-UDP heartbeats, PMTU probes and GSO proofs for every link.
+UDP heartbeats, the route MTU as the PMTU search's limit, PMTU probes and GSO proofs
+for every link.
 """
 
 from __future__ import annotations
@@ -305,6 +306,7 @@ class Egress:
                 link.next_hb = now + (UDP_FAST_HEARTBEAT if fast else UDP_SLOW_HEARTBEAT)
                 self.underlay.send(link, link.heartbeat_record(now))
         for link in self.links:
+            self.underlay.path_limit(link, now)
             self.probe(link, now)
             self.underlay.gso_proof(link, now)
 

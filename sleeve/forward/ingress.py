@@ -153,6 +153,7 @@ class Ingress:
             link.endpoint = (addr[0], addr[1])
             link.v6 = ":" in addr[0]
             link.gso_ok = False  # a new path: prove GSO again (next tick)
+            link.next_route_check = 0.0  # and read its route's MTU
             link.stats.inc("endpoint_changes")
         link.endpoint_learnt = True
         self.links.heard(link, now)

@@ -46,6 +46,11 @@ GRO_CMSG_SPACE = socket.CMSG_SPACE(4)  # the gso_size int
 # "UDP longer than N" (a PMTU black hole) drops the whole run although each datagram fits.
 # So a link uses GSO only once a full-size run of PMTU probes got an ack over its current
 # path (endpoint and path MTU); until then, and after either changes, one send per datagram.
+IP_MTU, IPV6_MTU = 14, 24  # <linux/in.h>, <linux/in6.h>: a connected socket's route MTU
+ROUTE_CHECK = 60.0  # how often a link's route MTU is read again (routes and PMTUs change)
+# Jumbo frames top out near 9216 on common hardware; bigger route MTUs (loopback, some
+# virtual devices) would only make every datagram, reassembly and buffer bigger.
+ROUTE_MTU_MAX = 9216
 GSO_PROOF_ID = 0x80000000  # probe ids with the top bit: never the PMTU prober's (from 1 up)
 GSO_PROOF_RETRY = 2.0  # first retry of an unanswered proof; doubles up to the max
 GSO_PROOF_RETRY_MAX = 60.0
@@ -255,6 +260,23 @@ class Underlay:
             link.gso_ok = True  # a whole GSO run crossed this path: use it
             link.stats.inc("gso_proven")
 
+    # ------------------------------------------------------------------ path limit
+    def path_limit(self, link: Link, now: float) -> None:
+        """Give ``link``'s PMTU search the MTU of the route to its endpoint as its limit.
+
+        Read with IP_MTU on a UDP socket connected to the endpoint: a route lookup in
+        the kernel, no datagram sent, nothing to wait for, so it runs on the loop. It
+        is the device MTU, or a smaller PMTU the kernel learnt for that destination
+        (which our DF datagrams could not exceed anyway). Once per ``ROUTE_CHECK``
+        per link, and soon after the endpoint moves (ingress resets the deadline).
+        """
+        if now < link.next_route_check:
+            return
+        link.next_route_check = now + ROUTE_CHECK
+        mtu = route_mtu(link.endpoint, link.v6)
+        if mtu is not None:
+            link.set_route_mtu(min(mtu, ROUTE_MTU_MAX), now)
+
     # ------------------------------------------------------------------ receiving
     def on_readable(self, sock: socket.socket, rx: Receiver) -> None:
         if sock in self.gro_on:
@@ -322,3 +344,15 @@ class Underlay:
     def close(self) -> None:
         for s in self.sockets():
             s.close()
+
+
+def route_mtu(endpoint: tuple[str, int], v6: bool) -> int | None:
+    """The MTU of the route to ``endpoint`` (None when there is none, or no such family)."""
+    family, level, opt = ((socket.AF_INET6, socket.IPPROTO_IPV6, IPV6_MTU) if v6
+                          else (socket.AF_INET, socket.IPPROTO_IP, IP_MTU))
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect(endpoint)
+            return int(s.getsockopt(level, opt))
+    except OSError:
+        return None
