@@ -30,6 +30,7 @@ from sleeve.proto.stats import Counters
 log = logging.getLogger("sleeve")
 
 UDP_BUFFER = 4 << 20  # the anchors show loss happens where the receiver's UDP buffer overflows
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>; not in Python's socket
 IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2  # <linux/in.h>; Python 3.11's socket lacks them
 IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO = 23, 2  # <linux/in6.h>
 # UDP segmentation offloads (<linux/udp.h>; Python 3.11's socket lacks the names). GSO: one
@@ -81,8 +82,7 @@ class Underlay:
     def open(self, family: int, addr: str, port: int) -> socket.socket:
         s = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_BUFFER)
+            set_buffers(s, UDP_BUFFER)
             # DF on every datagram: the path MTU is found by probing, and a datagram the
             # kernel knows is too big fails with EMSGSIZE instead of being fragmented.
             if family == socket.AF_INET6:
@@ -356,3 +356,17 @@ def route_mtu(endpoint: tuple[str, int], v6: bool) -> int | None:
             return int(s.getsockopt(level, opt))
     except OSError:
         return None
+
+
+def set_buffers(s: socket.socket, size: int) -> None:
+    """Receive and send buffers of ``size`` bytes, past rmem_max/wmem_max where we may.
+
+    Without CAP_NET_ADMIN the kernel silently caps SO_RCVBUF at net.core.rmem_max (often
+    208 KiB), where bursts overflow and are lost; the FORCE variants ignore that cap
+    for root. Unprivileged, the capped size is what we get.
+    """
+    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            s.setsockopt(socket.SOL_SOCKET, force, size)
+        except OSError:  # EPERM: not root (or no CAP_NET_ADMIN)
+            s.setsockopt(socket.SOL_SOCKET, plain, size)
