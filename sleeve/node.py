@@ -326,11 +326,19 @@ class Node:
             "dns": self.dns.status(),
             "macs": [{"mac": m.hex(":"), "peer": "local" if p == LOCAL else format_peer_id(p),
                       "age_s": round(age, 1)} for m, p, age in self.macs.entries(now)],
-            "drops": self.drops.snapshot(),
+            "drops": self.drop_counts(),
             "handshakes_in_progress": self.conns.handshaking,
             "counters": self.stats.snapshot(),
             "pid": os.getpid(),
         }
+
+    def drop_counts(self) -> dict[str, int]:
+        """Our drops by reason, and what the kernel dropped before we saw it."""
+        out = self.drops.snapshot()
+        kernel = self.underlay.kernel_drops()
+        if kernel:
+            out["udp_kernel_drops"] = kernel  # junk filtered by the socket, or buffer full
+        return out
 
     def metrics_status(self) -> dict[str, Any]:
         """What a /metrics scrape reads: O(links), on the event loop at every scrape.
@@ -340,7 +348,7 @@ class Node:
         """
         return {
             "connections": [self.link_status(lk) for lk in self.table],
-            "drops": self.drops.snapshot(),
+            "drops": self.drop_counts(),
             "counters": self.stats.snapshot(),
             "mac_count": len(self.macs),
             "peer_count": len(self.mesh.topology),

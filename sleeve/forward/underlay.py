@@ -7,12 +7,15 @@ Receiving: readiness on a socket drains up to ``BATCH`` datagrams into a ``Recei
 (the data plane's ingress), with UDP GRO runs handed over whole; after every batch the
 receiver's ``after_batch`` runs (flush relayed records, read the port's answers).
 
-No protocol logic lives here: no record parsing, no routing. A failed send is counted
+Junk never reaches Python: a socket filter drops, in the kernel, datagrams too short or
+not type 1 version 1 (the header's first two bytes), counted by the kernel. No other
+protocol logic lives here: no record parsing, no routing. A failed send is counted
 on the link with its errno and never raises; EMSGSIZE tells the link's PMTU prober.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import socket
@@ -23,6 +26,7 @@ from typing import Any, Protocol
 
 from sleeve.capture.base import BATCH
 from sleeve.links.link import Link
+from sleeve.proto import datagram as dg
 from sleeve.proto.pmtu import COMPLETE as PMTU_COMPLETE
 from sleeve.proto.pmtu import Probe, probe_record
 from sleeve.proto.stats import Counters
@@ -31,6 +35,20 @@ log = logging.getLogger("sleeve")
 
 UDP_BUFFER = 4 << 20  # the anchors show loss happens where the receiver's UDP buffer overflows
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>; not in Python's socket
+SO_ATTACH_FILTER, SO_MEMINFO, SK_MEMINFO_DROPS, SK_MEMINFO_VARS = 26, 55, 8, 9
+# The cheap stateless check: a classic BPF socket filter drops, in the kernel, every
+# datagram that cannot be ours: shorter than a header and a tag, or not type 1 version 1
+# (proto.datagram). Junk then costs no system call, no wake-up and no Python at all;
+# what it drops is counted by the kernel (SK_MEMINFO_DROPS, shown as
+# ``udp_kernel_drops``). A socket filter sees the UDP header first: payload at 8.
+_JUNK_FILTER = b"".join(struct.pack("HBBI", *insn) for insn in (
+    (0x80, 0, 0, 0),  # A = length (UDP header + payload)
+    (0x35, 0, 3, 8 + dg.HEADER_LEN + dg.TAG_LEN),  # A >= 40 ? next : drop
+    (0x28, 0, 0, 8),  # A = the payload's first 16 bits: type, version
+    (0x15, 0, 1, dg.TYPE_DATA << 8 | dg.VERSION),  # A == 0x0101 ? accept : drop
+    (0x06, 0, 0, 0xFFFFFFFF),  # accept the whole datagram
+    (0x06, 0, 0, 0),  # drop
+))
 IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2  # <linux/in.h>; Python 3.11's socket lacks them
 IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO = 23, 2  # <linux/in6.h>
 # UDP segmentation offloads (<linux/udp.h>; Python 3.11's socket lacks the names). GSO: one
@@ -83,6 +101,7 @@ class Underlay:
         s = socket.socket(family, socket.SOCK_DGRAM)
         try:
             set_buffers(s, UDP_BUFFER)
+            attach_junk_filter(s)
             # DF on every datagram: the path MTU is found by probing, and a datagram the
             # kernel knows is too big fails with EMSGSIZE instead of being fragmented.
             if family == socket.AF_INET6:
@@ -112,6 +131,17 @@ class Underlay:
 
     def sockets(self) -> list[socket.socket]:
         return [s for s in (self.udp, self.udp6) if s is not None]
+
+    def kernel_drops(self) -> int:
+        """Datagrams our sockets' kernel side dropped: the junk filter, or a full buffer."""
+        n = 0
+        for s in self.sockets():
+            try:
+                info = s.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * SK_MEMINFO_VARS)
+            except OSError:
+                continue
+            n += struct.unpack_from("I", info, 4 * SK_MEMINFO_DROPS)[0]
+        return n
 
     # ------------------------------------------------------------------ sending
     def send(self, link: Link, body: bytes) -> None:
@@ -370,3 +400,13 @@ def set_buffers(s: socket.socket, size: int) -> None:
             s.setsockopt(socket.SOL_SOCKET, force, size)
         except OSError:  # EPERM: not root (or no CAP_NET_ADMIN)
             s.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
+def attach_junk_filter(s: socket.socket) -> None:
+    """Attach ``_JUNK_FILTER`` to ``s`` (the kernel copies the program at once)."""
+    prog = ctypes.create_string_buffer(_JUNK_FILTER, len(_JUNK_FILTER))
+    fprog = struct.pack("HL", len(_JUNK_FILTER) // 8, ctypes.addressof(prog))
+    try:
+        s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    except OSError as e:  # no socket filters (unusual): Python checks every datagram
+        log.info("no socket filter for junk datagrams: %s", e.strerror)
