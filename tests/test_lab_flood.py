@@ -203,10 +203,14 @@ def test_goodput_and_joins_under_a_mixed_flood_from_one_host() -> None:
 
     Asserts the flooded goodput is >= 0.9x the unflooded (medians of the same run)
     and that a new peer joins within 5 s while the flood runs. The flood is paced
-    (UDP_RATE junk datagrams/s, CONN_RATE connects/s, SLOW slow handshakes held) and
-    the flooding process runs at nice 19: on a two-core lab box, a flooder spinning
-    at full speed would measure the CPU it takes from the routers, not what the
-    routers spend on the flood.
+    (20,000 junk datagrams/s, 100 connects/s, 64 slow handshakes held, bounded to 12 s
+    a round) and the flooding process runs at nice 19.
+
+    Measured on the two-core lab box (issue 22): the join takes about 1 s; the goodput
+    ratio was 0.80 at 20,000/s with junk handled in Python, 0.80 with the kernel's
+    socket filter dropping all of it (``udp_kernel_drops``: the routers spend nothing
+    on it), 0.78 at 5,000/s: it does not follow the junk rate, and per-round ratios
+    spread from 0.7 to 1.1. The 0.9 target is not met here yet; the assertion stays.
     """
     if os.geteuid() != 0:
         pytest.fail("lab tests need root (network namespaces)")
