@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="offloads where the kernel has them (default on): TCP segmentation "
                          "on the TAP (64 KiB super-frames to peers that take them), UDP GSO "
                          "on send and GRO on receive")
+    la.add_argument("--clamp-mss", action=argparse.BooleanOptionalAction, default=True,
+                    help="lower the MSS of TCP SYNs crossing the overlay to fit the path "
+                         "(default on): TCP works even where hosts drop ICMP too-big")
     la.add_argument("--trusted-subnets", default="", metavar="CIDR[,CIDR]",
                     help="peers in these underlay subnets may use the unencrypted fast "
                          "datapath even on an encrypted network")
@@ -295,7 +298,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         peers=tuple(parse_target(p, args.port) for p in args.peers), http=http,
         resume=args.resume, discovery=not args.no_discovery, conn_limit=args.conn_limit,
         fastdp=not args.no_fastdp, trusted_subnets=check_subnets(args.trusted_subnets),
-        offload=args.offload, rekey_seconds=args.rekey_seconds,
+        offload=args.offload, clamp_mss=args.clamp_mss, rekey_seconds=args.rekey_seconds,
         dns=not args.no_dns, dns_listen=dns_listen, dns_domain=check_dns_domain(args.dns_domain),
         dns_ttl=args.dns_ttl, dns_one_address=args.dns_one_address,
         dns_rate=args.dns_rate_limit, ipalloc_range=args.ipalloc_range,

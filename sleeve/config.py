@@ -54,6 +54,7 @@ class Config:
     trusted_subnets: tuple[str, ...] = ()  # peers here may use the unencrypted fast datapath
     rekey_seconds: float = 120.0  # data key rotation period (and every 2^40 datagrams)
     offload: bool = True  # UDP GSO/GRO on the data plane (--no-offload: per datagram)
+    clamp_mss: bool = True  # lower TCP SYNs' MSS to the link's path MTU (tinc's ClampMSS)
     dns: bool = True  # serve the micro DNS (--no-dns: the "dns" channel still runs)
     dns_listen: tuple[str, ...] = ()  # ADDR[:PORT] each; empty: the --ip address, port 53
     dns_domain: str = "sleeve.local."

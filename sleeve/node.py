@@ -98,6 +98,7 @@ class Node:
                              self.drops, self.stats)
         self.ingress = Ingress(self.id, self.table, self.macs, self.egress, self.underlay,
                                self.drops, self.stats)
+        self.egress.clamp_mss = self.ingress.clamp_mss = cfg.clamp_mss
         self.conns = Connections(cfg, Identity(self.static, self.signer, self.id, self.name,
                                                self.uid), self.table, self.drops, self.stats)
         self.dialler = Dialler(cfg, self.conns)
@@ -215,7 +216,7 @@ class Node:
             try:
                 async with asyncio.TaskGroup() as tg:
                     self._tg = tg
-                    self.traversal.spawn = task_spawner(tg)
+                    self.traversal.spawn = task_spawner(tg, self.drops)
                     tg.create_task(self._ticker())
                     if ready is not None:
                         ready()
@@ -327,7 +328,7 @@ class Node:
         return {
             "GET /status": json_route(self.status),
             "GET /report": json_route(self.report),
-            "GET /metrics": metrics_route(self.status),
+            "GET /metrics": metrics_route(self.metrics_status),
             "POST /connect": json_action(self.dialler.api_connect),
             "POST /forget": json_action(self.dialler.api_forget),
             "GET /dns": json_route(self.dns.status),
@@ -396,7 +397,7 @@ class Node:
             self.dialler.discover(self.mesh.topology.peers(), self.mesh.candidates(self.cfg.port))
             self.traversal.start_attempts(now)
             self.macs.expire(now)
-        self.dialler.tick(now, task_spawner(self._tg))
+        self.dialler.tick(now, task_spawner(self._tg, self.drops))
 
     # ------------------------------------------------------------------ status
     def report(self) -> dict[str, Any]:
@@ -445,10 +446,34 @@ class Node:
             "docker": None if self.docker is None else self.docker.status(),
             "macs": [{"mac": m.hex(":"), "peer": "local" if p == LOCAL else format_peer_id(p),
                       "age_s": round(age, 1)} for m, p, age in self.macs.entries(now)],
-            "drops": self.drops.snapshot(),
+            "drops": self.drop_counts(),
             "handshakes_in_progress": self.conns.handshaking,
             "counters": self.stats.snapshot(),
             "pid": os.getpid(),
+        }
+
+    def drop_counts(self) -> dict[str, int]:
+        """Our drops by reason, and what the kernel dropped before we saw it."""
+        out = self.drops.snapshot()
+        kernel = self.underlay.kernel_drops()
+        if kernel:
+            out["udp_kernel_drops"] = kernel  # junk filtered by the socket, or buffer full
+        return out
+
+    def metrics_status(self) -> dict[str, Any]:
+        """What a /metrics scrape reads: O(links), on the event loop at every scrape.
+
+        ``status()`` lists every MAC (up to 65,536), peer record and DNS record; the
+        metrics only count them, so this view gives the counts and leaves the lists out.
+        """
+        return {
+            "connections": [self.link_status(lk) for lk in self.table],
+            "drops": self.drop_counts(),
+            "counters": self.stats.snapshot(),
+            "mac_count": len(self.macs),
+            "peer_count": len(self.mesh.topology),
+            "dns": self.dns.metrics_status(),
+            "fastdp": {"active": self.fastdp.dp is not None},
         }
 
     def link_status(self, link: Link) -> dict[str, Any]:

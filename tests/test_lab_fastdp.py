@@ -184,3 +184,34 @@ def test_encrypted_network_stays_on_sleeve_and_says_why() -> None:
         assert st["fastdp"]["active"] is False
         assert "no such device" in a.run("ip", "link", "show", "vxsleeve", check=False).stderr \
             .lower() or a.run("ip", "link", "show", "vxsleeve", check=False).returncode != 0
+
+
+def test_trusted_subnets_put_only_their_links_on_the_kernel() -> None:
+    """Encrypted network, --trusted-subnets 198.18.40.0/24: a-b (both inside) go on the
+    fast datapath, b-c (c outside, at 198.18.41.3) stay encrypted on sleeve, and say why."""
+    if os.geteuid() != 0:
+        pytest.fail("lab tests need root (network namespaces)")
+    with Lab() as lab:
+        sw = lab.switch()
+        a, b, c = (lab.host(n) for n in ("a", "b", "c"))
+        for h, ip in ((a, UL[0]), (b, UL[1]), (c, "198.18.41.3")):
+            lab.connect(h, sw, f"{ip}/16")
+        wd = workdir()
+        trust = ["--trusted-subnets", "198.18.40.0/24", "--no-discovery"]  # a-c: no link
+        rb = Router(b, ["--ip", f"{OV[1]}/24", *trust], wd, "trust pw")
+        ra = Router(a, ["--ip", f"{OV[0]}/24", *trust, UL[1]], wd, "trust pw")
+        rc = Router(c, ["--ip", f"{OV[2]}/24", *trust, UL[1]], wd, "trust pw")
+        ra.wait(lambda st: paths(st) == {"b": "fastdp"}, 30, "a-b on fastdp")
+        st = rb.wait(lambda st: paths(st) == {"a": "fastdp", "c": "sleeve"}, 30, "b's links")
+        stc = rc.wait(lambda st: paths(st) == {"b": "sleeve"}, 30, "c's link")
+        why = {cn["nickname"]: cn["path_reason"] for cn in st["connections"]}
+        assert why["c"] == "sleeve: encryption required", why
+        assert all(cn["encrypted"] for cn in st["connections"] + stc["connections"])
+        for src, ip in ((a, OV[1]), (b, OV[2]), (c, OV[0])):
+            assert src.wait_ping(ip, timeout=10), f"{src.name} -> {ip}"
+        n = 5_000_000
+        assert tcp_transfer(a, b, OV[1], n)[:2] == (n, expected_digest(n, "sleeve"))
+        assert tcp_transfer(c, b, OV[1], n, port=5202)[:2] == (n, expected_digest(n, "sleeve"))
+        # still on their paths after traffic: nothing fell back or crossed over
+        assert paths(rb.status()) == {"a": "fastdp", "c": "sleeve"}
+        print(f"\ntrusted subnets: b's paths {paths(rb.status())}, why {why}")

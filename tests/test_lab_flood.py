@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import os
 import pathlib
+import statistics
 import sys
+import time
 
 import pytest
 
 from sleeve.lab import Lab
+from sleeve.lab.netns import Host
 from sleeve.lab.routers import Router, established_with, workdir
 from sleeve.lab.traffic import expected_digest, tcp_transfer
 
 pytestmark = pytest.mark.lab
 
-A, B, C = "198.18.50.1", "198.18.50.2", "198.18.50.3"
+A, B, C, D = "198.18.50.1", "198.18.50.2", "198.18.50.3", "198.18.50.4"
 A_OV, B_OV = "198.19.50.1", "198.19.50.2"
 
 # Random-looking datagrams at the router's port as fast as one process can, for SECS.
@@ -66,6 +69,73 @@ print(n)
 """
 
 
+# Everything at once from one host, paced and bounded: junk datagrams at the data port,
+# TCP connects that send garbage, and slow handshakes (a byte a second, never finishing).
+_MIXED_FLOOD = r"""
+import os, socket, sys, time
+host, secs = sys.argv[1], float(sys.argv[2])
+udp_rate, conn_rate, slow_max = float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+junk = [os.urandom(n) for n in (32, 100, 600, 1400)]
+slow, t0 = [], time.monotonic()
+sent = conns = 0; next_drip = t0
+def connect():
+    s = socket.socket(); s.setblocking(False)
+    try:
+        s.connect((host, 6783))
+    except BlockingIOError:
+        pass
+    except OSError:
+        s.close(); return None
+    return s
+while (now := time.monotonic()) < t0 + secs and sent < 5_000_000:
+    for _ in range(int((now - t0) * udp_rate) - sent):
+        try:
+            u.sendto(junk[sent % 4], (host, 6783))
+        except OSError:
+            pass
+        sent += 1
+    while conns < (now - t0) * conn_rate:
+        conns += 1
+        s = connect()
+        if s is None:
+            continue
+        if len(slow) < slow_max:
+            slow.append(s)  # keeps it open and drips a byte a second below
+        else:
+            try:
+                s.send(os.urandom(32))
+            except OSError:
+                pass
+            s.close()
+    if now >= next_drip:
+        next_drip = now + 1.0
+        for s in slow:
+            try:
+                s.send(b"\x00")
+            except OSError:
+                pass
+    time.sleep(0.001)
+for s in slow:
+    s.close()
+print(sent, conns)
+"""
+
+
+def linked(lab: Lab, names: str) -> tuple[list[Host], tuple[Router, Router], pathlib.Path]:
+    """Hosts on one switch (a, b, c, d at A, B, C, D); routers on a and b, linked."""
+    sw = lab.switch()
+    hosts = [lab.host(x) for x in names]
+    for h, ip in zip(hosts, (A, B, C, D), strict=False):
+        lab.connect(h, sw, f"{ip}/24")
+    wd = workdir()
+    rb = Router(hosts[1], ["--ip", f"{B_OV}/24"], wd, "flood pw")
+    ra = Router(hosts[0], ["--ip", f"{A_OV}/24", B], wd, "flood pw")
+    rb.wait(established_with(1), 20, "link")
+    ra.wait(established_with(1), 20, "link")
+    return hosts, (ra, rb), wd
+
+
 def rss_kib(pid: int) -> int:
     for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -77,15 +147,7 @@ def test_floods_do_not_stop_an_established_link() -> None:
     if os.geteuid() != 0:
         pytest.fail("lab tests need root (network namespaces)")
     with Lab() as lab:
-        sw = lab.switch()
-        a, b, c = lab.host("a"), lab.host("b"), lab.host("c")
-        for h, ip in ((a, A), (b, B), (c, C)):
-            lab.connect(h, sw, f"{ip}/24")
-        wd = workdir()
-        rb = Router(b, ["--ip", f"{B_OV}/24"], wd, "flood pw")
-        ra = Router(a, ["--ip", f"{A_OV}/24", B], wd, "flood pw")
-        rb.wait(established_with(1), 20, "link")
-        ra.wait(established_with(1), 20, "link")
+        (a, b, c), (ra, rb), _ = linked(lab, "abc")
         pid = rb.status()["pid"]
         n = 20_000_000
         got, digest, base = tcp_transfer(a, b, B_OV, n)
@@ -101,8 +163,8 @@ def test_floods_do_not_stop_an_established_link() -> None:
             out, _ = flood.communicate(timeout=30)
         sent = int(out)
         st = rb.status()
-        junk = sum(v for k, v in st["drops"].items() if k in ("bad_type", "short",
-                                                              "unknown_session", "bad_version"))
+        junk = sum(v for k, v in st["drops"].items() if k in (
+            "udp_kernel_drops", "bad_type", "short", "unknown_session", "bad_version"))
         print(f"\nUDP flood of {sent} junk datagrams: goodput {base / secs:.2f}x of the "
               f"unflooded transfer ({n * 8 / secs / 1e6:.0f} vs {n * 8 / base / 1e6:.0f} "
               f"Mbit/s); router dropped {junk} as junk, drops {st['drops']}")
@@ -122,12 +184,78 @@ def test_floods_do_not_stop_an_established_link() -> None:
             out, _ = flood.communicate(timeout=30)
         st = rb.status()
         rss1 = rss_kib(pid)
+        refused = {k: st["drops"].get(k, 0) for k in (
+            "source_rate_limited", "source_handshake_limit", "accept_rate_limited",
+            "handshake_limit")}
         print(f"TCP flood of {out.decode().strip()} connections: goodput {base / secs:.2f}x; "
-              f"accepts refused {st['drops'].get('accept_rate_limited', 0)} (rate) + "
-              f"{st['drops'].get('handshake_limit', 0)} (in progress), peak handshakes "
+              f"accepts refused {refused}, peak handshakes "
               f"{peak}, RSS {rss0 // 1024} -> {rss1 // 1024} MiB")
-        assert st["drops"].get("accept_rate_limited", 0) > 0
+        # one source: its own share runs out long before the global limits are reached
+        assert refused["source_rate_limited"] > 0
         assert peak <= 32
         assert rss1 - rss0 < 64 * 1024, (rss0, rss1)
         assert st["connections"][0]["state"] == "established"
+        assert rb.running and ra.running
+
+
+def test_goodput_and_joins_under_a_mixed_flood_from_one_host() -> None:
+    """Interleaved: goodput with and without a junk + connect + slow-handshake flood.
+
+    Asserts that a new peer joins within 5 s while the flood runs and that the flooded
+    goodput stays >= 0.6x the unflooded (medians of the same run): a regression bound,
+    not issue 22's target of 0.9x, which is not met yet (see below). The flood is paced
+    (20,000 junk datagrams/s, 100 connects/s, 64 slow handshakes held, bounded to 12 s
+    a round) and the flooding process runs at nice 19.
+
+    Measured on the two-core lab box (issue 22): the join takes about 1 s; the goodput
+    ratio was 0.80 at 20,000/s with junk handled in Python, 0.80 with the kernel's
+    socket filter dropping all of it (``udp_kernel_drops``: the routers spend nothing
+    on it), 0.78 at 5,000/s: it does not follow the junk rate, and per-round ratios
+    spread from 0.7 to 1.1. Before the per-source limits and the socket filter an
+    unpaced junk flood left 0.13x; 0.6 keeps that from coming back.
+    """
+    if os.geteuid() != 0:
+        pytest.fail("lab tests need root (network namespaces)")
+    udp_rate, conn_rate, slow, secs = 20000, 100, 64, 12
+    n, rounds = 40_000_000, 3
+    with Lab() as lab:
+        (a, b, c, d), (ra, rb), wd = linked(lab, "abcd")
+        got, digest, _ = tcp_transfer(a, b, B_OV, n)  # warm up (and check integrity)
+        assert (got, digest) == (n, expected_digest(n, "sleeve"))
+        base: list[float] = []
+        flooded: list[float] = []
+        join = None
+        for i in range(rounds):
+            got, digest, secs0 = tcp_transfer(a, b, B_OV, n, timeout=60)
+            assert (got, digest) == (n, expected_digest(n, "sleeve"))
+            base.append(n * 8 / secs0 / 1e6)
+            flood = c.popen("nice", "-n", "19", sys.executable, "-c", _MIXED_FLOOD, B,
+                            str(secs), str(udp_rate), str(conn_rate), str(slow), stdout=-1)
+            try:
+                time.sleep(2.0)  # the slow handshakes are in place
+                if i == 0:  # a new peer joins while the flood runs
+                    t = time.monotonic()
+                    rd = Router(d, ["--ip", "198.19.50.4/24", B], wd, "flood pw")
+                    rd.wait(established_with(1), 10, "join under flood")
+                    join = time.monotonic() - t
+                got, digest, secs1 = tcp_transfer(a, b, B_OV, n, timeout=60)
+                assert (got, digest) == (n, expected_digest(n, "sleeve"))
+                flooded.append(n * 8 / secs1 / 1e6)
+            finally:
+                out, _ = flood.communicate(timeout=secs + 30)
+        st = rb.status()
+        ratio = statistics.median(flooded) / statistics.median(base)
+        refused = {k: v for k, v in st["drops"].items()
+                   if "limit" in k or k in ("udp_kernel_drops", "unknown_session", "short",
+                                            "bad_type")}
+        print(f"\nmixed flood ({out.decode().split()} datagrams/connects in the last "
+              f"round): goodput {statistics.median(flooded):.0f} vs "
+              f"{statistics.median(base):.0f} Mbit/s unflooded = {ratio:.2f}x "
+              f"(flooded {[round(x) for x in flooded]}, unflooded {[round(x) for x in base]});"
+              f" new peer joined in {join:.1f}s; drops {refused}")
+        assert join is not None and join <= 5.0, join
+        assert ratio >= 0.6, (flooded, base)  # issue 22 asks 0.9: not reached yet
+        assert st["drops"].get("source_rate_limited", 0) + st["drops"].get(
+            "source_handshake_limit", 0) > 0
+        assert sum(cn["state"] == "established" for cn in st["connections"]) == 2
         assert rb.running and ra.running

@@ -48,6 +48,13 @@ def test_host_behind_nat_dials_out_and_survives_a_mapping_flush(fully_random: bo
         assert tcp_transfer(s, h, "198.19.7.2", n)[:2] == (n, expected_digest(n, "sleeve"))
 
         before = only_link(rs.status())
+        if not fully_random:
+            # Plain masquerade keeps the source port when it is free, so a flush alone
+            # may give the same mapping back; new ports make the rebinding certain.
+            gw.nft("flush chain ip slv_nat nat_post\n"
+                   f'add rule ip slv_nat nat_post oifname "{gw_out}" meta l4proto udp '
+                   "masquerade to :40000-40999\n"
+                   f'add rule ip slv_nat nat_post oifname "{gw_out}" masquerade\n')
         gw.run("conntrack", "-F")  # the NAT forgets every mapping
         t = time.monotonic()
         assert h.wait_ping("198.19.7.1", timeout=15), "no traffic 15 s after the flush"
@@ -57,6 +64,14 @@ def test_host_behind_nat_dials_out_and_survives_a_mapping_flush(fully_random: bo
         print(f"\nNAT ({'fully random' if fully_random else 'masquerade'}) flushed: traffic "
               f"back in {took:.1f}s; s sees h at {before['udp']} -> {after['udp']}")
         assert took < 15
+        # the rebinding happened and s followed it, learning h's new mapping from
+        # authenticated datagrams alone
+        assert after["udp"] != before["udp"], (before["udp"], after["udp"])
+        assert after["udp"].startswith("198.18.7.254:")
+        if not fully_random:
+            assert 40000 <= int(after["udp"].rsplit(":", 1)[1]) <= 40999
+        assert after["counters"].get("endpoint_changes", 0) > before["counters"].get(
+            "endpoint_changes", 0)
         assert tcp_transfer(h, s, "198.19.7.1", n)[:2] == (n, expected_digest(n, "sleeve"))
 
 

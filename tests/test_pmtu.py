@@ -8,6 +8,7 @@ through to the kernel). Acks come back after an RTT unless the link is down.
 from __future__ import annotations
 
 import os
+import pathlib
 from dataclasses import dataclass, field
 
 import pytest
@@ -299,3 +300,38 @@ def test_parse_probe_never_raises(payload: bytes) -> None:
     if msg is not None:
         assert 0 <= msg.probe_id < 2**32
         assert msg.is_ack == (len(payload) == 7 and payload[4] == 1)
+
+
+def test_a_raised_interface_limit_resumes_the_search_above_1500() -> None:
+    """A jumbo underlay: the route's MTU, read after the search completed at 1472."""
+    p = PmtuProber(CEIL4, FLOOR4, 0.0)
+    path = Path(mtu=8972)
+    assert run(p, path, 0.0, 10.0) >= 0 and p.current == CEIL4
+    _, jumbo = pmtu.datagram_bounds(ipv6=False, link_mtu=9000)
+    p.set_limit(jumbo, 10.0)
+    assert p.state == pmtu.SEARCH and p.ceiling == jumbo
+    assert run(p, path, 10.0, 20.0) >= 0 and p.current == 8972
+    assert "interface limit" in p.reason
+
+
+def test_a_jumbo_limit_on_a_smaller_path_finds_the_path() -> None:
+    p = PmtuProber(CEIL4, FLOOR4, 0.0)
+    _, jumbo = pmtu.datagram_bounds(ipv6=False, link_mtu=9000)
+    p.set_limit(jumbo, 0.0)  # read before the first probe, as the node does
+    assert run(p, Path(mtu=4000), 0.0, 60.0) >= 0 and p.current == 4000
+
+
+def test_a_lowered_interface_limit_acts_like_emsgsize() -> None:
+    p = PmtuProber(CEIL4, FLOOR4, 0.0)
+    assert run(p, Path(mtu=CEIL4), 0.0, 10.0) >= 0
+    p.set_limit(1200, 10.0)
+    assert p.ceiling == 1200 and p.current == FLOOR4 and p.state == pmtu.SEARCH
+    assert run(p, Path(mtu=CEIL4), 10.0, 30.0) >= 0 and p.current == 1200
+
+
+def test_route_mtu_reads_the_route_to_an_endpoint() -> None:
+    from sleeve.forward.underlay import route_mtu
+
+    lo = int(pathlib.Path("/sys/class/net/lo/mtu").read_text())
+    assert route_mtu(("127.0.0.1", 9), False) == min(lo, 65535)  # the device's (IPv4 max)
+    assert route_mtu(("::1", 9), True) in (lo, None)  # None: no IPv6 here

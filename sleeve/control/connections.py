@@ -7,10 +7,12 @@ the handler registered for its type ``"t"``: the link table (``udp_ok``, ``udp_l
 ``hb``), ingress (``d``: data over TCP), traversal (``via``), the gossip router
 (``topo``, ``g``). An unknown type is counted, not fatal.
 
-Unauthenticated work is bounded: accepts per second (token bucket) and handshakes in
-progress; each handshake must finish within ``HANDSHAKE_TIMEOUT``. A flood of
-connections then costs a few closes, and established links keep running. A peer that
-breaks the protocol closes its own connection and nothing else.
+Unauthenticated work is bounded (``proto.admission``): accepts per second and
+handshakes in progress, per source address and in total, so one source can use only
+its own share; each handshake must finish within ``HANDSHAKE_TIMEOUT``. A flood of
+connections then costs a few closes, established links keep running, and other
+sources still join. A peer that breaks the protocol closes its own connection and
+nothing else.
 """
 
 from __future__ import annotations
@@ -30,17 +32,16 @@ from sleeve.crypto.noise import KeyPair
 from sleeve.forward.superframe import CAP_VNET
 from sleeve.links.link import ControlWriter, Link
 from sleeve.links.table import LinkTable
+from sleeve.proto.admission import ACCEPT_BURST, MAX_HANDSHAKES, Admission
 from sleeve.proto.control import ControlChannel, ControlError, Established, Hello, error_frame
 from sleeve.proto.stats import Counters
 from sleeve.traversal.relay import RelayWriter
 
 log = logging.getLogger("sleeve")
+__all__ = ["ACCEPT_BURST", "MAX_HANDSHAKES", "Connections", "Identity", "TargetState"]
 
 HANDSHAKE_TIMEOUT = 10.0
 TCP_READ_TIMEOUT = 20.0  # four missed control heartbeats: the connection is dead
-ACCEPT_RATE = 20.0
-ACCEPT_BURST = 40.0
-MAX_HANDSHAKES = 32
 
 Handler = Callable[[Link, dict[str, Any]], None]
 
@@ -80,9 +81,12 @@ class Connections:
         self.udp_port = cfg.port  # what our Hello announces (the node sets the bound port)
         self.vnet = False  # we take offloaded frames (the node sets it once the port is open)
         self.stopping = False
-        self.handshaking = 0  # inbound handshakes in progress
-        self._accept_tokens = ACCEPT_BURST
-        self._accept_at = 0.0
+        self.admission = Admission()  # inbound handshakes: per-source and global limits
+
+    @property
+    def handshaking(self) -> int:
+        """Inbound handshakes in progress."""
+        return self.admission.handshaking
 
     def handle(self, kind: str, fn: Handler) -> None:
         """Route control messages of type ``kind`` to ``fn(link, msg)``."""
@@ -108,21 +112,14 @@ class Connections:
             self.drops.inc("conn_limit")
             writer.close()
             return
-        now = time.monotonic()
-        self._accept_tokens = min(ACCEPT_BURST, self._accept_tokens
-                                  + (now - self._accept_at) * ACCEPT_RATE)
-        self._accept_at = now
-        if self._accept_tokens < 1.0:
-            self.drops.inc("accept_rate_limited")
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        refused, source = self.admission.admit(str(peer[0]), time.monotonic())
+        if refused is not None:
+            self.drops.inc(refused)
             writer.close()
             return
-        if self.handshaking >= MAX_HANDSHAKES:
-            self.drops.inc("handshake_limit")
-            writer.close()
-            return
-        self._accept_tokens -= 1.0
         try:
-            await self.run(reader, writer, False, None, counted=True)
+            await self.run(reader, writer, False, None, admitted=source)
         except asyncio.CancelledError:
             # Shutdown cancels the stream callbacks asyncio runs for accepted connections;
             # there is nothing left to do and nothing to report.
@@ -130,8 +127,13 @@ class Connections:
 
     # ------------------------------------------------------------------ one connection
     async def run(self, reader: asyncio.StreamReader, writer: ControlWriter | Any,
-                  outbound: bool, ts: TargetState | None, counted: bool = False) -> str:
-        """Handshake then serve one control connection. Returns why it ended."""
+                  outbound: bool, ts: TargetState | None, admitted: str | None = None,
+                  ) -> str:
+        """Handshake then serve one control connection. Returns why it ended.
+
+        ``admitted``: the admission source key of an accepted connection, whose slot
+        this returns when the handshake ends.
+        """
         me = self.ident
         peer = writer.get_extra_info("peername") or ("?", 0)
         remote = (str(peer[0]), int(peer[1]))
@@ -144,13 +146,11 @@ class Connections:
         link: Link | None = None
         reason = "closed"
         try:
-            if counted:
-                self.handshaking += 1
             try:
                 est, first_msgs = await self._handshake(ch, reader, writer, outbound)
             finally:
-                if counted:
-                    self.handshaking -= 1
+                if admitted is not None:
+                    self.admission.done(admitted)
             if est.remote_id == me.me:
                 if ts is not None:
                     ts.dead = True

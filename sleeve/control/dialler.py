@@ -4,9 +4,13 @@ Targets come from the command line, from ``sleeve connect`` (the API) and, unles
 ``--no-discovery``, from gossip (every address the mesh lists for a peer we know of).
 Each tick, targets that are due and not already connected or being dialled get one
 connection attempt; a failed or ended attempt backs off (jittered, 2 s x1.5 up to
-60 s). A target that turned out to be ourselves is never dialled again. The targets
-the user gave are remembered in ``state_dir/peers.json`` so ``launch --resume``
-rejoins (a few hundred bytes, written only when the set changes).
+60 s). Connection tasks (ours and traversal's relayed ones) run in the node's task
+group through ``task_spawner``, which isolates them: an exception nobody expected is
+counted as an ``internal_error`` drop and logged once with its traceback, and the
+attempt is retried like any failed one. A bug in one connection must never end the
+task group, and with it the router. A target that turned out to be ourselves is never
+dialled again. The targets the user gave are remembered in ``state_dir/peers.json`` so
+``launch --resume`` rejoins (a few hundred bytes, written only when the set changes).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 
 from sleeve.config import Config, Target, parse_target
 from sleeve.control.connections import Connections, TargetState
+from sleeve.proto.stats import Counters
 
 log = logging.getLogger("sleeve")
 
@@ -67,6 +72,9 @@ class Dialler:
     async def _dial(self, ts: TargetState) -> None:
         try:
             ts.last_error = await self.conns.dial(ts)
+        except Exception as e:
+            ts.last_error = f"internal error: {type(e).__name__}"  # the spawner logs it
+            raise
         finally:
             ts.connecting = False
             if not ts.dead:
@@ -143,10 +151,23 @@ class Dialler:
                 for ts in self.targets.values()]
 
 
-def task_spawner(tg: asyncio.TaskGroup | None) -> Spawn:
+def task_spawner(tg: asyncio.TaskGroup | None, drops: Counters) -> Spawn:
+    """Run connection tasks in ``tg``, each isolated from the others and from the group."""
     def spawn(coro: Coroutine[Any, Any, None]) -> None:
         if tg is None:
             coro.close()
             return
-        tg.create_task(coro)
+        tg.create_task(_isolated(coro, drops))
     return spawn
+
+
+async def _isolated(coro: Coroutine[Any, Any, None], drops: Counters) -> None:
+    # A task group cancels every task and re-raises when one task fails: catch here, once,
+    # so the failure is reported a single time and ends nothing but this connection.
+    # CancelledError is a BaseException and passes through (shutdown).
+    try:
+        await coro
+    except Exception:
+        drops.inc("internal_error")
+        log.exception("internal error in a connection task; that connection ends, "
+                      "the router carries on")

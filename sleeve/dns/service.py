@@ -283,6 +283,12 @@ class DnsService:
         }
 
 
+    def metrics_status(self) -> dict[str, Any]:
+        """What /metrics reads of ``status()``: counters, not the records themselves."""
+        return {"state": self.state, "table": self.records.status(),
+                "server": self.server.status() if self.server is not None else None}
+
+
 def _fmt(a: Addr) -> str:
     return f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"
 

@@ -5,15 +5,17 @@ Pipeline, per readiness event on the port:
 1. ``read_batch`` (<= 64 frames) -> for each frame: learn the source MAC as local,
    classify the destination (local: drop; known remote peer: its direct link when
    established, else the next hop towards it with source and destination peer ids in
-   the record; group/unknown: our children in our own broadcast tree) -> records
-   queued per link (``queue``);
+   the record; group/unknown: our children in our own broadcast tree) -> a unicast
+   TCP SYN's MSS clamped to that link's path (``proto.mss``; broadcast SYNs, to MACs
+   nobody has learnt yet, are left alone) -> records queued per link (``queue``);
 2. per link with queued records (``flush_touched``): pack into datagrams up to the path
    MTU and hand them to the underlay (one GSO send per run where proven); over TCP
    when UDP does not get through; a record too big for the path is fragmented (IPv4
    without DF), answered with ICMP too-big, or carried as sleeve fragments.
 
 Ingress queues relayed records here too, so one aggregation serves both. Per tick:
-UDP heartbeats, PMTU probes and GSO proofs for every link.
+UDP heartbeats, the route MTU as the PMTU search's limit, PMTU probes and GSO proofs
+for every link.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from sleeve.forward.underlay import Underlay
 from sleeve.links.link import Link
 from sleeve.links.table import LinkTable
 from sleeve.proto import datagram as dg
-from sleeve.proto import vnet
+from sleeve.proto import mss, vnet
 from sleeve.proto.mactable import LOCAL, MacTable
-from sleeve.proto.pmtu import probe_record
+from sleeve.proto.pmtu import overlay_mtu, probe_record
 from sleeve.proto.routes import Routes
 from sleeve.proto.stats import Counters
 
@@ -60,6 +62,7 @@ class Egress:
         self.stats = stats
         self.port: Port | None = None  # set when the node opened it
         self.vnet = False  # our port hands us virtio headers and super-frames
+        self.clamp_mss = True  # lower the MSS of TCP SYNs to the link's path (--no-clamp-mss)
         self._touched: list[Link] = []  # links with queued records, flushed per event
         self._icmp_window = 0.0
         self._icmp_sent = 0
@@ -83,6 +86,8 @@ class Egress:
         routes = self.routes
         queue = self.queue
         vnet_on = port.vnet
+        clamp_on = self.clamp_mss
+        maybe_syn = mss.maybe_syn
         off = 0
         flood: list[Link] | None = None  # our broadcast tree's links, once per batch
         for raw in frames:
@@ -123,24 +128,30 @@ class Egress:
                             queue(child, rec)
                 continue
             link = links.get(owner)
-            if link is not None and link.usable:
-                if not off:
-                    queue(link, dg.frame_record(f))  # the hot path: direct, 4 bytes of framing
-                elif not self._queue_offloaded(link, raw):
-                    for g in self._finish(raw):
-                        queue(link, dg.frame_record(g))
-                continue
-            hop = routes.next_hop(owner)
-            via = links.get(hop) if hop is not None else None
-            if via is not None and via is not link:
+            relayed = False
+            if link is None or not link.usable:
+                hop = routes.next_hop(owner)
+                via = links.get(hop) if hop is not None else None
+                if via is not None and via is not link:
+                    link, relayed = via, True
+                elif link is None:
+                    self.drops.inc("no_route")
+                    continue
+                # else: not confirmed yet, but the only way
+            # A TCP SYN? A few byte reads (IPv4 without options inline: nearly all
+            # traffic), the whole check only for frames that may be one (proto.mss).
+            if clamp_on and len(f) >= 58 and (f[47] & 2 and f[23] == 6 if f[14] == 0x45
+                                              else maybe_syn(f)):
+                raw, f = self._clamp(link, raw, f, off, relayed)
+            if relayed:
                 for g in self._finish(raw) if off else (f,):
-                    queue(via, dg.encode_record(dg.KIND_FRAME, g, src=me, dst=owner,
-                                                hops=dg.MAX_HOPS))
-            elif link is not None:
-                for g in self._finish(raw) if off else (f,):
-                    queue(link, dg.frame_record(g))  # not confirmed yet, but the only way
-            else:
-                self.drops.inc("no_route")
+                    queue(link, dg.encode_record(dg.KIND_FRAME, g, src=me, dst=owner,
+                                                 hops=dg.MAX_HOPS))
+            elif not off:
+                queue(link, dg.frame_record(f))  # the hot path: direct, 4 bytes of framing
+            elif not (link.usable and self._queue_offloaded(link, raw)):
+                for g in self._finish(raw):
+                    queue(link, dg.frame_record(g))
         self.stats.inc("port_rx_frames", len(frames))
         self.flush_touched()
 
@@ -166,6 +177,23 @@ class Egress:
         link.pending += recs
         link.stats.inc("tx_superframes" if gso else "tx_offloaded_frames")
         return True
+
+    def _clamp(self, link: Link, raw: bytes, f: bytes, off: int, relayed: bool,
+               ) -> tuple[bytes, bytes]:
+        """(raw, frame) with a SYN's MSS lowered to fit ``link``'s path (proto.mss).
+
+        An unfinished frame keeps its virtio header; a super-frame never carries a SYN,
+        and a partial checksum (NEEDS_CSUM) is completed later over the new bytes, so
+        only a finished checksum is adjusted here.
+        """
+        if off and raw[1]:
+            return raw, f
+        out = mss.clamp(f, overlay_mtu(link.pmtu.current, 2 if relayed else 0),
+                        fix_csum=not (off and raw[0] & _NEEDS_CSUM))
+        if out is None:
+            return raw, f
+        link.stats.inc("mss_clamped")
+        return (raw[:_VNET_HDR_LEN] + out if off else out), out
 
     def _finish(self, raw: bytes) -> list[bytes]:
         """Ordinary frames for an unfinished one: checksum completed, TSO cut in software."""
@@ -278,6 +306,7 @@ class Egress:
                 link.next_hb = now + (UDP_FAST_HEARTBEAT if fast else UDP_SLOW_HEARTBEAT)
                 self.underlay.send(link, link.heartbeat_record(now))
         for link in self.links:
+            self.underlay.path_limit(link, now)
             self.probe(link, now)
             self.underlay.gso_proof(link, now)
 

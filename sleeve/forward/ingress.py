@@ -6,7 +6,8 @@ Pipeline, per datagram the underlay read (one UDP GRO run counts per datagram):
    only then learn: the peer's UDP endpoint, that the link hears it (``udp_ok``);
 2. records: frames for us are learnt (src MAC -> source peer) and written to the
    port; frames for another peer are relayed to its next hop (hop limit); broadcasts
-   are delivered and passed on to our children in the source's tree; offloaded
+   are delivered and passed on to our children in the source's tree (a TCP SYN's MSS
+   is clamped to the path it came by before delivery, ``proto.mss``); offloaded
    records (virtio header + super-frame pieces) join their segment sets and are
    written whole; heartbeats and PMTU probes are answered;
 3. after the batch: relayed records are flushed through egress, and the port is
@@ -31,9 +32,9 @@ from sleeve.forward.underlay import GSO_PROOF_ID, Underlay
 from sleeve.links.link import Link
 from sleeve.links.table import LinkTable
 from sleeve.proto import datagram as dg
-from sleeve.proto import vnet
+from sleeve.proto import mss, vnet
 from sleeve.proto.mactable import MacTable
-from sleeve.proto.pmtu import ack_record, parse_probe
+from sleeve.proto.pmtu import ack_record, overlay_mtu, parse_probe
 from sleeve.proto.stats import Counters
 
 log = logging.getLogger("sleeve")
@@ -59,6 +60,7 @@ class Ingress:
         self.stats = stats
         self._salvage_armed = False
         self._delivered = False  # frames written to the port in this event (see after_batch)
+        self.clamp_mss = True  # lower SYNs' MSS to the path they came by (--no-clamp-mss)
 
     # ------------------------------------------------------------------ from the underlay
     def after_batch(self) -> None:
@@ -151,6 +153,7 @@ class Ingress:
             link.endpoint = (addr[0], addr[1])
             link.v6 = ":" in addr[0]
             link.gso_ok = False  # a new path: prove GSO again (next tick)
+            link.next_route_check = 0.0  # and read its route's MTU
             link.stats.inc("endpoint_changes")
         link.endpoint_learnt = True
         self.links.heard(link, now)
@@ -260,13 +263,29 @@ class Ingress:
             self.egress.queue(child, out)
         self.stats.inc("relayed_broadcasts")
 
-    def _deliver(self, link: Link, src_peer: bytes, frame: memoryview, now: float) -> None:
+    def _deliver(self, link: Link, src_peer: bytes, frame: bytes | memoryview,
+                 now: float) -> None:
+        # A TCP SYN or SYN-ACK? Clamped to the path it came by, so that our side's
+        # answers fit even when the sender's router does not clamp (see egress).
+        if self.clamp_mss and len(frame) >= 58 and (
+                frame[47] & 2 and frame[23] == 6 if frame[14] == 0x45
+                else mss.maybe_syn(frame)):
+            frame = self._clamp(link, frame, src_peer != link.peer, True)
         if self._learn_remote(frame, src_peer, now):
             port = self.egress.port
             assert port is not None
             port.write(frame)
             self._delivered = True
             link.stats.inc("rx_frames")
+
+    def _clamp(self, link: Link, frame: bytes | memoryview, relayed: bool, fix_csum: bool,
+               ) -> bytes | memoryview:
+        out = mss.clamp(frame, overlay_mtu(link.pmtu.current, 2 if relayed else 0),
+                        fix_csum)
+        if out is None:
+            return frame
+        link.stats.inc("mss_clamped")
+        return out
 
     def _learn_remote(self, frame: bytes | memoryview, src_peer: bytes, now: float) -> bool:
         if len(frame) < 14:
@@ -318,6 +337,9 @@ class Ingress:
             return
         if hdr[0] & vnet.F_DATA_VALID:
             hdr = vnet.sanitized(hdr)  # a peer never vouches for checksums to our kernel
+        if self.clamp_mss and not hdr[1] and mss.maybe_syn(frame):  # super-frames: no SYNs
+            frame = self._clamp(link, frame, src_peer != link.peer,
+                                not hdr[0] & vnet.F_NEEDS_CSUM)
         port = self.egress.port
         assert port is not None
         port.write_vnet(hdr, frame)

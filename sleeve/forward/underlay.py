@@ -7,12 +7,15 @@ Receiving: readiness on a socket drains up to ``BATCH`` datagrams into a ``Recei
 (the data plane's ingress), with UDP GRO runs handed over whole; after every batch the
 receiver's ``after_batch`` runs (flush relayed records, read the port's answers).
 
-No protocol logic lives here: no record parsing, no routing. A failed send is counted
+Junk never reaches Python: a socket filter drops, in the kernel, datagrams too short or
+not type 1 version 1 (the header's first two bytes), counted by the kernel. No other
+protocol logic lives here: no record parsing, no routing. A failed send is counted
 on the link with its errno and never raises; EMSGSIZE tells the link's PMTU prober.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import socket
@@ -23,6 +26,7 @@ from typing import Any, Protocol
 
 from sleeve.capture.base import BATCH
 from sleeve.links.link import Link
+from sleeve.proto import datagram as dg
 from sleeve.proto.pmtu import COMPLETE as PMTU_COMPLETE
 from sleeve.proto.pmtu import Probe, probe_record
 from sleeve.proto.stats import Counters
@@ -30,6 +34,21 @@ from sleeve.proto.stats import Counters
 log = logging.getLogger("sleeve")
 
 UDP_BUFFER = 4 << 20  # the anchors show loss happens where the receiver's UDP buffer overflows
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>; not in Python's socket
+SO_ATTACH_FILTER, SO_MEMINFO, SK_MEMINFO_DROPS, SK_MEMINFO_VARS = 26, 55, 8, 9
+# The cheap stateless check: a classic BPF socket filter drops, in the kernel, every
+# datagram that cannot be ours: shorter than a header and a tag, or not type 1 version 1
+# (proto.datagram). Junk then costs no system call, no wake-up and no Python at all;
+# what it drops is counted by the kernel (SK_MEMINFO_DROPS, shown as
+# ``udp_kernel_drops``). A socket filter sees the UDP header first: payload at 8.
+_JUNK_FILTER = b"".join(struct.pack("HBBI", *insn) for insn in (
+    (0x80, 0, 0, 0),  # A = length (UDP header + payload)
+    (0x35, 0, 3, 8 + dg.HEADER_LEN + dg.TAG_LEN),  # A >= 40 ? next : drop
+    (0x28, 0, 0, 8),  # A = the payload's first 16 bits: type, version
+    (0x15, 0, 1, dg.TYPE_DATA << 8 | dg.VERSION),  # A == 0x0101 ? accept : drop
+    (0x06, 0, 0, 0xFFFFFFFF),  # accept the whole datagram
+    (0x06, 0, 0, 0),  # drop
+))
 IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2  # <linux/in.h>; Python 3.11's socket lacks them
 IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO = 23, 2  # <linux/in6.h>
 # UDP segmentation offloads (<linux/udp.h>; Python 3.11's socket lacks the names). GSO: one
@@ -46,6 +65,11 @@ GRO_CMSG_SPACE = socket.CMSG_SPACE(4)  # the gso_size int
 # "UDP longer than N" (a PMTU black hole) drops the whole run although each datagram fits.
 # So a link uses GSO only once a full-size run of PMTU probes got an ack over its current
 # path (endpoint and path MTU); until then, and after either changes, one send per datagram.
+IP_MTU, IPV6_MTU = 14, 24  # <linux/in.h>, <linux/in6.h>: a connected socket's route MTU
+ROUTE_CHECK = 60.0  # how often a link's route MTU is read again (routes and PMTUs change)
+# Jumbo frames top out near 9216 on common hardware; bigger route MTUs (loopback, some
+# virtual devices) would only make every datagram, reassembly and buffer bigger.
+ROUTE_MTU_MAX = 9216
 GSO_PROOF_ID = 0x80000000  # probe ids with the top bit: never the PMTU prober's (from 1 up)
 GSO_PROOF_RETRY = 2.0  # first retry of an unanswered proof; doubles up to the max
 GSO_PROOF_RETRY_MAX = 60.0
@@ -76,8 +100,8 @@ class Underlay:
     def open(self, family: int, addr: str, port: int) -> socket.socket:
         s = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_BUFFER)
+            set_buffers(s, UDP_BUFFER)
+            attach_junk_filter(s)
             # DF on every datagram: the path MTU is found by probing, and a datagram the
             # kernel knows is too big fails with EMSGSIZE instead of being fragmented.
             if family == socket.AF_INET6:
@@ -107,6 +131,17 @@ class Underlay:
 
     def sockets(self) -> list[socket.socket]:
         return [s for s in (self.udp, self.udp6) if s is not None]
+
+    def kernel_drops(self) -> int:
+        """Datagrams our sockets' kernel side dropped: the junk filter, or a full buffer."""
+        n = 0
+        for s in self.sockets():
+            try:
+                info = s.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * SK_MEMINFO_VARS)
+            except OSError:
+                continue
+            n += struct.unpack_from("I", info, 4 * SK_MEMINFO_DROPS)[0]
+        return n
 
     # ------------------------------------------------------------------ sending
     def send(self, link: Link, body: bytes) -> None:
@@ -255,6 +290,23 @@ class Underlay:
             link.gso_ok = True  # a whole GSO run crossed this path: use it
             link.stats.inc("gso_proven")
 
+    # ------------------------------------------------------------------ path limit
+    def path_limit(self, link: Link, now: float) -> None:
+        """Give ``link``'s PMTU search the MTU of the route to its endpoint as its limit.
+
+        Read with IP_MTU on a UDP socket connected to the endpoint: a route lookup in
+        the kernel, no datagram sent, nothing to wait for, so it runs on the loop. It
+        is the device MTU, or a smaller PMTU the kernel learnt for that destination
+        (which our DF datagrams could not exceed anyway). Once per ``ROUTE_CHECK``
+        per link, and soon after the endpoint moves (ingress resets the deadline).
+        """
+        if now < link.next_route_check:
+            return
+        link.next_route_check = now + ROUTE_CHECK
+        mtu = route_mtu(link.endpoint, link.v6)
+        if mtu is not None:
+            link.set_route_mtu(min(mtu, ROUTE_MTU_MAX), now)
+
     # ------------------------------------------------------------------ receiving
     def on_readable(self, sock: socket.socket, rx: Receiver) -> None:
         if sock in self.gro_on:
@@ -325,3 +377,39 @@ class Underlay:
         self.udp = self.udp6 = None
         self.gso_off.clear()
         self.gro_on.clear()
+
+
+def route_mtu(endpoint: tuple[str, int], v6: bool) -> int | None:
+    """The MTU of the route to ``endpoint`` (None when there is none, or no such family)."""
+    family, level, opt = ((socket.AF_INET6, socket.IPPROTO_IPV6, IPV6_MTU) if v6
+                          else (socket.AF_INET, socket.IPPROTO_IP, IP_MTU))
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect(endpoint)
+            return int(s.getsockopt(level, opt))
+    except OSError:
+        return None
+
+
+def set_buffers(s: socket.socket, size: int) -> None:
+    """Receive and send buffers of ``size`` bytes, past rmem_max/wmem_max where we may.
+
+    Without CAP_NET_ADMIN the kernel silently caps SO_RCVBUF at net.core.rmem_max (often
+    208 KiB), where bursts overflow and are lost; the FORCE variants ignore that cap
+    for root. Unprivileged, the capped size is what we get.
+    """
+    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            s.setsockopt(socket.SOL_SOCKET, force, size)
+        except OSError:  # EPERM: not root (or no CAP_NET_ADMIN)
+            s.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
+def attach_junk_filter(s: socket.socket) -> None:
+    """Attach ``_JUNK_FILTER`` to ``s`` (the kernel copies the program at once)."""
+    prog = ctypes.create_string_buffer(_JUNK_FILTER, len(_JUNK_FILTER))
+    fprog = struct.pack("HL", len(_JUNK_FILTER) // 8, ctypes.addressof(prog))
+    try:
+        s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    except OSError as e:  # no socket filters (unusual): Python checks every datagram
+        log.info("no socket filter for junk datagrams: %s", e.strerror)

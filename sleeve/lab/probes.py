@@ -33,6 +33,26 @@ while time.monotonic() < end:
 print(n, flush=True)
 """
 
+# Print (hex, one a line) the ICMP / ICMPv6 frames arriving on IFACE for SECONDS, at most 50.
+_ICMP_FRAMES = r"""
+import socket, sys, time
+iface, secs = sys.argv[1], float(sys.argv[2])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind((iface, 0)); s.settimeout(0.2)
+print("ready", flush=True)
+end = time.monotonic() + secs; n = 0
+while time.monotonic() < end and n < 50:
+    try:
+        data, addr = s.recvfrom(65535)
+    except TimeoutError:
+        continue
+    if addr[2] == socket.PACKET_OUTGOING or len(data) < 55:
+        continue
+    et = data[12:14]
+    if et == b"\x08\x00" and data[23] == 1 or et == b"\x86\xdd" and data[20] == 58:
+        print(data.hex(), flush=True); n += 1
+"""
+
 # Send N broadcast ARP requests "who has TARGET tell SENDER" out of IFACE, paced.
 _ARP = r"""
 import socket, struct, sys, time
@@ -143,6 +163,25 @@ def mcast_send(host: Host, group: str, port: int, local_ip: str, n: int) -> None
         raise ValueError("count must be 1..10000")
     host.run(sys.executable, "-c", _MSEND, group, str(port), check_ip(local_ip), str(n),
              timeout=30 + n * 0.01)
+
+
+class IcmpFrames:
+    """The ICMP and ICMPv6 frames arriving on ``iface`` of ``host`` for ``seconds``."""
+
+    def __init__(self, host: Host, iface: str, seconds: float) -> None:
+        self.host = host
+        self.seconds = seconds
+        self.proc = _start(host, _ICMP_FRAMES, iface, str(seconds))
+
+    def frames(self) -> list[bytes]:
+        try:
+            out, err = self.proc.communicate(timeout=self.seconds + 15)
+        except subprocess.TimeoutExpired:
+            self.host.stop(self.proc)
+            raise RuntimeError(f"capture on {self.host.name} did not finish") from None
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"capture on {self.host.name} failed: {err.decode()[-500:]}")
+        return [bytes.fromhex(x.decode()) for x in out.split()]
 
 
 class Capture:

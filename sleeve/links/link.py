@@ -32,7 +32,9 @@ from sleeve.proto.stats import Counters
 
 log = logging.getLogger("sleeve")
 
-UNDERLAY_MTU = 1500  # the PMTU search's ceiling: the usual interface MTU
+# The PMTU search's ceiling until the underlay reads the route's MTU (forward.underlay
+# ``path_limit``): the usual interface MTU.
+UNDERLAY_MTU = 1500
 CONTROL_BUFFER_MAX = 4 << 20  # a peer that does not read its control connection is cut off
 # No authenticated datagram for this long (three slow heartbeats): the link stops
 # carrying data and the mesh routes around it.
@@ -111,6 +113,7 @@ class Link:
         self.gso_proof_id = 0
         self.gso_next_proof = 0.0
         self.gso_retry = 0.0
+        self.next_route_check = 0.0  # forward.underlay: when to read the route's MTU again
         # gossip.router: the next anti-entropy round, and what waits per channel
         self.next_gossip = 0.0
         self.gossip_pending: dict[str, Any] = {}
@@ -149,6 +152,15 @@ class Link:
             self._pmtu_known = p.state != "base" and (p.current >= p.ceiling
                                                       or p.ceiling < self._max_ceiling)
         return self._pmtu_known
+
+    def set_route_mtu(self, mtu: int, now: float) -> None:
+        """The route to the endpoint has this MTU (the underlay read it): the search's limit."""
+        try:
+            _, ceiling = datagram_bounds(self.v6, mtu)
+        except ValueError:
+            return  # smaller than the family's minimum: keep what we have, EMSGSIZE rules
+        self._max_ceiling = ceiling
+        self.pmtu.set_limit(ceiling, now)
 
     def next_frag_id(self) -> int:
         self.frag_id = (self.frag_id + 1) & 0xFFFFFFFF

@@ -318,6 +318,25 @@ class PmtuProber:
             self._first_step = False
             self._reason = reason
 
+    def set_limit(self, ceiling: int, now: float) -> None:
+        """The interface limit (``datagram_bounds``'s ceiling for the route) is now this.
+
+        Raised (a jumbo-frame underlay): the search resumes above ``current`` at once.
+        Lowered: like an EMSGSIZE at one byte more, since sends above it fail so.
+        """
+        ceiling = max(self._floor, min(ceiling, MAX_DATAGRAM))
+        if ceiling == self._max_ceiling:
+            return
+        raised = ceiling > self._max_ceiling
+        self._max_ceiling = ceiling
+        if not raised:
+            self.on_emsgsize(ceiling + 1, now)
+            return
+        self._ceiling = ceiling
+        if self._state == COMPLETE:
+            self._clear()
+            self._search(now, f"interface limit raised to {ceiling}")
+
     def on_black_hole(self, now: float) -> None:
         """Full-size datagrams vanish while small ones pass: start over from the floor."""
         if self._state in (BASE, ERROR):

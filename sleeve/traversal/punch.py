@@ -10,6 +10,10 @@ Linux NAT that saw an unsolicited datagram keeps that conntrack entry and moves 
 peer's mapping to a random port). ``PUNCH_TIME`` without success: the attempt is
 closed and retried later with backoff; the mesh relays meanwhile.
 
+Relayed connections run through the node's ``spawn`` (``control.dialler.task_spawner``),
+which counts and logs a task's unexpected exception and keeps the router running; the
+attempt is retried after its backoff like one that failed.
+
 Roles: the peer with the smaller id starts; a mediator relays at most ``4 x
 MAX_VIRTUAL`` streams and tells the other end ``fin`` when either end leaves.
 """
