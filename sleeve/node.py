@@ -473,6 +473,7 @@ class Node:
             "mac_count": len(self.macs),
             "peer_count": len(self.mesh.topology),
             "dns": self.dns.metrics_status(),
+            "ipam": self.ipam.status(),  # O(ring entries + our allocations), not O(MACs)
             "fastdp": {"active": self.fastdp.dp is not None},
         }
 
