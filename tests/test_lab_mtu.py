@@ -119,8 +119,9 @@ def test_path(name: str) -> None:
         ra = Router(a, ["--ip", f"{A_OV}/24", B_UL], wd, "mtu pw")
         ra.wait(established_with(1), 30, "link")
         rb.wait(established_with(1), 30, "link")
-        a.addr("sleeve0", f"{A_OV6}/64")
-        b.addr("sleeve0", f"{B_OV6}/64")
+        # the overlay addresses live on the router's bridge (the TAP is one of its ports)
+        a.addr("sleeve", f"{A_OV6}/64")
+        b.addr("sleeve", f"{B_OV6}/64")
         t = time.monotonic()
         st = ra.wait(lambda st: link_of(st)["pmtu_state"] == "complete", 60, "PMTU search")
         print(f"\n{name}: path MTU {link_of(st)['pmtu']} found "
