@@ -29,6 +29,7 @@ from typing import Any, Final
 from aiohttp import ClientSession, ClientTimeout, UnixConnector, web
 
 from sleeve.docker.driver import CONTENT_TYPE, MAX_BODY
+from sleeve.status.http import serve
 
 log = logging.getLogger("sleeve")
 
@@ -106,17 +107,13 @@ async def start_plugin_server(path: pathlib.Path, handle: Handle,
             _record(record, request.path, body, status, answer)
         return web.json_response(answer, status=status, content_type=CONTENT_TYPE)
 
-    app = web.Application(client_max_size=MAX_BODY)
-    app.router.add_route("*", "/{tail:.*}", dispatch)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
-                           keepalive_timeout=KEEPALIVE, max_line_size=MAX_LINE,
-                           max_field_size=MAX_FIELD, max_headers=MAX_HEADERS)
-    await runner.setup()
+    sock = bind_unix(path)
     try:
-        sock = bind_unix(path)
-        await web.SockSite(runner, sock).start()
+        runner = await serve(dispatch, lambda r: web.SockSite(r, sock), max_body=MAX_BODY,
+                             max_line=MAX_LINE, max_field=MAX_FIELD, max_headers=MAX_HEADERS,
+                             keepalive=KEEPALIVE)
     except BaseException:
-        await runner.cleanup()
+        sock.close()
         raise
     return PluginServer(runner, path)
 

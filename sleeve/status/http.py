@@ -135,18 +135,29 @@ async def start_http(host: str, port: int, routes: dict[str, Route],
             return _text(500, type(e).__name__)
         return web.Response(status=200, body=body, headers={"Content-Type": ctype})
 
-    app = web.Application(client_max_size=MAX_BODY)
+    runner = await serve(dispatch, lambda r: web.TCPSite(r, host, port, reuse_address=True))
+    return HttpServer(runner, closing)
+
+
+async def serve(dispatch: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                site: Callable[[web.AppRunner], web.BaseSite], *, max_body: int = MAX_BODY,
+                max_line: int = MAX_LINE, max_field: int = MAX_FIELD,
+                max_headers: int = MAX_HEADERS, keepalive: float = KEEPALIVE) -> web.AppRunner:
+    """Every request to ``dispatch``, within the bounds given, on the site ``site(runner)``
+    makes (TCP for the local API, a unix socket for the Docker plugin); nothing is left
+    running when the start fails."""
+    app = web.Application(client_max_size=max_body)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
-                           keepalive_timeout=KEEPALIVE, max_line_size=MAX_LINE,
-                           max_field_size=MAX_FIELD, max_headers=MAX_HEADERS)
+                           keepalive_timeout=keepalive, max_line_size=max_line,
+                           max_field_size=max_field, max_headers=max_headers)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        await site(runner).start()
     except BaseException:
         await runner.cleanup()
         raise
-    return HttpServer(runner, closing)
+    return runner
 
 
 def _text(status: int, msg: str) -> web.Response:
