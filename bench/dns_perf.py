@@ -33,8 +33,8 @@ import sys
 import time
 from typing import Any
 
-from sleeve.lab import Host, Lab
-from sleeve.lab.routers import STATUS_ADDR, Router, workdir
+from sleeve.lab import Lab
+from sleeve.lab.routers import Router, workdir
 
 UL, OV = "198.18.70.1", "198.19.70.1"
 DOMAIN = "sleeve.local"
@@ -114,7 +114,7 @@ def main() -> int:
         lab.connect(h, sw, f"{UL}/24")
         router = Router(h, ["--ip", f"{OV}/24", "--dns-rate-limit", "0"], wd, "bench password")
         router.wait(lambda st: st["dns"]["state"] == "serving", 30, "dns serving")
-        register(h, names)
+        register(router, names)
         router.wait(lambda st: st["dns"]["table"]["live"] == len(names), 10, "names registered")
         dnsmasq = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
         dm = h.popen(dnsmasq, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
@@ -151,14 +151,16 @@ def main() -> int:
     return 0
 
 
-def register(h: Host, names: list[tuple[str, str]]) -> None:
-    script = ("import sys,urllib.request,urllib.parse\n"
-              "a=sys.argv[1:]\n"
+def register(r: Router, names: list[tuple[str, str]]) -> None:
+    """Through the router's API socket: changes are refused on TCP."""
+    script = ("import sys,urllib.parse\n"
+              "from sleeve.status.client import Endpoint, call\n"
+              "a=sys.argv[2:]\n"
               "for n,ip in zip(a[::2],a[1::2]):\n"
               "    q=urllib.parse.urlencode({'name':n,'address':ip})\n"
-              f"    urllib.request.urlopen(urllib.request.Request('http://{STATUS_ADDR}"
-              "/dns/add?'+q,method='POST'),timeout=5).read()\n")
-    h.run(sys.executable, "-c", script, *[x for p in names for x in p], timeout=120)
+              "    call(Endpoint(unix=sys.argv[1]), 'POST', '/dns/add?'+q)\n")
+    r.host.run(sys.executable, "-c", script, str(r.api_socket),
+               *[x for p in names for x in p], timeout=120)
 
 
 def summarize(a: argparse.Namespace, runs: list[dict[str, Any]], st: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from sleeve.lab import Lab
-from sleeve.lab.routers import STATUS_ADDR, Router, established_with, workdir
+from sleeve.lab.routers import Router, established_with, workdir
 
 OUT = Path(__file__).parent / "results" / "ipam-lab.md"
 RANGE = "198.19.128.0/18"
@@ -28,15 +28,14 @@ N_LOCAL = 200
 N_DONATED = 50
 
 CLIENT = """
-import json, sys, time, urllib.parse, urllib.request
+import json, sys, time, urllib.parse
+from sleeve.status.client import Endpoint, call
 out = []
 for arg in sys.argv[2:]:
     oid, _, subnet = arg.partition("@")
     q = urllib.parse.urlencode({"id": oid, **({"subnet": subnet} if subnet else {})})
     t = time.perf_counter()
-    req = urllib.request.Request(f"http://{sys.argv[1]}/ipam/allocate?{q}", method="POST")
-    with urllib.request.urlopen(req, timeout=30) as r:
-        r.read()
+    call(Endpoint(unix=sys.argv[1]), "POST", f"/ipam/allocate?{q}", timeout=30)
     out.append(time.perf_counter() - t)
 print(json.dumps(out))
 """
@@ -63,18 +62,18 @@ def main() -> int:
         ra.wait(established_with(1), 30, "mesh")
         rb.wait(established_with(1), 30, "mesh")
 
-        def run(h: object, args: list[str]) -> list[float]:
-            r = h.run(sys.executable, "-c", CLIENT, STATUS_ADDR, *args,  # type: ignore[attr-defined]
-                      timeout=300)
+        def run(rt: Router, args: list[str]) -> list[float]:
+            r = rt.host.run(sys.executable, "-c", CLIENT, str(rt.api_socket), *args,
+                            timeout=300)
             out: list[float] = json.loads(r.stdout)
             return out
 
-        run(a, ["warm"])  # first allocation: consensus of one, ring seeded
+        run(ra, ["warm"])  # first allocation: consensus of one, ring seeded
         rb.wait(lambda s: s["ipam"]["consensus"]["state"] == "done", 20, "B learnt the ring")
-        local = run(a, [f"l{i}" for i in range(N_LOCAL)])
+        local = run(ra, [f"l{i}" for i in range(N_LOCAL)])
         # fresh /28s from the top of the range (A's first allocations are at the bottom)
         subnets = [f"198.19.{191 - i // 16}.{(i % 16) * 16}/28" for i in range(N_DONATED)]
-        donated = run(b, [f"d{i}@{s}" for i, s in enumerate(subnets)])
+        donated = run(rb, [f"d{i}@{s}" for i, s in enumerate(subnets)])
         stb = rb.status()["ipam"]
         grants = stb["counters"].get("grants_received", 0)
     ms = 1000.0

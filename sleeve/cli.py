@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import logging
 import os
@@ -16,12 +15,22 @@ import pathlib
 import signal
 import socket
 import sys
-import time
-import urllib.error
-import urllib.request
-from typing import Any, NoReturn
+from typing import NoReturn
 
+from sleeve.cli_api import (
+    cni_install,
+    dns_action,
+    env_socket,
+    fail,
+    get_json,
+    ipam_action,
+    peers_action,
+    reader_options,
+    status,
+    writer_options,
+)
 from sleeve.config import (
+    DEFAULT_API_SOCKET,
     DEFAULT_BRIDGE,
     DEFAULT_CONN_LIMIT,
     DEFAULT_DOCKER_PLUGIN_SOCKET,
@@ -106,7 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "datapath even on an encrypted network")
     la.add_argument("--nickname", default=socket.gethostname()[:64])
     la.add_argument("--http", default=DEFAULT_HTTP,
-                    help=f"status API address (default {DEFAULT_HTTP}); 'off' to disable")
+                    help=f"read-only status API and /ui page (default {DEFAULT_HTTP}); 'off' "
+                         f"to disable")
+    la.add_argument("--api-socket", default=DEFAULT_API_SOCKET, metavar="PATH",
+                    help=f"unix socket of the full local API, the only way to change a running "
+                         f"router (default {DEFAULT_API_SOCKET}, mode 0600: root only); 'off' "
+                         f"to disable")
+    la.add_argument("--api-group", default="", metavar="GROUP",
+                    help="members of this group may use --api-socket too (mode 0660)")
     la.add_argument("--no-dns", action="store_true",
                     help="do not serve DNS (names are still gossiped and can be registered)")
     la.add_argument("--dns-listen", default="", metavar="ADDR[:PORT][,...]",
@@ -151,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("what", nargs="?", default="summary",
                     choices=["summary", "connections", "peers", "routes", "macs", "targets",
                              "dns", "ipam"])
-    st.add_argument("--http", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP))
+    reader_options(st)
     st.add_argument("--json", action="store_true")
     st.add_argument("--watch", action="store_true",
                     help="a live table of the links, redrawn every --interval seconds")
@@ -159,14 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="--watch period (default 1; bounded to 0.5..60)")
 
     rp = sub.add_parser("report", help="everything a bug report needs, as JSON (no secrets)")
-    rp.add_argument("--http", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP))
+    reader_options(rp)
     rp.add_argument("--json", action="store_true", help="(the default; kept for symmetry)")
 
     for verb, text in (("connect", "add peers to a running router"),
                        ("forget", "remove peers from a running router's targets")):
         c = sub.add_parser(verb, help=text)
         c.add_argument("peers", nargs="+", metavar="HOST[:PORT]")
-        c.add_argument("--http", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP))
+        writer_options(c)
 
     dn = sub.add_parser("dns", help="register names in the micro DNS of a running router")
     dsub = dn.add_subparsers(dest="dns_cmd", required=True, parser_class=_Parser)
@@ -178,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("name", metavar="NAME")
     dr.add_argument("address", nargs="?", metavar="ADDRESS")
     for d in (da, dr):
-        d.add_argument("--http", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP))
+        writer_options(d)
 
     ip = sub.add_parser("ipam", help="overlay addresses from the mesh's IPAM")
     isub = ip.add_subparsers(dest="ipam_cmd", required=True, parser_class=_Parser)
@@ -202,15 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--subnet", default="", metavar="CIDR", help="a subnet of the range")
     ex.add_argument("--json", action="store_true")
     for c in (ia, ir, rm, rs, ex):
-        c.add_argument("--http", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP))
+        writer_options(c)
     cn = sub.add_parser("cni", help="container networking: install the CNI plugins")
     csub = cn.add_subparsers(dest="cni_cmd", required=True, parser_class=_Parser)
     ci = csub.add_parser("install", help="write sleeve-net, sleeve-ipam and 10-sleeve.conflist")
     ci.add_argument("--bin-dir", default="/opt/cni/bin", help="CNI plugin dir (/opt/cni/bin)")
     ci.add_argument("--conf-dir", default="/etc/cni/net.d",
                     help="CNI network config dir (/etc/cni/net.d)")
-    ci.add_argument("--api", default=os.environ.get("SLEEVE_HTTP", DEFAULT_HTTP),
-                    help=f"the router's local API the plugins use (default {DEFAULT_HTTP})")
+    ci.add_argument("--api", default=env_socket(), metavar="PATH",
+                    help=f"the router's API socket the plugins use (default "
+                         f"{DEFAULT_API_SOCKET}, or as --api-socket of `sleeve launch`)")
     ci.add_argument("--subnet", default="", metavar="CIDR",
                     help="containers' addresses from this IPAM subnet (default: the router's)")
     ci.add_argument("--python", default=None, metavar="PATH",
@@ -223,11 +240,6 @@ def build_parser() -> argparse.ArgumentParser:
     de = sub.add_parser("demo", help="build a lab on this machine and show sleeve working")
     de.add_argument("--keep-going", action="store_true", help=argparse.SUPPRESS)
     return p
-
-
-def _fail(msg: str, code: int = 1) -> NoReturn:
-    print(f"sleeve: error: {msg}", file=sys.stderr)
-    sys.exit(code)
 
 
 def _read_password(args: argparse.Namespace) -> bytes | None:
@@ -290,12 +302,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
     http = None if args.http in ("off", "", "none") else args.http
     if http is not None:
         check_host_port(http, "--http")
+    api_socket, api_group = _api_socket_options(args)
     cfg = Config(
         psk=None if pw is None else psk_from_password(pw), encrypt=not args.no_encryption,
         port=args.port, listen=args.listen, iface=args.iface, attach=args.attach, ip=args.ip,
         bridge=bridge,
         mtu=args.mtu, state_dir=pathlib.Path(args.state_dir), nickname=args.nickname,
         peers=tuple(parse_target(p, args.port) for p in args.peers), http=http,
+        api_socket=api_socket, api_group=api_group,
         resume=args.resume, discovery=not args.no_discovery, conn_limit=args.conn_limit,
         fastdp=not args.no_fastdp, trusted_subnets=check_subnets(args.trusted_subnets),
         offload=args.offload, clamp_mss=args.clamp_mss, rekey_seconds=args.rekey_seconds,
@@ -309,6 +323,30 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
     check_ipalloc(cfg)
     return cfg
+
+
+def _api_socket_options(args: argparse.Namespace) -> tuple[str | None, int | None]:
+    """``--api-socket`` (a path, or off) and ``--api-group`` (a group name or gid)."""
+    from sleeve.status.unixsock import check_socket_path
+
+    sock = None if args.api_socket in ("off", "", "none") else args.api_socket
+    if sock is not None:
+        try:
+            check_socket_path(sock)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if not args.api_group:
+        return sock, None
+    if sock is None:
+        raise ConfigError("--api-group needs the API socket (--api-socket is off)")
+    import grp
+
+    try:
+        gid = (grp.getgrgid(int(args.api_group)) if args.api_group.isdigit()
+               else grp.getgrnam(args.api_group)).gr_gid
+    except (KeyError, OverflowError):
+        raise ConfigError(f"--api-group: no group {args.api_group!r} on this host") from None
+    return sock, gid
 
 
 class _JsonFormatter(logging.Formatter):
@@ -332,14 +370,14 @@ def _setup_logging(level: str, fmt: str = "text") -> None:
 def launch(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level, args.log_format)
     if os.geteuid() != 0:
-        _fail("sleeve launch must run as root (it creates a TAP device and raw sockets)")
+        fail("sleeve launch must run as root (it creates a TAP device and raw sockets)")
     try:
         cfg = config_from_args(args)
         from sleeve.ipam.service import host_networks
 
         check_ipalloc(cfg, host_networks(cfg.iface))  # the range must miss the underlay
     except ConfigError as e:
-        _fail(str(e), 2)
+        fail(str(e), 2)
     from sleeve.capture.base import Port, PortError
     from sleeve.crypto.keys import stable_mac
     from sleeve.ipam.validate import IpamError
@@ -356,9 +394,9 @@ def launch(args: argparse.Namespace) -> int:
     try:
         node = Node(cfg, make_port)
     except IpamError as e:  # a state file we must not use: guessing could duplicate addresses
-        _fail(f"ipam: {e}")
+        fail(f"ipam: {e}")
     except (OSError, ValueError) as e:
-        _fail(f"cannot load the static key from {cfg.state_dir}: {e}")
+        fail(f"cannot load the static key from {cfg.state_dir}: {e}")
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -371,161 +409,9 @@ def launch(args: argparse.Namespace) -> int:
 
         uvloop.run(main())
     except PortError as e:
-        _fail(str(e))
+        fail(str(e))
     except OSError as e:
-        _fail(e.strerror or str(e))
-    return 0
-
-
-def dns_action(args: argparse.Namespace) -> int:
-    """``sleeve dns add|remove``: checked here first (exit 2), then by the router (exit 1)."""
-    import urllib.parse
-
-    from sleeve.dns.names import BadName, check_name, parse_address
-
-    q = {"name": args.name}
-    try:
-        check_name(args.name)
-        if args.address is not None:
-            q["address"] = str(parse_address(args.address))
-    except BadName as e:
-        _fail(f"bad name: {e}", 2)
-    except ValueError as e:
-        _fail(str(e), 2)
-    if args.dns_cmd == "add":
-        q["id"] = args.id
-    path = f"/dns/{args.dns_cmd}?{urllib.parse.urlencode(q)}"
-    print(json.dumps(_api(args.http, path, "POST")))
-    return 0
-
-
-class _ApiError(Exception):
-    pass
-
-
-def _url(http: str, path: str) -> str:
-    try:
-        host, port = check_host_port(http, "--http")
-    except ConfigError as e:
-        _fail(str(e), 2)
-    return f"http://{host}:{port}{path}"
-
-
-def _call(url: str, method: str = "GET", timeout: float = 5.0) -> Any:
-    req = urllib.request.Request(url, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        raise _ApiError(f"router refused: {e.read().decode(errors='replace').strip()}") \
-            from None
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise _ApiError(f"no router answering at {url}: {getattr(e, 'reason', e)}") from None
-
-
-def _api(http: str, path: str, method: str = "GET", timeout: float = 5.0) -> Any:
-    try:
-        return _call(_url(http, path), method, timeout)
-    except _ApiError as e:
-        _fail(str(e))
-
-
-def _watch(args: argparse.Namespace) -> int:
-    from sleeve.status.watch import watch
-
-    url = _url(args.http, "/status")
-    try:
-        return watch(lambda: _call(url), url, args.interval)
-    except _ApiError as e:
-        _fail(str(e))
-
-
-def ipam_action(args: argparse.Namespace) -> int:
-    """``sleeve ipam allocate|release``, ``rmpeer``, ``reset``, ``expose``: stable output.
-
-    Input is checked here first (exit 2); the router's refusals exit 1, one line."""
-    import urllib.parse
-
-    from sleeve.ipam.validate import IpamError, check_id
-
-    q: dict[str, str] = {}
-    if args.cmd == "ipam":
-        try:
-            q["id"] = check_id(args.id)
-        except IpamError as e:
-            _fail(str(e), 2)
-    if getattr(args, "subnet", ""):
-        try:
-            ipaddress.IPv4Network(args.subnet, strict=True)
-        except ValueError:
-            _fail(f"--subnet needs an IPv4 CIDR like 10.32.0.0/16: {args.subnet!r}", 2)
-        q["subnet"] = args.subnet
-    if args.cmd == "rmpeer":
-        q["peer"] = args.peer
-    if args.cmd == "reset" and args.force:
-        q["force"] = "1"
-    path = {"ipam": f"/ipam/{getattr(args, 'ipam_cmd', '')}", "rmpeer": "/ipam/rmpeer",
-            "reset": "/ipam/reset", "expose": "/ipam/expose"}[args.cmd]
-    # an allocation may wait for the mesh: the router gives up after 20 s, we a little later
-    r = _api(args.http, f"{path}?{urllib.parse.urlencode(q)}", "POST", timeout=30)
-    if args.cmd in ("ipam", "expose") and "address" in r:
-        print(json.dumps({"id": r["id"], "address": r["address"]}) if args.json
-              else r["address"])
-    else:
-        print(json.dumps(r))
-    if args.cmd == "reset":
-        host, port = check_host_port(args.http, "--http")
-        for _ in range(50):  # bounded: the router stops about a second after donating
-            try:
-                socket.create_connection((host, port), timeout=0.5).close()
-            except OSError:
-                return 0
-            time.sleep(0.2)
-        _fail("the router did not stop within 10 s")
-    return 0
-
-
-def status(args: argparse.Namespace) -> int:
-    if args.watch:
-        return _watch(args)
-    data: dict[str, Any] = _api(args.http, "/status")
-    from sleeve.status.render import render
-
-    part = data if args.what == "summary" else data.get(args.what, [])
-    print(json.dumps(part, indent=1) if args.json else render(args.what, data))
-    return 0
-
-
-def peers_action(args: argparse.Namespace) -> int:
-    import urllib.parse
-
-    for p in args.peers:
-        try:
-            parse_target(p)
-        except ConfigError as e:
-            _fail(str(e), 2)
-    q = urllib.parse.urlencode({"peer": ",".join(args.peers)})
-    print(json.dumps(_api(args.http, f"/{args.cmd}?{q}", "POST")))
-    return 0
-
-
-def cni_install(args: argparse.Namespace) -> int:
-    from sleeve.cni.install import install
-
-    try:
-        check_host_port(args.api, "--api")
-        if args.subnet:
-            import ipaddress
-
-            ipaddress.ip_network(args.subnet)
-    except (ConfigError, ValueError) as e:
-        _fail(str(e), 2)
-    try:
-        for path in install(args.bin_dir, args.conf_dir, args.api, args.subnet,
-                            args.masquerade, args.python):
-            print(path)
-    except OSError as e:
-        _fail(f"cannot install the CNI plugins: {e}")
+        fail(e.strerror or str(e))
     return 0
 
 
@@ -540,11 +426,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     try:
         layers = layered_defaults(args.config)
     except ConfigError as e:
-        _fail(str(e), 2)
+        fail(str(e), 2)
     if not layers:
         return args
     if layers.get("password_file") and layers.get("open"):
-        _fail("config sets both password-file and open", 2)
+        fail("config sets both password-file and open", 2)
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             action.choices["launch"].set_defaults(**layers)
@@ -565,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "status":
         return status(args)
     if args.cmd == "report":
-        print(json.dumps(_api(args.http, "/report"), indent=1))
+        print(json.dumps(get_json(args, "/report"), indent=1))
         return 0
     if args.cmd in ("connect", "forget"):
         return peers_action(args)

@@ -7,7 +7,8 @@ import pathlib
 from dataclasses import dataclass, field
 
 DEFAULT_PORT = 6783
-DEFAULT_HTTP = "127.0.0.1:6782"
+DEFAULT_HTTP = "127.0.0.1:6782"  # read-only: status, metrics, the /ui page
+DEFAULT_API_SOCKET = "/run/sleeve/sleeve.sock"  # every change: root (or --api-group) only
 DEFAULT_IFACE = "sleeve0"
 DEFAULT_BRIDGE = "sleeve"
 # 1500-byte underlay - IPv4/UDP 28 - sleeve 36 (header 16, tag 16, record 4) - source and
@@ -47,6 +48,10 @@ class Config:
     nickname: str = "sleeve"
     peers: tuple[Target, ...] = ()
     http: str | None = DEFAULT_HTTP
+    # the state-changing API (status.unixsock); None: none. The CLI's default is
+    # DEFAULT_API_SOCKET; in-process routers (tests) name their own or have none.
+    api_socket: str | None = None
+    api_group: int | None = None  # gid that may use api_socket too (0660); None: root only
     resume: bool = False  # also dial the peers remembered in state_dir/peers.json
     discovery: bool = True  # dial the peers learnt from gossip
     conn_limit: int = DEFAULT_CONN_LIMIT

@@ -27,6 +27,7 @@ OPTIONS: dict[str, type] = {
     "password_file": str, "no_encryption": bool, "open": bool, "port": int, "listen": str,
     "iface": str,
     "attach": str, "ip": str, "mtu": int, "state_dir": str, "nickname": str, "http": str,
+    "api_socket": str, "api_group": str,
     "log_level": str, "log_format": str, "peers": list, "resume": bool,
     "offload": bool, "clamp_mss": bool, "no_discovery": bool, "conn_limit": int, "no_fastdp": bool,
     "trusted_subnets": str, "rekey_seconds": float,

@@ -29,6 +29,7 @@ import contextlib
 import errno
 import logging
 import os
+import pathlib
 import random
 import socket
 import time
@@ -37,7 +38,7 @@ from typing import Any
 
 from sleeve.capture.base import Port
 from sleeve.capture.bridge import BridgeError, HostBridge
-from sleeve.config import Config, Target, check_host_port
+from sleeve.config import DEFAULT_API_SOCKET, Config, Target, check_host_port
 from sleeve.control.connections import Connections, Identity, TargetState
 from sleeve.control.dialler import Dialler, task_spawner
 from sleeve.crypto.keys import Signer, format_peer_id, load_or_create_static_key
@@ -60,6 +61,7 @@ from sleeve.proto.mactable import LOCAL, MacTable
 from sleeve.proto.stats import Counters
 from sleeve.status.http import (
     EventStream,
+    HttpServer,
     Route,
     json_action,
     json_async_action,
@@ -68,6 +70,7 @@ from sleeve.status.http import (
 )
 from sleeve.status.metrics import metrics_route
 from sleeve.status.ui import ui_routes, ui_streams
+from sleeve.status.unixsock import ApiSocket
 from sleeve.traversal.punch import Traversal
 
 log = logging.getLogger("sleeve")
@@ -167,15 +170,8 @@ class Node:
             server = await self._listen(stack)
             stack.callback(server.close)
             self._tcp_port = server.sockets[0].getsockname()[1]
-            if self.cfg.http:
-                host, hport = check_host_port(self.cfg.http, "--http")
-                try:
-                    http = await start_http(host, hport, self.http_routes(),
-                                            self.http_streams())
-                except OSError as e:
-                    raise OSError(e.errno, f"cannot serve the status API on {self.cfg.http}: "
-                                  f"{e.strerror}") from None
-                stack.push_async_callback(http.aclose)
+            if self.cfg.http or self.cfg.api_socket:
+                stack.push_async_callback((await self._start_api()).aclose)
             self.port = port = (self._port_factory() if callable(self._port_factory)
                                 else self._port_factory)
             stack.callback(port.close)
@@ -228,6 +224,22 @@ class Node:
                 self._tg = None
                 self.traversal.spawn = None
         log.info("sleeve %s stopped", self.name)
+
+    async def _start_api(self) -> HttpServer:
+        """Reads on TCP (--http), changes on the unix socket (--api-socket): status.http."""
+        cfg = self.cfg
+        host, hport = check_host_port(cfg.http, "--http") if cfg.http else (None, 0)
+        unix = None
+        if cfg.api_socket:
+            path = pathlib.Path(cfg.api_socket)
+            unix = ApiSocket(path, cfg.api_group,
+                             manage_dir=path.parent == pathlib.Path(DEFAULT_API_SOCKET).parent)
+        try:
+            return await start_http(host, hport, self.http_routes(), self.http_streams(), unix)
+        except OSError as e:
+            where = " and ".join(x for x in (cfg.http, cfg.api_socket) if x)
+            raise OSError(e.errno, f"cannot serve the local API on {where}: "
+                          f"{e.strerror or e}") from None
 
     async def _listen(self, stack: contextlib.AsyncExitStack) -> asyncio.Server:
         """UDP socket(s), then TCP on the same port number.
@@ -415,7 +427,9 @@ class Node:
                        "attach": cfg.attach, "ip": cfg.ip, "mtu": cfg.mtu,
                        "state_dir": str(cfg.state_dir), "nickname": cfg.nickname,
                        "encrypted": cfg.encrypted, "peers": [str(p) for p in cfg.peers],
-                       "http": cfg.http, "dns": cfg.dns, "dns_listen": list(cfg.dns_listen),
+                       "http": cfg.http, "api_socket": cfg.api_socket,
+                       "api_group": cfg.api_group, "dns": cfg.dns,
+                       "dns_listen": list(cfg.dns_listen),
                        "dns_domain": cfg.dns_domain, "dns_ttl": cfg.dns_ttl,
                        "dns_one_address": cfg.dns_one_address, "dns_rate": cfg.dns_rate,
                        "ipalloc_range": cfg.ipalloc_range,

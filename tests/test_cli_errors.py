@@ -36,7 +36,11 @@ def test_bad_flag() -> None:
 
 def test_bad_values() -> None:
     for args, needle in ((["--port", "70000"], "--port"), (["--ip", "198.19.0.1"], "prefix"),
-                         (["--mtu", "100"], "--mtu"), (["--iface", "x" * 20], "15")):
+                         (["--mtu", "100"], "--mtu"), (["--iface", "x" * 20], "15"),
+                         (["--api-socket", "api.sock"], "absolute file path"),
+                         (["--api-socket", "/" + "x" * 120], "longer than 107 bytes"),
+                         (["--api-group", "no-such-group-here"], "no group"),
+                         (["--api-socket", "off", "--api-group", "root"], "--api-socket is off")):
         r = run("launch", "--no-encryption", "--open", *args)
         assert r.returncode == 2
         assert needle in one_line_error(r)
@@ -80,7 +84,8 @@ def host() -> Iterator[Host]:
 def _launch_in(host: Host, *args: str, pre: list[str] | None = None,
                ) -> subprocess.CompletedProcess[str]:
     return host.run(*(pre or []), *SLEEVE, "launch", "--no-encryption", "--open", "--state-dir",
-                    f"/tmp/sleeve-cli-test-{os.getpid()}", "--http", "off", *args,
+                    f"/tmp/sleeve-cli-test-{os.getpid()}", "--http", "off", "--api-socket", "off",
+                    *args,
                     check=False, timeout=30)
 
 

@@ -9,8 +9,10 @@ import json
 import os
 import pathlib
 import shlex
+import socketserver
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -25,11 +27,12 @@ from sleeve.cni import install, ipam, net, spec
 from sleeve.cni.api import PATHS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-DOWN = "127.0.0.1:9"  # discard port on loopback: nothing listens, connect is refused
+DOWN = "/nonexistent/sleeve-api.sock"  # no router: connect fails at once
 
 
 class FakeRouter:
-    """The router's local API as the plugins use it (PATHS), recording every call."""
+    """The router's local API as the plugins use it (PATHS, on a unix socket like the
+    router's), recording every call."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, str]]] = []
@@ -55,8 +58,8 @@ class FakeRouter:
             def log_message(self, *a: Any) -> None:
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.addr = f"127.0.0.1:{self.httpd.server_address[1]}"
+        self.addr = str(pathlib.Path(tempfile.mkdtemp(prefix="sleeve-test-")) / "api.sock")
+        self.httpd = socketserver.ThreadingUnixStreamServer(self.addr, H)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def answer(self, route: str, q: dict[str, str]) -> tuple[int, Any]:
@@ -189,17 +192,28 @@ def test_router_down_is_try_again_later_at_once(handlers: dict[str, spec.Handler
 def test_router_that_never_answers_is_11_within_the_timeout(tmp_path: pathlib.Path) -> None:
     import socket
 
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
+    path = tmp_path / "api.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
     s.listen(1)  # accepts (kernel backlog) but never answers
     try:
-        api = ipam.RouterApi("127.0.0.1", s.getsockname()[1], read_timeout=0.5)
+        api = ipam.RouterApi(str(path), read_timeout=0.5)
         t = time.monotonic()
         with pytest.raises(spec.CniError) as ei:
             api.call("bridge")
         assert ei.value.code == 11 and time.monotonic() - t < 2.0
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("handlers", [net.HANDLERS, ipam.HANDLERS], ids=["net", "ipam"])
+def test_a_tcp_api_address_is_refused_with_the_fix(handlers: dict[str, spec.Handler],
+                                                   tmp_path: pathlib.Path) -> None:
+    """A conflist from before the socket (``"api": "127.0.0.1:6782"``): the TCP API only
+    serves reads, so the plugin says what to do instead of failing on a 403 later."""
+    rc, out = call(handlers, env("ADD", CNI_NETNS="/"), conf("127.0.0.1:6782", tmp_path))
+    assert rc == 1 and is_error(out, 7), out
+    assert out is not None and "read-only" in out["msg"] and "cni install" in out["msg"]
 
 
 def test_status_says_50_or_51_when_the_router_is_down(tmp_path: pathlib.Path) -> None:
@@ -332,6 +346,11 @@ def test_cni_install_writes_runnable_plugins(tmp_path: pathlib.Path) -> None:
     assert sorted(os.listdir(b)) == ["sleeve-ipam", "sleeve-net"]
     conflist = json.loads((cdir / "10-sleeve.conflist").read_text())
     assert conflist["name"] == "sleeve"
+    assert conflist["plugins"][0]["api"] == "/run/sleeve/sleeve.sock"  # the router's default
+    r = subprocess.run([sys.executable, "-m", "sleeve", "cni", "install", "--bin-dir", str(b),
+                        "--conf-dir", str(cdir), "--api", "127.0.0.1:6782"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2 and "absolute file path" in r.stderr, r.stderr
     clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     for exe in ("sleeve-net", "sleeve-ipam"):
         assert os.access(b / exe, os.X_OK)
@@ -379,6 +398,9 @@ def test_kubernetes_manifest_parses_and_uses_only_real_options(tmp_path: pathlib
     assert main["securityContext"]["privileged"] is True
     vols = {v["name"]: v for v in pod["volumes"]}
     assert vols["state"]["hostPath"]["path"] == "/var/lib/sleeve"
+    # the plugins on the node reach the router's API socket (its default path)
+    assert vols["api"]["hostPath"]["path"] == "/run/sleeve"
+    assert {"name": "api", "mountPath": "/run/sleeve"} in main["volumeMounts"]
     assert vols["password"]["secret"]["secretName"]
     assert vols["config"]["configMap"]["name"] == kinds["ConfigMap"]["metadata"]["name"]
     assert "peers" in kinds["ConfigMap"]["data"]["sleeve.toml"]

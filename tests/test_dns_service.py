@@ -29,7 +29,7 @@ from sleeve.crypto.noise import KeyPair
 from sleeve.dns.service import STATE_FILE, DnsService, Store, listen_addresses
 from sleeve.node import Node
 from tests.test_node_inproc import PSK, established, wait_for
-from tests.test_status_api import free_port, get, metric
+from tests.test_status_api import free_port, get, metric, node_api
 
 SLEEVE = [sys.executable, "-m", "sleeve"]
 
@@ -40,16 +40,15 @@ def tmpdir() -> pathlib.Path:
 
 def node(host: str, peers: tuple[Target, ...] = (), state: pathlib.Path | None = None,
          static: KeyPair | None = None, dns_port: int = 0, **kw: Any) -> Node:
+    state = state or tmpdir()
     cfg = Config(psk=PSK, port=0, listen="127.0.0.1", http=f"127.0.0.1:{free_port()}",
-                 peers=peers, state_dir=state or tmpdir(),
+                 api_socket=str(state / "api.sock"), peers=peers, state_dir=state,
                  dns_listen=(f"{host}:{dns_port}",), **kw)
     return Node(cfg, MemoryPort(), static=static or KeyPair.generate())
 
 
 def api(n: Node, path: str, method: str = "GET", **q: str) -> Any:
-    assert n.cfg.http is not None
-    qs = f"?{urllib.parse.urlencode(q)}" if q else ""
-    return json.loads(get(f"http://{n.cfg.http}{path}{qs}", method))
+    return node_api(n, path, method, **q)
 
 
 async def ask(n: Node, name: str, qtype: str = "A") -> dns.message.Message:
@@ -303,7 +302,7 @@ def test_cli_dns_add_remove_status_against_a_router() -> None:
         t = asyncio.create_task(n.run())
         try:
             await wait_for(lambda: n.dns.server is not None)
-            h = ["--http", str(n.cfg.http)]
+            h = ["--api-socket", str(n.cfg.api_socket)]
             r = await asyncio.to_thread(cli, "dns", "add", "api", "198.19.0.5", "--id", "c9", *h)
             assert r.returncode == 0, r.stderr
             assert json.loads(r.stdout)["added"] is True
@@ -332,8 +331,8 @@ def test_cli_dns_add_remove_status_against_a_router() -> None:
 
 
 def test_cli_dns_without_a_router_is_one_line() -> None:
-    r = cli("dns", "add", "web", "198.19.0.1", "--http", f"127.0.0.1:{free_port()}")
-    assert "no router answering" in one_line(r)
+    r = cli("dns", "add", "web", "198.19.0.1", "--api-socket", f"{tmpdir()}/api.sock")
+    assert "no router API socket at" in one_line(r)
 
 
 def test_service_registers_its_channel_with_a_bound() -> None:

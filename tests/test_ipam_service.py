@@ -27,9 +27,11 @@ from sleeve.crypto.noise import KeyPair
 from sleeve.ipam.service import STATE_FILE, expose_id
 from sleeve.ipam.validate import IpamError
 from sleeve.node import Node
+from sleeve.status.client import Endpoint, request
 from sleeve.status.http import Unavailable, json_async_action, start_http
+from sleeve.status.unixsock import ApiSocket
 from tests.test_node_inproc import PSK, wait_for
-from tests.test_status_api import free_port, get, metric
+from tests.test_status_api import free_port, get, metric, node_api
 
 RANGE = "198.19.128.0/18"
 NET = ipaddress.ip_network(RANGE)
@@ -41,16 +43,15 @@ def tmpdir() -> pathlib.Path:
 
 def node(peers: tuple[Target, ...] = (), state: pathlib.Path | None = None,
          static: KeyPair | None = None, init: str = "consensus=2", **kw: Any) -> Node:
+    state = state or tmpdir()
     cfg = Config(psk=PSK, port=0, listen="127.0.0.1", http=f"127.0.0.1:{free_port()}",
-                 peers=peers, state_dir=state or tmpdir(), dns=False,
+                 api_socket=str(state / "api.sock"), peers=peers, state_dir=state, dns=False,
                  ipalloc_range=RANGE, ipalloc_init=init, **kw)
     return Node(cfg, MemoryPort(), static=static or KeyPair.generate())
 
 
 def api(n: Node, path: str, method: str = "POST", **q: str) -> Any:
-    assert n.cfg.http is not None
-    qs = f"?{urllib.parse.urlencode(q)}" if q else ""
-    return json.loads(get(f"http://{n.cfg.http}{path}{qs}", method))
+    return node_api(n, path, method, **q)
 
 
 async def aapi(n: Node, path: str, method: str = "POST", **q: str) -> Any:
@@ -254,17 +255,17 @@ async def _async_route_server() -> None:
     async def slow(q: dict[str, str]) -> dict[str, str]:
         raise Unavailable("no answer in time")
 
-    port = free_port()
-    srv = await start_http("127.0.0.1", port, {"POST /ok": json_async_action(ok),
-                                               "POST /slow": json_async_action(slow)})
+    sock = ApiSocket(tmpdir() / "api.sock")
+    srv = await start_http(None, 0, {"POST /ok": json_async_action(ok),
+                                     "POST /slow": json_async_action(slow)}, None, sock)
     try:
-        r = await asyncio.to_thread(get, f"http://127.0.0.1:{port}/ok?x=1", "POST")
-        assert json.loads(r) == {"echo": "1"}
-        with pytest.raises(urllib.error.HTTPError) as ei:
-            await asyncio.to_thread(get, f"http://127.0.0.1:{port}/slow", "POST")
-        assert ei.value.code == 503 and ei.value.read() == b"no answer in time\n"
+        api = Endpoint(unix=str(sock.path))
+        r = await asyncio.to_thread(request, api, "POST", "/ok?x=1")
+        assert (r[0], json.loads(r[1])) == (200, {"echo": "1"})
+        r = await asyncio.to_thread(request, api, "POST", "/slow")
+        assert r == (503, b"no answer in time\n")
     finally:
-        srv.close()
+        await srv.aclose()
 
 
 def test_http_routes_may_be_async_and_unavailable_is_503() -> None:
@@ -309,13 +310,13 @@ def test_cli_checks_input_before_asking_the_router() -> None:
     for argv, want in ((["ipam", "allocate", ""], "empty ID"),
                        (["ipam", "allocate", "c1", "--subnet", "nope"], "--subnet"),
                        (["ipam", "release", "x" * 65], "longer than")):
-        r = subprocess.run([sys.executable, "-m", "sleeve", *argv, "--http", "127.0.0.1:9"],
+        r = subprocess.run([sys.executable, "-m", "sleeve", *argv, "--api-socket", "/nonexistent"],
                            capture_output=True, text=True, timeout=30)
         assert r.returncode == 2 and want in r.stderr, (argv, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1
-    r = subprocess.run([sys.executable, "-m", "sleeve", "ipam", "allocate", "c1", "--http",
-                        "127.0.0.1:9"], capture_output=True, text=True, timeout=30)
-    assert r.returncode == 1 and "no router answering" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "sleeve", "ipam", "allocate", "c1", "--api-socket",
+                        "/nonexistent/api.sock"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "no router API socket at" in r.stderr
 
 
 def test_reset_donates_every_range_to_a_peer_then_stops_the_router() -> None:
@@ -330,8 +331,9 @@ def test_reset_donates_every_range_to_a_peer_then_stops_the_router() -> None:
             await aapi(b, "/ipam/allocate", id="c2")
             await wait_for(lambda: len(b.ipam.status()["ring"]) == 2, 5)
             r = await asyncio.to_thread(
-                subprocess.run, [sys.executable, "-m", "sleeve", "reset", "--http",
-                                 str(a.cfg.http)], capture_output=True, text=True, timeout=30)
+                subprocess.run, [sys.executable, "-m", "sleeve", "reset", "--api-socket",
+                                 str(a.cfg.api_socket)], capture_output=True, text=True,
+                timeout=30)
             assert r.returncode == 0, r.stderr
             out = json.loads(r.stdout)
             assert out == {"released": 1, "donated_to": b.name, "stopping": True}

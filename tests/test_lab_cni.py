@@ -124,18 +124,21 @@ def _rootfs(d: pathlib.Path) -> pathlib.Path:
     return d
 
 
-def _podman_files(d: pathlib.Path, log: pathlib.Path, i: int) -> dict[str, str]:
+def _podman_files(d: pathlib.Path, log: pathlib.Path, i: int, api: pathlib.Path,
+                  ) -> dict[str, str]:
     bindir, confdir = d / "bin", d / "net.d"
     bindir.mkdir(parents=True)
     for p in os.listdir("/usr/lib/cni"):
         os.symlink(f"/usr/lib/cni/{p}", bindir / p)
+    # each lab router has its own API socket (the hosts share one file system)
     r = subprocess.run([sys.executable, "-m", "sleeve", "cni", "install", "--bin-dir",
-                        str(bindir), "--conf-dir", str(confdir)], capture_output=True,
-                       text=True, timeout=60, cwd=ROOT, check=False)
+                        str(bindir), "--conf-dir", str(confdir), "--api", str(api)],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
     assert r.returncode == 0, r.stderr
     conf = json.loads((confdir / "10-sleeve.conflist").read_text())
     assert [p["type"] for p in conf["plugins"]] == ["sleeve-net", "portmap"]
     net = conf["plugins"][0]
+    assert net["api"] == str(api)
     net["dataDir"] = str(d / "records")
     net["log"] = str(log)
     if IPAM != "sleeve-ipam":
@@ -229,10 +232,10 @@ def _build(c: CniLab, lab: Lab) -> None:
     for i, h in enumerate(hosts):
         d = c.root / h.name
         log = d / "cni.log"
-        env = _podman_files(d, log, i)
         peers = [u for j, u in enumerate(UL) if j != i]
         ipam = ["--ipalloc-range", IPAM_RANGE] if IPAM == "sleeve-ipam" else []
         r = Router(h, ["--ip", f"{OV[i]}/16", *ipam, *peers], wd, "cni lab password")
+        env = _podman_files(d, log, i, r.api_socket)
         c.hosts.append(PodHost(h, r, d, env, log))
     for ph in c.hosts:
         ph.router.wait(established_with(N - 1), 30, "full mesh")

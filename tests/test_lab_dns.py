@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import pytest
 
 from sleeve.lab import Host, Lab
-from sleeve.lab.routers import STATUS_ADDR, Router, established_with, workdir
+from sleeve.lab.routers import Router, established_with, workdir
 
 pytestmark = pytest.mark.lab
 
@@ -142,11 +142,11 @@ def dig(h: Host, server: str, name: str, *opts: str, qtype: str = "A") -> Dig:
                f.group(1).split() if f else [], ans)
 
 
-def sleeve(h: Host, *args: str) -> str:
-    r = h.run(sys.executable, "-m", "sleeve", *args, "--http", STATUS_ADDR, check=False,
-              timeout=20)
-    assert r.returncode == 0, f"sleeve {' '.join(args)} on {h.name}: {r.stderr.strip()}"
-    return r.stdout
+def sleeve(r: Router, *args: str) -> str:
+    """The CLI on the router's host, through its API socket (changes need it)."""
+    p = r.cli(*args, timeout=20)
+    assert p.returncode == 0, f"sleeve {' '.join(args)} on {r.host.name}: {p.stderr.strip()}"
+    return p.stdout
 
 
 def until_everywhere(d: DnsLab, name: str, pred: object, skip: int | None = None,
@@ -169,7 +169,7 @@ def until_everywhere(d: DnsLab, name: str, pred: object, skip: int | None = None
 
 # -- the tests -------------------------------------------------------------------------------
 def test_a_name_added_on_one_router_resolves_on_the_others_within_2s(dl: DnsLab) -> None:
-    sleeve(dl.hosts[0], "dns", "add", "web", "198.19.1.101", "--id", "c1")
+    sleeve(dl.routers[0], "dns", "add", "web", "198.19.1.101", "--id", "c1")
     took = until_everywhere(dl, f"web.{DOMAIN}.",
                             lambda r: r.status == "NOERROR" and r.answers == ["198.19.1.101"],
                             skip=0)
@@ -183,13 +183,13 @@ def test_a_name_added_on_one_router_resolves_on_the_others_within_2s(dl: DnsLab)
         for name in (f"web.{DOMAIN}", "web"):
             g = h.run("getent", "hosts", name, check=False, timeout=10)
             assert g.returncode == 0 and g.stdout.split()[0] == "198.19.1.101", (name, g)
-    assert "web.sleeve.local." in sleeve(dl.hosts[1], "status", "dns")
+    assert "web.sleeve.local." in sleeve(dl.routers[1], "status", "dns")
 
 
 def test_three_addresses_come_first_a_third_of_the_time_each(dl: DnsLab) -> None:
     addrs = ["198.19.1.111", "198.19.1.112", "198.19.1.113"]
     for a in addrs:
-        sleeve(dl.hosts[1], "dns", "add", "lb", a)
+        sleeve(dl.routers[1], "dns", "add", "lb", a)
     until_everywhere(dl, f"lb.{DOMAIN}.", lambda r: sorted(r.answers) == addrs)
     n = 300
     qfile = dl.wd / "lb.queries"
@@ -210,8 +210,8 @@ def test_three_addresses_come_first_a_third_of_the_time_each(dl: DnsLab) -> None
 
 
 def test_removed_names_are_nxdomain_everywhere_within_2s(dl: DnsLab) -> None:
-    sleeve(dl.hosts[1], "dns", "remove", "lb")
-    sleeve(dl.hosts[0], "dns", "remove", "web", "198.19.1.101")
+    sleeve(dl.routers[1], "dns", "remove", "lb")
+    sleeve(dl.routers[0], "dns", "remove", "web", "198.19.1.101")
     for name in (f"lb.{DOMAIN}.", f"web.{DOMAIN}."):
         took = until_everywhere(dl, name, lambda r: r.status == "NXDOMAIN")
         print(f"\n{name} removed: NXDOMAIN everywhere after {[round(t, 2) for t in took]} s")
@@ -220,7 +220,7 @@ def test_removed_names_are_nxdomain_everywhere_within_2s(dl: DnsLab) -> None:
 
 def test_a_restarted_router_brings_its_names_back(dl: DnsLab) -> None:
     r3 = dl.routers[2]
-    sleeve(dl.hosts[2], "dns", "add", "keep", "198.19.1.103", "--id", "c3")
+    sleeve(dl.routers[2], "dns", "add", "keep", "198.19.1.103", "--id", "c3")
     until_everywhere(dl, f"keep.{DOMAIN}.", lambda r: r.answers == ["198.19.1.103"])
     v0 = max(r["version"] for r in dl.routers[0].status()["dns"]["records"]
              if r["name"] == f"keep.{DOMAIN}.")
@@ -269,12 +269,13 @@ def test_other_names_are_forwarded_to_the_upstream_servfail_when_it_is_down(dl: 
 
 def test_an_answer_over_512_bytes_is_truncated_then_complete_over_tcp(dl: DnsLab) -> None:
     many = [f"198.19.2.{i + 1}" for i in range(40)]  # 40 A records: ~700 bytes of answer
-    script = ("import urllib.request,urllib.parse,sys\n"
-              "for a in sys.argv[1:]:\n"
+    script = ("import urllib.parse,sys\n"
+              "from sleeve.status.client import Endpoint, call\n"
+              "for a in sys.argv[2:]:\n"
               "    q=urllib.parse.urlencode({'name':'big','address':a})\n"
-              f"    urllib.request.urlopen(urllib.request.Request("
-              f"'http://{STATUS_ADDR}/dns/add?'+q,method='POST'),timeout=5).read()\n")
-    dl.hosts[0].run(sys.executable, "-c", script, *many, timeout=60)
+              "    call(Endpoint(unix=sys.argv[1]), 'POST', '/dns/add?'+q)\n")
+    dl.hosts[0].run(sys.executable, "-c", script, str(dl.routers[0].api_socket), *many,
+                    timeout=60)
     until_everywhere(dl, f"big.{DOMAIN}.", lambda r: sorted(r.answers) == sorted(many),
                      opts=("+tcp",))
     r = dig(dl.hosts[2], OV[2], f"big.{DOMAIN}.", "+noedns", "+ignore")

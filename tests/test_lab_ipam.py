@@ -17,7 +17,6 @@ from __future__ import annotations
 import concurrent.futures
 import ipaddress
 import json
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from typing import Any
 import pytest
 
 from sleeve.lab import Host, Lab
-from sleeve.lab.routers import STATUS_ADDR, Router, established_with, workdir
+from sleeve.lab.routers import Router, established_with, workdir
 
 pytestmark = pytest.mark.lab
 
@@ -75,11 +74,12 @@ def il() -> Iterator[IpamLab]:
         yield d
 
 
-def sleeve(h: Host, *args: str, check: bool = True, timeout: float = 40) -> Any:
-    r = h.run(sys.executable, "-m", "sleeve", *args, "--http", STATUS_ADDR, check=False,
-              timeout=timeout)
+def sleeve(router: Router, *args: str, check: bool = True, timeout: float = 40) -> Any:
+    """The CLI on the router's host, through its API socket (changes need it)."""
+    r = router.cli(*args, timeout=timeout)
     if check:
-        assert r.returncode == 0, f"sleeve {' '.join(args)} on {h.name}: {r.stderr.strip()}"
+        assert r.returncode == 0, (f"sleeve {' '.join(args)} on {router.host.name}: "
+                                   f"{r.stderr.strip()}")
     return r
 
 
@@ -87,7 +87,7 @@ def allocate_many(d: IpamLab, jobs: list[tuple[int, str]]) -> float:
     """Run ``sleeve ipam allocate ID --json`` for each (host, id), POOL at a time; seconds."""
     def one(job: tuple[int, str]) -> tuple[int, str, Any]:
         i, owner = job
-        return i, owner, sleeve(d.hosts[i], "ipam", "allocate", owner, "--json", check=False)
+        return i, owner, sleeve(d.r(i), "ipam", "allocate", owner, "--json", check=False)
 
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(POOL) as ex:
@@ -156,10 +156,10 @@ def test_200_concurrent_allocations_over_three_then_four_routers_are_unique(il: 
     # retries are safe: the same ID gives the same address again
     for owner in ("a0", "a1", "b3"):
         i, addr = il.given[owner]
-        assert sleeve(il.hosts[i], "ipam", "allocate", owner).stdout.strip() == addr
+        assert sleeve(il.r(i), "ipam", "allocate", owner).stdout.strip() == addr
     took = rings_converge(il, [0, 1, 2, 3], 15)
     print(f"rings equal on all four {took:.1f} s after the last allocation")
-    text = sleeve(il.hosts[3], "status", "ipam").stdout
+    text = sleeve(il.r(3), "status", "ipam").stdout
     assert "REACHABLE" in text and "b3" in text
 
 
@@ -191,7 +191,7 @@ def test_a_killed_router_is_removed_with_rmpeer_and_its_space_reused(il: IpamLab
     st = il.r(0).status()
     pid = next(p["peer"] for p in st["peers"] if p["nickname"] == "i2")
     ranges = next(p["ranges"] for p in st["ipam"]["ring"] if p["peer"] == pid)
-    r = sleeve(il.hosts[0], "rmpeer", pid, check=False)
+    r = sleeve(il.r(0), "rmpeer", pid, check=False)
     assert r.returncode == 1 and "reachable" in r.stderr and len(r.stderr.splitlines()) == 1
     victim.kill()
     il.routers[1] = None
@@ -200,7 +200,7 @@ def test_a_killed_router_is_removed_with_rmpeer_and_its_space_reused(il: IpamLab
             del il.given[k]  # gone with the router (rmpeer's danger: they may be reused)
     il.r(0).wait(lambda s: not any(p["reachable"] for p in s["peers"] if p["peer"] == pid),
                  30, "i2 unreachable")
-    out = json.loads(sleeve(il.hosts[0], "rmpeer", pid).stdout)
+    out = json.loads(sleeve(il.r(0), "rmpeer", pid).stdout)
     assert out["peer"] == pid and out["freed"] > 0
     # a subnet inside i2's former space: i1 allocates there itself, i3 gets it by donation
     big = max(ranges, key=lambda x: int(ipaddress.ip_address(x["end"]))
@@ -208,9 +208,9 @@ def test_a_killed_router_is_removed_with_rmpeer_and_its_space_reused(il: IpamLab
     lo, hi = ipaddress.IPv4Address(big["start"]), ipaddress.IPv4Address(big["end"])
     sub = max(ipaddress.summarize_address_range(lo, hi), key=lambda n: n.num_addresses)
     t0 = time.monotonic()
-    a1 = sleeve(il.hosts[0], "ipam", "allocate", "reuse-1", "--subnet", str(sub)).stdout.strip()
+    a1 = sleeve(il.r(0), "ipam", "allocate", "reuse-1", "--subnet", str(sub)).stdout.strip()
     t1 = time.monotonic()
-    a3 = sleeve(il.hosts[2], "ipam", "allocate", "reuse-3", "--subnet", str(sub)).stdout.strip()
+    a3 = sleeve(il.r(2), "ipam", "allocate", "reuse-3", "--subnet", str(sub)).stdout.strip()
     t3 = time.monotonic()
     print(f"\nin {sub} (was i2's): i1 {a1} in {t1 - t0:.2f} s, i3 {a3} (donated by i1) in "
           f"{t3 - t1:.2f} s, CLI start-up included")
@@ -228,8 +228,8 @@ def test_a_restarted_router_gives_the_same_address_for_the_same_id(il: IpamLab) 
     r3.wait(established_with(2), 30, "i3 back in the mesh")
     assert r3.status()["ipam"]["restored"] == len(mine)
     for owner in sorted(mine)[:5]:
-        assert sleeve(il.hosts[2], "ipam", "allocate", owner).stdout.strip() == mine[owner]
-    new = sleeve(il.hosts[2], "ipam", "allocate", "after-restart").stdout.strip()
+        assert sleeve(il.r(2), "ipam", "allocate", owner).stdout.strip() == mine[owner]
+    new = sleeve(il.r(2), "ipam", "allocate", "after-restart").stdout.strip()
     assert new not in {a for _i, a in il.given.values()}
     il.given["after-restart"] = (2, new)
     check_unique(il)
@@ -238,12 +238,12 @@ def test_a_restarted_router_gives_the_same_address_for_the_same_id(il: IpamLab) 
 def test_expose_gives_hosts_overlay_addresses_that_reach_each_other(il: IpamLab) -> None:
     got = {}
     for i in (0, 2):
-        out = json.loads(sleeve(il.hosts[i], "expose", "--json").stdout)
+        out = json.loads(sleeve(il.r(i), "expose", "--json").stdout)
         assert out["id"] == f"expose:i{i + 1}"
         got[i] = out["address"]
         # on the router's bridge: an address on the TAP (a bridge port) would not route
         assert got[i] in il.hosts[i].ipv4("sleeve"), il.hosts[i].ipv4("sleeve")
-        again = json.loads(sleeve(il.hosts[i], "expose", "--json").stdout)
+        again = json.loads(sleeve(il.r(i), "expose", "--json").stdout)
         assert again["address"] == got[i]
     assert il.hosts[0].wait_ping(got[2].split("/")[0], 15), "exposed addresses do not reach"
     il.given.update({f"expose:i{i + 1}": (i, a) for i, a in got.items()})

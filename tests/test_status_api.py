@@ -7,15 +7,18 @@ import json
 import pathlib
 import socket
 import tempfile
+import urllib.error
 import urllib.request
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sleeve.capture.memory import MemoryPort
 from sleeve.config import Config, Target
 from sleeve.crypto.noise import KeyPair
 from sleeve.node import Node
+from sleeve.status.client import Endpoint, call
 from tests.test_node_inproc import BCAST, MAC_A, PSK, established, frame, wait_for
 
 
@@ -33,6 +36,26 @@ def get(url: str, method: str = "GET") -> bytes:
     with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=5) as r:
         data: bytes = r.read()
         return data
+
+
+def node_api(n: Node, path: str, method: str = "GET", **q: str) -> Any:
+    """A router's API as its clients use it: reads on TCP, changes on the unix socket.
+    A refusal raises HTTPError (``.code``, ``.read()``), whichever the transport."""
+    import io
+    import urllib.parse
+
+    from sleeve.status.client import request
+
+    target = path + (f"?{urllib.parse.urlencode(q)}" if q else "")
+    if method == "GET":
+        assert n.cfg.http is not None
+        return json.loads(get(f"http://{n.cfg.http}{target}"))
+    assert n.cfg.api_socket is not None
+    status, body = request(Endpoint(unix=n.cfg.api_socket), method, target, timeout=40)
+    if status != 200:
+        raise urllib.error.HTTPError(target, status, "refused", None,  # type: ignore[arg-type]
+                                     io.BytesIO(body))
+    return json.loads(body)
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -53,8 +76,9 @@ def test_status_and_metrics_match_the_traffic() -> None:
         tb = asyncio.create_task(b.run())
         await wait_for(lambda: b.udp is not None)
         pa = MemoryPort()
+        sock = tmpdir() / "api.sock"
         a = Node(Config(psk=PSK, port=0, listen="127.0.0.1", http=f"127.0.0.1:{ha}",
-                        nickname="a", state_dir=tmpdir(),
+                        api_socket=str(sock), nickname="a", state_dir=tmpdir(),
                         peers=(Target("127.0.0.1", b.udp_port),)), pa,
                  static=KeyPair.generate())
         ta = asyncio.create_task(a.run())
@@ -97,13 +121,19 @@ def test_status_and_metrics_match_the_traffic() -> None:
             assert "psk" not in json.dumps(rep).lower()
             # connect / forget through the API (a closed local port: never leaves the machine)
             dead = free_port()
-            out = json.loads(await asyncio.to_thread(
-                get, f"http://127.0.0.1:{ha}/connect?peer=127.0.0.1:{dead}", "POST"))
+            before = set(a.targets)
+            for verb in ("connect", "forget"):  # TCP is read-only: refused, nothing changes
+                with pytest.raises(urllib.error.HTTPError) as ei:
+                    await asyncio.to_thread(
+                        get, f"http://127.0.0.1:{ha}/{verb}?peer=127.0.0.1:{dead}", "POST")
+                assert ei.value.code == 403 and b"read-only" in ei.value.read()
+            assert set(a.targets) == before
+            api = Endpoint(unix=str(sock))
+            out = await asyncio.to_thread(call, api, "POST", f"/connect?peer=127.0.0.1:{dead}")
             assert out == {"added": [f"127.0.0.1:{dead}"]}
             await wait_for(lambda: a.targets[Target("127.0.0.1", dead)].last_error != "")
             assert "refused" in a.targets[Target("127.0.0.1", dead)].last_error.lower()
-            out = json.loads(await asyncio.to_thread(
-                get, f"http://127.0.0.1:{ha}/forget?peer=127.0.0.1:{dead}", "POST"))
+            out = await asyncio.to_thread(call, api, "POST", f"/forget?peer=127.0.0.1:{dead}")
             assert out == {"forgotten": [f"127.0.0.1:{dead}"]}
             assert Target("127.0.0.1", dead) not in a.targets
         finally:

@@ -1,16 +1,24 @@
-"""The local HTTP API on aiohttp, on a real loopback port (no root): routes, bounds, the
-/ui page and its event stream."""
+"""The local HTTP API on aiohttp, on a real loopback port and a unix socket (no root):
+routes, bounds, read-only TCP, the socket's permissions, the /ui page and its event
+stream."""
 
 from __future__ import annotations
 
 import asyncio
 import http.client
 import json
+import os
+import pathlib
 import socket
+import stat
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
+
+from sleeve.status.client import ApiError, Endpoint, UnixHTTPConnection, call, read
 from sleeve.status.http import (
     MAX_BODY,
     MAX_HEADERS,
@@ -22,6 +30,7 @@ from sleeve.status.http import (
     start_http,
 )
 from sleeve.status.ui import page, ui_routes
+from sleeve.status.unixsock import ApiSocket
 from tests.fake_status import fake_status
 
 
@@ -42,8 +51,12 @@ def _serve(body: Callable[[HttpServer, dict[str, Any]], Awaitable[None]],
               "GET /boom": json_route(boom),
               "POST /connect": json_action(act), **ui_routes()}
 
+    d = pathlib.Path(tempfile.mkdtemp(prefix="sleeve-test-"))
+    seen["sock"] = str(d / "api.sock")
+
     async def main() -> None:
-        srv = await start_http("127.0.0.1", 0, routes, streams)
+        srv = await start_http("127.0.0.1", 0, routes, streams,
+                               ApiSocket(pathlib.Path(seen["sock"])))
         try:
             await body(srv, seen)
         finally:
@@ -53,9 +66,11 @@ def _serve(body: Callable[[HttpServer, dict[str, Any]], Awaitable[None]],
     return seen
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None,
+def request(where: int | str, method: str, path: str, body: bytes | None = None,
             headers: dict[str, str] | None = None) -> tuple[int, str, bytes]:
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    """On TCP port ``where``, or on the unix socket at path ``where``."""
+    c = (UnixHTTPConnection(where, 5) if isinstance(where, str)
+         else http.client.HTTPConnection("127.0.0.1", where, timeout=5))
     try:
         c.request(method, path, body=body, headers=headers or {})
         r = c.getresponse()
@@ -66,9 +81,10 @@ def request(port: int, method: str, path: str, body: bytes | None = None,
 
 def test_routes_errors_and_post_actions() -> None:
     async def body(srv: HttpServer, seen: dict[str, Any]) -> None:
-        p = srv.port
-        st, ct, data = await asyncio.to_thread(request, p, "GET", "/status")
-        assert (st, ct, json.loads(data)) == (200, "application/json", {"name": "me"})
+        p = seen["sock"]  # the unix socket takes everything; TCP: see test_tcp_is_read_only
+        for where in (srv.port, p):
+            st, ct, data = await asyncio.to_thread(request, where, "GET", "/status")
+            assert (st, ct, json.loads(data)) == (200, "application/json", {"name": "me"})
         st, _, data = await asyncio.to_thread(request, p, "POST", "/connect?peer=127.0.0.1:9")
         assert (st, json.loads(data)) == (200, {"added": ["127.0.0.1:9"]})
         assert seen["actions"] == [{"peer": "127.0.0.1:9"}]
@@ -120,10 +136,11 @@ def raw(port: int, data: bytes) -> bytes:
 def test_request_size_bounds() -> None:
     async def body(srv: HttpServer, seen: dict[str, Any]) -> None:
         p = srv.port
-        st, _, _ = await asyncio.to_thread(request, p, "POST", "/connect?peer=h",
+        st, _, _ = await asyncio.to_thread(request, seen["sock"], "POST", "/connect?peer=h",
                                            b"x" * (MAX_BODY + 1))
         assert st == 413
-        st, _, _ = await asyncio.to_thread(request, p, "POST", "/connect?peer=h", b"x" * 100)
+        st, _, _ = await asyncio.to_thread(request, seen["sock"], "POST", "/connect?peer=h",
+                                           b"x" * 100)
         assert st == 200
         long_line = b"GET /status?" + b"a" * (MAX_LINE + 10) + b" HTTP/1.1\r\nHost: x\r\n\r\n"
         assert (await asyncio.to_thread(raw, p, long_line)).split(b" ", 2)[1] in (b"400", b"414")
@@ -143,9 +160,15 @@ def test_browser_origin_and_rebinding_refused() -> None:
         st, _, _ = await asyncio.to_thread(request, p, "GET", "/status",
                                            headers={"Host": "evil.example:6782"})
         assert st == 403  # a DNS name rebound to 127.0.0.1
-        st, _, _ = await asyncio.to_thread(request, p, "POST", "/connect?peer=h",
-                                           headers={"Origin": "http://127.0.0.1:6782"})
-        assert st == 403  # state never changes from a browser page, even our own
+        for where in (p, seen["sock"]):  # refused on both, whatever forwards to the socket
+            st, _, _ = await asyncio.to_thread(request, where, "POST", "/connect?peer=h",
+                                               headers={"Origin": "http://127.0.0.1:6782"})
+            assert st == 403  # state never changes from a browser page, even our own
+        # a cross-site form: a foreign Origin and a form content type (no CORS preflight)
+        st, _, _ = await asyncio.to_thread(
+            request, p, "POST", "/connect", b"peer=h",
+            {"Origin": "http://evil.example", "Content-Type": "application/x-www-form-urlencoded"})
+        assert st == 403
         for host in (f"127.0.0.1:{p}", f"localhost:{p}", f"[::1]:{p}"):
             st, _, _ = await asyncio.to_thread(request, p, "GET", "/status",
                                                headers={"Host": host})
@@ -255,3 +278,76 @@ def test_close_ends_open_streams_promptly() -> None:
         assert status == 200 and 0 < len(events) < 10_000
 
     asyncio.run(main())
+
+
+def test_tcp_is_read_only_and_changes_only_through_the_socket() -> None:
+    """Whoever sends it, a state-changing method on TCP is refused before any route runs:
+    one line that says where changes go."""
+    async def body(srv: HttpServer, seen: dict[str, Any]) -> None:
+        p = srv.port
+        for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
+            st, ct, data = await asyncio.to_thread(request, p, method, "/connect?peer=h")
+            assert (st, ct) == (403, "text/plain; charset=utf-8"), (method, st)
+            assert data.count(b"\n") == 1 and b"read-only" in data and b"unix socket" in data
+        assert seen["actions"] == []  # nothing changed
+        st, _, _ = await asyncio.to_thread(request, seen["sock"], "POST", "/connect?peer=h")
+        assert st == 200 and seen["actions"] == [{"peer": "h"}]
+        # a reader that cannot open the socket (not root, another path) falls back to TCP
+        gone = Endpoint(unix=seen["sock"] + ".gone")
+        tcp = Endpoint(host="127.0.0.1", port=p)
+        assert await asyncio.to_thread(read, gone, tcp, "/status") == {"name": "me"}
+        with pytest.raises(ApiError) as ei:  # a change never does
+            await asyncio.to_thread(call, gone, "POST", "/connect?peer=h")
+        assert "no router API socket at" in str(ei.value)
+
+    _serve(body)
+
+
+def test_socket_is_root_only_and_replaces_only_a_stale_one() -> None:
+    """0600 in a 0700 directory by default; 0660 in 0750 with a group; a live socket at
+    the path is never taken over, a dead one is, and close removes only our own file."""
+    d = pathlib.Path(tempfile.mkdtemp(prefix="sleeve-test-"))
+
+    async def main() -> None:
+        path = d / "run" / "api.sock"
+        srv = await start_http(None, 0, {}, None, ApiSocket(path))
+        try:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+            assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+            try:
+                await start_http(None, 0, {}, None, ApiSocket(path))
+                raise AssertionError("a second server took a live socket")
+            except OSError as e:
+                assert "another router" in str(e)
+        finally:
+            await srv.aclose()
+        assert not path.exists()
+        # a stale socket (a killed router) is replaced
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(str(path))
+        stale.close()
+        gid = os.getgid() if os.getgid() != 0 else 65534
+        try:  # a group its members could not reach: said at start, not found out later
+            await start_http(None, 0, {}, None, ApiSocket(path, gid))
+            raise AssertionError("a directory the group cannot enter was accepted")
+        except OSError as e:
+            assert "members cannot reach" in str(e)
+        # sleeve's own directory (the default /run/sleeve) follows the options
+        srv = await start_http(None, 0, {}, None, ApiSocket(path, gid, manage_dir=True))
+        try:
+            st, dst = path.stat(), path.parent.stat()
+            assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o660, gid)
+            assert (stat.S_IMODE(dst.st_mode), dst.st_gid) == (0o750, gid)
+        finally:
+            await srv.aclose()
+        # a directory others can write to is refused (they could swap the socket)
+        shared = d / "shared"
+        shared.mkdir()
+        shared.chmod(0o777)
+        try:
+            await start_http(None, 0, {}, None, ApiSocket(shared / "api.sock"))
+            raise AssertionError("a world-writable directory was accepted")
+        except OSError as e:
+            assert "writable by others" in str(e)
+
+    asyncio.run(asyncio.wait_for(main(), 10))

@@ -1,7 +1,9 @@
 """What the CNI plugins need from the outside: the router's local API and their own records.
 
-Router API (HTTP on 127.0.0.1:6782 by default, ``"api": "HOST:PORT"`` in the network
-config; the plugin runs in the host's root namespace, like the router)::
+Router API: HTTP on the router's unix socket (``"api": "/run/sleeve/sleeve.sock"`` in the
+network config, the default; ``sleeve cni install --api PATH`` writes another). Only root
+can open it, and runtimes run plugins as root. The TCP API is read-only, so a
+``HOST:PORT`` from an older install is refused with how to fix it::
 
     plugin                                   router (sleeve.node http_routes)
       GET  /bridge                      ->   {"bridge", "mtu", "address", "dns": {...}}
@@ -11,7 +13,8 @@ config; the plugin runs in the host's root namespace, like the router)::
       POST /dns/remove?name=&address=   ->   {"removed", ...}
 
 All paths are in ``PATHS`` (one place to change). Failures map to CNI codes: no answer
-(refused, connect timeout: 1 s) or 503 -> 11 "try again later", at once, never a hang;
+(no socket, refused, connect timeout: 1 s) or 503 -> 11 "try again later", at once, never
+a hang;
 400 -> 7 (the router says what is wrong with the request); anything else -> 5.
 
 Records: what a plugin attached, one small JSON file per (network, container, ifname)
@@ -27,13 +30,15 @@ import http.client
 import json
 import os
 import pathlib
-import socket
 import urllib.parse
 from typing import Any, Final
 
 from sleeve.cni.spec import INVALID_CONFIG, IO_FAILURE, TRY_AGAIN, CniError
+from sleeve.config import DEFAULT_API_SOCKET
+from sleeve.status.client import UnixHTTPConnection
+from sleeve.status.unixsock import check_socket_path
 
-DEFAULT_API: Final = "127.0.0.1:6782"
+DEFAULT_API: Final = DEFAULT_API_SOCKET
 DEFAULT_DATA_DIR: Final = "/var/lib/cni/sleeve"
 CONNECT_TIMEOUT: Final = 1.0  # loopback: a router that is there answers in microseconds
 READ_TIMEOUT: Final = 40.0  # an allocation may wait for the mesh (IPAM bounds it at 30 s)
@@ -48,47 +53,44 @@ PATHS: Final = {
 }
 
 
-def api_address(conf: dict[str, Any]) -> tuple[str, int]:
-    """``api`` from the IPAM section or the top level of the network config."""
+def api_address(conf: dict[str, Any]) -> str:
+    """``api`` (the router's socket path) from the IPAM section or the top level."""
     ipam = conf.get("ipam") if isinstance(conf.get("ipam"), dict) else {}
     raw = (ipam or {}).get("api") or conf.get("api") or DEFAULT_API
     if not isinstance(raw, str):
-        raise CniError(INVALID_CONFIG, "api must be a HOST:PORT string")
-    host, sep, port = raw.removeprefix("http://").rstrip("/").rpartition(":")
+        raise CniError(INVALID_CONFIG, "api must be the router's socket path, a string")
+    if not raw.startswith("/"):
+        raise CniError(INVALID_CONFIG, f"api must be the router's unix socket path (like "
+                       f"{DEFAULT_API}), not {raw[:60]!r}: the TCP API is read-only; rerun "
+                       f"`sleeve cni install`")
     try:
-        p = int(port)
-    except ValueError:
-        p = 0
-    if not sep or not host or not 0 < p < 65536:
-        raise CniError(INVALID_CONFIG, f"api must be HOST:PORT, not {raw[:60]!r}")
-    return host.strip("[]"), p
+        check_socket_path(raw, "api")
+    except ValueError as e:
+        raise CniError(INVALID_CONFIG, str(e)) from None
+    return raw
 
 
 class RouterApi:
-    def __init__(self, host: str, port: int, connect_timeout: float = CONNECT_TIMEOUT,
+    def __init__(self, path: str, connect_timeout: float = CONNECT_TIMEOUT,
                  read_timeout: float = READ_TIMEOUT) -> None:
-        self.host, self.port = host, port
+        self.where = path
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
-
-    @property
-    def where(self) -> str:
-        return f"{self.host}:{self.port}"
 
     def call(self, what: str, **query: str) -> dict[str, Any]:
         method, path = PATHS[what]
         q = {k: v for k, v in query.items() if v}
         target = path + (f"?{urllib.parse.urlencode(q)}" if q else "")
+        conn = UnixHTTPConnection(self.where, self.connect_timeout)
         try:
-            sock = socket.create_connection((self.host, self.port), self.connect_timeout)
+            conn.connect()
         except OSError as e:
             raise CniError(TRY_AGAIN, f"sleeve router not reachable at {self.where}: "
                            f"{e.strerror or e}; try again later",
                            "is `sleeve launch` running on this host?") from None
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.read_timeout)
-        conn.sock = sock
         try:
-            sock.settimeout(self.read_timeout)
-            conn.request(method, target, headers={"Host": self.where})
+            assert conn.sock is not None
+            conn.sock.settimeout(self.read_timeout)
+            conn.request(method, target)
             r = conn.getresponse()
             body = r.read(MAX_BODY)
         except (OSError, http.client.HTTPException) as e:

@@ -23,6 +23,8 @@ import shlex
 import sys
 from typing import Any
 
+from sleeve.config import DEFAULT_API_SOCKET
+
 PLUGINS = {"sleeve-net": "sleeve.cni.net", "sleeve-ipam": "sleeve.cni.ipam"}
 CONFLIST = "10-sleeve.conflist"
 NETWORK = "sleeve"
@@ -51,7 +53,7 @@ def shim(module: str, python: str | None = None, root: pathlib.Path | None = Non
             f"{env}exec {shlex.quote(py)} -m {module} \"$@\"\n")
 
 
-def conflist(bin_dir: str, api: str = "127.0.0.1:6782", subnet: str = "",
+def conflist(bin_dir: str, api: str = DEFAULT_API_SOCKET, subnet: str = "",
              masquerade: bool = False) -> dict[str, Any]:
     ipam: dict[str, Any] = {"type": "sleeve-ipam"}
     if subnet:
@@ -74,7 +76,7 @@ def _write(path: pathlib.Path, text: str, mode: int) -> None:
     os.replace(tmp, path)
 
 
-def install(bin_dir: str, conf_dir: str, api: str = "127.0.0.1:6782", subnet: str = "",
+def install(bin_dir: str, conf_dir: str, api: str = DEFAULT_API_SOCKET, subnet: str = "",
             masquerade: bool = False, python: str | None = None) -> list[str]:
     """Write the shims and the conflist; returns the paths written (OSError on failure)."""
     b, c = pathlib.Path(bin_dir), pathlib.Path(conf_dir)

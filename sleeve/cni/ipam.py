@@ -6,7 +6,7 @@ reference ``bridge``::
     "ipam": {"type": "sleeve-ipam",
              "subnet": "10.32.1.0/24",       (optional: else the router's default subnet)
              "routes": [{"dst": "0.0.0.0/0"}],  (optional: gateway = the router's address)
-             "api": "127.0.0.1:6782",        (optional: the router's local API)
+             "api": "/run/sleeve/sleeve.sock",  (optional: the router's API socket)
              "dataDir": "/var/lib/cni/sleeve"}  (optional: our records)
 
     ADD     GET /bridge (router address, DNS) -> POST /ipam/allocate?id=CONTAINERID -> record
@@ -88,7 +88,7 @@ def _records(req: Request) -> Records:
 
 
 def _api(req: Request) -> RouterApi:
-    return RouterApi(*api_address(req.config))
+    return RouterApi(api_address(req.config))
 
 
 def add(req: Request) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Network config (what ``sleeve cni install`` writes; every field but name/type optional)::
 
     {"cniVersion": "1.0.0", "name": "sleeve", "type": "sleeve-net",
-     "api": "127.0.0.1:6782",  "mtu": 0 (0: the bridge's = the overlay's),
+     "api": "/run/sleeve/sleeve.sock" (the router's API socket), "mtu": 0 (0: the bridge's),
      "hairpinMode": true,      "ipMasq": false,
      "ipam": {"type": "sleeve-ipam"}}           (any IPAM plugin, exec'd from CNI_PATH)
 
@@ -237,7 +237,7 @@ def _dns_name(req: Request) -> str | None:
 
 
 def _router(req: Request) -> tuple[RouterApi, dict[str, Any]]:
-    api = RouterApi(*api_address(req.config))
+    api = RouterApi(api_address(req.config))
     info = api.call("bridge")
     return api, info
 
@@ -326,7 +326,7 @@ def _forget(req: Request, rec: dict[str, Any]) -> None:
     if not name:
         return
     try:
-        api = RouterApi(*api_address(req.config))
+        api = RouterApi(api_address(req.config))
         api.call("dns_remove", name=str(name), address=str(rec.get("address") or ""))
     except CniError as e:
         if e.code == TRY_AGAIN and not rec.get("name"):

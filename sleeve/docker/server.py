@@ -22,7 +22,6 @@ import logging
 import os
 import pathlib
 import socket
-import stat
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -30,6 +29,7 @@ from aiohttp import ClientSession, ClientTimeout, UnixConnector, web
 
 from sleeve.docker.driver import CONTENT_TYPE, MAX_BODY
 from sleeve.status.http import serve
+from sleeve.status.unixsock import clear_stale
 
 log = logging.getLogger("sleeve")
 
@@ -47,21 +47,7 @@ def bind_unix(path: pathlib.Path) -> socket.socket:
     """A listening unix socket at ``path``, mode 0660, in a directory that is ours."""
     if not path.parent.exists():
         path.parent.mkdir(mode=0o700, parents=True)
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise OSError(f"{path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.settimeout(1.0)
-            if probe.connect_ex(str(path)) == 0:
-                raise OSError(f"{path}: another plugin is listening there")
-        finally:
-            probe.close()
-        path.unlink()  # a stale socket left by a router that was killed
+    clear_stale(path, "plugin")  # a stale socket left by a router that was killed
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         old = os.umask(0o117)  # the socket is born 0660: no window where others can connect

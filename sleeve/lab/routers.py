@@ -3,6 +3,12 @@
 Used by the lab tests, the benchmarks and `sleeve demo`. Each router gets its
 own state dir and log file under the lab's work directory; the process is
 tracked by the lab and stopped by PID.
+
+Lab hosts are network namespaces that share one file system, so the default API
+socket (/run/sleeve/sleeve.sock) would be one path for every router: each gets
+its own in its state dir (``api_socket``), and ``cli()`` runs the CLI against it.
+The TCP API (127.0.0.1:6782, read-only) is per namespace, as each has its own
+loopback.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 
 from sleeve.lab.netns import Host
 
-STATUS_ADDR = "127.0.0.1:6782"  # each namespace has its own loopback
+STATUS_ADDR = "127.0.0.1:6782"  # each namespace has its own loopback; reads only
 
 
 class Router:
@@ -34,12 +40,13 @@ class Router:
         self.env = env or {}
         self.log_path = workdir / f"{host.name}.log"
         self.state_dir = workdir / f"{host.name}.state"
+        self.api_socket = self.state_dir / "api.sock"  # changes: root only, as in production
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
     def start(self) -> None:
         argv = [sys.executable, "-m", "sleeve", "launch", "--state-dir", str(self.state_dir),
-                "--nickname", self.host.name, *self.args]
+                "--api-socket", str(self.api_socket), "--nickname", self.host.name, *self.args]
         if self.password is None:
             argv += ["--no-encryption", "--open"]  # the lab's old default: an open network
         else:
@@ -70,9 +77,19 @@ class Router:
         except OSError:
             return ""
 
+    @property
+    def api_args(self) -> list[str]:
+        """What a `sleeve` client command needs to reach this router."""
+        return ["--api-socket", str(self.api_socket)]
+
+    def cli(self, *args: str, pre: tuple[str, ...] = (), timeout: float = 40,
+            ) -> subprocess.CompletedProcess[str]:
+        """``sleeve ARGS --api-socket <ours>`` in the router's host (``pre``: e.g. setpriv)."""
+        return self.host.run(*pre, sys.executable, "-m", "sleeve", *args, *self.api_args,
+                             check=False, timeout=timeout)
+
     def status(self) -> dict[str, Any]:
-        r = self.host.run(sys.executable, "-m", "sleeve", "status", "--json", "--http",
-                          STATUS_ADDR, check=False, timeout=15)
+        r = self.cli("status", "--json", timeout=15)
         if r.returncode != 0:
             raise RuntimeError(f"status of {self.host.name} failed: {r.stderr.strip()}")
         data: dict[str, Any] = json.loads(r.stdout)

@@ -16,12 +16,21 @@ A route may return an awaitable: an action that must wait for the mesh (an IPAM
 allocation) awaits without holding up the loop and bounds its own wait, raising
 ``Unavailable`` (503 with its text) past it.
 
+Two sites serve the same tables:
+
+- TCP (``--http``, 127.0.0.1:6782): read-only. GET and HEAD only; any other method is
+  403 with a one-line reason before a route sees it, whoever sends it. Any local user
+  and any web page the operator's browser opens can reach a loopback port.
+- the unix socket (``--api-socket``, /run/sleeve/sleeve.sock): everything, including
+  the POST actions. Only root (or ``--api-group``) can connect: see ``unixsock``.
+  Each state change is logged with the caller's uid and pid.
+
 Bounds: request bodies (``client_max_size``), request line, header size and count
 (aiohttp's parser limits), idle keep-alive. It never listens on a public address
 unless the operator asks for one. Against DNS rebinding and cross-site requests
-from a browser, the ``Host`` must be an address literal or ``localhost`` and
-state-changing (non-GET) requests that carry an ``Origin`` header are refused:
-the CLI sends none, and nothing the page serves may change state.
+from a browser, the ``Host`` must be an address literal or ``localhost``, and
+non-GET requests that carry an ``Origin`` header are refused on both sites (defense
+in depth: the CLI sends none, and nothing the page serves may change state).
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ from typing import Any
 
 from aiohttp import web
 
+from sleeve.status.unixsock import ApiSocket, bind_api_socket, peer_cred, remove_socket
+
 log = logging.getLogger("sleeve.http")
 
 MAX_BODY = 16 * 1024  # POST actions take query strings; nothing needs a larger body
@@ -47,6 +58,7 @@ MAX_FIELD = 4096  # one header
 MAX_HEADERS = 32
 KEEPALIVE = 30.0  # idle keep-alive connections close after this
 WRITE_TIMEOUT = 10.0  # a stream client that cannot take one event in this long is dropped
+READ_ONLY = ("GET", "HEAD")
 
 Reply = tuple[str, bytes]
 Route = Callable[[dict[str, str]], Reply | Awaitable[Reply]]
@@ -80,38 +92,76 @@ class EventStream:
 
 class HttpServer:
     """The running API; ``close()`` stops accepting and ends the streams, ``aclose()``
-    also waits for the connections to finish (bounded by aiohttp's shutdown timeout)."""
+    also waits for the connections to finish (bounded by aiohttp's shutdown timeout)
+    and removes the unix socket file."""
 
-    def __init__(self, runner: web.AppRunner, closing: asyncio.Event) -> None:
-        self._runner = runner
+    def __init__(self, closing: asyncio.Event) -> None:
         self._closing = closing
+        self._tcp: web.AppRunner | None = None
+        self._runners: list[web.AppRunner] = []
+        self._unix: tuple[ApiSocket, int] | None = None
 
     @property
     def port(self) -> int:
-        return int(self._runner.addresses[0][1])
+        assert self._tcp is not None, "no TCP site"
+        return int(self._tcp.addresses[0][1])
 
     def close(self) -> None:
         self._closing.set()
-        for site in self._runner.sites:
-            server = site._server  # the asyncio server: stop accepting now, synchronously
-            if server is not None:
-                server.close()
+        for runner in self._runners:
+            for site in runner.sites:
+                server = site._server  # the asyncio server: stop accepting now, synchronously
+                if server is not None:
+                    server.close()
 
     async def aclose(self) -> None:
         self.close()
-        await self._runner.cleanup()
+        for runner in self._runners:
+            await runner.cleanup()
+        if self._unix is not None:
+            remove_socket(self._unix[0].path, self._unix[1])
 
 
-async def start_http(host: str, port: int, routes: dict[str, Route],
-                     streams: dict[str, EventStream] | None = None) -> HttpServer:
-    """Serve ``routes`` (and SSE ``streams``) keyed by "METHOD /path"."""
-    streams = streams or {}
-    closing = asyncio.Event()
+async def start_http(host: str | None, port: int, routes: dict[str, Route],
+                     streams: dict[str, EventStream] | None = None,
+                     unix: ApiSocket | None = None) -> HttpServer:
+    """Serve ``routes`` (and SSE ``streams``) keyed by "METHOD /path": read-only on TCP
+    ``host:port`` (None: no TCP), everything on the unix socket ``unix`` (None: none)."""
+    srv = HttpServer(asyncio.Event())
+    try:
+        if host is not None:
+            srv._tcp = await serve(_dispatcher(routes, streams or {}, srv._closing, False),
+                                   lambda r: web.TCPSite(r, host, port, reuse_address=True))
+            srv._runners.append(srv._tcp)
+        if unix is not None:
+            sock, ino = bind_api_socket(unix)
+            srv._unix = (unix, ino)
+            try:
+                runner = await serve(_dispatcher(routes, streams or {}, srv._closing, True),
+                                     lambda r: web.SockSite(r, sock))
+            except BaseException:
+                sock.close()
+                raise
+            srv._runners.append(runner)
+    except BaseException:
+        await srv.aclose()
+        raise
+    return srv
 
+
+def _dispatcher(routes: dict[str, Route], streams: dict[str, EventStream],
+                closing: asyncio.Event, writable: bool,
+                ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """One site's handler: ``writable`` only for the unix socket."""
     async def dispatch(request: web.Request) -> web.StreamResponse:
-        refused = _refuse(request)
+        refused = _refuse(request, writable)
         if refused is not None:
             return _text(403, refused)
+        if request.method not in READ_ONLY:
+            cred = peer_cred(request.transport.get_extra_info("socket")
+                             if request.transport is not None else None)
+            log.info("api: %s %s by uid %s pid %s", request.method, request.raw_path[:200],
+                     *(cred[1], cred[0]) if cred else ("?", "?"))
         key = f"{request.method} {request.path}"
         stream = streams.get(key)
         if stream is not None:
@@ -135,8 +185,7 @@ async def start_http(host: str, port: int, routes: dict[str, Route],
             return _text(500, type(e).__name__)
         return web.Response(status=200, body=body, headers={"Content-Type": ctype})
 
-    runner = await serve(dispatch, lambda r: web.TCPSite(r, host, port, reuse_address=True))
-    return HttpServer(runner, closing)
+    return dispatch
 
 
 async def serve(dispatch: Callable[[web.Request], Awaitable[web.StreamResponse]],
@@ -164,7 +213,7 @@ def _text(status: int, msg: str) -> web.Response:
     return web.Response(status=status, text=msg + "\n", content_type="text/plain")
 
 
-def _refuse(request: web.Request) -> str | None:
+def _refuse(request: web.Request, writable: bool) -> str | None:
     """Why a request is refused before any route sees it (None: it may proceed)."""
     raw = request.headers.get("Host", "")
     host = (raw if raw.endswith("]") else raw.rsplit(":", 1)[0]).strip("[]")
@@ -173,7 +222,12 @@ def _refuse(request: web.Request) -> str | None:
             ipaddress.ip_address(host)
         except ValueError:
             return "Host must be an address or localhost"  # a rebound DNS name
-    if request.method not in ("GET", "HEAD") and "Origin" in request.headers:
+    if request.method in READ_ONLY:
+        return None
+    if not writable:
+        return ("the TCP API is read-only: changes go through the router's unix socket "
+                "(--api-socket; the sleeve CLI as root)")
+    if "Origin" in request.headers:
         return "state-changing requests from a browser page are refused"
     return None
 
