@@ -18,6 +18,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from sleeve.config import (
@@ -100,7 +101,7 @@ def _tcp(text: str) -> Endpoint:
     return Endpoint(host=host, port=port)
 
 
-def _reader_of(args: argparse.Namespace) -> tuple[Any, str]:
+def _reader_of(args: argparse.Namespace) -> tuple[Callable[[str], Any], str]:
     """A GET function for the status commands, and where it reads (for the user)."""
     if args.http:  # asked for explicitly: that address, over TCP
         ep = _tcp(args.http)
