@@ -105,6 +105,8 @@ def test_service_unit_runs_the_installed_command() -> None:
     analyze = ensure_tool("systemd-analyze", "systemd")
     unit = REPO / "deploy/sleeve.service"
     assert f"ExecStart={LINK} launch" in unit.read_text()
+    # the API socket's directory: /run is read-only under ProtectSystem=strict without it
+    assert "RuntimeDirectory=sleeve\n" in unit.read_text()
     assert LINK.resolve() == (VENV / "bin/sleeve").resolve(), f"{LINK}: run ./install.sh"
     r = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
                        timeout=60)
