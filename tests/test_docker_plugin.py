@@ -1,6 +1,6 @@
 """The Docker plugin's protocol without root: the driver on a fake backend, fed the request
-bodies a real dockerd (docker.io 20.10) sent in tests/pending_lab_docker.py (not collected
-yet: see its docstring) (tests/data/docker_requests.json), plus bad bodies for every
+bodies a real dockerd (docker.io 20.10) sent in tests/test_lab_docker.py
+(tests/data/docker_requests.json), plus bad bodies for every
 method, and the unix socket server (mode, bounds, Err answers)."""
 
 from __future__ import annotations
