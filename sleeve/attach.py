@@ -94,8 +94,8 @@ def delete_link_route(ipr: Any, dst: str, dev: str) -> bool:
     idx = ipr.link_lookup(ifname=dev)
     if not idx:
         return False
-    try:
-        ipr.route("del", dst=dst, oif=idx[0])
+    try:  # the scope must match: the kernel skips a route of another scope (ESRCH)
+        ipr.route("del", dst=dst, oif=idx[0], scope=RT_SCOPE_LINK)
     except Exception as e:
         if nl_errno(e) in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
             return False
