@@ -46,6 +46,13 @@ PKGS="$PKGS iproute2 nftables iptables iperf3 tcpdump ethtool conntrack iputils-
 # from a busybox-static rootfs, the reference plugins (portmap, host-local) beside ours.
 [ "$extra" = test ] && PKGS="$PKGS dnsutils dnsmasq-base chromium chromium-driver"
 [ "$extra" = test ] && PKGS="$PKGS podman runc busybox-static containernetworking-plugins"
+# The Docker plugin's lab test starts Debian's dockerd by hand (never the system service: see the
+# policy-rc.d below) and asks the routers with curl. A machine that has a Docker already keeps it
+# (docker-ce's containerd.io conflicts with docker.io: apt would remove it).
+if [ "$extra" = test ]; then
+    PKGS="$PKGS curl"
+    command -v dockerd >/dev/null 2>&1 || PKGS="$PKGS docker.io"
+fi
 
 missing=""
 for p in $PKGS; do
@@ -56,6 +63,18 @@ done
 if [ -n "$missing" ]; then
     echo "install.sh: installing Debian packages:$missing"
     export DEBIAN_FRONTEND=noninteractive
+    # Packages with a daemon (docker.io, containerd) start it from their maintainer scripts
+    # (invoke-rc.d, deb-systemd-invoke): a policy-rc.d answering 101 denies every start for the
+    # install, as Debian's own container images do. A policy the machine has is left alone.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=""
+    if [ ! -e "$policy" ]; then
+        own_policy=1
+        trap 'rm -f "$policy"' EXIT  # also when apt fails
+        printf '#!/bin/sh\n# install.sh: no service starts while it installs packages\nexit 101\n' \
+            > "$policy"
+        chmod 755 "$policy"
+    fi
     apt-get update -qq
     # shellcheck disable=SC2086
     apt-get install -y -qq --no-install-recommends $missing >/dev/null || {
@@ -63,6 +82,10 @@ if [ -n "$missing" ]; then
         [ -z "$codename" ] || echo "install.sh: $PY-venv is in Ubuntu's universe component" >&2
         die "apt-get install$missing failed"
     }
+    if [ -n "$own_policy" ]; then
+        rm -f "$policy"
+        trap - EXIT
+    fi
 fi
 
 # The distribution's interpreter by absolute path: never whatever python3 is first on PATH.

@@ -3,7 +3,8 @@
 Shared by the CNI plugin (``sleeve.cni.net``: a process of its own, one ``IPRoute``) and
 the Docker plugin (``sleeve.docker``: inside the router, on a ``NetlinkWorker`` thread,
 never on the event loop). Every function takes the caller's ``IPRoute`` so each caller
-keeps its own threading; none of them shells out.
+keeps its own threading; none of them shells out. The Docker plugin also routes a
+network's pool to the bridge (``add_link_route``) when the bridge's prefix misses it.
 
     host namespace                                   container
     bridge "sleeve" <- port HOST (hairpin, up)  ===  PEER (moved by us for CNI,
@@ -68,3 +69,35 @@ def delete_link(ipr: Any, name: str) -> bool:
 
 def link_exists(ipr: Any, name: str) -> bool:
     return bool(ipr.link_lookup(ifname=name))
+
+
+RT_SCOPE_LINK = 253
+RTPROT_STATIC = 4
+
+
+def add_link_route(ipr: Any, dst: str, dev: str, src: str | None) -> None:
+    """``dst`` on-link through ``dev`` (preferred source ``src``), replacing any route to
+    exactly ``dst``. Raises ``LookupError`` when ``dev`` is missing."""
+    idx = ipr.link_lookup(ifname=dev)
+    if not idx:
+        raise LookupError(f"{dev} does not exist on this host")
+    spec: dict[str, Any] = {"dst": dst, "oif": idx[0], "scope": RT_SCOPE_LINK,
+                            "proto": RTPROT_STATIC}
+    if src is not None:
+        spec["prefsrc"] = src
+    ipr.route("replace", **spec)
+
+
+def delete_link_route(ipr: Any, dst: str, dev: str) -> bool:
+    """Remove the route to ``dst`` through ``dev``; False when there was none (the bridge
+    went away with its routes, or someone removed it)."""
+    idx = ipr.link_lookup(ifname=dev)
+    if not idx:
+        return False
+    try:  # the scope must match: the kernel skips a route of another scope (ESRCH)
+        ipr.route("del", dst=dst, oif=idx[0], scope=RT_SCOPE_LINK)
+    except Exception as e:
+        if nl_errno(e) in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
+            return False
+        raise
+    return True

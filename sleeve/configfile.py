@@ -11,6 +11,9 @@ uses the long option names with dashes or underscores::
     dns-listen = "198.19.0.1:53,127.0.0.1:5353"   # env SLEEVE_DNS_LISTEN, same form
     ipalloc-range = "10.32.0.0/12"                # env SLEEVE_IPALLOC_RANGE
     ipalloc-init = "consensus=3"                  # env SLEEVE_IPALLOC_INIT
+    docker-plugin = true                          # env SLEEVE_DOCKER_PLUGIN=1
+    docker-plugin-socket = "/run/docker/plugins/sleeve.sock"
+    docker-api = "/var/run/docker.sock"           # "" : containers get no DNS name
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ OPTIONS: dict[str, type] = {
     "no_dns": bool, "dns_listen": str, "dns_domain": str, "dns_ttl": int,
     "dns_one_address": bool, "dns_rate_limit": float,
     "ipalloc_range": str, "ipalloc_default_subnet": str, "ipalloc_init": str,
+    "docker_plugin": bool, "docker_plugin_socket": str, "docker_api": str,
 }
 
 

@@ -32,6 +32,24 @@ def test_precedence(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert cfg.psk is None and cfg.peers == (Target("198.18.0.9", 7000),)
 
 
+def test_docker_options_from_file_and_env(tmp_path: pathlib.Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "sleeve.toml"
+    f.write_text('no-encryption = true\nopen = true\ndocker-plugin = true\n'
+                 'docker-plugin-socket = "/run/x/sleeve.sock"\n'
+                 'docker_api = "/run/d.sock"\n')
+    monkeypatch.setenv("SLEEVE_STATE_DIR", str(tmp_path))
+    cfg = config_from_args(parse_args(["launch", "--config", str(f)]))
+    assert cfg.docker_plugin and cfg.docker_plugin_socket == "/run/x/sleeve.sock"
+    assert cfg.docker_api == "/run/d.sock"
+    monkeypatch.setenv("SLEEVE_DOCKER_API", "")  # env beats the file: no name lookups
+    monkeypatch.setenv("SLEEVE_DOCKER_PLUGIN", "off")
+    cfg = config_from_args(parse_args(["launch", "--config", str(f)]))
+    assert cfg.docker_api == "" and not cfg.docker_plugin
+    cfg = config_from_args(parse_args(["launch", "--config", str(f), "--docker-api", "/a"]))
+    assert cfg.docker_api == "/a"
+
+
 def test_bad_config_file(tmp_path: pathlib.Path) -> None:
     f = tmp_path / "bad.toml"
     f.write_text("port = 'x'\n")

@@ -1,6 +1,6 @@
 """The Docker plugin's protocol without root: the driver on a fake backend, fed the request
-bodies a real dockerd (docker.io 20.10) sent in tests/pending_lab_docker.py (not collected
-yet: see its docstring) (tests/data/docker_requests.json), plus bad bodies for every
+bodies a real dockerd (docker.io 20.10) sent in tests/test_lab_docker.py
+(tests/data/docker_requests.json), plus bad bodies for every
 method, and the unix socket server (mode, bounds, Err answers)."""
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ class FakeBackend:
         self.names: dict[str, str] = {}
         self.next = 1
         self.has_bridge = True
+        self.address = "198.19.0.1/17"  # the bridge's --ip: covers RANGE unless a test moves it
+        self.routes: dict[str, tuple[str, str | None]] = {}
 
     def ipam_range(self) -> ipaddress.IPv4Network:
         return RANGE
@@ -47,7 +49,7 @@ class FakeBackend:
         return 1 if self.allocs.pop(owner_id, None) is not None else 0
 
     def bridge(self) -> BridgeInfo:
-        return BridgeInfo("sleeve" if self.has_bridge else None, 1376, "198.19.0.1/17")
+        return BridgeInfo("sleeve" if self.has_bridge else None, 1376, self.address)
 
     async def make_veth(self, host: str, peer: str, bridge: str, mtu: int) -> None:
         self.veths.add(host)
@@ -56,6 +58,12 @@ class FakeBackend:
         had = host in self.veths
         self.veths.discard(host)
         return had
+
+    async def add_route(self, net: str, bridge: str, src: str | None) -> None:
+        self.routes[net] = (bridge, src)
+
+    async def delete_route(self, net: str, bridge: str) -> bool:
+        return self.routes.pop(net, None) is not None
 
     def dns_add(self, name: str, address: str, owner: str) -> None:
         self.names[name] = address
@@ -256,3 +264,29 @@ def test_socket_server_mode_bounds_and_errors(tmp_path: pathlib.Path) -> None:
         srv2 = await start_plugin_server(sock, d.handle)  # a stale file is replaced
         await srv2.aclose()
     asyncio.run(run())
+
+
+def test_pool_outside_the_bridge_prefix_is_routed_to_the_bridge(tmp_path: pathlib.Path) -> None:
+    """The host's way back to containers (DNS answers, pings from the host): a link route
+    for the pool on the bridge while a network of that pool exists, again after a router
+    restart, none when the bridge's own prefix covers the pool."""
+    p = tmp_path / "docker.json"
+    d, be = _driver(p)
+    be.address = "198.19.3.1/24"
+    sub = "198.19.64.0/24"
+    for nid in (NID, "c" * 64):  # two networks on one pool: one route
+        assert _call(d, "/NetworkDriver.CreateNetwork",
+                     {"NetworkID": nid, "IPv4Data": [{"Pool": sub}]}) == (200, {})
+    assert be.routes == {sub: ("sleeve", "198.19.3.1")}
+    assert _call(d, "/NetworkDriver.DeleteNetwork", {"NetworkID": NID}) == (200, {})
+    assert be.routes == {sub: ("sleeve", "198.19.3.1")}  # still used by the other network
+    d2, be2 = _driver(p)  # a restarted router on a bridge made anew
+    be2.address = "198.19.3.1/24"
+    assert asyncio.run(d2.restore()) == 0
+    assert be2.routes == {sub: ("sleeve", "198.19.3.1")}
+    assert _call(d2, "/NetworkDriver.DeleteNetwork", {"NetworkID": "c" * 64}) == (200, {})
+    assert be2.routes == {}
+    d3, be3 = _driver()  # the default fake: the bridge's /17 covers the range
+    _call(d3, "/NetworkDriver.CreateNetwork", {"NetworkID": NID,
+                                               "IPv4Data": [{"Pool": sub}]})
+    assert be3.routes == {}

@@ -34,7 +34,10 @@ Choices (docs/docker.md says them to users):
   container as ``ethweN``. No gateway and DisableGatewayService: dockerd neither adds a
   default route nor a docker_gwbridge (the overlay is all this network offers); a
   connected static route to the router's bridge address when it lies outside the pool,
-  so the micro DNS there is reachable (``docker run --dns ADDR``).
+  so the micro DNS there is reachable (``docker run --dns ADDR``). The way back: at
+  CreateNetwork the host gets a link route for the pool on the bridge (unless the
+  bridge's prefix covers it), removed with the last network of that pool and put back
+  at router start (``restore``).
 - The container's name is not in the protocol: after Join the adapter asks dockerd's
   API (``GET /networks/ID``, the entry with our EndpointID) and registers NAME in
   sleeve DNS; the record is removed on Leave/DeleteEndpoint.
@@ -91,6 +94,8 @@ class Backend(Protocol):
     def bridge(self) -> BridgeInfo: ...
     def make_veth(self, host: str, peer: str, bridge: str, mtu: int) -> Awaitable[None]: ...
     def delete_veth(self, host: str) -> Awaitable[bool]: ...
+    def add_route(self, net: str, bridge: str, src: str | None) -> Awaitable[None]: ...
+    def delete_route(self, net: str, bridge: str) -> Awaitable[bool]: ...
     def dns_add(self, name: str, address: str, owner: str) -> None: ...
     def dns_remove(self, name: str, address: str) -> None: ...
 
@@ -214,15 +219,45 @@ class Driver:
                               "network with --ipam-driver sleeve")
         if b.get("IPv6Data"):
             raise PluginError("sleeve networks are IPv4 only")
+        await self._route(net)
         self.state.networks[nid] = str(net)
         self.state.save()
         return {}
 
     async def _delete_network(self, b: dict[str, Any]) -> dict[str, Any]:
         nid = _id(b, "NetworkID")
-        if self.state.networks.pop(nid, None) is not None:
+        pool = self.state.networks.pop(nid, None)
+        if pool is not None:
             self.state.save()
+            br = self.backend.bridge()
+            if br.name is not None and pool not in self.state.networks.values():
+                await self.backend.delete_route(pool, br.name)
         return {}
+
+    async def _route(self, net: ipaddress.IPv4Network) -> None:
+        """The host's way back to the network's containers: a link route for the pool on
+        the bridge when the bridge's own prefix (``--ip``) does not cover it. Without it
+        the host answers containers (the micro DNS on the bridge address, a ping from the
+        host) by its default route, i.e. not at all. Idempotent (``replace``)."""
+        br = self.backend.bridge()
+        if br.name is None:
+            return  # CreateEndpoint refuses without a bridge; nothing to route to
+        src = None if br.address is None else ipaddress.IPv4Interface(br.address)
+        if src is not None and net.subnet_of(src.network):
+            return  # a connected route already
+        await self.backend.add_route(str(net), br.name, None if src is None else str(src.ip))
+
+    async def restore(self) -> int:
+        """At router start: the routes of the networks we remember (a bridge made anew
+        has none). Never raises; returns how many failed."""
+        failed = 0
+        for pool in sorted(set(self.state.networks.values())):
+            try:
+                await self._route(ipaddress.IPv4Network(pool))
+            except Exception as e:
+                failed += 1
+                log.warning("docker plugin: no route for %s: %s", pool, e)
+        return failed
 
     async def _allocate_network(self, b: dict[str, Any]) -> dict[str, Any]:
         _id(b, "NetworkID")  # swarm only; nothing to allocate beyond IPAM

@@ -22,7 +22,7 @@ import pathlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sleeve.attach import add_bridge_veth, delete_link
+from sleeve.attach import add_bridge_veth, add_link_route, delete_link, delete_link_route
 from sleeve.docker.driver import BridgeInfo, Driver
 from sleeve.docker.server import PluginServer, start_plugin_server, wait_for_name
 from sleeve.docker.state import FILE, State
@@ -67,6 +67,12 @@ class RouterBackend:
     async def delete_veth(self, host: str) -> bool:
         return await self.nl.acall(lambda ipr: delete_link(ipr, host))
 
+    async def add_route(self, net: str, bridge: str, src: str | None) -> None:
+        await self.nl.acall(lambda ipr: add_link_route(ipr, net, bridge, src))
+
+    async def delete_route(self, net: str, bridge: str) -> bool:
+        return await self.nl.acall(lambda ipr: delete_link_route(ipr, net, bridge))
+
     def dns_add(self, name: str, address: str, owner: str) -> None:
         self.dns.add(name, address, owner)
 
@@ -89,12 +95,14 @@ class DockerService:
     async def start(self) -> None:
         """Listen on the plugin socket; raises OSError when it cannot (the operator asked
         for the plugin: failing the launch is clearer than a router dockerd cannot find)."""
+        failed = await self.driver.restore()  # routes first: containers already running
         sock = pathlib.Path(self.cfg.docker_plugin_socket)
         record = (pathlib.Path(self.cfg.docker_plugin_record)
                   if self.cfg.docker_plugin_record else None)
         self.server = await start_plugin_server(sock, self.driver.handle, record)
-        log.info("docker plugin on %s (%d network(s), %d endpoint(s) remembered)", sock,
-                 len(self.state.networks), len(self.state.endpoints))
+        log.info("docker plugin on %s (%d network(s), %d endpoint(s) remembered%s)", sock,
+                 len(self.state.networks), len(self.state.endpoints),
+                 f", {failed} route(s) failed" if failed else "")
 
     async def aclose(self) -> None:
         for t in list(self._lookups):

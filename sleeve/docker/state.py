@@ -9,7 +9,8 @@
 Why it is needed: dockerd does not replay its requests to a restarted plugin, and
 ReleaseAddress names only the address (RequestAddress had no endpoint id), so the IPAM
 id of every address we handed out must survive us. Veths survive the router on their
-own (kernel objects on the bridge, which a restarted router adopts).
+own (kernel objects on the bridge, which a restarted router adopts); the networks' pools
+say which routes to the bridge to put back (``Driver.restore``) should the bridge be new.
 
 Written atomically after every change; a file that is unreadable or not ours is logged
 and ignored (dockerd's own deletes and releases of what we forgot still succeed).
