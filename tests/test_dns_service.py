@@ -225,12 +225,16 @@ def test_no_dns_and_no_address_say_why() -> None:
     asyncio.run(asyncio.wait_for(body(), 20))
 
 
-def test_forwarding_only_for_the_overlay_and_this_host() -> None:
-    cfg = Config(psk=PSK, ip="198.19.4.1/24", state_dir=tmpdir())
+def test_forwarding_only_for_the_overlay_ipam_range_and_this_host() -> None:
+    # IPAM's range: Docker/CNI containers outside --ip's prefix resolve outside names too
+    cfg = Config(psk=PSK, ip="198.19.4.1/24", state_dir=tmpdir(),
+                 ipalloc_range="198.19.64.0/18")
     n = Node(cfg, MemoryPort(), static=KeyPair.generate())
     assert listen_addresses(cfg) == [("198.19.4.1", 53)]
-    ok = ["198.19.4.1", "198.19.4.200", "127.0.0.1", "::1", "::ffff:198.19.4.9"]
-    no = ["198.19.5.1", "198.18.0.1", "8.8.8.8", "2001:db8::1", "garbage", ""]
+    ok = ["198.19.4.1", "198.19.4.200", "127.0.0.1", "::1", "::ffff:198.19.4.9",
+          "198.19.64.2", "198.19.127.254"]
+    no = ["198.19.5.1", "198.19.128.1", "198.18.0.1", "8.8.8.8", "2001:db8::1", "garbage",
+          ""]
     assert all(n.dns.may_recurse(c) for c in ok)
     assert not any(n.dns.may_recurse(c) for c in no)
 

@@ -19,7 +19,8 @@ imports the node. It owns:
 Listen addresses (``--dns-listen ADDR[:PORT],...``): default the overlay address of the
 TAP (``--ip``) port 53; with no ``--ip`` and no ``--dns-listen`` there is nothing to
 listen on and the status says so. Forwarding (names outside the domain) is offered only
-to clients on the overlay subnet(s) (``--ip``'s prefix) and to the host itself
+to clients on the overlay subnet(s) (``--ip``'s prefix), in IPAM's range (containers)
+and to the host itself
 (loopback); others get REFUSED: never an open resolver. Upstreams come from
 ``/etc/resolv.conf`` once at start, without any address that is us.
 """
@@ -144,7 +145,16 @@ class DnsService:
         self.records = Records(me, is_known_peer=is_known_peer, on_change=self._on_change)
         self.records.set_gossip(gossip.register(CHANNEL, self.records,
                                                 max_msg=CHANNEL_MAX_MSG))
+        # Recursion for the overlay subnet and for IPAM's range: containers (CNI, Docker)
+        # take addresses from the range, often outside --ip's prefix (a Docker pool), and
+        # their resolv.conf points here; anything else is refused (no open resolver).
         self.overlay = ([ipaddress.ip_interface(cfg.ip).network] if cfg.ip else [])
+        try:
+            alloc = ipaddress.ip_network(cfg.ipalloc_range, strict=False)
+        except ValueError:  # validated by IPAM at start; a bad value just adds nothing here
+            alloc = None
+        if alloc is not None and alloc not in self.overlay:
+            self.overlay.append(alloc)
         self.listen = listen_addresses(cfg)
         self.server: DnsServer | None = None
         self.state = "off (--no-dns)" if not cfg.dns else "not started"
@@ -225,7 +235,7 @@ class DnsService:
             self.save()
 
     def may_recurse(self, client: str) -> bool:
-        """Forwarding only for the overlay subnet(s) and this host (loopback)."""
+        """Forwarding only for the overlay subnet(s), IPAM's range and this host (loopback)."""
         try:
             a = ipaddress.ip_address(client.split("%", 1)[0])
         except ValueError:
