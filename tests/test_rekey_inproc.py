@@ -11,6 +11,8 @@ from sleeve.capture.memory import MemoryPort
 from sleeve.config import Config, Target
 from sleeve.crypto.noise import KeyPair
 from sleeve.node import Node
+from sleeve.status.metrics import metrics_route
+from tests.test_metrics_view import samples
 from tests.test_node_inproc import MAC_A, MAC_B, PSK, established, frame, wait_for
 
 
@@ -43,6 +45,13 @@ def test_frames_flow_both_ways_across_many_exchanges() -> None:
             assert la.rekey.exchanges >= 5 and lb.rekey.exchanges >= 5
             assert la.rekey.exchanges - lb.rekey.exchanges in (-1, 0, 1)
             assert a.links[b.id] is la and b.links[a.id] is lb  # the same connection
+            for node, link in ((a, la), (b, lb)):  # what status and /metrics show
+                conn = node.status()["connections"][0]
+                assert conn["key_exchanges"] == link.rekey.exchanges
+                assert conn["rekey"]["generation"] == link.rekey.exchanges
+                got = {k[1]: v for k, v in samples(metrics_route(node.status)({})[1]).items()
+                       if k[0] == "sleeve_link_key_exchanges_total"}
+                assert list(got.values()) == [link.rekey.exchanges], got
             for node in (a, b):
                 counters = node.stats.snapshot()
                 assert counters.get("handshake_ok") == 1, counters

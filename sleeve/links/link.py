@@ -233,5 +233,6 @@ class Link:
             "reassembling": len(self.reasm) + len(self.segsets),
             "key_epoch": {"send": self.session.send_epoch, "recv": self.session.recv_epoch},
             "key_exchanges": self.rekey.exchanges,
+            "rekey": {k: v for k, v in self.rekey.status().items() if k != "exchanges"},
         }
 

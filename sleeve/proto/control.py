@@ -5,7 +5,7 @@ length-prefixed frames::
 
     preamble (initiator only, once):
     +---+---+---+---+---+---+---------+--------+
-    | S | L | E | E | V | E | version | mode   |   version 2; mode 1 = password,
+    | S | L | E | E | V | E | version | mode   |   version 3; mode 1 = password,
     +---+---+---+---+---+---+---------+--------+   0 = --no-encryption, others refused
 
     frame:
@@ -81,7 +81,9 @@ from sleeve.proto.rekey import KINDS as REKEY_KINDS
 from sleeve.proto.rekey import MAX_ATTEMPTS, REKEY_TIMEOUT, DataKeys, Rekeyer, RekeyError
 
 MAGIC: Final = b"SLEEVE"
-VERSION: Final = 2  # 2: Hello carries the signing key and its certificate
+# 2: Hello carries the signing key and its certificate; 3: rekey exchanges (rk/rk2/rk3),
+# which a version-2 peer would never answer (its link would close every interval)
+VERSION: Final = 3
 PREAMBLE_LEN: Final = 8
 PATTERN: Final = "XXpsk3"
 PROLOGUE_LABEL: Final = b"sleeve-control-v1"
