@@ -13,6 +13,8 @@ import hmac
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sleeve.crypto.aead import derive_data_keys
 from sleeve.crypto.rekey import Ephemeral, KeySchedule
@@ -352,3 +354,34 @@ def test_secrets_are_wiped_and_never_shown() -> None:
     assert not any(eph._secret)
     with pytest.raises(Exception, match="wiped"):
         eph.dh(Ephemeral().public)
+
+
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2, 2**64), st.integers(0, 3),
+                   st.binary(max_size=40),
+                   st.text(max_size=4), st.just(Ephemeral(bytes([3] * 32)).public))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["rk", "rk2", "rk3"]),
+       st.fixed_dictionaries({}, optional={"n": VALUES, "e": VALUES, "s": VALUES}),
+       st.sampled_from(["idle", "started", "answered"]), st.booleans())
+def test_property_any_rekey_message_only_ever_raises_rekey_error(
+        t: str, fields: dict[str, Any], where: str, initiator: bool) -> None:
+    """Whatever an (authenticated) peer puts in rk/rk2/rk3, in any state, on either side of
+    the connection: a Step or a RekeyError with a known reason, nothing else."""
+    ck, h = bytes(range(64)), bytes(range(64, 128))
+    a, b = (Rekeyer(initiator=i, schedule=KeySchedule(ck, h), interval=1.0,
+                    data=DataSession(1, 2, bytes(32), bytes(32), True))
+            for i in (True, False))
+    me, peer = (a, b) if initiator else (b, a)
+    if where == "started":
+        start(me, 0.0)
+    elif where == "answered":
+        me.on_message(start(peer, 0.0))
+    try:
+        step = me.on_message({**fields, "t": t})
+    except RekeyError as e:
+        assert e.reason in {"bad_rekey", "protocol"}, e.reason
+    else:
+        assert isinstance(step.reply, dict | None)
+        assert me.state in set(State)
