@@ -213,7 +213,9 @@ def start(r: Rekeyer, now: float) -> dict[str, Any]:
 
 def test_lost_reply_is_retried_and_a_late_reply_still_completes() -> None:
     a, b, da, db = machines()
+    assert a.next_deadline() is None  # not armed before the first tick
     rk1 = start(a, 0.0)
+    assert a.next_deadline() == 2.0 + REKEY_TIMEOUT
     assert a.tick(2.0 + REKEY_TIMEOUT - 0.1) is None  # not yet timed out
     rk2_ = a.tick(2.0 + REKEY_TIMEOUT)  # rk1 (or its answer) lost: retry
     assert rk2_ is not None and rk2_["n"] != rk1["n"] and rk2_["e"] != rk1["e"]
