@@ -101,8 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"most control connections (default {DEFAULT_CONN_LIMIT})")
     la.add_argument("--no-fastdp", action="store_true",
                     help="never hand links to the kernel's VXLAN (fast datapath)")
-    la.add_argument("--rekey-seconds", type=float, default=120.0, metavar="S",
-                    help="rotate data keys this often (default 120; lower only for tests)")
+    la.add_argument("--rekey-interval", "--rekey-seconds", dest="rekey_seconds", type=float,
+                    default=120.0, metavar="S",
+                    help="fresh Diffie-Hellman for each link's data and control keys this "
+                         "often (default 120; lower only for tests)")
     la.add_argument("--offload", action=argparse.BooleanOptionalAction, default=True,
                     help="offloads where the kernel has them (default on): TCP segmentation "
                          "on the TAP (64 KiB super-frames to peers that take them), UDP GSO "
@@ -279,7 +281,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if args.attach:
             raise ConfigError("--ip applies to the TAP; with --attach, address the bridge")
     if not 0.1 <= args.rekey_seconds <= 86400:
-        raise ConfigError(f"--rekey-seconds out of range (0.1..86400): {args.rekey_seconds}")
+        raise ConfigError(f"--rekey-interval out of range (0.1..86400): {args.rekey_seconds}")
     if not 1 <= args.conn_limit <= 10000:
         raise ConfigError(f"--conn-limit out of range (1..10000): {args.conn_limit}")
     if len(args.iface) > 15:

@@ -57,7 +57,7 @@ class Config:
     conn_limit: int = DEFAULT_CONN_LIMIT
     fastdp: bool = True  # hand links to kernel VXLAN where policy allows (unencrypted/trusted)
     trusted_subnets: tuple[str, ...] = ()  # peers here may use the unencrypted fast datapath
-    rekey_seconds: float = 120.0  # data key rotation period (and every 2^40 datagrams)
+    rekey_seconds: float = 120.0  # fresh-DH rekey period, data and control (--rekey-interval)
     offload: bool = True  # UDP GSO/GRO on the data plane (--no-offload: per datagram)
     clamp_mss: bool = True  # lower TCP SYNs' MSS to the link's path MTU (tinc's ClampMSS)
     dns: bool = True  # serve the micro DNS (--no-dns: the "dns" channel still runs)

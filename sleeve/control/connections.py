@@ -147,7 +147,7 @@ class Connections:
         reason = "closed"
         try:
             try:
-                est, first_msgs = await self._handshake(ch, reader, writer, outbound)
+                est = await self._handshake(ch, reader, writer, outbound)
             finally:
                 if admitted is not None:
                     self.admission.done(admitted)
@@ -166,8 +166,6 @@ class Connections:
             if ts is not None:
                 ts.peer = link.peer
                 ts.attempts = 0
-            for m in first_msgs:
-                self.on_control(link, m)
             await self._serve(link, reader, ch)
         except ControlError as e:
             reason = e.reason
@@ -181,6 +179,7 @@ class Connections:
             log.info("connection %s %s ended: %s", "to" if outbound else "from", where,
                      type(e).__name__ if isinstance(e, TimeoutError) else e)
         finally:
+            ch.wipe()
             if link is not None:
                 self.stats.inc(f"conn_end_{reason}")
                 self.links.unregister(link)
@@ -207,9 +206,8 @@ class Connections:
         return link
 
     async def _handshake(self, ch: ControlChannel, reader: asyncio.StreamReader,
-                         writer: Any, outbound: bool,
-                         ) -> tuple[Established, list[dict[str, Any]]]:
-        msgs: list[dict[str, Any]] = []
+                         writer: Any, outbound: bool) -> Established:
+        """Run the handshake; what arrived after it stays in ``ch`` for ``_serve``."""
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
             if outbound:
                 writer.write(ch.start())
@@ -220,24 +218,26 @@ class Connections:
                         "closed", "peer closed the connection during the handshake" +
                         (" (wrong password or encryption setting on one side?)" if outbound
                          else ""))
-                out, got, est = ch.feed(data)
-                msgs += got
+                out, _, est = ch.feed(data)  # no message precedes the end of the handshake
                 if out:
                     writer.write(out)
                 if est is not None:
-                    return est, msgs
+                    return est
 
     async def _serve(self, link: Link, reader: asyncio.StreamReader,
                      ch: ControlChannel) -> None:
         log.info("connected to %s (%r) at %s:%d, %s", link.name, link.nickname,
                  *link.remote_tcp, "outbound" if link.outbound else "inbound")
+        data = b""  # first what followed the handshake in its last read (ch.feed keeps it)
         while True:
+            out, msgs, _ = ch.feed(data)
+            if out:  # rekey answers: written before anything the handlers seal next
+                link.writer.write(out)
+            for m in msgs:
+                self.on_control(link, m)
             data = await asyncio.wait_for(reader.read(65536), TCP_READ_TIMEOUT)
             if not data:
                 raise ControlError("closed", f"{link.name} closed the control connection")
-            _, msgs, _ = ch.feed(data)
-            for m in msgs:
-                self.on_control(link, m)
 
     def on_control(self, link: Link, m: dict[str, Any]) -> None:
         """One authenticated control message from ``link``'s peer."""

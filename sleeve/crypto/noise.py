@@ -225,6 +225,10 @@ class SymmetricState:
     def handshake_hash(self) -> bytes:
         return self._h
 
+    @property
+    def chaining_key(self) -> bytes:
+        return self._ck
+
     def has_key(self) -> bool:
         return self._cs.has_key()
 
@@ -396,6 +400,18 @@ class HandshakeState:
         if not self.complete or self._failed:
             raise HandshakeError("handshake not complete")
         return self._ss.split()
+
+    def chaining_key(self) -> bytes:
+        """The final chaining key ``ck``, the root of sleeve's post-handshake rekeying.
+
+        Not part of the Noise API: ``crypto.rekey`` mixes fresh Diffie-Hellman outputs
+        into it (as a further ``MixKey``), so later keys depend on this authenticated
+        handshake. Never send or log it.
+        """
+        if not self.complete or self._failed:
+            raise HandshakeError("handshake not complete")
+        return self._ss.chaining_key
+
 
     def _check_turn(self, writing: bool) -> None:
         if self._failed:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from sleeve.crypto.rekey import KeySchedule
 from sleeve.links.link import Link
 from sleeve.proto.control import Established, Hello
+from sleeve.proto.rekey import DataKeys, Rekeyer
 from sleeve.proto.stats import Counters
 
 
@@ -52,6 +54,14 @@ class FakeChannel:
     def seal(self, msg: dict[str, Any]) -> bytes:
         self.sent.append(msg)
         return b"m"
+
+    def enable_rekey(self, data: DataKeys, interval: float | None) -> Rekeyer:
+        """A real state machine that never starts an exchange (none is ever answered)."""
+        sched = KeySchedule(secrets.token_bytes(64), secrets.token_bytes(64))
+        return Rekeyer(initiator=True, schedule=sched, data=data, interval=None)
+
+    def tick(self, now: float) -> bytes:
+        return b""
 
 
 def fake_link(peer: bytes | None = None, *, uid: int = 1, outbound: bool = True,

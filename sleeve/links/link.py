@@ -25,9 +25,9 @@ from sleeve.forward.reassembly import Reassembler
 from sleeve.forward.superframe import CAP_VNET
 from sleeve.proto import datagram as dg
 from sleeve.proto import liveness
-from sleeve.proto.control import ControlChannel, Established, MessageTooLarge
+from sleeve.proto.control import ControlChannel, ControlError, Established, MessageTooLarge
 from sleeve.proto.pmtu import PmtuProber, datagram_bounds
-from sleeve.proto.session import DataSession
+from sleeve.proto.session import REJECT_PREVIOUS_AFTER, DataSession
 from sleeve.proto.stats import Counters
 
 log = logging.getLogger("sleeve")
@@ -75,8 +75,14 @@ class Link:
         self.channel = channel
         self.encrypted = encrypt
         self._drops = drops
+        # Keys move on by fresh Diffie-Hellman every rekey_seconds (proto.rekey), which
+        # replaces the session's time-based hash-chain step; the chain still steps on
+        # volume. The previous key opens stragglers for at most one interval.
         self.session = DataSession(local_index, est.hello.index, est.data_send, est.data_recv,
-                                   encrypt, rekey_after_seconds=rekey_seconds)
+                                   encrypt, rekey_after_seconds=float("inf"),
+                                   reject_previous_after=min(REJECT_PREVIOUS_AFTER,
+                                                             rekey_seconds))
+        self.rekey = channel.enable_rekey(self.session, rekey_seconds)
         # Until a datagram authenticates we can only guess the peer's UDP endpoint:
         # the address it connected from (or we dialled) and the port it announced.
         self.endpoint: tuple[str, int] = (remote[0], est.hello.udp_port)
@@ -184,6 +190,18 @@ class Link:
             return
         self.writer.write(data)
 
+    def rekey_tick(self, now: float) -> None:
+        """Start or retry a key exchange when due; close the connection if it stalled."""
+        try:
+            data = self.channel.tick(now)
+        except ControlError as e:
+            log.warning("closing the connection to %s: %s", self.name, e.detail)
+            self._drops.inc(e.reason)
+            self.writer.close()
+            return
+        if data and not self.writer.is_closing():
+            self.writer.write(data)
+
     def write_backlog(self) -> int:
         """Bytes written to the control connection and not yet sent."""
         return int(self.writer.transport.get_write_buffer_size())
@@ -214,5 +232,7 @@ class Link:
                          **{f"drop_{k}": v for k, v in self.segsets.drops.items()}},
             "reassembling": len(self.reasm) + len(self.segsets),
             "key_epoch": {"send": self.session.send_epoch, "recv": self.session.recv_epoch},
+            "key_exchanges": self.rekey.exchanges,
+            "rekey": {k: v for k, v in self.rekey.status().items() if k != "exchanges"},
         }
 

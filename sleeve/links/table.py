@@ -138,6 +138,7 @@ class LinkTable:
         if now >= link.next_tcp_hb:
             link.next_tcp_hb = now + TCP_HEARTBEAT
             link.send_control({"t": "hb"})
+        link.rekey_tick(now)
 
     def heard(self, link: Link, now: float) -> None:
         """An authenticated datagram arrived on ``link``: tell the peer once that we hear it."""

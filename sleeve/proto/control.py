@@ -5,7 +5,7 @@ length-prefixed frames::
 
     preamble (initiator only, once):
     +---+---+---+---+---+---+---------+--------+
-    | S | L | E | E | V | E | version | mode   |   version 2; mode 1 = password,
+    | S | L | E | E | V | E | version | mode   |   version 3; mode 1 = password,
     +---+---+---+---+---+---+---------+--------+   0 = --no-encryption, others refused
 
     frame:
@@ -41,6 +41,11 @@ State machine::
     responder: WAIT_PREAMBLE -> WAIT_MSG1 --send msg2--> WAIT_MSG3 --hello/send hello--> OPEN
     any state --ERROR frame or bad input--> ControlError (the adapter closes)
 
+Once open, either side may run a fresh-DH rekey exchange (``rk``/``rk2``/``rk3``,
+``proto.rekey``): those three message types are handled here, inside ``feed``, because
+each marks the frame after which this channel's send or receive key changes; they never
+reach the caller. ``tick(now)`` returns what the exchange's timer wants sent.
+
 With --no-encryption the handshake still runs (static keys authenticate the
 peers, the control channel stays sealed) with an all-zero PSK; only the data
 plane goes unencrypted (still integrity-protected).
@@ -71,9 +76,14 @@ from sleeve.crypto.noise import (
     HandshakeState,
     KeyPair,
 )
+from sleeve.crypto.rekey import KeySchedule
+from sleeve.proto.rekey import KINDS as REKEY_KINDS
+from sleeve.proto.rekey import MAX_ATTEMPTS, REKEY_TIMEOUT, DataKeys, Rekeyer, RekeyError
 
 MAGIC: Final = b"SLEEVE"
-VERSION: Final = 2  # 2: Hello carries the signing key and its certificate
+# 2: Hello carries the signing key and its certificate; 3: rekey exchanges (rk/rk2/rk3),
+# which a version-2 peer would never answer (its link would close every interval)
+VERSION: Final = 3
 PREAMBLE_LEN: Final = 8
 PATTERN: Final = "XXpsk3"
 PROLOGUE_LABEL: Final = b"sleeve-control-v1"
@@ -235,6 +245,8 @@ class ControlChannel:
         self._rx: CipherState | None = None
         self.established: Established | None = None
         self.state = State.WAIT_MSG2 if initiator else State.WAIT_PREAMBLE
+        self._schedule: KeySchedule | None = None  # from the handshake, for rekeying
+        self.rekey: Rekeyer | None = None  # once the link's data session is attached
 
     # -- output -----------------------------------------------------------------------------
     def start(self) -> bytes:
@@ -257,6 +269,54 @@ class ControlChannel:
             raise MessageTooLarge(f"a {msg.get('t')!r} control message of {len(plain)} bytes "
                                   f"exceeds the {MAX_FRAME}-byte frame limit")
         return frame(T_SEALED, self._tx.encrypt_with_ad(b"", plain))
+
+    def enable_rekey(self, data: DataKeys, interval: float | None, *,
+                     timeout: float = REKEY_TIMEOUT, max_attempts: int = MAX_ATTEMPTS,
+                     ) -> Rekeyer:
+        """Run fresh-DH exchanges (``proto.rekey``) on this open channel for ``data``.
+
+        ``interval``: how often to start one (None: only answer the peer's).
+        """
+        if self.state is not State.OPEN or self._schedule is None:
+            raise RuntimeError("control channel is not open")
+        self.rekey = Rekeyer(initiator=self.initiator, schedule=self._schedule, data=data,
+                             interval=interval, timeout=timeout, max_attempts=max_attempts)
+        return self.rekey
+
+    def tick(self, now: float) -> bytes:
+        """Bytes to send now (a rekey start or retry). Raises ControlError on a stalled
+        exchange."""
+        rk = self.rekey
+        if rk is None or self.state is not State.OPEN:
+            return b""
+        try:
+            msg = rk.tick(now)
+        except RekeyError as e:
+            raise ControlError(e.reason, e.detail) from None
+        return b"" if msg is None else self.seal(msg)
+
+    def _on_rekey(self, m: dict[str, Any]) -> bytes:
+        """Apply one rekey message: reply under the current key, then switch keys."""
+        if self.rekey is None:
+            raise ControlError("protocol", "rekey message before the link was set up")
+        try:
+            step = self.rekey.on_message(m)
+        except RekeyError as e:
+            raise ControlError(e.reason, e.detail) from None
+        out = b"" if step.reply is None else self.seal(step.reply)
+        # The old CipherStates' keys are immutable bytes: dropping them is all we can do.
+        if step.tx_key is not None:
+            self._tx = CipherState(step.tx_key)
+        if step.rx_key is not None:
+            self._rx = CipherState(step.rx_key)
+        return out
+
+    def wipe(self) -> None:
+        """Zero the rekey secrets (the connection ended)."""
+        if self.rekey is not None:
+            self.rekey.wipe()
+        elif self._schedule is not None:
+            self._schedule.wipe()
 
     def _hello_message(self) -> bytes:
         if self._signer is None:
@@ -289,7 +349,10 @@ class ControlChannel:
             if msg is not None:
                 msgs.append(msg)
             if est is not None:
+                # Later frames wait in the buffer until the next feed: the caller sets
+                # the link up (enable_rekey) first, then feeds b"" to take them.
                 done = est
+                break
         return bytes(out), msgs, done
 
     def _next_frame(self) -> tuple[int, bytes] | None:
@@ -347,7 +410,10 @@ class ControlChannel:
                 plain = self._rx.decrypt_with_ad(b"", body)
             except HandshakeError:
                 raise ControlError("decrypt", "control message failed authentication") from None
-            return b"", unpack_message(plain), None
+            m = unpack_message(plain)
+            if m["t"] in REKEY_KINDS:
+                return self._on_rekey(m), None, None
+            return b"", m, None
         if hs is None:
             raise ControlError("protocol", "frame before preamble")
         try:
@@ -394,6 +460,7 @@ class ControlChannel:
         rs = hs.remote_static
         assert rs is not None
         self.state = State.OPEN
+        self._schedule = KeySchedule(hs.chaining_key(), hs.handshake_hash)
         i2r, r2i = (self._tx.key, self._rx.key) if self.initiator else (self._rx.key, self._tx.key)
         d_i2r, d_r2i = derive_data_keys(i2r, r2i, hs.handshake_hash)
         send, recv = (d_i2r, d_r2i) if self.initiator else (d_r2i, d_i2r)

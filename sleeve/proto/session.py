@@ -29,6 +29,19 @@ which always re-handshakes, starts from fresh keys and nothing of the old sessio
 Nothing is accepted twice: each epoch's key is paired with one replay window for as
 long as we hold the key, and the chain only moves forward, so a key we dropped can
 never be re-derived.
+
+Fresh Diffie-Hellman (issue 21, ``proto.rekey``). A hash chain cannot recover from a
+leaked key, so the router replaces the time-based chain step with a fresh DH exchange
+over the control channel (the link passes ``rekey_after_seconds=inf``); the epochs stay,
+as the switch-over's numbering. ``announce()`` names our next epoch as the one the new
+keys start at and holds the time-based step until ``switch_send(key)`` puts us there;
+the peer learns that epoch in the exchange and calls ``install_recv(key, epoch)``, which
+*splices* the new root into its receive chain at that epoch: the lookahead derives
+epoch e from the splice when one starts at e, from the previous chain otherwise. The
+switch is therefore an ordinary one-epoch step for the receiver, with the same trial
+decryption and the same grace for the previous key, and costs the hot path nothing.
+The volume step (``rekey_after_messages``) stays: it bounds any one key's use between
+exchanges.
 """
 
 from __future__ import annotations
@@ -60,6 +73,8 @@ REJECT_PREVIOUS_AFTER: Final = 10.0
 # while nothing reaches us (one-way outage) rotates every REKEY_AFTER_SECONDS: 64 epochs
 # is about 2 h of such silence, after which only a new handshake resynchronises.
 MAX_EPOCH_SKIP: Final = 64
+# Announced fresh-DH roots held ahead of our receive epoch (see install_recv).
+MAX_SPLICES: Final = 2
 
 EXPIRED_KEY: Final = "expired_key"
 # An epoch we hold no key for and cannot derive one for (too far ahead, or before the
@@ -79,8 +94,9 @@ class DataSession:
     __slots__ = (
         "_ahead", "_clock", "_encrypt", "_grace", "_header", "_opener", "_prev_opener",
         "_prev_replay", "_prev_until", "_rekey_messages", "_rekey_seconds", "_rx_chain",
-        "_rx_hi", "_rx_lo", "_sealer", "_sent_before", "_tx_chain", "_tx_deadline",
-        "_tx_wire", "_wake_at", "local_index", "remote_index", "replay",
+        "_rx_hi", "_rx_lo", "_sealer", "_sent_before", "_splices", "_tx_chain",
+        "_tx_deadline", "_tx_next", "_tx_wire", "_wake_at", "local_index", "remote_index",
+        "replay",
     )
 
     def __init__(self, local_index: int, remote_index: int, send_key: bytes, recv_key: bytes,
@@ -108,6 +124,7 @@ class DataSession:
         self._header = self._header_builder()
         self._sent_before = 0
         self._tx_deadline = clock() + rekey_after_seconds
+        self._tx_next: int | None = None  # the epoch a fresh-DH switch was announced for
         # receive: the current epoch, the previous one, and lazily derived ones ahead
         self._rx_chain = KeyChain(recv_key)
         self._opener = Opener(self._rx_chain.key(), encrypt)
@@ -117,6 +134,8 @@ class DataSession:
         self._prev_replay: ReplayWindow | None = None
         self._prev_until = _NEVER
         self._ahead: list[tuple[KeyChain, Opener]] = []  # epochs current+1, current+2, ...
+        # Fresh-DH keys the peer announced: first epoch -> the chain rooted at the new key
+        self._splices: dict[int, KeyChain] = {}
         self._wake_at = self._tx_deadline  # earliest of the send and previous-key deadlines
 
     def __repr__(self) -> str:  # never show keys
@@ -146,9 +165,13 @@ class DataSession:
             return self._sealer.seal(self._header, body)
 
     def _rotate_send(self, now: float) -> None:
-        self._sent_before += self._sealer.counter
         self._tx_chain.advance()  # overwrites the old chain key
-        self._sealer = Sealer(self._tx_chain.key(), self._encrypt, self._rekey_messages)
+        self._use_send_chain(self._tx_chain, now)
+
+    def _use_send_chain(self, chain: KeyChain, now: float) -> None:
+        self._sent_before += self._sealer.counter
+        self._tx_chain = chain
+        self._sealer = Sealer(chain.key(), self._encrypt, self._rekey_messages)
         self._tx_wire = self._tx_chain.epoch & EPOCH_MASK
         self._header = self._header_builder()
         self._tx_deadline = now + self._rekey_seconds
@@ -165,8 +188,63 @@ class DataSession:
         if now >= self._prev_until:
             self._drop_previous()
         if now >= self._tx_deadline:
-            self._rotate_send(now)
+            if self._tx_next is None:
+                self._rotate_send(now)
+            else:  # a fresh-DH switch is coming: it is the next rotation
+                self._tx_deadline = _NEVER
         self._wake_at = min(self._tx_deadline, self._prev_until)
+
+    # ------------------------------------------------------------------ fresh DH (proto.rekey)
+
+    def announce(self) -> int:
+        """The epoch our sending will switch to fresh-DH keys at: the next one.
+
+        Until ``switch_send`` the send chain does not rotate on time (the switch is that
+        rotation). It still rotates on volume, which no key may exceed; should that
+        happen first (``rekey_after_messages`` datagrams within one exchange, some 2**40
+        in the router), ``switch_send`` lands one epoch later and the peer, which takes
+        the announced epoch as the new keys', drops the datagrams in between as "auth".
+        """
+        if self._tx_next is None:
+            self._tx_next = self._tx_chain.epoch + 1
+        return self._tx_next
+
+    def switch_send(self, key: bytes) -> None:
+        """Seal from the announced epoch on under the chain rooted at ``key``."""
+        start = self._tx_next
+        if start is None:
+            raise ValueError("switch_send without announce")
+        chain = KeyChain(key, start)
+        while chain.epoch <= self._tx_chain.epoch:  # the volume limit moved us on meanwhile
+            chain.advance()
+        old = self._tx_chain
+        self._tx_next = None
+        self._use_send_chain(chain, self._clock())
+        old.wipe()
+
+    def install_recv(self, key: bytes, start: int) -> None:
+        """The peer's datagrams of epoch ``start`` and later use the chain rooted at ``key``.
+
+        Called before the peer can send under it, so the first such datagram opens. The
+        epoch before ``start`` stays the previous key for the grace period once we move on.
+        """
+        current = self._rx_chain.epoch
+        if not current < start <= current + MAX_EPOCH_SKIP:
+            raise ValueError(f"announced key epoch {start} is not within "
+                             f"{MAX_EPOCH_SKIP} after our {current}")
+        keep = start - current - 1  # lookahead chains derived from the old root past it go
+        for chain, _ in self._ahead[keep:]:
+            chain.wipe()
+        del self._ahead[keep:]
+        for later in [e for e in self._splices if e >= start]:
+            self._splices.pop(later).wipe()
+        if len(self._splices) >= MAX_SPLICES:  # the peer moved on twice meanwhile: the
+            oldest = min(self._splices)        # oldest only opened datagrams long past
+            self._splices.pop(oldest).wipe()
+            for chain, _ in self._ahead[oldest - current - 1:]:
+                chain.wipe()
+            del self._ahead[oldest - current - 1:]
+        self._splices[start] = KeyChain(key, start)
 
     @property
     def sent(self) -> int:
@@ -233,7 +311,9 @@ class DataSession:
         """The opener of epoch current+delta, deriving (once) the keys up to it."""
         ahead = self._ahead
         while len(ahead) < delta:
-            chain = (ahead[-1][0] if ahead else self._rx_chain).next()
+            chain = self._splices.get(self._rx_chain.epoch + len(ahead) + 1)
+            if chain is None:
+                chain = (ahead[-1][0] if ahead else self._rx_chain).next()
             ahead.append((chain, Opener(chain.key(), self._encrypt)))
         return ahead[delta - 1][1]
 
@@ -249,6 +329,8 @@ class DataSession:
             chain.wipe()
         self._rx_chain, self._opener = ahead[delta - 1]
         del ahead[:delta]
+        for used in [e for e in self._splices if e <= self._rx_chain.epoch]:
+            del self._splices[used]  # now (or already wiped) chains of epochs we reached
         self.replay = ReplayWindow()
         self._prev_opener, self._prev_replay = prev_opener, prev_replay
         self._prev_until = self._clock() + self._grace
@@ -269,9 +351,11 @@ class DataSession:
 
         Afterwards the session must not be used; it also runs when the session is freed.
         """
-        for chain in (self._tx_chain, self._rx_chain, *(c for c, _ in self._ahead)):
+        for chain in (self._tx_chain, self._rx_chain, *(c for c, _ in self._ahead),
+                      *self._splices.values()):
             chain.wipe()
         self._ahead.clear()
+        self._splices.clear()
         self._prev_opener = self._prev_replay = None
 
     def __del__(self) -> None:

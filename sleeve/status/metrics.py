@@ -43,6 +43,9 @@ class _NodeCollector(Collector):
                                  labels=labels)
         up = GaugeMetricFamily("sleeve_link_established", "1 when the link carries data",
                                labels=[*labels, "path", "encrypted"])
+        rekeys = CounterMetricFamily("sleeve_link_key_exchanges",
+                                     "fresh Diffie-Hellman key exchanges completed per link",
+                                     labels=labels)
         for c in st["connections"]:
             lv = [c["peer"], c["nickname"]]
             k = c["counters"]
@@ -56,9 +59,10 @@ class _NodeCollector(Collector):
             if c["rtt_ms"] is not None:
                 rtt.add_metric(lv, c["rtt_ms"] / 1000)
             pmtu.add_metric(lv, c.get("pmtu", 0))
+            rekeys.add_metric(lv, c.get("key_exchanges", 0))
             up.add_metric([*lv, c["path"], str(c["encrypted"]).lower()],
                           1 if c["state"] == "established" else 0)
-        yield from (link_bytes, link_pkts, link_super, link_drops, rtt, pmtu, up)
+        yield from (link_bytes, link_pkts, link_super, link_drops, rtt, pmtu, up, rekeys)
         drops = CounterMetricFamily("sleeve_drops", "untrusted or undeliverable input dropped",
                                     labels=["reason"])
         for reason, v in st["drops"].items():
