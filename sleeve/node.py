@@ -443,6 +443,7 @@ class Node:
             "gossip": self.gossip.status(),
             "dns": self.dns.status(),
             "ipam": self.ipam.status(),
+            "traversal": self.traversal.status(now),
             "docker": None if self.docker is None else self.docker.status(),
             "macs": [{"mac": m.hex(":"), "peer": "local" if p == LOCAL else format_peer_id(p),
                       "age_s": round(age, 1)} for m, p, age in self.macs.entries(now)],
