@@ -113,10 +113,11 @@ def test_adjacent_nats_punch_a_direct_link() -> None:
         try:
             r1.wait(lambda st: direct(st, n2), 60, "punched link h1-h2")
             r2.wait(lambda st: direct(st, n1), 60 - (time.monotonic() - t), "punched h2-h1")
-        except AssertionError:
+        except (AssertionError, TimeoutError):
             for gw in (gw1, gw2):  # what the NATs did, for whoever reads the failure
-                print(gw.run("conntrack", "-L", "-p", "udp", check=False).stdout)
-            print(r1.status().get("traversal"), r2.status().get("traversal"))
+                print(gw.name, gw.run("conntrack", "-L", "-p", "udp", check=False).stdout)
+            for r in (r1, r2):
+                print(r.host.name, r.status().get("traversal"), r.log()[-2000:])
             raise
         took = time.monotonic() - t
         c1, c2 = link_to(r1.status(), n2), link_to(r2.status(), n1)
@@ -143,3 +144,42 @@ def test_adjacent_nats_punch_a_direct_link() -> None:
         trav = r1.status()["traversal"]
         (entry,) = [p for p in trav["peers"] if p["peer"] == n2]
         assert entry["state"] == "direct" and entry["tried"], entry
+
+
+def test_two_peers_behind_one_nat_talk_over_the_lan() -> None:
+    """h1 and h2 share a NAT (no hairpinning): they find each other on LAN addresses."""
+    if os.geteuid() != 0:
+        pytest.fail("lab tests need root (network namespaces)")
+    with Lab() as lab:
+        pub, lan = lab.switch("pub"), lab.switch("lan")
+        s, gw = lab.host("s"), lab.router("gw")
+        lab.connect(s, pub, f"{S_UL}/24")
+        gw_out = lab.connect(gw, pub, f"{NAT1}/24")
+        gw_in = lab.connect(gw, lan, "198.18.51.1/24")
+        lab.nat(gw, gw_in, gw_out)
+        h1, h2 = lab.host("h1"), lab.host("h2")
+        for h, ip in ((h1, "198.18.51.2"), (h2, "198.18.51.3")):
+            lab.connect(h, lan, f"{ip}/24")
+            h.route("198.18.40.0/24", "198.18.51.1")
+        wd = workdir()
+        rs = Router(s, ["--ip", "198.19.40.1/24"], wd, "lan pw")
+        r1 = Router(h1, ["--ip", f"{H1_OV}/24", S_UL], wd, "lan pw")
+        r2 = Router(h2, ["--ip", f"{H2_OV}/24", S_UL], wd, "lan pw")
+        n1 = r1.wait(lambda st: True, 20, "status")["name"]
+        n2 = r2.wait(lambda st: True, 20, "status")["name"]
+        t = time.monotonic()
+        st1 = r1.wait(lambda st: direct(st, n2), 30, "LAN link h1-h2")
+        st2 = r2.wait(lambda st: direct(st, n1), 30, "LAN link h2-h1")
+        c1, c2 = link_to(st1, n2), link_to(st2, n1)
+        assert c1 is not None and c2 is not None
+        print(f"\nsame NAT: direct link after {time.monotonic() - t:.1f}s; h1 sends to "
+              f"{c1['udp']}, h2 to {c2['udp']}")
+        assert c1["udp"] == "198.18.51.3:6783" and c2["udp"] == "198.18.51.2:6783"
+        r1.wait(lambda st: next(r for r in st["routes"] if r["destination"] == n2)["via"]
+                == n2, 10, "direct route h1-h2")
+        before = rs.status()["counters"].get("relayed_frames", 0)
+        n = 2_000_000
+        assert tcp_transfer(h1, h2, H2_OV, n)[:2] == (n, expected_digest(n, "sleeve"))
+        relayed = rs.status()["counters"].get("relayed_frames", 0) - before
+        print(f"2 MB h1->h2 over the LAN; frames relayed by s {relayed}")
+        assert relayed < 50

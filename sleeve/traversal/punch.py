@@ -36,7 +36,7 @@ from sleeve.links.link import Link
 from sleeve.links.table import LinkTable
 from sleeve.proto.stats import Counters
 from sleeve.proto.topology import Topology
-from sleeve.traversal import plan
+from sleeve.traversal import candidates, plan
 from sleeve.traversal.plan import Plan
 from sleeve.traversal.relay import RelayWriter
 
@@ -61,6 +61,7 @@ class Attempt:
     plan: Plan
     link: Link | None  # while punching and once punched; None once failed
     result: str = ""  # "" while punching
+    lan: list[candidates.Endpoint] = field(default_factory=list)  # the peer's LAN endpoints
 
 
 @dataclass
@@ -116,6 +117,8 @@ class Traversal:
                                   link.session.remote_index, rec.attempts)
                 att = Attempt(rec.attempts, now, p, link)
                 rec.tried.append(att)
+                log.info("hole punching to %s: attempt %d, %s", link.name, att.n, p.describe())
+                self._send_candidates(link)
             if att.result:
                 continue  # punched: an ordinary direct link now
             if link.endpoint_learnt:
@@ -132,6 +135,33 @@ class Traversal:
             if att is not None and att.link is not None and self.links.get(
                     att.link.peer) is not att.link:
                 self._ended(rec, att, now, "relayed connection closed")
+
+    def _send_candidates(self, link: Link) -> None:
+        """Tell the peer our endpoint on the route to the mediator (our LAN address)."""
+        med = self.links.get(link.mediator) if link.mediator is not None else None
+        if med is None:
+            return
+        name = med.writer.get_extra_info("sockname")
+        sock = self.underlay.udp6 if isinstance(name, tuple) and ":" in str(name[0]) \
+            else self.underlay.udp
+        if sock is None:
+            return
+        eps = candidates.local_candidate(name, sock.getsockname()[1])
+        if eps:
+            link.send_control(candidates.encode(eps))
+
+    def on_cand(self, link: Link, m: dict[str, Any]) -> None:
+        """The peer's LAN endpoints for the attempt in progress (dropped otherwise)."""
+        eps = candidates.decode(m)
+        if eps is None:
+            self.drops.inc("bad_cand")
+            return
+        rec = self.peers.get(link.peer)
+        att = rec.current if rec is not None else None
+        if att is None or att.link is not link:
+            self.drops.inc("cand_no_attempt")
+            return
+        att.lan = eps
 
     def _ended(self, rec: PeerPunch, att: Attempt, now: float, result: str) -> None:
         """An attempt failed: count it, and back off (stale NAT entries expire meanwhile)."""
@@ -178,16 +208,17 @@ class Traversal:
             link.writer.close()
             return
         send, ttl = att.plan.step(age)
-        if not send:
-            return
         # the endpoint the mediator observed (the peer's NAT mapping) and the announced
         # port on the same address (a port-preserving NAT)
         eps = {link.endpoint, (link.endpoint[0], link.hello_port)}
         obs = link.remote_tcp
         if obs[0] != "relay" and 0 < obs[1] < 65536:
             eps.add(obs)
-        for ep in sorted(eps):
-            self.underlay.send_ttl(link, ep, link.session.seal(link.heartbeat_record(now)), ttl)
+        out = [(ep, ttl) for ep in sorted(eps)] if send else []
+        # the peer's LAN endpoints, every tick: a short hop limit keeps them near
+        out += [(ep, candidates.LAN_HOPS) for ep in att.lan if ep not in eps]
+        for ep, hops in out:
+            self.underlay.send_ttl(link, ep, link.session.seal(link.heartbeat_record(now)), hops)
 
     def _mediator_for(self, peer: bytes) -> Link | None:
         for p in sorted(self.links.links):
