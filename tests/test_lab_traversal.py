@@ -110,14 +110,19 @@ def test_adjacent_nats_punch_a_direct_link() -> None:
         n2 = r2.wait(lambda st: True, 20, "status")["name"]
         r1.wait(lambda st: any(r["destination"] == n2 for r in st["routes"]), 20, "route h1-h2")
         t = time.monotonic()
+        snaps = []  # the NATs' conntrack during the attempt, for whoever reads a failure
         try:
-            r1.wait(lambda st: direct(st, n2), 60, "punched link h1-h2")
+            for at in (20, 38):
+                if not direct(r1.status(), n2):
+                    time.sleep(max(0.0, t + at - time.monotonic()))
+                    snaps += [f"{gw.name} at {at}s:\n" + gw.run(
+                        "conntrack", "-L", "-p", "udp", check=False).stdout for gw in (gw1, gw2)]
+            r1.wait(lambda st: direct(st, n2), 60 - (time.monotonic() - t), "punched link h1-h2")
             r2.wait(lambda st: direct(st, n1), 60 - (time.monotonic() - t), "punched h2-h1")
         except (AssertionError, TimeoutError):
-            for gw in (gw1, gw2):  # what the NATs did, for whoever reads the failure
-                print(gw.name, gw.run("conntrack", "-L", "-p", "udp", check=False).stdout)
+            print("\n".join(snaps))
             for r in (r1, r2):
-                print(r.host.name, r.status().get("traversal"), r.log()[-2000:])
+                print(r.host.name, r.status().get("traversal"), r.log()[-2500:])
             raise
         took = time.monotonic() - t
         c1, c2 = link_to(r1.status(), n2), link_to(r2.status(), n1)
@@ -183,3 +188,59 @@ def test_two_peers_behind_one_nat_talk_over_the_lan() -> None:
         relayed = rs.status()["counters"].get("relayed_frames", 0) - before
         print(f"2 MB h1->h2 over the LAN; frames relayed by s {relayed}")
         assert relayed < 50
+
+
+P6 = "2001:2:0:1840"  # the shared segment; h1 behind fw1 in ...1841, h2 behind fw2 in ...1842
+
+
+def test_ipv6_pair_behind_stateful_firewalls_punches_through() -> None:
+    """No NAT, but each side's firewall forwards inbound only for established flows."""
+    if os.geteuid() != 0:
+        pytest.fail("lab tests need root (network namespaces)")
+    with Lab() as lab:
+        pub = lab.switch("pub")
+        s = lab.host("s")
+        lab.connect(s, pub, f"{P6}::1/64")
+        hs = []
+        for i in (1, 2):
+            fw, h = lab.router(f"fw{i}"), lab.host(f"h{i}")
+            fw.sysctl("net.ipv6.conf.all.forwarding", 1)
+            out = lab.connect(fw, pub, f"{P6}::1{i}/64")
+            inside, _ = lab.link(fw, h, f"2001:2:0:184{i}::1/64", f"2001:2:0:184{i}::2/64")
+            fw.nft("add table ip6 slv_fw\n"
+                   "add chain ip6 slv_fw fwd { type filter hook forward priority 0; }\n"
+                   f'add rule ip6 slv_fw fwd iifname "{out}" oifname "{inside}" '
+                   "ct state established,related accept\n"
+                   f'add rule ip6 slv_fw fwd iifname "{out}" oifname "{inside}" drop\n')
+            other = 3 - i
+            for net in (f"{P6}::/64", f"2001:2:0:184{other}::/64"):
+                h.route(net, f"2001:2:0:184{i}::1")
+            fw.route(f"2001:2:0:184{other}::/64", f"{P6}::1{other}")
+            s.route(f"2001:2:0:184{i}::/64", f"{P6}::1{i}")
+            hs.append((fw, h))
+        (fw1, h1), (fw2, h2) = hs
+        wd = workdir()
+        Router(s, ["--ip", "198.19.40.1/24"], wd, "v6 fw pw")
+        r1 = Router(h1, ["--ip", f"{H1_OV}/24", f"[{P6}::1]:6783"], wd, "v6 fw pw")
+        r2 = Router(h2, ["--ip", f"{H2_OV}/24", f"[{P6}::1]:6783"], wd, "v6 fw pw")
+        n1 = r1.wait(lambda st: True, 20, "status")["name"]
+        n2 = r2.wait(lambda st: True, 20, "status")["name"]
+        t = time.monotonic()
+        try:
+            st1 = r1.wait(lambda st: direct(st, n2), 40, "punched IPv6 link h1-h2")
+            st2 = r2.wait(lambda st: direct(st, n1), 40, "punched IPv6 link h2-h1")
+        except (AssertionError, TimeoutError):
+            for r in (r1, r2):
+                print(r.host.name, r.status().get("traversal"), r.log()[-2000:])
+            raise
+        c1, c2 = link_to(st1, n2), link_to(st2, n1)
+        assert c1 is not None and c2 is not None
+        print(f"\nIPv6 behind stateful firewalls: direct after {time.monotonic() - t:.1f}s; "
+              f"h1 sends to {c1['udp']}, h2 to {c2['udp']}")
+        assert c1["udp"] == "[2001:2:0:1842::2]:6783" and c2["udp"] == "[2001:2:0:1841::2]:6783"
+        assert h1.ping(H2_OV, count=3)
+        n = 2_000_000
+        assert tcp_transfer(h1, h2, H2_OV, n)[:2] == (n, expected_digest(n, "sleeve"))
+        # the firewalls never let a new inbound flow through: the punch opened them
+        for fw in (fw1, fw2):
+            assert "drop" in fw.run("nft", "list", "table", "ip6", "slv_fw").stdout
