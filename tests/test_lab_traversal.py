@@ -200,13 +200,17 @@ def test_ipv6_pair_behind_stateful_firewalls_punches_through() -> None:
     with Lab() as lab:
         pub = lab.switch("pub")
         s = lab.host("s")
-        lab.connect(s, pub, f"{P6}::1/64")
+        s.addr(lab.connect(s, pub, None), f"{P6}::1/64")
         hs = []
         for i in (1, 2):
             fw, h = lab.router(f"fw{i}"), lab.host(f"h{i}")
             fw.sysctl("net.ipv6.conf.all.forwarding", 1)
-            out = lab.connect(fw, pub, f"{P6}::1{i}/64")
-            inside, _ = lab.link(fw, h, f"2001:2:0:184{i}::1/64", f"2001:2:0:184{i}::2/64")
+            out = lab.connect(fw, pub, None)
+            fw.addr(out, f"{P6}::1{i}/64")
+            # the inside veth has IPv4 too (lab.link wants it); nothing routes it anywhere
+            inside, h_if = lab.link(fw, h, f"198.18.4{i}.1/24", f"198.18.4{i}.2/24")
+            fw.addr(inside, f"2001:2:0:184{i}::1/64")
+            h.addr(h_if, f"2001:2:0:184{i}::2/64")
             fw.nft("add table ip6 slv_fw\n"
                    "add chain ip6 slv_fw fwd { type filter hook forward priority 0; }\n"
                    f'add rule ip6 slv_fw fwd iifname "{out}" oifname "{inside}" '

@@ -7,12 +7,15 @@ control connection (end-to-end encrypted: the mediator cannot read or forge it),
 address it reaches its mediator from (the route's source address: behind NAT, the
 LAN address) with its UDP port::
 
-    {"t": "cand", "eps": [[host str, port int], ...]}    at most MAX_CANDS entries
+    {"t": "cand", "eps": [[host str, port int], ...],      at most MAX_CANDS entries
+                  "mapped": [[host str, port int], ...]}    optional, as many
          host: an IPv4 or IPv6 address literal (not a name), unicast, not loopback,
                not unspecified; port 1..65535
+         mapped: a public endpoint our gateway forwards to us (``traversal.portmap``)
 
 The punch then also sends to these, with hop limit ``LAN_HOPS``: enough for a peer
-on our segment or one router away behind the same NAT, never far on the internet.
+on our segment or one router away behind the same NAT, never far on the internet;
+to mapped endpoints with the full TTL (the gateway forwards them, nothing to spoil).
 A malformed message is dropped and counted (``bad_cand``), never raised.
 """
 
@@ -27,8 +30,18 @@ LAN_HOPS = 2
 Endpoint = tuple[str, int]
 
 
-def encode(eps: list[Endpoint]) -> dict[str, Any]:
-    return {"t": "cand", "eps": [[h, p] for h, p in eps[:MAX_CANDS]]}
+def encode(eps: list[Endpoint], mapped: list[Endpoint] | None = None) -> dict[str, Any]:
+    m: dict[str, Any] = {"t": "cand", "eps": [[h, p] for h, p in eps[:MAX_CANDS]]}
+    if mapped:
+        m["mapped"] = [[h, p] for h, p in mapped[:MAX_CANDS]]
+    return m
+
+
+def decode_mapped(m: dict[str, Any]) -> list[Endpoint] | None:
+    """The mapped endpoints of a ``cand`` message ([] when absent), None when malformed."""
+    if "mapped" not in m:
+        return []
+    return decode({"eps": m["mapped"]})
 
 
 def decode(m: dict[str, Any]) -> list[Endpoint] | None:

@@ -62,6 +62,7 @@ class Attempt:
     link: Link | None  # while punching and once punched; None once failed
     result: str = ""  # "" while punching
     lan: list[candidates.Endpoint] = field(default_factory=list)  # the peer's LAN endpoints
+    mapped: list[candidates.Endpoint] = field(default_factory=list)  # its gateway's mapping
 
 
 @dataclass
@@ -92,6 +93,8 @@ class Traversal:
         self.enabled = enabled  # --no-discovery turns punching off too
         self._run_connection = run_connection
         self.spawn: Spawn | None = None  # the node's task group, while running
+        # our gateway's port mapping (traversal.portmap), announced to peers when there is one
+        self.mapped: Callable[[], tuple[str, int] | None] = lambda: None
         # relayed control connections: peer -> (reader, writer, mediator peer)
         self.virtual: dict[bytes, tuple[asyncio.StreamReader, RelayWriter, bytes]] = {}
         self.peers: dict[bytes, PeerPunch] = {}  # only peers in the topology: bounded
@@ -147,13 +150,14 @@ class Traversal:
         if sock is None:
             return
         eps = candidates.local_candidate(name, sock.getsockname()[1])
-        if eps:
-            link.send_control(candidates.encode(eps))
+        mapped = self.mapped()
+        if eps or mapped:
+            link.send_control(candidates.encode(eps, [mapped] if mapped else None))
 
     def on_cand(self, link: Link, m: dict[str, Any]) -> None:
         """The peer's LAN endpoints for the attempt in progress (dropped otherwise)."""
-        eps = candidates.decode(m)
-        if eps is None:
+        eps, mapped = candidates.decode(m), candidates.decode_mapped(m)
+        if eps is None or mapped is None:
             self.drops.inc("bad_cand")
             return
         rec = self.peers.get(link.peer)
@@ -161,7 +165,7 @@ class Traversal:
         if att is None or att.link is not link:
             self.drops.inc("cand_no_attempt")
             return
-        att.lan = eps
+        att.lan, att.mapped = eps, mapped
 
     def _ended(self, rec: PeerPunch, att: Attempt, now: float, result: str) -> None:
         """An attempt failed: count it, and back off (stale NAT entries expire meanwhile)."""
@@ -217,6 +221,8 @@ class Traversal:
         out = [(ep, ttl) for ep in sorted(eps)] if send else []
         # the peer's LAN endpoints, every tick: a short hop limit keeps them near
         out += [(ep, candidates.LAN_HOPS) for ep in att.lan if ep not in eps]
+        # the peer's gateway forwards its mapped port: the full TTL, from the start
+        out += [(ep, None) for ep in att.mapped if ep not in eps]
         for ep, hops in out:
             self.underlay.send_ttl(link, ep, link.session.seal(link.heartbeat_record(now)), hops)
 
