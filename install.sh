@@ -46,6 +46,9 @@ PKGS="$PKGS iproute2 nftables iptables iperf3 tcpdump ethtool conntrack iputils-
 # from a busybox-static rootfs, the reference plugins (portmap, host-local) beside ours.
 [ "$extra" = test ] && PKGS="$PKGS dnsutils dnsmasq-base chromium chromium-driver"
 [ "$extra" = test ] && PKGS="$PKGS podman runc busybox-static containernetworking-plugins"
+# The NAT traversal lab runs miniupnpd (NAT-PMP) by hand in a gateway namespace with a private
+# config; Debian's package does not start its service unless debconf is told to (default no).
+[ "$extra" = test ] && PKGS="$PKGS miniupnpd"
 
 missing=""
 for p in $PKGS; do

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 import time
 from typing import Any
@@ -248,3 +249,79 @@ def test_ipv6_pair_behind_stateful_firewalls_punches_through() -> None:
         # the firewalls never let a new inbound flow through: the punch opened them
         for fw in (fw1, fw2):
             assert "drop" in fw.run("nft", "list", "table", "ip6", "slv_fw").stdout
+
+
+MINIUPNPD_CONF = """ext_ifname={out}
+listening_ip={inside}
+enable_natpmp=yes
+enable_upnp=no
+secure_mode=yes
+system_uptime=yes
+lease_file={wd}/miniupnpd.leases
+upnp_table_name=slv_upnp
+upnp_nat_table_name=slv_upnp
+upnp_forward_chain=miniupnpd
+upnp_nat_chain=prerouting_miniupnpd
+upnp_nat_postrouting_chain=postrouting_miniupnpd
+allow 1024-65535 198.18.0.0/16 1024-65535
+deny 0-65535 0.0.0.0/0 0-65535
+"""
+
+
+def test_nat_pmp_client_talks_to_miniupnpd() -> None:
+    """Debian's miniupnpd as the gateway: the router asks it for a mapping.
+
+    miniupnpd refuses to forward for an outside address in a reserved range, and the
+    lab's outside addresses are 198.18/15 (reserved for benchmarking), so it answers
+    "network failure" (result 3): the router must show that refusal, count nothing
+    as malformed, and keep relaying. (A mapping that peers use needs a public outside
+    address, which the lab rules forbid; the client's success path is unit-tested.)
+    """
+    if os.geteuid() != 0:
+        pytest.fail("lab tests need root (network namespaces)")
+    if shutil.which("miniupnpd") is None:
+        pytest.fail("miniupnpd missing: ./install.sh --test installs it")
+    with Lab() as lab:
+        pub = lab.switch("pub")
+        s, gw, h = lab.host("s"), lab.router("gw"), lab.host("h")
+        lab.connect(s, pub, f"{S_UL}/24")
+        out = lab.connect(gw, pub, f"{NAT1}/24")
+        inside, _ = lab.link(gw, h, "198.18.41.1/24", "198.18.41.2/24")
+        lab.nat(gw, inside, out)
+        h.route("198.18.40.0/24", "198.18.41.1")
+        h2 = lab.host("h2")  # behind the same gateway, its router with --no-port-mapping
+        inside2, _ = lab.link(gw, h2, "198.18.42.1/24", "198.18.42.2/24")
+        gw.nft(f'add rule ip slv_nat nat_post oifname "{out}" masquerade\n')
+        h2.route("198.18.40.0/24", "198.18.42.1")
+        gw.nft("add table inet slv_upnp\n"
+               "add chain inet slv_upnp forward { type filter hook forward priority -1; }\n"
+               "add chain inet slv_upnp miniupnpd\n"
+               "add rule inet slv_upnp forward jump miniupnpd\n"
+               "add chain inet slv_upnp prerouting { type nat hook prerouting priority -100; }\n"
+               "add chain inet slv_upnp postrouting { type nat hook postrouting priority 100; }\n"
+               "add chain inet slv_upnp prerouting_miniupnpd\n"
+               "add chain inet slv_upnp postrouting_miniupnpd\n"
+               "add rule inet slv_upnp prerouting jump prerouting_miniupnpd\n"
+               "add rule inet slv_upnp postrouting jump postrouting_miniupnpd\n")
+        wd = workdir()
+        conf = wd / "miniupnpd.conf"
+        conf.write_text(MINIUPNPD_CONF.format(out=out, inside=inside, wd=wd))
+        gw.popen("miniupnpd", "-d", "-f", str(conf), "-P", str(wd / "miniupnpd.pid"))
+        Router(s, ["--ip", "198.19.40.1/24"], wd, "pmp pw")
+        rh = Router(h, ["--ip", f"{H1_OV}/24", S_UL], wd, "pmp pw")
+        st = rh.wait(lambda st: "refused" in st["traversal"]["port_mapping"]["error"], 20,
+                     "NAT-PMP answer from miniupnpd")
+        pm = st["traversal"]["port_mapping"]
+        print(f"\nminiupnpd via NAT-PMP: {pm}")
+        assert pm["gateway"] == "198.18.41.1" and pm["mapped"] is None
+        assert "network failure" in pm["error"]
+        assert not any(k.startswith("pmp_bad") for k in st["drops"])
+        assert st["counters"].get("pmp_requests", 0) >= 1
+        # --no-port-mapping: never asks
+        r2 = Router(h2, ["--ip", f"{H2_OV}/24", "--no-port-mapping", S_UL], wd, "pmp pw")
+        r2.wait(lambda st: any(c["state"] == "established" for c in st["connections"]), 20,
+                "h2 linked to s")
+        time.sleep(2)
+        st2 = r2.status()
+        assert st2["traversal"]["port_mapping"]["enabled"] is False
+        assert st2["counters"].get("pmp_requests", 0) == 0
