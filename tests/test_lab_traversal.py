@@ -213,10 +213,10 @@ def test_ipv6_pair_behind_stateful_firewalls_punches_through() -> None:
             fw.addr(inside, f"2001:2:0:184{i}::1/64")
             h.addr(h_if, f"2001:2:0:184{i}::2/64")
             fw.nft("add table ip6 slv_fw\n"
-                   "add chain ip6 slv_fw fwd { type filter hook forward priority 0; }\n"
-                   f'add rule ip6 slv_fw fwd iifname "{out}" oifname "{inside}" '
+                   "add chain ip6 slv_fw fw_forward { type filter hook forward priority 0; }\n"
+                   f'add rule ip6 slv_fw fw_forward iifname "{out}" oifname "{inside}" '
                    "ct state established,related accept\n"
-                   f'add rule ip6 slv_fw fwd iifname "{out}" oifname "{inside}" drop\n')
+                   f'add rule ip6 slv_fw fw_forward iifname "{out}" oifname "{inside}" drop\n')
             other = 3 - i
             for net in (f"{P6}::/64", f"2001:2:0:184{other}::/64"):
                 h.route(net, f"2001:2:0:184{i}::1")
