@@ -155,7 +155,13 @@ def test_roles_decide_who_sends_what() -> None:
     tr2.tick(10.5)
     assert underlay2.sent == []  # the crosser waits for the opener
     tr2.tick(11.5)
-    assert underlay2.sent and all(ttl is None for _, ttl in underlay2.sent)
+    # the first crossing: the announced port only (a crossing to the observed endpoint
+    # would clash with an adjacent opener's datagram on our NAT)
+    assert underlay2.sent == [(("198.18.40.12", 6783), None)]
+    underlay2.sent.clear()
+    tr2.tick(10.0 + plan.SECOND_CROSS + 0.1)
+    assert {ep for ep, _ in underlay2.sent} == {("198.18.40.12", 6783), ("198.18.40.12", 29334)}
+    assert all(ttl is None for _, ttl in underlay2.sent)
 
 
 def test_bad_candidates_are_counted_not_raised() -> None:

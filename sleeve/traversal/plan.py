@@ -20,8 +20,8 @@ mapping already there. The attempt runs like this::
                          1st crossing: works when          2nd crossing: works when
                          the opener's datagram died         the far NAT's stale entry
                          before the crosser's NAT            (the opener's h+1 datagram
-                                                             got there: adjacent NATs)
-                                                             expired, 30 s later
+                         (sent to the announced port         got there: adjacent NATs)
+                         only: see traversal.punch)          expired, 30 s later
 
 Two NAT gateways on one segment (issue 24) are the case for the second crossing: no
 router between them, so even the opener's first datagram reaches the crosser's NAT
@@ -68,6 +68,10 @@ class Plan:
         if OPEN_TIME <= age < FIRST_CROSS_END or age >= SECOND_CROSS:
             return True, None
         return False, None
+
+    def first_crossing(self, age: float) -> bool:
+        """The crosser's first crossing (sent to the peer's announced port only)."""
+        return not self.opener and OPEN_TIME <= age < FIRST_CROSS_END
 
     def describe(self) -> str:
         if self.opener:

@@ -218,7 +218,16 @@ class Traversal:
         obs = link.remote_tcp
         if obs[0] != "relay" and 0 < obs[1] < 65536:
             eps.add(obs)
-        out = [(ep, ttl) for ep in sorted(eps)] if send else []
+        # The first crossing goes to the announced port only. Where the peer's NAT is
+        # adjacent (see traversal.plan), the opener's datagram reached our NAT, and a
+        # crossing to the observed endpoint would clash with it: Linux then maps us to a
+        # random port and, reusing that mapping for the same source (even after it
+        # expired, until conntrack's garbage collection), spoils the second crossing.
+        # Where the peer's NAT kept its port (observed == announced), this is the
+        # observed endpoint anyway: the fast path on the internet.
+        first = att.plan.first_crossing(age)
+        targets = [(link.endpoint[0], link.hello_port)] if first else sorted(eps)
+        out = [(ep, ttl) for ep in targets] if send else []
         # the peer's LAN endpoints, every tick: a short hop limit keeps them near
         out += [(ep, candidates.LAN_HOPS) for ep in att.lan if ep not in eps]
         # the peer's gateway forwards its mapped port: the full TTL, from the start
