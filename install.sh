@@ -53,6 +53,9 @@ if [ "$extra" = test ]; then
     PKGS="$PKGS curl"
     command -v dockerd >/dev/null 2>&1 || PKGS="$PKGS docker.io"
 fi
+# The NAT traversal lab runs miniupnpd (NAT-PMP) by hand in a gateway namespace with a private
+# config; Debian's package does not start its service unless debconf is told to (default no).
+[ "$extra" = test ] && PKGS="$PKGS miniupnpd"
 
 missing=""
 for p in $PKGS; do

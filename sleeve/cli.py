@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also dial the peers remembered in the state dir")
     la.add_argument("--no-discovery", action="store_true",
                     help="only dial the peers given, not the ones learnt from the mesh")
+    la.add_argument("--no-port-mapping", action="store_true",
+                    help="do not ask the NAT gateway for a UDP port mapping (NAT-PMP)")
     la.add_argument("--conn-limit", type=int, default=DEFAULT_CONN_LIMIT, metavar="N",
                     help=f"most control connections (default {DEFAULT_CONN_LIMIT})")
     la.add_argument("--no-fastdp", action="store_true",
@@ -313,6 +315,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         peers=tuple(parse_target(p, args.port) for p in args.peers), http=http,
         api_socket=api_socket, api_group=api_group,
         resume=args.resume, discovery=not args.no_discovery, conn_limit=args.conn_limit,
+        port_mapping=not args.no_port_mapping,
         fastdp=not args.no_fastdp, trusted_subnets=check_subnets(args.trusted_subnets),
         offload=args.offload, clamp_mss=args.clamp_mss, rekey_seconds=args.rekey_seconds,
         dns=not args.no_dns, dns_listen=dns_listen, dns_domain=check_dns_domain(args.dns_domain),

@@ -54,6 +54,7 @@ class Config:
     api_group: int | None = None  # gid that may use api_socket too (0660); None: root only
     resume: bool = False  # also dial the peers remembered in state_dir/peers.json
     discovery: bool = True  # dial the peers learnt from gossip
+    port_mapping: bool = True  # ask the NAT gateway for a UDP port mapping (NAT-PMP)
     conn_limit: int = DEFAULT_CONN_LIMIT
     fastdp: bool = True  # hand links to kernel VXLAN where policy allows (unencrypted/trusted)
     trusted_subnets: tuple[str, ...] = ()  # peers here may use the unencrypted fast datapath

@@ -33,6 +33,7 @@ OPTIONS: dict[str, type] = {
     "api_socket": str, "api_group": str,
     "log_level": str, "log_format": str, "peers": list, "resume": bool,
     "offload": bool, "clamp_mss": bool, "no_discovery": bool, "conn_limit": int, "no_fastdp": bool,
+    "no_port_mapping": bool,
     "trusted_subnets": str, "rekey_seconds": float,
     "no_dns": bool, "dns_listen": str, "dns_domain": str, "dns_ttl": int,
     "dns_one_address": bool, "dns_rate_limit": float,

@@ -71,6 +71,7 @@ from sleeve.status.http import (
 from sleeve.status.metrics import metrics_route
 from sleeve.status.ui import ui_routes, ui_streams
 from sleeve.status.unixsock import ApiSocket
+from sleeve.traversal.portmap import PortMapper, gateway_for
 from sleeve.traversal.punch import Traversal
 
 log = logging.getLogger("sleeve")
@@ -114,6 +115,9 @@ class Node:
         self.traversal = Traversal(self.id, self.table, self.mesh.topology, self.underlay,
                                    self.drops, self.stats, enabled=cfg.discovery,
                                    run_connection=self.conns.run)
+        self.portmap = PortMapper(self.drops, self.stats,
+                                  enabled=cfg.port_mapping and cfg.discovery)
+        self.traversal.mapped = lambda: self.portmap.mapped
         self.fastdp = FastdpAgent(cfg, self.id, self.table, self.macs, self.drops, self.stats)
         self.bridge: HostBridge | None = None  # built in run() once the TAP exists
         # registered after topology: a new link hears who the peers are before their names
@@ -133,6 +137,7 @@ class Node:
         self.table.on_down(self.traversal.link_down)
         for kind, fn in (("udp_ok", self.table.on_control), ("udp_lost", self.table.on_control),
                          ("d", self.ingress.on_tcp_data), ("via", self.traversal.on_via),
+                         ("cand", self.traversal.on_cand),
                          ("topo", self.gossip.on_topo), ("g", self.gossip.on_message)):
             self.conns.handle(kind, fn)
         self._next_mesh = 0.0
@@ -223,6 +228,7 @@ class Node:
             finally:
                 self._tg = None
                 self.traversal.spawn = None
+                self.portmap.close()
         log.info("sleeve %s stopped", self.name)
 
     async def _start_api(self) -> HttpServer:
@@ -408,8 +414,23 @@ class Node:
                 log.info("peer %s left the mesh; forgot %d MACs", format_peer_id(gone), n)
             self.dialler.discover(self.mesh.topology.peers(), self.mesh.candidates(self.cfg.port))
             self.traversal.start_attempts(now)
+            if self.portmap.enabled:
+                self.portmap.tick(now, self._gateway(), self.udp_port)
             self.macs.expire(now)
         self.dialler.tick(now, task_spawner(self._tg, self.drops))
+
+    def _gateway(self) -> str | None:
+        """Our IPv4 next hop toward a directly linked peer (where a NAT-PMP gateway sits)."""
+        dsts = [lk.endpoint[0] for lk in self.table if lk.usable and not lk.virtual
+                and not lk.v6]
+        if not dsts:
+            return self.portmap.gateway  # no peer yet: keep what we had
+        try:
+            with open("/proc/net/route") as f:
+                routes = f.read()
+        except OSError:
+            return None
+        return next((g for g in (gateway_for(d, routes) for d in dsts) if g), None)
 
     # ------------------------------------------------------------------ status
     def report(self) -> dict[str, Any]:
@@ -457,6 +478,7 @@ class Node:
             "gossip": self.gossip.status(),
             "dns": self.dns.status(),
             "ipam": self.ipam.status(),
+            "traversal": {**self.traversal.status(now), "port_mapping": self.portmap.status()},
             "docker": None if self.docker is None else self.docker.status(),
             "macs": [{"mac": m.hex(":"), "peer": "local" if p == LOCAL else format_peer_id(p),
                       "age_s": round(age, 1)} for m, p, age in self.macs.entries(now)],

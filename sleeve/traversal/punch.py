@@ -3,12 +3,15 @@
 Two peers that the mesh knows but that cannot dial each other (both behind NAT) run
 the ordinary control handshake over a common neighbour's control connections (``via``
 messages, see ``traversal.relay``); the mediator relays opaque bytes and adds the UDP
-endpoint it observes for each. Then both punch: heartbeats to the observed and the
-announced endpoints. The first datagrams use a low TTL so that they open our own
-NAT's mapping without reaching the peer's NAT before the peer's own mapping exists (a
-Linux NAT that saw an unsolicited datagram keeps that conntrack entry and moves the
-peer's mapping to a random port). ``PUNCH_TIME`` without success: the attempt is
-closed and retried later with backoff; the mesh relays meanwhile.
+endpoint it observes for each. Then both punch to the observed and the announced
+endpoints, in the sequence ``traversal.plan`` describes (one side opens its own NAT
+with a low hop limit, the other crosses; a second crossing after stale NAT entries
+expired covers two NATs with no router between them). An attempt that hears nothing
+in ``plan.ATTEMPT_TIME`` is closed and, for as long as the peer stays relayed, tried
+again afresh (new relayed handshake, freshly observed endpoints, the next plan)
+after a quiet backoff; the mesh relays meanwhile. ``status()`` says per peer what was
+tried, how it ended and when the next attempt is; ``punch_attempts``,
+``punch_successes`` and ``punch_failed`` count them.
 
 Relayed connections run through the node's ``spawn`` (``control.dialler.task_spawner``),
 which counts and logs a task's unexpected exception and keeps the router running; the
@@ -22,29 +25,59 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
+from sleeve.crypto.keys import format_peer_id
 from sleeve.forward.underlay import Underlay
 from sleeve.links.link import Link
 from sleeve.links.table import LinkTable
 from sleeve.proto.stats import Counters
 from sleeve.proto.topology import Topology
+from sleeve.traversal import candidates, plan
+from sleeve.traversal.plan import Plan
 from sleeve.traversal.relay import RelayWriter
 
 log = logging.getLogger("sleeve")
 
 PUNCH_GRACE = 2.0  # a newly seen peer gets this long to be dialled directly first
-PUNCH_BACKOFF_MAX = 60.0
 MAX_VIRTUAL = 64  # relayed control connections in progress or up
-PUNCH_TTL = 2
-PUNCH_PHASE = 1.0
-PUNCH_TIME = 20.0  # punch datagrams this long, then give up (the mesh relays)
+TRIED_KEPT = 4  # attempts per peer that status remembers
 
 # Runs a control connection over a relayed stream: Connections.run(reader, writer, outbound, ts)
 RunConnection = Callable[[asyncio.StreamReader, RelayWriter, bool, None],
                          Coroutine[Any, Any, str]]
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+@dataclass
+class Attempt:
+    """One punching attempt as status shows it."""
+
+    n: int
+    started: float
+    plan: Plan
+    link: Link | None  # while punching and once punched; None once failed
+    result: str = ""  # "" while punching
+    lan: list[candidates.Endpoint] = field(default_factory=list)  # the peer's LAN endpoints
+    mapped: list[candidates.Endpoint] = field(default_factory=list)  # its gateway's mapping
+
+
+@dataclass
+class PeerPunch:
+    """What traversal knows about one peer we are (or were) punching to."""
+
+    next_at: float  # the starter's next attempt (monotonic s)
+    attempts: int = 0
+    successes: int = 0
+    failures: int = 0  # in a row: the backoff grows with them
+    tried: deque[Attempt] = field(default_factory=lambda: deque(maxlen=TRIED_KEPT))
+
+    @property
+    def current(self) -> Attempt | None:
+        return self.tried[-1] if self.tried and not self.tried[-1].result else None
 
 
 class Traversal:
@@ -60,19 +93,90 @@ class Traversal:
         self.enabled = enabled  # --no-discovery turns punching off too
         self._run_connection = run_connection
         self.spawn: Spawn | None = None  # the node's task group, while running
+        # our gateway's port mapping (traversal.portmap), announced to peers when there is one
+        self.mapped: Callable[[], tuple[str, int] | None] = lambda: None
         # relayed control connections: peer -> (reader, writer, mediator peer)
         self.virtual: dict[bytes, tuple[asyncio.StreamReader, RelayWriter, bytes]] = {}
-        self._next: dict[bytes, float] = {}
-        self._attempts: dict[bytes, int] = {}
+        self.peers: dict[bytes, PeerPunch] = {}  # only peers in the topology: bounded
         # streams we relay as mediator, (from, to): told "fin" when either end leaves
         self._via_pairs: dict[tuple[bytes, bytes], None] = {}
 
     # ------------------------------------------------------------------ starting attempts
     def tick(self, now: float) -> None:
-        """Punch datagrams on every link still punching (every tick)."""
+        """Follow every relayed link's attempt: punch, notice success, give up (every tick)."""
         for link in self.links:
-            if link.virtual and not link.endpoint_learnt:
-                self._punch_send(link, now)
+            if not link.virtual:
+                continue
+            rec = self.peers.get(link.peer)
+            if rec is None:
+                rec = self.peers[link.peer] = PeerPunch(now + PUNCH_GRACE)
+            att = rec.tried[-1] if rec.tried else None
+            if att is None or att.link is not link:
+                if att is not None and not att.result:
+                    self._ended(rec, att, now, "relayed connection closed")
+                rec.attempts += 1
+                self.stats.inc("punch_attempts")
+                p = plan.plan_for(self.me < link.peer, link.session.local_index,
+                                  link.session.remote_index, rec.attempts)
+                att = Attempt(rec.attempts, now, p, link)
+                rec.tried.append(att)
+                log.info("hole punching to %s: attempt %d, %s", link.name, att.n, p.describe())
+                self._send_candidates(link)
+            if att.result:
+                continue  # punched: an ordinary direct link now
+            if link.endpoint_learnt:
+                att.result = f"direct after {now - att.started:.1f} s"
+                rec.successes += 1
+                rec.failures = 0
+                self.stats.inc("punch_successes")
+                log.info("hole punched to %s: %s (%s)", link.name, att.result,
+                         att.plan.describe())
+                continue
+            self._punch_send(link, rec, att, now)
+        for rec in self.peers.values():  # attempts whose relayed connection went away
+            att = rec.current
+            if att is not None and att.link is not None and self.links.get(
+                    att.link.peer) is not att.link:
+                self._ended(rec, att, now, "relayed connection closed")
+
+    def _send_candidates(self, link: Link) -> None:
+        """Tell the peer our endpoint on the route to the mediator (our LAN address)."""
+        med = self.links.get(link.mediator) if link.mediator is not None else None
+        if med is None:
+            return
+        name = med.writer.get_extra_info("sockname")
+        sock = self.underlay.udp6 if isinstance(name, tuple) and ":" in str(name[0]) \
+            else self.underlay.udp
+        if sock is None:
+            return
+        eps = candidates.local_candidate(name, sock.getsockname()[1])
+        mapped = self.mapped()
+        if eps or mapped:
+            link.send_control(candidates.encode(eps, [mapped] if mapped else None))
+
+    def on_cand(self, link: Link, m: dict[str, Any]) -> None:
+        """The peer's LAN endpoints for the attempt in progress (dropped otherwise)."""
+        eps, mapped = candidates.decode(m), candidates.decode_mapped(m)
+        if eps is None or mapped is None:
+            self.drops.inc("bad_cand")
+            return
+        rec = self.peers.get(link.peer)
+        att = rec.current if rec is not None else None
+        if att is None or att.link is not link:
+            self.drops.inc("cand_no_attempt")
+            return
+        att.lan, att.mapped = eps, mapped
+
+    def _ended(self, rec: PeerPunch, att: Attempt, now: float, result: str) -> None:
+        """An attempt failed: count it, and back off (stale NAT entries expire meanwhile)."""
+        rec.failures += 1
+        att.result = result
+        rec.next_at = now + plan.backoff(rec.failures)
+        name = format_peer_id(att.link.peer) if att.link is not None else "?"
+        att.link = None
+        log.info("hole punching to %s failed (%s; %s); next attempt in %.0f s", name,
+                 result, att.plan.describe(), rec.next_at - now)
+        self.stats.inc("punch_failed")
 
     def start_attempts(self, now: float) -> None:
         """Start relayed connections to peers no one can dial (the smaller id starts)."""
@@ -82,35 +186,54 @@ class Traversal:
         for peer in peers:
             if peer == self.me or peer in self.links or peer in self.virtual:
                 continue
-            first = self._next.setdefault(peer, now + PUNCH_GRACE)
-            if peer < self.me or now < first or len(self.virtual) >= MAX_VIRTUAL:
+            rec = self.peers.get(peer)
+            if rec is None:
+                rec = self.peers[peer] = PeerPunch(now + PUNCH_GRACE)
+            if peer < self.me or now < rec.next_at or len(self.virtual) >= MAX_VIRTUAL:
                 continue
             med = self._mediator_for(peer)
             if med is None or self.spawn is None:
                 continue
-            n = self._attempts[peer] = self._attempts.get(peer, 0) + 1
-            self._next[peer] = now + min(PUNCH_BACKOFF_MAX, 5.0 * 1.5 ** (n - 1))
-            self.stats.inc("punch_attempts")
+            # a handshake that never completes still waits out a whole attempt and
+            # the quiet time before the next; a failed attempt sets its own backoff
+            rec.next_at = now + plan.ATTEMPT_TIME + plan.backoff(rec.failures + 1)
             self._start_virtual(peer, med, None, True)
-        for peer in list(self._next):
+        for peer in list(self.peers):
             if peer not in peers:
-                self._next.pop(peer, None)
-                self._attempts.pop(peer, None)
+                del self.peers[peer]
 
-    def _punch_send(self, link: Link, now: float) -> None:
-        """A heartbeat to every endpoint the peer may have (low TTL at first)."""
-        age = now - link.established_at
-        if age > PUNCH_TIME:
-            # Give up on this attempt; start_attempts tries again later with backoff,
-            # and the mesh relays meanwhile.
-            log.info("hole punching to %s failed after %.0fs", link.name, age)
-            self.stats.inc("punch_failed")
+    def _punch_send(self, link: Link, rec: PeerPunch, att: Attempt, now: float) -> None:
+        """A heartbeat to every endpoint the peer may have, as the attempt's plan says."""
+        age = now - att.started
+        if age > plan.ATTEMPT_TIME:
+            # Give up on this attempt; start_attempts tries again after a quiet backoff
+            # (the stale NAT entries expire meanwhile), and the mesh relays.
+            self._ended(rec, att, now, f"no datagram from the peer in {age:.0f} s")
             link.writer.close()
             return
-        ttl = PUNCH_TTL if age < PUNCH_PHASE else None
-        host, port = link.endpoint
-        for ep in {(host, port), (host, link.hello_port)}:
-            self.underlay.send_ttl(link, ep, link.session.seal(link.heartbeat_record(now)), ttl)
+        send, ttl = att.plan.step(age)
+        # the endpoint the mediator observed (the peer's NAT mapping) and the announced
+        # port on the same address (a port-preserving NAT)
+        eps = {link.endpoint, (link.endpoint[0], link.hello_port)}
+        obs = link.remote_tcp
+        if obs[0] != "relay" and 0 < obs[1] < 65536:
+            eps.add(obs)
+        # The first crossing goes to the announced port only. Where the peer's NAT is
+        # adjacent (see traversal.plan), the opener's datagram reached our NAT, and a
+        # crossing to the observed endpoint would clash with it: Linux then maps us to a
+        # random port and, reusing that mapping for the same source (even after it
+        # expired, until conntrack's garbage collection), spoils the second crossing.
+        # Where the peer's NAT kept its port (observed == announced), this is the
+        # observed endpoint anyway: the fast path on the internet.
+        first = att.plan.first_crossing(age)
+        targets = [(link.endpoint[0], link.hello_port)] if first else sorted(eps)
+        out = [(ep, ttl) for ep in targets] if send else []
+        # the peer's LAN endpoints, every tick: a short hop limit keeps them near
+        out += [(ep, candidates.LAN_HOPS) for ep in att.lan if ep not in eps]
+        # the peer's gateway forwards its mapped port: the full TTL, from the start
+        out += [(ep, None) for ep in att.mapped if ep not in eps]
+        for ep, hops in out:
+            self.underlay.send_ttl(link, ep, link.session.seal(link.heartbeat_record(now)), hops)
 
     def _mediator_for(self, peer: bytes) -> Link | None:
         for p in sorted(self.links.links):
@@ -229,3 +352,31 @@ class Traversal:
             if med == peer and not w.is_closing():  # relayed streams die with their relay
                 w.abort()
                 reader.feed_eof()
+
+    # ------------------------------------------------------------------ status
+    def status(self, now: float) -> dict[str, Any]:
+        """Per peer: what was tried, how it ended, when the next attempt is."""
+        out = []
+        for peer, rec in sorted(self.peers.items()):
+            link = self.links.get(peer)
+            if link is not None and (not link.virtual or link.endpoint_learnt):
+                state = "direct"
+            elif rec.current is not None:
+                state = "punching"
+            elif rec.attempts:
+                state = "relayed"
+            else:
+                continue  # never needed punching (dialled directly)
+            starter = peer > self.me
+            out.append({
+                "peer": format_peer_id(peer), "state": state,
+                "attempts": rec.attempts, "successes": rec.successes,
+                "failures_in_a_row": rec.failures,
+                "tried": [{"attempt": a.n, "ago_s": round(now - a.started, 1),
+                           "plan": a.plan.describe(), "result": a.result or "punching"}
+                          for a in rec.tried],
+                "next_attempt_in_s": (round(max(0.0, rec.next_at - now), 1)
+                                      if starter and state == "relayed" else None),
+                "next_attempt_by": "us" if starter else "the peer",
+            })
+        return {"enabled": self.enabled, "peers": out}
