@@ -3,7 +3,8 @@
 Pipeline, per datagram the underlay read (one UDP GRO run counts per datagram):
 
 1. header -> session by receiver index -> open (authenticate) -> replay check, and
-   only then learn: the peer's UDP endpoint, that the link hears it (``udp_ok``);
+   only then learn: the peer's UDP endpoint, the local address it sent to (our
+   replies' source, ``underlay.set_source``), that the link hears it (``udp_ok``);
 2. records: frames for us are learnt (src MAC -> source peer) and written to the
    port; frames for another peer are relayed to its next hop (hop limit); broadcasts
    are delivered and passed on to our children in the source's tree (a TCP SYN's MSS
@@ -146,6 +147,9 @@ class Ingress:
         """What an authenticated datagram from ``addr`` tells us about its link."""
         if len(addr) != 2:
             addr = addr[:2]  # IPv6: drop flow info and scope id
+        src = self.underlay.rx_src  # the local address it came to: we answer from it
+        if src != link.rx_src:
+            self.underlay.set_source(link, src)
         if addr != link.endpoint:
             if link.endpoint_learnt:
                 log.info("peer %s moved its UDP endpoint %s -> %s", link.name,
