@@ -115,6 +115,11 @@ def test_replies_leave_from_the_address_the_peer_sent_to(offload: bool) -> None:
             Underlay.set_source(link, None)  # unknown: the route picks 127.0.0.1 again
             assert u.sendto(link, sock, b"two")  # type: ignore[arg-type]
             assert peer.recvfrom(100) == (b"two", ("127.0.0.1", port))
+            # arrived on the address the route picks anyway: no cmsg, plain sendto
+            Underlay.set_source(link, src[:4] + socket.inet_aton("127.0.0.1") * 2)  # type: ignore[arg-type]
+            assert link.src_cmsg == [] and link.rx_src is not None
+            assert u.sendto(link, sock, b"three")  # type: ignore[arg-type]
+            assert peer.recvfrom(100) == (b"three", ("127.0.0.1", port))
     finally:
         u.close()
 

@@ -147,9 +147,6 @@ class Ingress:
         """What an authenticated datagram from ``addr`` tells us about its link."""
         if len(addr) != 2:
             addr = addr[:2]  # IPv6: drop flow info and scope id
-        src = self.underlay.rx_src  # the local address it came to: we answer from it
-        if src != link.rx_src:
-            self.underlay.set_source(link, src)
         if addr != link.endpoint:
             if link.endpoint_learnt:
                 log.info("peer %s moved its UDP endpoint %s -> %s", link.name,
@@ -159,6 +156,9 @@ class Ingress:
             link.gso_ok = False  # a new path: prove GSO again (next tick)
             link.next_route_check = 0.0  # and read its route's MTU
             link.stats.inc("endpoint_changes")
+        src = self.underlay.rx_src  # the local address it came to: we answer from it
+        if src != link.rx_src:
+            self.underlay.set_source(link, src)
         link.endpoint_learnt = True
         self.links.heard(link, now)
 

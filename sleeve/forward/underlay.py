@@ -10,8 +10,9 @@ receiver's ``after_batch`` runs (flush relayed records, read the port's answers)
 Replies leave from the address the peer sent to: on a socket bound to a wildcard
 address each read also returns the local address the datagram arrived on (IP_PKTINFO,
 IPV6_RECVPKTINFO), kept in ``rx_src`` while the receiver handles it; once a datagram
-of a link authenticates, ingress hands that address to ``set_source`` and every send
-on the link (one datagram or a GSO run) carries it as the source (a pktinfo cmsg).
+of a link authenticates, ingress hands that address to ``set_source``, and where the
+route would pick another source every send on the link (one datagram or a GSO run)
+carries it as the source (a pktinfo cmsg).
 A multi-homed host otherwise answers from whatever address its route picks, which a
 peer's stateful firewall or NAT (expecting replies from the address it sent to) drops.
 
@@ -337,18 +338,26 @@ class Underlay:
         """Send ``link``'s datagrams from the local address of ``src`` (pktinfo as read).
 
         Called by ingress when an authenticated datagram arrived on another local
-        address than the one before (``link.rx_src``). None, or an address that cannot
-        be a source (IPv6 multicast), leaves the choice to the route.
+        address than the one before (``link.rx_src``), and again with every route
+        check. Where the route to the endpoint picks that address anyway (a host with
+        one address: nearly always) no cmsg is needed and sends stay plain ``sendto``;
+        None, or an address that cannot be a source (IPv6 multicast), leaves the
+        choice to the route.
         """
         link.rx_src = src
         cmsg: list[tuple[int, int, bytes]] = []
-        if src is not None and len(src) == 12:  # in_pktinfo: spec_dst is our address
-            cmsg = [(socket.IPPROTO_IP, IP_PKTINFO, bytes(4) + src[4:8] + bytes(4))]
-        elif src is not None and len(src) == 20 and src[0] != 0xFF:
-            # in6_pktinfo: the interface matters only for a link-local address
-            scoped = src[0] == 0xFE and src[1] & 0xC0 == 0x80
-            cmsg = [(socket.IPPROTO_IPV6, IPV6_PKTINFO,
-                     src[:16] + (src[16:] if scoped else bytes(4)))]
+        # in_pktinfo: spec_dst is our address; in6_pktinfo: addr
+        v6 = src is not None and len(src) == 20
+        ours = None
+        if src is not None and len(src) in (12, 20):
+            ours = src[:16] if v6 else src[4:8]
+        if ours is not None and ours[0] != 0xFF and ours != route_source(link.endpoint, v6):
+            if v6:  # the interface matters only for a link-local address
+                scoped = ours[0] == 0xFE and ours[1] & 0xC0 == 0x80
+                cmsg = [(socket.IPPROTO_IPV6, IPV6_PKTINFO,
+                         ours + (src[16:] if scoped and src else bytes(4)))]
+            else:
+                cmsg = [(socket.IPPROTO_IP, IP_PKTINFO, bytes(4) + ours + bytes(4))]
         if cmsg != link.src_cmsg:
             link.src_cmsg = cmsg
             link.gso_path = None  # another source may take another path: prove GSO again
@@ -370,6 +379,8 @@ class Underlay:
         mtu = route_mtu(link.endpoint, link.v6)
         if mtu is not None:
             link.set_route_mtu(min(mtu, ROUTE_MTU_MAX), now)
+        if link.rx_src is not None:  # routes and addresses change: is the cmsg needed?
+            self.set_source(link, link.rx_src)
 
     # ------------------------------------------------------------------ receiving
     def on_readable(self, sock: socket.socket, rx: Receiver) -> None:
@@ -458,6 +469,17 @@ def route_mtu(endpoint: tuple[str, int], v6: bool) -> int | None:
         with socket.socket(family, socket.SOCK_DGRAM) as s:
             s.connect(endpoint)
             return int(s.getsockopt(level, opt))
+    except OSError:
+        return None
+
+
+def route_source(endpoint: tuple[str, int], v6: bool) -> bytes | None:
+    """The source address (packed) the route to ``endpoint`` picks; None without a route."""
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect(endpoint)  # a route lookup; nothing is sent
+            return socket.inet_pton(family, s.getsockname()[0])
     except OSError:
         return None
 
