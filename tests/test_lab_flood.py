@@ -158,17 +158,21 @@ def test_floods_do_not_stop_an_established_link() -> None:
 def test_goodput_and_joins_under_a_mixed_flood_from_one_host() -> None:
     """Interleaved: goodput with and without a junk + connect + slow-handshake flood.
 
-    Asserts that a new peer joins within 5 s while the flood runs and that the flooded
-    goodput stays >= RATIO_MIN x the unflooded (medians of the same run). The flood is
-    paced (20,000 junk datagrams/s, 100 connects/s, 64 slow handshakes held, at most
-    12 s a round) and made by ``sleeve.lab.flood``'s cheap generator at nice 19.
+    Asserts that a new peer joins within 5 s while the flood runs, that router b spends
+    at most FLOOD_CPU_MAX % of one CPU on the flood alone (sampled with no transfer), and
+    that the flooded goodput stays >= RATIO_MIN x the unflooded (medians of the same
+    run). The flood (``sleeve.lab.flood``, cheap generator, nice 19) is paced: 20,000
+    junk datagrams/s, 100 connects/s, 64 slow handshakes held, at most 12 s a round.
 
-    Where the cost went (bench/flood_cost.py, issue 22): the routers spend ~2.5% of a
-    CPU on the whole flood (the connects; junk is dropped by the kernel's socket filter
-    and slow handshakes cost nothing while they wait); the rest is the flood's own
-    process and kernel work on the same two cores the transfer saturates. The first
-    generator (a Python loop sleeping 1 ms, one sendto per datagram) cost 0.6-0.8x
-    even with nothing to send; see RATIO_MIN for what the cheap one reaches.
+    Where the cost goes (bench/flood_cost.py, bench/results/issue22/flood-cost.md): the
+    router spends ~2% of one CPU on the flood (the connects; junk dies in the socket
+    filter, slow handshakes cost nothing), 12% with the filter disabled, which the CPU
+    bound catches. The rest is the flood's own process and kernel delivery (~12% + ~5%
+    softirq) on the two cores the transfer saturates: the same flood at a host with no
+    router costs the transfer as much. Measured: 0.84x on a quiet box (unflooded
+    1265-1327 Mbit/s), 0.81x on a loaded one; goodput there moves 570-1330 Mbit/s with
+    the other sessions' load, so issue 22's 0.9x is not asserted: 0.7 keeps an unpaced
+    or Python-handled junk flood (0.13x before the limits) from coming back.
     """
     if os.geteuid() != 0:
         pytest.fail("lab tests need root (network namespaces)")
