@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from sleeve.lab import Lab
+from sleeve.lab import Lab, flood
 from sleeve.lab.netns import Host
 from sleeve.lab.routers import Router, established_with, workdir
 from sleeve.lab.traffic import expected_digest, tcp_transfer
@@ -24,6 +24,9 @@ pytestmark = pytest.mark.lab
 
 A, B, C, D = "198.18.50.1", "198.18.50.2", "198.18.50.3", "198.18.50.4"
 A_OV, B_OV = "198.19.50.1", "198.19.50.2"
+# The mixed flood's goodput bound and its rounds, and the most CPU (% of one) router b
+# may spend on the flood alone (see the test's docstring).
+RATIO_MIN, ROUNDS, FLOOD_CPU_MAX = 0.7, 5, 5.0
 
 # Random-looking datagrams at the router's port as fast as one process can, for SECS.
 _UDP_FLOOD = r"""
@@ -69,59 +72,6 @@ print(n)
 """
 
 
-# Everything at once from one host, paced and bounded: junk datagrams at the data port,
-# TCP connects that send garbage, and slow handshakes (a byte a second, never finishing).
-_MIXED_FLOOD = r"""
-import os, socket, sys, time
-host, secs = sys.argv[1], float(sys.argv[2])
-udp_rate, conn_rate, slow_max = float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-junk = [os.urandom(n) for n in (32, 100, 600, 1400)]
-slow, t0 = [], time.monotonic()
-sent = conns = 0; next_drip = t0
-def connect():
-    s = socket.socket(); s.setblocking(False)
-    try:
-        s.connect((host, 6783))
-    except BlockingIOError:
-        pass
-    except OSError:
-        s.close(); return None
-    return s
-while (now := time.monotonic()) < t0 + secs and sent < 5_000_000:
-    for _ in range(int((now - t0) * udp_rate) - sent):
-        try:
-            u.sendto(junk[sent % 4], (host, 6783))
-        except OSError:
-            pass
-        sent += 1
-    while conns < (now - t0) * conn_rate:
-        conns += 1
-        s = connect()
-        if s is None:
-            continue
-        if len(slow) < slow_max:
-            slow.append(s)  # keeps it open and drips a byte a second below
-        else:
-            try:
-                s.send(os.urandom(32))
-            except OSError:
-                pass
-            s.close()
-    if now >= next_drip:
-        next_drip = now + 1.0
-        for s in slow:
-            try:
-                s.send(b"\x00")
-            except OSError:
-                pass
-    time.sleep(0.001)
-for s in slow:
-    s.close()
-print(sent, conns)
-"""
-
-
 def linked(lab: Lab, names: str) -> tuple[list[Host], tuple[Router, Router], pathlib.Path]:
     """Hosts on one switch (a, b, c, d at A, B, C, D); routers on a and b, linked."""
     sw = lab.switch()
@@ -134,6 +84,13 @@ def linked(lab: Lab, names: str) -> tuple[list[Host], tuple[Router, Router], pat
     rb.wait(established_with(1), 20, "link")
     ra.wait(established_with(1), 20, "link")
     return hosts, (ra, rb), wd
+
+
+def router_cpu(pid: int, secs: float) -> float:
+    """Process ``pid``'s CPU over the next ``secs`` seconds, in % of one CPU."""
+    t0 = flood.cpu_seconds(pid)
+    time.sleep(secs)
+    return (flood.cpu_seconds(pid) - t0) / secs * 100
 
 
 def rss_kib(pid: int) -> int:
@@ -154,13 +111,13 @@ def test_floods_do_not_stop_an_established_link() -> None:
         assert (got, digest) == (n, expected_digest(n, "sleeve"))
         rss0 = rss_kib(pid)
 
-        flood = c.popen(sys.executable, "-c", _UDP_FLOOD, B, "10", stdout=-1)
+        proc = c.popen(sys.executable, "-c", _UDP_FLOOD, B, "10", stdout=-1)
         try:
             got, digest, secs = tcp_transfer(a, b, B_OV, n, timeout=60)
             assert (got, digest) == (n, expected_digest(n, "sleeve"))
             assert a.ping(B_OV, count=3)
         finally:
-            out, _ = flood.communicate(timeout=30)
+            out, _ = proc.communicate(timeout=30)
         sent = int(out)
         st = rb.status()
         junk = sum(v for k, v in st["drops"].items() if k in (
@@ -171,7 +128,7 @@ def test_floods_do_not_stop_an_established_link() -> None:
         assert junk > 0
         assert st["connections"][0]["state"] == "established"
 
-        flood = c.popen(sys.executable, "-c", _TCP_FLOOD, B, "8", "3000", stdout=-1)
+        proc = c.popen(sys.executable, "-c", _TCP_FLOOD, B, "8", "3000", stdout=-1)
         peak = 0
         try:
             for _ in range(5):
@@ -181,7 +138,7 @@ def test_floods_do_not_stop_an_established_link() -> None:
             got, digest, secs = tcp_transfer(a, b, B_OV, n, timeout=60)
             assert (got, digest) == (n, expected_digest(n, "sleeve"))
         finally:
-            out, _ = flood.communicate(timeout=30)
+            out, _ = proc.communicate(timeout=30)
         st = rb.status()
         rss1 = rss_kib(pid)
         refused = {k: st["drops"].get(k, 0) for k in (
@@ -201,23 +158,26 @@ def test_floods_do_not_stop_an_established_link() -> None:
 def test_goodput_and_joins_under_a_mixed_flood_from_one_host() -> None:
     """Interleaved: goodput with and without a junk + connect + slow-handshake flood.
 
-    Asserts that a new peer joins within 5 s while the flood runs and that the flooded
-    goodput stays >= 0.6x the unflooded (medians of the same run): a regression bound,
-    not issue 22's target of 0.9x, which is not met yet (see below). The flood is paced
-    (20,000 junk datagrams/s, 100 connects/s, 64 slow handshakes held, bounded to 12 s
-    a round) and the flooding process runs at nice 19.
+    Asserts that a new peer joins within 5 s while the flood runs, that router b spends
+    at most FLOOD_CPU_MAX % of one CPU on the flood alone (sampled with no transfer), and
+    that the flooded goodput stays >= RATIO_MIN x the unflooded (medians of the same
+    run). The flood (``sleeve.lab.flood``, cheap generator, nice 19) is paced: 20,000
+    junk datagrams/s, 100 connects/s, 64 slow handshakes held, at most 12 s a round.
 
-    Measured on the two-core lab box (issue 22): the join takes about 1 s; the goodput
-    ratio was 0.80 at 20,000/s with junk handled in Python, 0.80 with the kernel's
-    socket filter dropping all of it (``udp_kernel_drops``: the routers spend nothing
-    on it), 0.78 at 5,000/s: it does not follow the junk rate, and per-round ratios
-    spread from 0.7 to 1.1. Before the per-source limits and the socket filter an
-    unpaced junk flood left 0.13x; 0.6 keeps that from coming back.
+    Where the cost goes (bench/flood_cost.py, bench/results/issue22/flood-cost.md): the
+    router spends ~2% of one CPU on the flood (the connects; junk dies in the socket
+    filter, slow handshakes cost nothing), 12% with the filter disabled, which the CPU
+    bound catches. The rest is the flood's own process and kernel delivery (~12% + ~5%
+    softirq) on the two cores the transfer saturates: the same flood at a host with no
+    router costs the transfer as much. Measured: 0.84x on a quiet box (unflooded
+    1265-1327 Mbit/s), 0.81x on a loaded one; goodput there moves 570-1330 Mbit/s with
+    the other sessions' load, so issue 22's 0.9x is not asserted: 0.7 keeps an unpaced
+    or Python-handled junk flood (0.13x before the limits) from coming back.
     """
     if os.geteuid() != 0:
         pytest.fail("lab tests need root (network namespaces)")
     udp_rate, conn_rate, slow, secs = 20000, 100, 64, 12
-    n, rounds = 40_000_000, 3
+    n, rounds = 100_000_000, ROUNDS
     with Lab() as lab:
         (a, b, c, d), (ra, rb), wd = linked(lab, "abcd")
         got, digest, _ = tcp_transfer(a, b, B_OV, n)  # warm up (and check integrity)
@@ -225,14 +185,19 @@ def test_goodput_and_joins_under_a_mixed_flood_from_one_host() -> None:
         base: list[float] = []
         flooded: list[float] = []
         join = None
+        out = b""
+        pid = rb.status()["pid"]
+        idle: list[float] = []  # router b's CPU, % of one CPU, without and with the flood
+        busy: list[float] = []
         for i in range(rounds):
             got, digest, secs0 = tcp_transfer(a, b, B_OV, n, timeout=60)
             assert (got, digest) == (n, expected_digest(n, "sleeve"))
             base.append(n * 8 / secs0 / 1e6)
-            flood = c.popen("nice", "-n", "19", sys.executable, "-c", _MIXED_FLOOD, B,
-                            str(secs), str(udp_rate), str(conn_rate), str(slow), stdout=-1)
+            idle.append(router_cpu(pid, 2.0))
+            proc = flood.start(c, B, secs, udp_rate, conn_rate, slow)
             try:
                 time.sleep(2.0)  # the slow handshakes are in place
+                busy.append(router_cpu(pid, 2.0))  # what the flood alone costs router b
                 if i == 0:  # a new peer joins while the flood runs
                     t = time.monotonic()
                     rd = Router(d, ["--ip", "198.19.50.4/24", B], wd, "flood pw")
@@ -242,7 +207,7 @@ def test_goodput_and_joins_under_a_mixed_flood_from_one_host() -> None:
                 assert (got, digest) == (n, expected_digest(n, "sleeve"))
                 flooded.append(n * 8 / secs1 / 1e6)
             finally:
-                out, _ = flood.communicate(timeout=secs + 30)
+                out, _ = proc.communicate(timeout=secs + 30)
         st = rb.status()
         ratio = statistics.median(flooded) / statistics.median(base)
         refused = {k: v for k, v in st["drops"].items()
@@ -252,9 +217,13 @@ def test_goodput_and_joins_under_a_mixed_flood_from_one_host() -> None:
               f"round): goodput {statistics.median(flooded):.0f} vs "
               f"{statistics.median(base):.0f} Mbit/s unflooded = {ratio:.2f}x "
               f"(flooded {[round(x) for x in flooded]}, unflooded {[round(x) for x in base]});"
-              f" new peer joined in {join:.1f}s; drops {refused}")
+              f" new peer joined in {join:.1f}s; router b's CPU without traffic "
+              f"{statistics.median(idle):.1f}% -> {statistics.median(busy):.1f}% of one CPU "
+              f"under the flood (rounds {[round(x, 1) for x in busy]}); drops {refused}")
+        # the router spends (almost) nothing on the flood: junk dies in the kernel
+        assert statistics.median(busy) - statistics.median(idle) <= FLOOD_CPU_MAX, (idle, busy)
         assert join is not None and join <= 5.0, join
-        assert ratio >= 0.6, (flooded, base)  # issue 22 asks 0.9: not reached yet
+        assert ratio >= RATIO_MIN, (flooded, base)
         assert st["drops"].get("source_rate_limited", 0) + st["drops"].get(
             "source_handshake_limit", 0) > 0
         assert sum(cn["state"] == "established" for cn in st["connections"]) == 2

@@ -3,7 +3,8 @@
 Pipeline, per datagram the underlay read (one UDP GRO run counts per datagram):
 
 1. header -> session by receiver index -> open (authenticate) -> replay check, and
-   only then learn: the peer's UDP endpoint, that the link hears it (``udp_ok``);
+   only then learn: the peer's UDP endpoint, the local address it sent to (our
+   replies' source, ``underlay.set_source``), that the link hears it (``udp_ok``);
 2. records: frames for us are learnt (src MAC -> source peer) and written to the
    port; frames for another peer are relayed to its next hop (hop limit); broadcasts
    are delivered and passed on to our children in the source's tree (a TCP SYN's MSS
@@ -155,6 +156,9 @@ class Ingress:
             link.gso_ok = False  # a new path: prove GSO again (next tick)
             link.next_route_check = 0.0  # and read its route's MTU
             link.stats.inc("endpoint_changes")
+        src = self.underlay.rx_src  # the local address it came to: we answer from it
+        if src != link.rx_src:
+            self.underlay.set_source(link, src)
         link.endpoint_learnt = True
         self.links.heard(link, now)
 

@@ -7,6 +7,15 @@ Receiving: readiness on a socket drains up to ``BATCH`` datagrams into a ``Recei
 (the data plane's ingress), with UDP GRO runs handed over whole; after every batch the
 receiver's ``after_batch`` runs (flush relayed records, read the port's answers).
 
+Replies leave from the address the peer sent to: on a socket bound to a wildcard
+address each read also returns the local address the datagram arrived on (IP_PKTINFO,
+IPV6_RECVPKTINFO), kept in ``rx_src`` while the receiver handles it; once a datagram
+of a link authenticates, ingress hands that address to ``set_source``, and where the
+route would pick another source every send on the link (one datagram or a GSO run)
+carries it as the source (a pktinfo cmsg).
+A multi-homed host otherwise answers from whatever address its route picks, which a
+peer's stateful firewall or NAT (expecting replies from the address it sent to) drops.
+
 Junk never reaches Python: a socket filter drops, in the kernel, datagrams too short or
 not type 1 version 1 (the header's first two bytes), counted by the kernel. No other
 protocol logic lives here: no record parsing, no routing. A failed send is counted
@@ -74,6 +83,15 @@ GSO_PROOF_ID = 0x80000000  # probe ids with the top bit: never the PMTU prober's
 GSO_PROOF_RETRY = 2.0  # first retry of an unanswered proof; doubles up to the max
 GSO_PROOF_RETRY_MAX = 60.0
 _BYTEORDER = sys.byteorder  # cmsg ints (UDP_SEGMENT u16, UDP_GRO int) are native
+# The local address a datagram arrived on (<linux/in.h>, <linux/ipv6.h>; Python 3.11 has
+# only the IPv6 names). Received: struct in_pktinfo {int ifindex; in_addr spec_dst;
+# in_addr addr} (12 bytes) or struct in6_pktinfo {in6_addr addr; int ifindex} (20 bytes);
+# sent back as the same struct, which sets the datagram's source address.
+IP_PKTINFO = 8
+IPV6_RECVPKTINFO, IPV6_PKTINFO = 49, 50
+PKTINFO_CMSG_SPACE = socket.CMSG_SPACE(20)
+_NO_SOURCE = (errno.EINVAL, errno.ENETUNREACH, errno.EADDRNOTAVAIL)
+RECV_CMSG_SPACE = GRO_CMSG_SPACE + PKTINFO_CMSG_SPACE
 
 
 class Receiver(Protocol):
@@ -96,6 +114,11 @@ class Underlay:
         # A socket whose kernel refused a GSO send gets one sendto per datagram from then on.
         self.gso_off: set[socket.socket] = set()
         self.gro_on: set[socket.socket] = set()
+        # Sockets bound to a wildcard address: their reads return the local address too.
+        self.pktinfo_on: set[socket.socket] = set()
+        # The local address (pktinfo as received) the datagram being handed to the
+        # receiver arrived on; None on a socket bound to one address.
+        self.rx_src: bytes | None = None
 
     def open(self, family: int, addr: str, port: int) -> socket.socket:
         s = socket.socket(family, socket.SOCK_DGRAM)
@@ -115,6 +138,15 @@ class Underlay:
             raise OSError(e.errno, f"cannot bind UDP port {port} on {addr}: {e.strerror}") \
                 from None
         s.setblocking(False)
+        if addr in ("0.0.0.0", "::"):  # a multi-homed host answers from the right address
+            try:
+                if family == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+                else:
+                    s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+                self.pktinfo_on.add(s)
+            except OSError as e:  # not Linux-like: replies from the route's source
+                log.info("no packet info on UDP reads: %s", e.strerror)
         if self.offload:
             try:
                 s.setsockopt(SOL_UDP, UDP_GRO, 1)
@@ -163,7 +195,10 @@ class Underlay:
 
     def sendto(self, link: Link, sock: socket.socket, data: bytes) -> bool:
         try:
-            sock.sendto(data, link.endpoint)
+            if link.src_cmsg:
+                sock.sendmsg([data], link.src_cmsg, 0, link.endpoint)
+            else:
+                sock.sendto(data, link.endpoint)
         except BlockingIOError:
             link.stats.inc("drop_tx_busy")
             return False
@@ -195,6 +230,13 @@ class Underlay:
         # EPERM (firewall), unreachable, EMSGSIZE: count, never raise out of the loop.
         if e.errno == errno.EMSGSIZE:  # the kernel knows a smaller path MTU
             link.pmtu.on_emsgsize(size, time.monotonic())
+        elif e.errno in _NO_SOURCE and link.src_cmsg:
+            # Our source address is gone from this host (IPv4 says ENETUNREACH, IPv6
+            # EINVAL): let the route pick one until the peer's next datagram tells us
+            # where it reaches us now.
+            link.src_cmsg = []
+            link.rx_src = None
+            link.stats.inc("source_address_lost")
         link.stats.inc(f"drop_tx_{errno.errorcode.get(e.errno or 0, 'err').lower()}", n)
 
     def send_many(self, link: Link, bodies: list[bytes]) -> None:
@@ -232,8 +274,9 @@ class Underlay:
                   fallback: bool = True) -> None:
         try:
             # The segments go as an iovec: the kernel gathers them, no join here.
-            sent = sock.sendmsg(segs, [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, _BYTEORDER))],
-                                0, link.endpoint)
+            sent = sock.sendmsg(
+                segs, [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, _BYTEORDER)), *link.src_cmsg],
+                0, link.endpoint)
         except BlockingIOError:
             link.stats.inc("drop_tx_busy", len(segs))
             return
@@ -290,6 +333,36 @@ class Underlay:
             link.gso_ok = True  # a whole GSO run crossed this path: use it
             link.stats.inc("gso_proven")
 
+    @staticmethod
+    def set_source(link: Link, src: bytes | None) -> None:
+        """Send ``link``'s datagrams from the local address of ``src`` (pktinfo as read).
+
+        Called by ingress when an authenticated datagram arrived on another local
+        address than the one before (``link.rx_src``), and again with every route
+        check. Where the route to the endpoint picks that address anyway (a host with
+        one address: nearly always) no cmsg is needed and sends stay plain ``sendto``;
+        None, or an address that cannot be a source (IPv6 multicast), leaves the
+        choice to the route.
+        """
+        link.rx_src = src
+        cmsg: list[tuple[int, int, bytes]] = []
+        # in_pktinfo: spec_dst is our address; in6_pktinfo: addr
+        v6 = src is not None and len(src) == 20
+        ours = None
+        if src is not None and len(src) in (12, 20):
+            ours = src[:16] if v6 else src[4:8]
+        if ours is not None and ours[0] != 0xFF and ours != route_source(link.endpoint, v6):
+            if v6:  # the interface matters only for a link-local address
+                scoped = ours[0] == 0xFE and ours[1] & 0xC0 == 0x80
+                cmsg = [(socket.IPPROTO_IPV6, IPV6_PKTINFO,
+                         ours + (src[16:] if scoped and src else bytes(4)))]
+            else:
+                cmsg = [(socket.IPPROTO_IP, IP_PKTINFO, bytes(4) + ours + bytes(4))]
+        if cmsg != link.src_cmsg:
+            link.src_cmsg = cmsg
+            link.gso_path = None  # another source may take another path: prove GSO again
+            link.gso_ok = False
+
     # ------------------------------------------------------------------ path limit
     def path_limit(self, link: Link, now: float) -> None:
         """Give ``link``'s PMTU search the MTU of the route to its endpoint as its limit.
@@ -306,11 +379,13 @@ class Underlay:
         mtu = route_mtu(link.endpoint, link.v6)
         if mtu is not None:
             link.set_route_mtu(min(mtu, ROUTE_MTU_MAX), now)
+        if link.rx_src is not None:  # routes and addresses change: is the cmsg needed?
+            self.set_source(link, link.rx_src)
 
     # ------------------------------------------------------------------ receiving
     def on_readable(self, sock: socket.socket, rx: Receiver) -> None:
-        if sock in self.gro_on:
-            self._on_readable_gro(sock, rx)
+        if sock in self.gro_on or sock in self.pktinfo_on:
+            self._on_readable_msg(sock, rx)
             return
         recv = sock.recvfrom
         try:
@@ -330,9 +405,11 @@ class Underlay:
         finally:
             rx.after_batch()
 
-    def _on_readable_gro(self, sock: socket.socket, rx: Receiver) -> None:
-        """Like ``on_readable``, but a read may hold a run of coalesced datagrams.
+    def _on_readable_msg(self, sock: socket.socket, rx: Receiver) -> None:
+        """Like ``on_readable``, with the reads' cmsgs: GRO runs and the local address.
 
+        A read may hold a run of coalesced datagrams (UDP_GRO's segment size), all sent
+        to the same local address (pktinfo, kept in ``rx_src`` while they are handled).
         The batch bound counts datagrams, not reads; the read that crosses it is finished.
         """
         recv = sock.recvmsg
@@ -341,7 +418,7 @@ class Underlay:
         try:
             while n < BATCH:
                 try:
-                    data, anc, flags, addr = recv(GRO_READ, GRO_CMSG_SPACE)
+                    data, anc, flags, addr = recv(GRO_READ, RECV_CMSG_SPACE)
                 except BlockingIOError:
                     return
                 except OSError:
@@ -353,9 +430,13 @@ class Underlay:
                     n += 1
                     continue
                 seg = 0
+                src = None
                 for level, typ, cdata in anc:
                     if level == SOL_UDP and typ == UDP_GRO and len(cdata) >= 4:
                         seg = int.from_bytes(cdata[:4], _BYTEORDER)
+                    elif typ in (IP_PKTINFO, IPV6_PKTINFO):  # levels IP, IPV6
+                        src = cdata
+                self.rx_src = src
                 size = len(data)
                 try:
                     if 0 < seg < size:
@@ -377,6 +458,7 @@ class Underlay:
         self.udp = self.udp6 = None
         self.gso_off.clear()
         self.gro_on.clear()
+        self.pktinfo_on.clear()
 
 
 def route_mtu(endpoint: tuple[str, int], v6: bool) -> int | None:
@@ -387,6 +469,17 @@ def route_mtu(endpoint: tuple[str, int], v6: bool) -> int | None:
         with socket.socket(family, socket.SOCK_DGRAM) as s:
             s.connect(endpoint)
             return int(s.getsockopt(level, opt))
+    except OSError:
+        return None
+
+
+def route_source(endpoint: tuple[str, int], v6: bool) -> bytes | None:
+    """The source address (packed) the route to ``endpoint`` picks; None without a route."""
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect(endpoint)  # a route lookup; nothing is sent
+            return socket.inet_pton(family, s.getsockname()[0])
     except OSError:
         return None
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import time
 from typing import Any, Protocol
 
@@ -120,6 +121,11 @@ class Link:
         self.gso_next_proof = 0.0
         self.gso_retry = 0.0
         self.next_route_check = 0.0  # forward.underlay: when to read the route's MTU again
+        # forward.underlay: the local address the peer's datagrams arrive on (pktinfo as
+        # read, set by ingress once one authenticates) and the cmsg that makes our
+        # datagrams leave from it (empty: the route picks the source)
+        self.rx_src: bytes | None = None
+        self.src_cmsg: list[tuple[int, int, bytes]] = []
         # gossip.router: the next anti-entropy round, and what waits per channel
         self.next_gossip = 0.0
         self.gossip_pending: dict[str, Any] = {}
@@ -223,6 +229,7 @@ class Link:
             "direction": "outbound" if self.outbound else "inbound",
             "tcp": f"{self.remote_tcp[0]}:{self.remote_tcp[1]}",
             "udp": str(Target(*self.endpoint)),
+            "udp_local": _local_address(self.rx_src),
             "state": state, "reason": reason, "endpoint_learnt": self.endpoint_learnt,
             "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
             "encrypted": self.encrypted,
@@ -236,3 +243,12 @@ class Link:
             "rekey": {k: v for k, v in self.rekey.status().items() if k != "exchanges"},
         }
 
+
+
+def _local_address(src: bytes | None) -> str | None:
+    """Our address the peer's datagrams arrive on, from the pktinfo read with them."""
+    if src is not None and len(src) == 12:  # in_pktinfo: ifindex, spec_dst, addr
+        return socket.inet_ntop(socket.AF_INET, src[4:8])
+    if src is not None and len(src) == 20:  # in6_pktinfo: addr, ifindex
+        return socket.inet_ntop(socket.AF_INET6, src[:16])
+    return None
