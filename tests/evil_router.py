@@ -1,10 +1,10 @@
 """``python -m tests.evil_router launch ...``: a real router that also forges (tests only).
 
 It is ``sleeve launch`` with one change: every timer tick (0.25 s) it runs
-``tests.evil.forge_round`` for at most ``EVIL_ROUNDS`` rounds (default 400, ~100 s),
-after waiting ``EVIL_AFTER`` seconds (default 0). It relays honest traffic like any
-router, so the victims' traffic through it must keep working while its forgeries are
-dropped and counted. What it sent is logged once every 40 rounds.
+``tests.evil.forge_round``, once the file ``EVIL_TRIGGER`` exists (the test creates it
+when the victims have talked), for at most ``EVIL_ROUNDS`` rounds (default 80, ~20 s).
+It relays honest traffic like any router, so the victims' traffic through it must keep
+working while its forgeries are dropped and counted. What it sent is logged once every 40 rounds.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 
 from sleeve import cli
 from sleeve.node import Node
@@ -22,15 +21,15 @@ log = logging.getLogger("sleeve")
 
 
 def main() -> int:
-    rounds = int(os.environ.get("EVIL_ROUNDS", "400"))
-    start = time.monotonic() + float(os.environ.get("EVIL_AFTER", "0"))
+    rounds = int(os.environ.get("EVIL_ROUNDS", "80"))
+    trigger = os.environ["EVIL_TRIGGER"]
     honest = Node.on_timer
     state = {"done": 0}
     sent: dict[str, int] = {}
 
     def on_timer(self: Node, now: float) -> None:
         honest(self, now)
-        if now < start or state["done"] >= rounds:
+        if state["done"] >= rounds or not os.path.exists(trigger):
             return
         forge_round(self, sent)
         state["done"] += 1
