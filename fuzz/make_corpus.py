@@ -36,6 +36,10 @@ def datagram_seeds() -> dict[str, bytes]:
         "probe": dg.encode_record(dg.KIND_PROBE, b"\x00\x00\x00\x07" + bytes(60)),
         "relayed": dg.encode_record(dg.KIND_FRAME, eth, src=peer_a, dst=peer_b, hops=3),
         "src-only": dg.encode_record(dg.KIND_FRAME, eth, src=peer_a),
+        "relayed-auth": dg.encode_record(dg.KIND_FRAME, eth, src=peer_a, dst=peer_b, hops=3,
+                                         auth=bytes(range(dg.AUTH_MAC_LEN))),
+        "bcast-signed": dg.encode_record(dg.KIND_FRAME, eth, src=peer_a, hops=3, bcast=True,
+                                         auth=bytes(range(dg.AUTH_SIG_LEN))),
         "max-hops": dg.encode_record(dg.KIND_FRAME, b"x", dst=peer_b, hops=dg.MAX_HOPS),
     }
     seeds: dict[str, bytes] = {}

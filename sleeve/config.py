@@ -12,7 +12,10 @@ DEFAULT_API_SOCKET = "/run/sleeve/sleeve.sock"  # every change: root (or --api-g
 DEFAULT_IFACE = "sleeve0"
 DEFAULT_BRIDGE = "sleeve"
 # 1500-byte underlay - IPv4/UDP 28 - sleeve 36 (header 16, tag 16, record 4) - source and
-# destination peer ids 16 (a relayed frame carries both) - inner Ethernet 14
+# destination peer ids 16 - inner Ethernet 14. A relayed frame also carries its source's
+# 24-byte proof (proto.origin): kept out of the default so the direct path, nearly all
+# traffic, keeps its MTU; TCP through a relay is clamped to fit, a full-size frame of
+# another kind gets ICMP "too big" (DF, IPv6) or goes in sleeve fragments.
 DEFAULT_MTU = 1406
 DEFAULT_CONN_LIMIT = 200
 DEFAULT_IPALLOC_RANGE = "10.32.0.0/12"  # as Weave

@@ -58,6 +58,7 @@ from sleeve.links.table import LinkTable
 from sleeve.mesh import LinkInfo, Mesh
 from sleeve.proto.control import MAX_FRAME
 from sleeve.proto.mactable import LOCAL, MacTable
+from sleeve.proto.origin import OriginAuth
 from sleeve.proto.stats import Counters
 from sleeve.status.http import (
     EventStream,
@@ -98,8 +99,11 @@ class Node:
         # -- the parts, lowest first
         self.table = LinkTable(self.id, self.stats)
         self.underlay = Underlay(self.drops, self.stats, cfg.offload)
+        # relayed and broadcast records carry their source's proof, keyed by the peers'
+        # verified topology records (Ed25519 key, incarnation)
+        self.origin = OriginAuth(self.signer, self.uid, self._ident)
         self.egress = Egress(self.id, self.table, self.mesh.routes, self.macs, self.underlay,
-                             self.drops, self.stats)
+                             self.drops, self.stats, self.origin)
         self.ingress = Ingress(self.id, self.table, self.macs, self.egress, self.underlay,
                                self.drops, self.stats)
         self.egress.clamp_mss = self.ingress.clamp_mss = cfg.clamp_mss
@@ -376,6 +380,10 @@ class Node:
     def _neighbour(self, peer: bytes) -> tuple[int, bytes] | None:
         link = self.table.get(peer)
         return None if link is None else (link.uid, link.sign_key)
+
+    def _ident(self, peer: bytes) -> tuple[bytes, int] | None:
+        rec = self.mesh.topology.get(peer)
+        return None if rec is None else (rec.key, rec.uid)
 
     def _sync_own_record(self) -> None:
         self.topology.sync_links(

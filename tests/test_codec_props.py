@@ -67,6 +67,55 @@ def test_record_length_limits() -> None:
     assert list(dg.iter_records(b"")) == []
 
 
+# Records with their source's proof: relayed unicast (src + dst, 24 bytes) and
+# broadcast (src, 72 bytes), mixed with ordinary ones.
+AUTHED = st.one_of(
+    st.tuples(KIND, PAYLOAD, PEER, PEER, HOPS, st.just(False),
+              st.binary(min_size=dg.AUTH_MAC_LEN, max_size=dg.AUTH_MAC_LEN)),
+    st.tuples(KIND, PAYLOAD, PEER, st.none() | PEER, HOPS, st.just(True),
+              st.binary(min_size=dg.AUTH_SIG_LEN, max_size=dg.AUTH_SIG_LEN)),
+    st.tuples(KIND, PAYLOAD, st.none() | PEER, st.none() | PEER, HOPS, st.booleans(),
+              st.none()),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(specs=st.lists(AUTHED, max_size=8))
+def test_records_with_auth_round_trip(specs: list[Any]) -> None:
+    body = b"".join(dg.encode_record(k, p, s, d, h, b, a) for k, p, s, d, h, b, a in specs)
+    got = [(r.kind, bytes(r.payload), r.src, r.dst, r.hops, r.bcast, r.auth)
+           for r in dg.iter_records(memoryview(body))]
+    assert got == specs
+    # head_len agrees with the parser on where each payload starts
+    off = 0
+    for (_k, p, _s, _d, _h, _b, _a) in specs:
+        head = dg.head_len(body[off + 3])
+        assert body[off + head:off + head + len(p)] == p
+        off += head + len(p)
+
+
+def test_auth_needs_a_source_and_the_right_length() -> None:
+    peer = b"p" * 8
+    with pytest.raises(ValueError):
+        dg.encode_record(dg.KIND_FRAME, b"x", dst=peer, auth=bytes(dg.AUTH_MAC_LEN))
+    with pytest.raises(ValueError):
+        dg.encode_record(dg.KIND_FRAME, b"x", src=peer, dst=peer, auth=bytes(dg.AUTH_SIG_LEN))
+    with pytest.raises(ValueError):
+        dg.encode_record(dg.KIND_FRAME, b"x", src=peer, auth=bytes(dg.AUTH_MAC_LEN))
+    # on the wire: A without S, or A on a record that is neither relayed nor broadcast
+    for flags in (dg.FLAG_AUTH | dg.FLAG_DST, dg.FLAG_AUTH | dg.FLAG_SRC):
+        body = dg.REC.pack(1, dg.KIND_FRAME, flags) + bytes(100)
+        with pytest.raises(dg.DecodeError) as ei:
+            list(dg.iter_records(body))
+        assert ei.value.reason == "bad_auth_flags"
+        assert dg.head_len(flags) == -1
+    # a truncated proof is a truncated record
+    rec = dg.encode_record(dg.KIND_FRAME, b"", src=peer, dst=peer, auth=bytes(24))
+    with pytest.raises(dg.DecodeError) as ei:
+        list(dg.iter_records(rec[:-1]))
+    assert ei.value.reason == "truncated_record"
+
+
 def record_bounds(specs: list[RecordSpec]) -> tuple[bytes, set[int]]:
     body = b""
     bounds = {0}
@@ -98,12 +147,12 @@ def test_iter_records_random_bytes(body: bytes) -> None:
     try:
         recs = list(dg.iter_records(body))
     except dg.DecodeError as e:
-        assert e.reason == "truncated_record"
+        assert e.reason in ("truncated_record", "bad_auth_flags")
         return
     # a successful parse accounts for every byte
     used = sum(
         dg.REC_LEN + len(r.payload) + (r.src is not None) * 8 + (r.dst is not None) * 8
-        for r in recs
+        + len(r.auth or b"") for r in recs
     )
     assert used == len(body)
     assert all(0 <= r.hops <= dg.MAX_HOPS for r in recs)

@@ -12,11 +12,13 @@ import asyncio
 import time
 
 from sleeve.capture.memory import MemoryPort
+from sleeve.crypto.keys import Signer
 from sleeve.node import Node
 from sleeve.proto import datagram as dg
 from tests.test_node_inproc import MAC_A, established, frame, pair, wait_for
 
-GHOST = b"\x99" * 8  # a peer id nobody has: the loop's destination
+_GHOST = Signer(b"\x99" * 32)  # a peer nobody has: the loop's destination
+GHOST = _GHOST.peer_id
 MAC_GHOST = bytes.fromhex("020000000099")
 
 
@@ -26,6 +28,9 @@ def test_a_routing_loop_ends_at_the_hop_limit_and_is_counted() -> None:
         for n, other in ((a, b), (b, a)):
             # egress reads its routes for our own frames and, via towards(), for relays
             n.egress.routes = _Routes(n.mesh.routes, other.id)  # type: ignore[assignment]
+        # A knows GHOST's key (as from a topology record), so it can seal the frame for it
+        ident = a.origin._ident
+        a.origin._ident = lambda p: (_GHOST.public, 1) if p == GHOST else ident(p)
         a.macs.learn_remote(MAC_GHOST, GHOST, time.monotonic())
         pa.inject(frame(MAC_GHOST, MAC_A, b"round and round"))
         await wait_for(lambda: a.drops["hop_limit"] + b.drops["hop_limit"] == 1)

@@ -36,6 +36,7 @@ def test_metrics_view_gives_the_same_metrics_without_listing_macs() -> None:
     async def body(a: Node, _pa: MemoryPort, b: Node, _pb: MemoryPort) -> None:
         await wait_for(lambda: established(a) and established(b))
         now = time.monotonic()
+        a.macs.max_per_peer = 65536  # one peer fills the table (above the default cap)
         for i in range(65536):
             a.macs.learn_remote(b"\x02" + i.to_bytes(5, "big"), b.id, now)
         a.on_timer = lambda _now: None  # type: ignore[method-assign]  # counters hold still

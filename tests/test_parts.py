@@ -31,6 +31,7 @@ from sleeve.links.table import TCP_FALLBACK_AFTER, LinkTable
 from sleeve.mesh import Mesh
 from sleeve.proto.gossip import Chunks, GossipData, GossipRefused
 from sleeve.proto.mactable import MacTable
+from sleeve.proto.origin import OriginAuth
 from sleeve.proto.stats import Counters
 
 ME = b"\x05" * 8
@@ -254,7 +255,8 @@ def test_egress_classifies_frames_by_destination_mac() -> None:
         def send_many(self, link: Link, bodies: list[bytes]) -> None:
             sends.append((link.peer, bodies))
 
-    eg = Egress(ME, links, mesh.routes, macs, FakeUnderlay(drops, stats, False), drops, stats)
+    eg = Egress(ME, links, mesh.routes, macs, FakeUnderlay(drops, stats, False), drops, stats,
+                OriginAuth(signer, 1, lambda _p: None))
     port = MemoryPort()
     eg.port = port
     peer = fake_link(HIGH)

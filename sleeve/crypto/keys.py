@@ -162,6 +162,25 @@ class Signer:
             self._cert = (bytes(static_public), self.sign(_CERT_LABEL + static_public))
         return self._cert[1]
 
+    def agree(self, peer_sign_public: bytes) -> bytes:
+        """The X25519 shared secret of this key and another peer's Ed25519 public key.
+
+        Both keys are mapped to Curve25519 (the birational map libsodium provides, as age
+        and minisign-style tools do for Ed25519 keys), so any two peers that know each
+        other's *signing* keys -- carried, and proven by the peer id, in every topology
+        record -- share a secret without an exchange (``crypto.origin`` derives the keys
+        that authenticate relayed records from it). Raises ValueError for a key that is
+        not a valid point or gives an all-zero secret (small order).
+        """
+        if len(peer_sign_public) != SIGN_KEY_LEN:
+            raise ValueError(f"signing public key must be {SIGN_KEY_LEN} bytes")
+        try:
+            theirs = _sodium.crypto_sign_ed25519_pk_to_curve25519(bytes(peer_sign_public))
+            ours = _sodium.crypto_sign_ed25519_sk_to_curve25519(self._key)
+            return bytes(_sodium.crypto_scalarmult(ours, theirs))
+        except (_nacl_exc.CryptoError, ValueError, TypeError):
+            raise ValueError("peer signing key is not usable for key agreement") from None
+
     def __repr__(self) -> str:
         return f"Signer({format_peer_id(self.peer_id)})"
 

@@ -5,7 +5,8 @@ Pipeline, per readiness event on the port:
 1. ``read_batch`` (<= 64 frames) -> for each frame: learn the source MAC as local,
    classify the destination (local: drop; known remote peer: its direct link when
    established, else the next hop towards it with source and destination peer ids in
-   the record; group/unknown: our children in our own broadcast tree) -> a unicast
+   the record and our end-to-end tag for the destination (``proto.origin``);
+   group/unknown: our children in our own broadcast tree, signed by us) -> a unicast
    TCP SYN's MSS clamped to that link's path (``proto.mss``; broadcast SYNs, to MACs
    nobody has learnt yet, are left alone) -> records queued per link (``queue``);
 2. per link with queued records (``flush_touched``): pack into datagrams up to the path
@@ -34,6 +35,7 @@ from sleeve.links.table import LinkTable
 from sleeve.proto import datagram as dg
 from sleeve.proto import mss, vnet
 from sleeve.proto.mactable import LOCAL, MacTable
+from sleeve.proto.origin import OriginAuth
 from sleeve.proto.pmtu import overlay_mtu, probe_record
 from sleeve.proto.routes import Routes
 from sleeve.proto.stats import Counters
@@ -50,10 +52,17 @@ _VNET_MIN = vnet.HDR_LEN + 14
 _NEEDS_CSUM = vnet.F_NEEDS_CSUM
 
 
+def relayed_mtu(datagram: int) -> int:
+    """``overlay_mtu`` for a relayed frame: two peer ids and the 24-byte origin tag."""
+    return overlay_mtu(datagram, 2) - dg.AUTH_MAC_LEN
+
+
 class Egress:
     def __init__(self, me: bytes, links: LinkTable, routes: Routes, macs: MacTable,
-                 underlay: Underlay, drops: Counters, stats: Counters) -> None:
+                 underlay: Underlay, drops: Counters, stats: Counters,
+                 origin: OriginAuth) -> None:
         self.me = me
+        self.origin = origin  # proves us the source of relayed and broadcast records
         self.links = links
         self.routes = routes
         self.macs = macs
@@ -123,7 +132,7 @@ class Egress:
                     flood = self.tree_links(me, None)
                 if flood:
                     for g in self._finish(raw) if off else (f,):
-                        rec = dg.encode_record(dg.KIND_FRAME, g, hops=dg.MAX_HOPS, bcast=True)
+                        rec = self.broadcast_record(g)
                         for child in flood:
                             queue(child, rec)
                 continue
@@ -145,8 +154,9 @@ class Egress:
                 raw, f = self._clamp(link, raw, f, off, relayed)
             if relayed:
                 for g in self._finish(raw) if off else (f,):
-                    queue(link, dg.encode_record(dg.KIND_FRAME, g, src=me, dst=owner,
-                                                 hops=dg.MAX_HOPS))
+                    rrec = self.relayed_record(owner, g)
+                    if rrec is not None:
+                        queue(link, rrec)
             elif not off:
                 queue(link, dg.frame_record(f))  # the hot path: direct, 4 bytes of framing
             elif not (link.usable and self._queue_offloaded(link, raw)):
@@ -188,7 +198,8 @@ class Egress:
         """
         if off and raw[1]:
             return raw, f
-        out = mss.clamp(f, overlay_mtu(link.pmtu.current, 2 if relayed else 0),
+        out = mss.clamp(f, relayed_mtu(link.pmtu.current) if relayed
+                        else overlay_mtu(link.pmtu.current),
                         fix_csum=not (off and raw[0] & _NEEDS_CSUM))
         if out is None:
             return raw, f
@@ -204,6 +215,23 @@ class Egress:
             return []
         self.stats.inc("tx_segmented" if raw[1] else "tx_csum_completed")
         return out
+
+    # ------------------------------------------------------------------ records we originate
+    def relayed_record(self, dst: bytes, frame: bytes | memoryview) -> bytes | None:
+        """Our frame for ``dst`` through a relay: ids and our tag for ``dst``, or None
+        (counted) when ``dst``'s topology record, hence its key, is not known yet."""
+        auth = self.origin.seal(dst, dg.KIND_FRAME, frame)
+        if auth is None:
+            self.drops.inc("origin_no_key")
+            return None
+        return dg.encode_record(dg.KIND_FRAME, frame, src=self.me, dst=dst,
+                                hops=dg.MAX_HOPS, auth=auth)
+
+    def broadcast_record(self, frame: bytes | memoryview) -> bytes:
+        """Our frame down our broadcast tree, signed: receivers further down the tree
+        hear it from a relay and believe only the signature."""
+        return dg.encode_record(dg.KIND_FRAME, frame, src=self.me, hops=dg.MAX_HOPS,
+                                bcast=True, auth=self.origin.sign(dg.KIND_FRAME, frame))
 
     # ------------------------------------------------------------------ where records go
     def tree_links(self, source: bytes, came_from: bytes | None) -> list[Link]:
@@ -290,8 +318,9 @@ class Egress:
         # The sender is behind another peer: route the ICMP back to it like any frame.
         via = self.towards(src)
         if via is not None:
-            self.queue(via, dg.encode_record(dg.KIND_FRAME, reply, src=self.me, dst=src,
-                                             hops=dg.MAX_HOPS))
+            rrec = self.relayed_record(src, reply)
+            if rrec is not None:
+                self.queue(via, rrec)
         return frags
 
     # ------------------------------------------------------------------ per tick

@@ -5,8 +5,11 @@ Pipeline, per datagram the underlay read (one UDP GRO run counts per datagram):
 1. header -> session by receiver index -> open (authenticate) -> replay check, and
    only then learn: the peer's UDP endpoint, the local address it sent to (our
    replies' source, ``underlay.set_source``), that the link hears it (``udp_ok``);
-2. records: frames for us are learnt (src MAC -> source peer) and written to the
-   port; frames for another peer are relayed to its next hop (hop limit); broadcasts
+2. records: a frame another peer than the sending hop originated is believed only
+   with its source's own proof (``proto.origin``: tag or signature, then replay
+   window); frames for us are learnt (src MAC -> source peer, a peer may not take an
+   address another peer holds, ``proto.mactable``) and written to the port; frames
+   for another peer are relayed to its next hop (hop limit, proof copied); broadcasts
    are delivered and passed on to our children in the source's tree (a TCP SYN's MSS
    is clamped to the path it came by before delivery, ``proto.mss``); offloaded
    records (virtio header + super-frame pieces) join their segment sets and are
@@ -26,7 +29,7 @@ from typing import Any
 
 from sleeve.config import Target
 from sleeve.forward import superframe
-from sleeve.forward.egress import Egress
+from sleeve.forward.egress import Egress, relayed_mtu
 from sleeve.forward.reassembly import KIND_FRAGMENT
 from sleeve.forward.superframe import KIND_VNET, KIND_VNET_SEG, SALVAGE_AFTER
 from sleeve.forward.underlay import GSO_PROOF_ID, Underlay
@@ -59,6 +62,7 @@ class Ingress:
         self.underlay = underlay
         self.drops = drops
         self.stats = stats
+        self.origin = egress.origin
         self._salvage_armed = False
         self._delivered = False  # frames written to the port in this event (see after_batch)
         self.clamp_mss = True  # lower SYNs' MSS to the path they came by (--no-clamp-mss)
@@ -222,6 +226,11 @@ class Ingress:
                     if src == me:
                         self.drops.inc("loop")  # our own frame came back round
                         continue
+                    if src != peer:  # the link vouches for its peer only
+                        bad = self.origin.check(src, rec)
+                        if bad is not None:
+                            self.drops.inc(bad)
+                            continue
                     deliver(link, src, rec.payload, now)
                     if rec.bcast:
                         self._pass_on_broadcast(link, src, rec)
@@ -241,7 +250,12 @@ class Ingress:
             self.drops.inc(e.reason)
 
     def _relay(self, link: Link, rec: dg.Record) -> None:
+        """Pass a record on towards its destination, proof unchanged (only the
+        destination can check it; one without any is not worth the bandwidth)."""
         assert rec.dst is not None
+        if rec.src is None or rec.auth is None:
+            self.drops.inc("origin_unauthenticated")
+            return
         if rec.hops == 0:
             self.drops.inc("hop_limit")
             return
@@ -249,9 +263,9 @@ class Ingress:
         if via is None:
             self.drops.inc("no_route")
             return
-        self.egress.queue(via, dg.encode_record(dg.KIND_FRAME, rec.payload,
-                                                src=rec.src or link.peer, dst=rec.dst,
-                                                hops=rec.hops - 1))
+        self.egress.queue(via, dg.encode_record(dg.KIND_FRAME, rec.payload, src=rec.src,
+                                                dst=rec.dst, hops=rec.hops - 1,
+                                                auth=rec.auth))
         self.stats.inc("relayed_frames")
 
     def _pass_on_broadcast(self, link: Link, src: bytes, rec: dg.Record) -> None:
@@ -261,8 +275,11 @@ class Ingress:
         if rec.hops == 0:
             self.drops.inc("hop_limit")
             return
+        if rec.auth is None:  # our children would refuse it: the source did not sign
+            self.drops.inc("origin_unauthenticated")
+            return
         out = dg.encode_record(dg.KIND_FRAME, rec.payload, src=src, hops=rec.hops - 1,
-                               bcast=True)
+                               bcast=True, auth=rec.auth)
         for child in children:
             self.egress.queue(child, out)
         self.stats.inc("relayed_broadcasts")
@@ -284,8 +301,8 @@ class Ingress:
 
     def _clamp(self, link: Link, frame: bytes | memoryview, relayed: bool, fix_csum: bool,
                ) -> bytes | memoryview:
-        out = mss.clamp(frame, overlay_mtu(link.pmtu.current, 2 if relayed else 0),
-                        fix_csum)
+        out = mss.clamp(frame, relayed_mtu(link.pmtu.current) if relayed
+                        else overlay_mtu(link.pmtu.current), fix_csum)
         if out is None:
             return frame
         link.stats.inc("mss_clamped")
@@ -299,7 +316,10 @@ class Ingress:
         if src[0] & 1:
             self.drops.inc("bad_src_mac")
             return False
-        self.macs.learn_remote(src, src_peer, now)
+        refused = self.macs.learn_remote(src, src_peer, now)
+        if refused is not None:
+            self.drops.inc(refused)  # mac_takeover, mac_peer_cap
+            return False
         return True
 
     # ------------------------------------------------------------------ offloaded frames

@@ -1,11 +1,13 @@
 """What to do with a record whose frame does not fit the link's path MTU (pure).
 
-A record is ``len[2] kind flags [src 8] [dst 8] frame`` (see proto.datagram). For a
-frame too big for a datagram of ``datagram`` bytes:
+A record is ``len[2] kind flags [src 8] [dst 8] [auth] frame`` (see proto.datagram).
+For a frame too big for a datagram of ``datagram`` bytes:
 
 - IPv4 without DF: fragmented here into frames that fit; each fragment gets the
   original record's kind, flags and peer ids, so relaying and broadcast trees
-  treat them like the original;
+  treat them like the original. Not a record with its source's proof (``auth``):
+  the proof covers the whole frame, so such a record is answered with ICMP or, when
+  no ICMP can help, the caller carries it whole in sleeve fragments;
 - IPv4 with DF, or IPv6: an ICMP "fragmentation needed" / ICMPv6 "packet too big"
   frame addressed back to the sender, carrying the MTU that fits, so the sending
   host's kernel lowers its path MTU for that destination (the overlay MTU thereby
@@ -37,10 +39,12 @@ def shrink(rec: bytes, datagram: int) -> tuple[list[bytes], bytes | None, str]:
     if len(rec) < dg.REC_LEN or rec[2] != dg.KIND_FRAME:
         return [], None, "too_big"
     nids = record_ids(rec)
-    head = dg.REC_LEN + nids * dg.PEER_ID_LEN
+    head = dg.head_len(rec[3])
+    if head < dg.REC_LEN:
+        return [], None, "too_big"  # bad flags: never queued by us
     frame = rec[head:]
-    mtu = overlay_mtu(datagram, nids)
-    frags = fragment_ipv4(frame, mtu)
+    mtu = overlay_mtu(datagram, nids) - (head - dg.REC_LEN - nids * dg.PEER_ID_LEN)
+    frags = None if rec[3] & dg.FLAG_AUTH else fragment_ipv4(frame, mtu)
     if frags is not None and len(frags) > 1:
         prefix = rec[2:head]
         return [struct.pack("!H", len(f)) + prefix + f for f in frags], None, "fragmented"

@@ -32,8 +32,10 @@ STATUS_ADDR = "127.0.0.1:6782"  # each namespace has its own loopback; reads onl
 
 class Router:
     def __init__(self, host: Host, args: list[str], workdir: pathlib.Path,
-                 password: str | None, env: dict[str, str] | None = None) -> None:
+                 password: str | None, env: dict[str, str] | None = None,
+                 module: str = "sleeve") -> None:
         self.host = host
+        self.module = module  # tests run altered routers (e.g. tests.evil_router)
         self.args = args
         self.workdir = workdir
         self.password = password
@@ -45,7 +47,7 @@ class Router:
         self.start()
 
     def start(self) -> None:
-        argv = [sys.executable, "-m", "sleeve", "launch", "--state-dir", str(self.state_dir),
+        argv = [sys.executable, "-m", self.module, "launch", "--state-dir", str(self.state_dir),
                 "--api-socket", str(self.api_socket), "--nickname", self.host.name, *self.args]
         if self.password is None:
             argv += ["--no-encryption", "--open"]  # the lab's old default: an open network

@@ -30,17 +30,34 @@ Like the rest of the header it is AEAD associated data: a changed epoch fails th
 
 Inside the body, records follow each other::
 
-    +--------+--------+--------+--------+---------------+---------------+------------
-    | length (BE 16)  | kind   | flags  | [src peer 8]  | [dst peer 8]  | payload ...
-    +--------+--------+--------+--------+---------------+---------------+------------
+    +--------+--------+--------+--------+---------------+---------------+---------+------------
+    | length (BE 16)  | kind   | flags  | [src peer 8]  | [dst peer 8]  | [auth]  | payload ...
+    +--------+--------+--------+--------+---------------+---------------+---------+------------
 
-``length`` counts the payload only. ``flags`` bit 0 says an 8-byte source
-peer id follows (the frame was captured by a peer other than the sending
-hop), bit 1 a destination peer id (the frame must be relayed further), bit 2
-says the frame is a broadcast travelling down the source's spanning tree (each
-receiver delivers it and forwards it to its own children in that tree), bits
-4-7 carry the remaining hop limit for relayed and broadcast frames. Direct
-unicast pays 4 bytes per frame.
+    flags:  7   6   5   4   3   2   1   0
+          +---+---+---+---+---+---+---+---+
+          |   hop limit   | A | B | D | S |
+          +---+---+---+---+---+---+---+---+
+
+``length`` counts the payload only. ``S`` (bit 0) says an 8-byte source peer id follows
+(the frame was captured by a peer other than the sending hop), ``D`` (bit 1) a
+destination peer id (the frame must be relayed further), ``B`` (bit 2) says the frame is
+a broadcast travelling down the source's spanning tree (each receiver delivers it and
+forwards it to its own children in that tree), bits 4-7 carry the remaining hop limit
+for relayed and broadcast frames. Direct unicast pays 4 bytes per frame and no ``auth``.
+
+``A`` (bit 3, needs ``S``) says the source's own end-to-end proof follows the peer ids
+(``crypto.origin``), so that a relay cannot speak for another peer::
+
+    unicast (D, not B), 24 bytes:     broadcast (B), 72 bytes:
+    +---------------------------+     +---------------------------+
+    | counter (BE 64)           |     | counter (BE 64)           |
+    +---------------------------+     +---------------------------+
+    | tag: keyed BLAKE2b-128    |     | Ed25519 signature (64)    |
+    | (16)                      |     |                           |
+    +---------------------------+     +---------------------------+
+
+Relays copy ``auth`` unchanged; only the hop limit changes on the way.
 """
 
 from __future__ import annotations
@@ -60,6 +77,9 @@ TAG_LEN: Final = 16
 REC = struct.Struct("!HBB")
 REC_LEN: Final = REC.size  # 4
 PEER_ID_LEN: Final = 8
+COUNTER_LEN: Final = 8
+AUTH_MAC_LEN: Final = COUNTER_LEN + 16  # counter + keyed BLAKE2b-128 tag
+AUTH_SIG_LEN: Final = COUNTER_LEN + 64  # counter + Ed25519 signature
 
 # record kinds
 KIND_FRAME: Final = 0  # an Ethernet frame without FCS
@@ -69,6 +89,7 @@ KIND_PROBE: Final = 2  # PMTU probe padding; payload: 4-byte probe id, zeros
 FLAG_SRC: Final = 0x01
 FLAG_DST: Final = 0x02
 FLAG_BCAST: Final = 0x04
+FLAG_AUTH: Final = 0x08
 HOPS_SHIFT: Final = 4
 MAX_HOPS: Final = 15
 
@@ -114,6 +135,7 @@ def encode_record(
     dst: bytes | None = None,
     hops: int = 0,
     bcast: bool = False,
+    auth: bytes | memoryview | None = None,
 ) -> bytes:
     if not 0 <= hops <= MAX_HOPS or any(p is not None and len(p) != PEER_ID_LEN
                                         for p in (src, dst)):
@@ -126,12 +148,37 @@ def encode_record(
     if dst is not None:
         flags |= FLAG_DST
         parts.append(dst)
+    if auth is not None:
+        if auth_len(flags | FLAG_AUTH) != len(auth):
+            raise ValueError("auth needs a source id and is 24 bytes (unicast with a "
+                             "destination) or 72 (broadcast)")
+        flags |= FLAG_AUTH
+        parts.append(auth)
     return REC.pack(len(payload), kind, flags) + b"".join(parts) + bytes(payload)
 
 
 def frame_record(frame: bytes | memoryview) -> bytes:
     """Hot path: a directly delivered frame (no peer ids)."""
     return REC.pack(len(frame), KIND_FRAME, 0) + bytes(frame)
+
+
+def auth_len(flags: int) -> int:
+    """Length of the ``auth`` field ``flags`` announce; -1 for an invalid combination."""
+    if not flags & FLAG_AUTH:
+        return 0
+    if not flags & FLAG_SRC:
+        return -1
+    if flags & FLAG_BCAST:
+        return AUTH_SIG_LEN
+    return AUTH_MAC_LEN if flags & FLAG_DST else -1
+
+
+def head_len(flags: int) -> int:
+    """Bytes before the payload of a record with these flags; -1 if they are invalid."""
+    n = auth_len(flags)
+    if n < 0:
+        return -1
+    return REC_LEN + PEER_ID_LEN * (bool(flags & FLAG_SRC) + bool(flags & FLAG_DST)) + n
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +189,7 @@ class Record:
     hops: int
     payload: memoryview
     bcast: bool = False
+    auth: bytes | None = None  # the source's proof (see the module docstring)
 
 
 def iter_records(body: bytes | memoryview) -> Iterator[Record]:
@@ -176,7 +224,16 @@ def parse_record(mv: memoryview, off: int) -> tuple[Record, int]:
             raise DecodeError("truncated_record")
         dst = bytes(mv[off : off + PEER_ID_LEN])
         off += PEER_ID_LEN
+    auth = None
+    if flags & FLAG_AUTH:
+        n = auth_len(flags)
+        if n < 0:
+            raise DecodeError("bad_auth_flags")
+        if end - off < n:
+            raise DecodeError("truncated_record")
+        auth = bytes(mv[off : off + n])
+        off += n
     if end - off < length:
         raise DecodeError("truncated_record")
     return (Record(kind, src, dst, flags >> HOPS_SHIFT, mv[off : off + length],
-                   bool(flags & FLAG_BCAST)), off + length)
+                   bool(flags & FLAG_BCAST), auth), off + length)

@@ -1,0 +1,131 @@
+"""Who originated a relayed or broadcast record: proofs made and checked (sans-IO).
+
+The source of a record that reached us through another peer is believed only when the
+source itself proved it (``crypto.origin`` has the keys and the why): a tag under the
+source-destination key for relayed unicast, the source's signature for broadcasts. Keys
+come from the peers' *verified* topology records (``ident``: peer -> its Ed25519 key and
+incarnation uid), so a relay cannot make up a key for a peer id either.
+
+Order on receive, as everywhere: authenticate, then replay-check (a forged record with a
+huge counter must not slide the window), then the caller may learn from it.
+
+Bounded: one ``_Pair`` per peer we exchanged relayed records with (keys, one counter
+window for its unicast records to us, one for its broadcasts), at most ``max_peers``
+(the topology's own bound); the oldest is dropped beyond that. A pair lives on when its
+peer leaves the topology, so that a partition that heals cannot replay the old records
+into a fresh window; it is replaced when the peer's key or incarnation changes.
+
+Sending uses one counter per process for all destinations (and one for broadcasts):
+with keys bound to both incarnations, a (key, counter) pair is never reused, and a
+receiver's window only sees its share of the counters, ascending with gaps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from sleeve.crypto import origin as oc
+from sleeve.crypto.keys import Signer
+from sleeve.proto import datagram as dg
+from sleeve.proto.replay import ReplayWindow
+
+MAX_PEERS: Final = 10000  # = proto.topology.MAX_RECORDS
+WINDOW: Final = 4096  # counters are shared by all destinations: a little more slack
+
+Ident = Callable[[bytes], "tuple[bytes, int] | None"]
+
+
+class _Pair:
+    __slots__ = ("bwin", "key", "rx", "tx", "uid", "win")
+
+    def __init__(self, key: bytes, uid: int, tx: bytes, rx: bytes) -> None:
+        self.key = key  # the peer's Ed25519 public key
+        self.uid = uid  # its incarnation
+        self.tx = tx  # our records to it
+        self.rx = rx  # its records to us
+        self.win: ReplayWindow | None = None  # made on first use
+        self.bwin: ReplayWindow | None = None
+
+
+class OriginAuth:
+    """Makes and checks the ``auth`` field of relayed and broadcast records."""
+
+    __slots__ = ("_bcast_counter", "_counter", "_ident", "_pairs", "_signer", "_uid",
+                 "max_peers", "me")
+
+    def __init__(self, signer: Signer, uid: int, ident: Ident,
+                 max_peers: int = MAX_PEERS) -> None:
+        self._signer = signer
+        self.me = signer.peer_id
+        self._uid = uid
+        self._ident = ident
+        self._pairs: dict[bytes, _Pair] = {}
+        self._counter = 0
+        self._bcast_counter = 0
+        self.max_peers = max_peers
+
+    def _pair(self, peer: bytes) -> _Pair | str:
+        ident = self._ident(peer)
+        if ident is None:
+            return "origin_unknown_peer"
+        key, uid = ident
+        p = self._pairs.get(peer)
+        if p is not None and p.key == key and p.uid == uid:
+            return p
+        try:
+            tx = oc.relay_key(self._signer, self.me, self._uid, peer, uid, key)
+            rx = oc.relay_key(self._signer, peer, uid, self.me, self._uid, key)
+        except ValueError:
+            return "origin_bad_key"
+        p = _Pair(key, uid, tx, rx)
+        self._pairs.pop(peer, None)
+        if len(self._pairs) >= self.max_peers:
+            del self._pairs[next(iter(self._pairs))]  # the least recently (re)keyed
+        self._pairs[peer] = p
+        return p
+
+    def forget_keys(self) -> None:
+        """Drop every pair (tests: what a router without memory of earlier ones sees)."""
+        self._pairs.clear()
+
+    # ------------------------------------------------------------------ sending
+    def seal(self, dst: bytes, kind: int, payload: bytes | memoryview) -> bytes | None:
+        """The 24-byte auth of our record to ``dst``, or None if we have no key for it."""
+        p = self._pair(dst)
+        if isinstance(p, str):
+            return None
+        self._counter += 1
+        ctr = self._counter.to_bytes(8, "big")
+        return ctr + oc.relay_tag(p.tx, ctr, kind, payload)
+
+    def sign(self, kind: int, payload: bytes | memoryview) -> bytes:
+        """The 72-byte auth of our broadcast record."""
+        self._bcast_counter += 1
+        ctr = self._bcast_counter.to_bytes(8, "big")
+        return ctr + oc.sign_bcast(self._signer, self._uid, ctr, kind, payload)
+
+    # ------------------------------------------------------------------ receiving
+    def check(self, src: bytes, rec: dg.Record) -> str | None:
+        """None if ``src`` made ``rec`` for us (unicast) or for all (broadcast), and it is
+        fresh; else the drop reason. ``rec`` came through another peer than ``src``."""
+        auth = rec.auth
+        if auth is None:
+            return "origin_unauthenticated"
+        p = self._pair(src)
+        if isinstance(p, str):
+            return p
+        ctr = auth[:dg.COUNTER_LEN]
+        if rec.bcast:
+            if not oc.verify_bcast(p.key, src, p.uid, ctr, rec.kind, rec.payload,
+                                   auth[dg.COUNTER_LEN:]):
+                return "origin_forged"
+            win = p.bwin = p.bwin or ReplayWindow(WINDOW)
+        else:
+            if rec.dst != self.me:
+                return "origin_not_for_us"
+            if not oc.tag_ok(p.rx, ctr, rec.kind, rec.payload, auth[dg.COUNTER_LEN:]):
+                return "origin_forged"
+            win = p.win = p.win or ReplayWindow(WINDOW)
+        bad = win.accept(int.from_bytes(ctr, "big"))
+        return None if bad is None else f"origin_{bad}"
