@@ -268,8 +268,8 @@ class Ingress:
         # A TCP SYN or SYN-ACK? Clamped to the path it came by, so that our side's
         # answers fit even when the sender's router does not clamp (see egress).
         if self.clamp_mss and len(frame) >= 58 and (
-                frame[47] & 2 and frame[23] == 6 if frame[14] == 0x45
-                else mss.maybe_syn(frame)):
+                frame[23] == 6 and frame[47] & 2 if frame[14] == 0x45
+                else mss.maybe_syn(frame)):  # protocol first: see egress
             frame = self._clamp(link, frame, src_peer != link.peer, True)
         if self._learn_remote(frame, src_peer, now):
             port = self.egress.port
