@@ -65,7 +65,8 @@ def e2e_config(pytestconfig: pytest.Config) -> e2e.Config:
 
 
 def _key(m: st.Metric) -> str:
-    return f"{m.key}_{re.sub(r'[^a-z0-9]+', '_', m.unit.lower()).strip('_')}"
+    unit = m.unit.lower().replace("%", "percent")
+    return f"{m.key}_{re.sub(r'[^a-z0-9]+', '_', unit).strip('_')}"
 
 
 def figures(result: dict[str, Any]) -> dict[str, float]:
