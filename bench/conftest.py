@@ -1,6 +1,10 @@
 """Prints, after pytest-benchmark's own table, ns per operation and the ratio to the
 baseline measured in the same run (see README.md).
 
+Also the ``e2e`` marker of the lab benchmarks (bench/test_e2e_bench.py) and their options:
+they run only when selected with ``-m e2e`` (a plain ``pytest bench/`` deselects them, so
+it stays the quick micro-benchmark run), in the interleaved order of ``bench.series``.
+
 Each benchmark in this folder sets ``extra_info`` = {"label", "ops", "baseline"}:
 ``ops`` is how many operations one timed call performs (the per-op figure is the
 median of a call divided by it) and ``baseline`` the label of the benchmark it is
@@ -13,6 +17,33 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
+E2E_DEFAULTS = {"subjects": "sleeve,fastd", "tests": "tcp1,tcp1r,udp64,udp512,ping",
+                "repeats": "3", "seconds": "5"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("sleeve e2e", "end-to-end lab benchmarks (-m e2e, root)")
+    for name, default in E2E_DEFAULTS.items():
+        g.addoption(f"--e2e-{name}", default=default, help=f"default {default}")
+    g.addoption("--e2e-out", default=None,
+                help="also write the series report (series-<stamp>.md/.json) here")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "e2e: end-to-end lab benchmark (root, minutes; "
+                            "run with -m e2e under flock /tmp/sleeve-lab.lock)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A plain `pytest bench/` is the micro-benchmarks: the lab runs take minutes and
+    # root, so they are deselected (not skipped) unless the marker expression names them.
+    if "e2e" in (config.getoption("markexpr") or ""):
+        return
+    drop = [i for i in items if i.get_closest_marker("e2e") is not None]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = [i for i in items if i.get_closest_marker("e2e") is None]
 
 # label -> (min seconds per op, median seconds per op, baseline label, group)
 RESULTS: dict[str, tuple[float, float, str, str]] = {}

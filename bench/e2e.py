@@ -26,7 +26,8 @@ received, and the whole box's busy CPU seconds.  With ``sleeve`` measured, its t
 processes are also profiled with py-spy under a single-stream load (``--profile``).
 
 Results go to ``--out``: ``e2e-<stamp>.json``, ``.md``, ``.png`` (matplotlib) and the
-profile files, plus a ``LATEST.md`` copy of the Markdown.  Every process runs through
+profile files (``LATEST.md`` only with ``--latest``: the quoted figures come from
+``bench.series``, interleaved repeats with medians).  Every process runs through
 the lab (tracked, stopped by PID at teardown); only lab namespaces and 198.18/16,
 198.19/16 addresses are used.
 """
@@ -618,14 +619,16 @@ def pyspy_available() -> str | None:
 
 
 def profile_sleeve(a: Host, b: Host, run: Running, seconds: int, out: pathlib.Path,
-                   stamp: str) -> dict[str, Any]:
+                   stamp: str, load: str = "tcp1") -> dict[str, Any]:
     """py-spy records both routers (raw collapsed stacks with native frames, idle samples
-    included) during a single-stream TCP run a->b; returns the files and a summary (where
-    the time goes: idle, syscalls, crypto, Python; the hottest functions)."""
+    included) during one test's load (``load``: an iperf3 test, or ``ping`` 100/s); returns
+    the files and a summary (where the time goes: idle, syscalls, crypto, Python; the
+    hottest functions)."""
     why, spy = pyspy_available(), pyspy()
     if why or spy is None:
         return {"status": "not available", "reason": why}
-    say(f"  profiling both routers with py-spy for {seconds} s under TCP 1 stream a->b")
+    test = TESTS[load]
+    say(f"  profiling both routers with py-spy for {seconds} s under {test.label}")
     hosts = {"a": a, "b": b}
     files: dict[str, pathlib.Path] = {}
     spies: list[tuple[Host, subprocess.Popen[bytes], pathlib.Path]] = []
@@ -634,7 +637,8 @@ def profile_sleeve(a: Host, b: Host, run: Running, seconds: int, out: pathlib.Pa
         _wait_listening(b, IPERF_PORT, server, 10.0)
         for host_name, pid in run.daemons:
             h = hosts[host_name]
-            f = out / f"e2e-{stamp}-profile-{run.subject}-{host_name}.collapsed.txt"
+            tag = "" if load == "tcp1" else f"-{load}"
+            f = out / f"e2e-{stamp}-profile-{run.subject}{tag}-{host_name}.collapsed.txt"
             log = out / f".py-spy-{host_name}.log"
             with open(log, "wb") as lf:
                 p = h.popen(spy, "record", "--pid", str(pid), "--rate", str(PYSPY_RATE),
@@ -643,8 +647,10 @@ def profile_sleeve(a: Host, b: Host, run: Running, seconds: int, out: pathlib.Pa
             files[host_name] = f
             spies.append((h, p, log))
         time.sleep(0.5)  # py-spy attaches
-        r = a.run(*iperf_argv(TESTS["tcp1"], run.dst, seconds), check=False,
-                  timeout=seconds + 40)
+        if load == "ping":
+            pinged = measure_ping(a, run.dst, seconds * 100)
+        else:
+            r = a.run(*iperf_argv(test, run.dst, seconds), check=False, timeout=seconds + 40)
         for h, p, _ in spies:
             try:
                 p.wait(timeout=15)
@@ -658,11 +664,15 @@ def profile_sleeve(a: Host, b: Host, run: Running, seconds: int, out: pathlib.Pa
                 h.stop(p)
         b.stop(server)
     res: dict[str, Any] = {"status": "ok", "tool": _tool_version([spy, "--version"]),
-                           "seconds": seconds, "rate_hz": PYSPY_RATE, "load": "TCP 1 stream a->b",
+                           "seconds": seconds, "rate_hz": PYSPY_RATE, "load": test.label,
                            "files": {}, "summary": {}}
-    with contextlib.suppress(json.JSONDecodeError, KeyError, RuntimeError):
-        res["bits_per_second_while_profiled"] = parse_iperf(
-            TESTS["tcp1"], json.loads(r.stdout))["bits_per_second"]
+    if load == "ping":
+        res["ping_while_profiled"] = pinged
+    else:
+        with contextlib.suppress(json.JSONDecodeError, KeyError, RuntimeError):
+            got = parse_iperf(test, json.loads(r.stdout))
+            res["bits_per_second_while_profiled"] = got["bits_per_second"]
+            res["rx_pps_while_profiled"] = got.get("rx_pps")
     for (_h, p, log), (host_name, f) in zip(spies, files.items(), strict=True):
         role = "sender (encrypts)" if host_name == "a" else "receiver (decrypts)"
         if not f.exists() or f.stat().st_size == 0:
@@ -703,6 +713,7 @@ class Config:
     sleeve_mtu: int | None
     out: pathlib.Path
     stamp: str
+    profile_test: str = "tcp1"  # the load while profiled: tcp1, udp64, udp512 or ping
 
 
 def run_subject(subject: str, cfg: Config) -> dict[str, Any]:
@@ -781,7 +792,7 @@ def _measure_subject(result: dict[str, Any], run: Running, a: Host, b: Host, sw:
     if subject == "sleeve" and cfg.profile_seconds > 0:
         try:
             result["profile"] = profile_sleeve(a, b, run, cfg.profile_seconds, cfg.out,
-                                               cfg.stamp)
+                                               cfg.stamp, cfg.profile_test)
         except Exception as e:
             say(f"{subject}: profile FAILED: {e!r}")
             result["profile"] = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
@@ -834,12 +845,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--profile-seconds", type=int, default=None,
                    help="py-spy profile of the encrypted sleeve routers (default: --seconds; "
                    "0: none)")
+    p.add_argument("--profile-test", default="tcp1",
+                   choices=("tcp1", "tcp1r", "udp64", "udp512", "ping"),
+                   help="the load while profiling (default tcp1; ping: 100 pings/s)")
     p.add_argument("--sleeve-mtu", type=int, default=None,
                    help="run sleeve with this --mtu (default: its own default)")
     p.add_argument("--setup", action="store_true",
                    help="first install the reference tunnels and the bench extra "
                    "(bench/setup.sh: apt-get + pip; needs the package registries)")
-    p.add_argument("--no-latest", action="store_true", help="do not write LATEST.md")
+    # LATEST.md is what gets quoted: it comes from an interleaved series (bench.series),
+    # not from one run, so a single run writes it only when asked.
+    p.add_argument("--latest", action="store_true",
+                   help="also write LATEST.md (normally bench.series writes it)")
+    p.add_argument("--no-latest", action="store_true", help="(the default; kept for old "
+                   "command lines)")
     args = p.parse_args(argv)
     subjects = _csv(args.subjects, SUBJECTS, "subjects", p.error)
     tests = _csv(args.tests, tuple(TESTS), "tests", p.error)
@@ -856,7 +875,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     cfg = Config(args.seconds, tests, args.ping_count, profile_seconds, args.sleeve_mtu,
-                 out, stamp)
+                 out, stamp, args.profile_test)
     env = environment()
     say(f"environment: {json.dumps(env)}")
     est = estimate_seconds(subjects, tests, args.seconds, profile_seconds)
@@ -885,7 +904,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": results,
     }
     doc["ratios"] = report.ratios(doc)
-    paths = report.write_all(doc, out, stamp, latest=not args.no_latest)
+    paths = report.write_all(doc, out, stamp, latest=args.latest and not args.no_latest)
     say("wrote " + ", ".join(str(v) for v in paths.values()))
     print(paths["md"].read_text())
     return 1 if any(r.get("status") == "failed" for r in results) else 0

@@ -302,6 +302,9 @@ _LINE_RE: Final = re.compile(r"^(.*) (\d+)$")
 _FRAME_RE: Final = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
 IDLE_LEAVES: Final = ("epoll_pwait", "epoll_wait", "poll", "ppoll", "select", "pselect6")
 CATEGORIES: Final = ("idle", "syscalls", "crypto", "python+interpreter")
+# A helper thread's stack through one of these is parked (blocked without the GIL).
+_PARKED: Final = ("acquire_lock", "SimpleQueue_get", "Condition.wait", "epoll_wait",
+                  "select (", "poll (", "recv (", "recvmsg (")
 
 
 def _split_frame(frame: str) -> tuple[str, str]:
@@ -344,16 +347,27 @@ def summarize_collapsed(text: str, top: int = 15) -> dict[str, Any]:
     TAP read/write), inside libsodium's AEAD (``crypto``), or anything else (Python code
     and the interpreter). ``self``: the hottest leaf functions (line numbers dropped);
     ``inclusive``: the sleeve functions with the most samples on their stack.
+
+    Only the main (event loop) thread's samples count: py-spy samples every thread, and a
+    helper thread (the executor's worker, the fast datapath's netlink worker) parked on a
+    lock would otherwise show as a third of the samples "in libc". Helper threads are
+    counted apart: ``helper``: samples, and how many of them were not parked on a lock
+    or a wait (``helper_busy``: these compete with the loop for the GIL).
     """
     self_c: Counter[str] = Counter()
     incl: Counter[str] = Counter()
     cats: Counter[str] = Counter()
-    total = 0
+    total = helper = helper_busy = 0
     for line in text.splitlines():
         m = _LINE_RE.match(line.strip())
         if not m:
             continue
         stack, n = m.group(1), int(m.group(2))
+        if "Thread._bootstrap" in stack:
+            helper += n
+            if not any(w in stack for w in _PARKED):
+                helper_busy += n
+            continue
         frames = [f for f in stack.split(";")
                   if f and not f.startswith(("process ", "thread "))]
         total += n
@@ -368,7 +382,8 @@ def summarize_collapsed(text: str, top: int = 15) -> dict[str, Any]:
             if "(sleeve/" in f:
                 incl[f] += n
     if total == 0:
-        return {"samples": 0, "categories": {}, "self": [], "inclusive": []}
+        return {"samples": 0, "categories": {}, "self": [], "inclusive": [],
+                "helper": helper, "helper_busy": helper_busy}
 
     def pct(c: int) -> float:
         return round(100.0 * c / total, 1)
@@ -380,6 +395,7 @@ def summarize_collapsed(text: str, top: int = 15) -> dict[str, Any]:
         # the entry points (__main__, cli.launch) are on every stack: not informative
         "inclusive": [[f, c, pct(c)] for f, c in incl.most_common()
                       if c < total][:top],
+        "helper": helper, "helper_busy": helper_busy,
     }
 
 
@@ -405,8 +421,11 @@ def _profile_md(doc: dict[str, Any]) -> list[str]:
             lines += [f"py-spy failed: {s['error']}", ""]
             continue
         cats = s.get("categories") or {}
-        lines += ["Samples by leaf: " + ", ".join(f"{k} {v}%" for k, v in cats.items())
-                  + ".", "",
+        helpers = (f" Helper threads (not counted above): {s['helper']} samples, "
+                   f"{s.get('helper_busy', 0)} of them not parked on a lock or a wait."
+                   if s.get("helper") else "")
+        lines += ["Samples by leaf (event-loop thread): "
+                  + ", ".join(f"{k} {v}%" for k, v in cats.items()) + "." + helpers, "",
                   "| self % | leaf function | | inclusive % | sleeve function (on the stack) |",
                   "|---:|---|---|---:|---|"]
         for i in range(max(len(s["self"]), len(s["inclusive"]))):

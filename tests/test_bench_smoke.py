@@ -144,7 +144,7 @@ def test_e2e_harness_short_run(tmp_path: pathlib.Path) -> None:
     if os.geteuid() != 0:
         pytest.fail("lab tests need root (network namespaces)")
     t0 = time.monotonic()
-    rc = e2e.main(["--seconds", "1", "--ping-count", "20", "--profile-seconds", "1",
+    rc = e2e.main(["--seconds", "1", "--ping-count", "20", "--profile-seconds", "1", "--latest",
                    "--out", str(tmp_path), "--subjects", "veth,sleeve,sleeve-fast"])
     wall = time.monotonic() - t0
     (jpath,) = tmp_path.glob("e2e-*.json")

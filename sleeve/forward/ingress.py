@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 from sleeve.config import Target
-from sleeve.forward import superframe
+from sleeve.forward import superframe, udpruns
 from sleeve.forward.egress import Egress, relayed_mtu
 from sleeve.forward.reassembly import KIND_FRAGMENT
 from sleeve.forward.superframe import KIND_VNET, KIND_VNET_SEG, SALVAGE_AFTER
@@ -66,6 +66,10 @@ class Ingress:
         self._salvage_armed = False
         self._delivered = False  # frames written to the port in this event (see after_batch)
         self.clamp_mss = True  # lower SYNs' MSS to the path they came by (--no-clamp-mss)
+        # Small UDP frames of one flow written as one USO super-frame (forward.udpruns);
+        # off for good if our kernel refuses one (the frames then go one by one).
+        self.join_udp = True
+        self._runs = udpruns.UdpRuns()
 
     # ------------------------------------------------------------------ from the underlay
     def after_batch(self) -> None:
@@ -78,6 +82,8 @@ class Ingress:
         part of a Python router's latency (see bench/results/perf-notes.md).
         """
         self.egress.flush_touched()  # relayed records, one aggregation per batch
+        if self._runs:
+            self._write_run()
         if self._delivered:
             self._delivered = False
             self.egress.on_port_readable()
@@ -289,12 +295,14 @@ class Ingress:
         # A TCP SYN or SYN-ACK? Clamped to the path it came by, so that our side's
         # answers fit even when the sender's router does not clamp (see egress).
         if self.clamp_mss and len(frame) >= 58 and (
-                frame[47] & 2 and frame[23] == 6 if frame[14] == 0x45
-                else mss.maybe_syn(frame)):
+                frame[23] == 6 and frame[47] & 2 if frame[14] == 0x45
+                else mss.maybe_syn(frame)):  # protocol first: see egress
             frame = self._clamp(link, frame, src_peer != link.peer, True)
         if self._learn_remote(frame, src_peer, now):
             port = self.egress.port
             assert port is not None
+            if self._runs:
+                self._write_run()  # frames keep their order on the port
             port.write(frame)
             self._delivered = True
             link.stats.inc("rx_frames")
@@ -346,6 +354,8 @@ class Ingress:
             if link.segsets:
                 self._write_offloaded(link, link.segsets.expire(now), now)
                 pending = pending or bool(link.segsets)
+        if self._runs:
+            self._write_run()
         if pending:
             self._salvage_armed = True
             asyncio.get_running_loop().call_later(SALVAGE_AFTER, self._salvage)
@@ -366,11 +376,47 @@ class Ingress:
                                 not hdr[0] & vnet.F_NEEDS_CSUM)
         port = self.egress.port
         assert port is not None
-        port.write_vnet(hdr, frame)
         self._delivered = True
         link.stats.inc("rx_frames")
+        if self.join_udp and port.vnet and not hdr[1]:
+            key = udpruns.run_key(hdr, frame)
+            if key is not None:
+                if not self._runs.add(key, hdr, frame):
+                    self._write_run()
+                    self._runs.add(key, hdr, frame)
+                return
+        if self._runs:
+            self._write_run()
+        port.write_vnet(hdr, frame)
         if hdr[1]:
             link.stats.inc("rx_superframes")
+
+    def _write_run(self) -> None:
+        """Write the gathered UDP run: one super-frame, or the frames one by one."""
+        got = self._runs.take()
+        port = self.egress.port
+        if got is None or port is None:
+            return
+        hdr, frames = got
+        if len(frames) > 1 and self.join_udp:
+            joined_hdr, joined = udpruns.join(frames)
+            before = port.tx_dropped
+            port.write_vnet(joined_hdr, joined)
+            if port.tx_dropped == before:
+                self.stats.inc("rx_udp_joined", len(frames))
+                self.stats.inc("rx_udp_joined_writes")
+                return
+            port.tx_dropped = before  # not lost: written again below, one by one
+            single = port.tx_dropped
+            for f in frames:
+                port.write_vnet(hdr, f)
+            if port.tx_dropped == single:  # the port takes frames but not the join
+                self.join_udp = False
+                log.warning("the TAP refused a UDP super-frame (GSO_UDP_L4): small UDP "
+                            "frames are written one by one from now on")
+            return
+        for f in frames:
+            port.write_vnet(hdr, f)
 
     # ------------------------------------------------------------------ link upkeep
     def _on_probe(self, link: Link, rec: dg.Record, size: int, now: float) -> None:
