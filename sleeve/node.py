@@ -328,6 +328,7 @@ class Node:
         return {
             "GET /status": json_route(self.status),
             "GET /report": json_route(self.report),
+            "GET /routes": json_route(self.routes_view),
             "GET /metrics": metrics_route(self.metrics_status),
             "POST /connect": json_action(self.dialler.api_connect),
             "POST /forget": json_action(self.dialler.api_forget),
@@ -451,6 +452,14 @@ class Node:
             "counters": self.stats.snapshot(),
             "pid": os.getpid(),
         }
+
+    def routes_view(self) -> dict[str, Any]:
+        """``GET /routes``: who this router can reach, O(peers), without the records'
+        connection lists that make ``/status`` O(peers^2) (~400 KB at 50 routers): what
+        a monitor polling many routers every second reads."""
+        return {"name": self.name, "pid": os.getpid(), "peers": len(self.mesh.topology),
+                "established": sum(lk.usable for lk in self.table),
+                "routes": self._routes_status()}
 
     def drop_counts(self) -> dict[str, int]:
         """Our drops by reason, and what the kernel dropped before we saw it."""

@@ -51,7 +51,7 @@ from sleeve.crypto.keys import Signer, verify
 from sleeve.links.link import Link
 from sleeve.links.table import LinkTable
 from sleeve.mesh import ANTI_ENTROPY, jitter
-from sleeve.proto.gossip import GossipData, Gossiper, GossipRefused
+from sleeve.proto.gossip import GossipData, Gossiper, GossipRefused, PerNeighbour
 from sleeve.proto.replay import ReplayWindow
 from sleeve.proto.stats import Counters
 from sleeve.proto.topology import Topology
@@ -150,9 +150,12 @@ class GossipRouter:
 
     # ------------------------------------------------------------------ sending
     def to_links(self, ch: _Channel, data: GossipData, exclude: bytes | None) -> None:
+        per = data if isinstance(data, PerNeighbour) else None
         for link in self.links:
             if link.peer != exclude:
-                self._queue(link, ch, data)
+                d = data if per is None else per.for_neighbour(link.peer)
+                if d is not None:
+                    self._queue(link, ch, d)
 
     def _queue(self, link: Link, ch: _Channel, data: GossipData) -> None:
         waiting = link.gossip_pending.get(ch.name)
