@@ -43,8 +43,10 @@ import platform
 import random
 import signal
 import statistics
+import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from types import FrameType
 from typing import Any
@@ -71,6 +73,47 @@ def spread(xs: Sequence[float]) -> dict[str, float]:
             "p90": s[min(len(s) - 1, int(0.9 * len(s)))]}
 
 
+def profile(sl: ScaleLab, idxs: list[int], seconds: int, out: pathlib.Path,
+            stamp: str) -> dict[str, Any]:
+    """py-spy (beside this interpreter) records these routers for ``seconds`` (after the
+    idle measurement: its own cost stays out of it); the collapsed stacks go to ``out``,
+    the hottest functions (share of non-idle samples they appear in) to the result."""
+    spy = pathlib.Path(sys.executable).parent / "py-spy"
+    if not os.access(spy, os.X_OK):
+        return {"status": "py-spy not installed (./install.sh --bench)"}
+    pids = sl.pids(idxs)
+    procs = []
+    files = {}
+    for i, pid in pids.items():
+        f = out / f"scale-{sl.n}-{stamp}-profile-s{i + 1}.collapsed.txt"
+        files[i] = f
+        procs.append(subprocess.Popen(
+            [str(spy), "record", "--pid", str(pid), "--rate", "50", "--duration", str(seconds),
+             "--format", "raw", "--output", str(f)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    for p in procs:
+        try:
+            p.wait(seconds + 30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+    res: dict[str, Any] = {"seconds": seconds, "routers": {}}
+    for i, f in files.items():
+        hot: Counter[str] = Counter()
+        total = 0
+        if f.exists():
+            for line in f.read_text().splitlines():
+                stack, _, n = line.rpartition(" ")
+                total += int(n)
+                for fn in set(stack.split(";")):
+                    hot[fn] += int(n)
+        res["routers"][f"s{i + 1}"] = {
+            "file": f.name, "samples": total,
+            "hot": [(fn, round(100 * c / total, 1)) for fn, c in hot.most_common(40)]
+            if total else []}
+    return res
+
+
 def per_change(sl: ScaleLab, live: set[int], action: Any, done: Any, timeout: float,
                settle: float) -> dict[str, Any]:
     """Bytes each live router sent from ``action()`` until ``done()`` + ``settle`` s."""
@@ -94,9 +137,10 @@ def per_change(sl: ScaleLab, live: set[int], action: Any, done: Any, timeout: fl
             "gossip_bytes": {c[7:]: spread([v.get(c, 0) for v in d.values()]) for c in chans}}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, stamp: str) -> dict[str, Any]:
     n = args.routers
-    res: dict[str, Any] = {"routers": n, "initial_peers": args.peers, "argv": sys.argv[1:],
+    res: dict[str, Any] = {"stamp": stamp, "routers": n, "initial_peers": args.peers,
+                           "argv": sys.argv[1:],
                            "version": sleeve.__version__, "python": platform.python_version(),
                            "kernel": platform.release(), "cpus": os.cpu_count(),
                            "loadavg_before": os.getloadavg()}
@@ -138,6 +182,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "control_bytes_per_s": spread([v["control"] / args.idle for v in d.values()]),
             }
             say(f"idle: {json.dumps(res['idle'])}")
+            if args.profile:
+                res["profile"] = profile(sl, [0, n // 2], args.profile, args.out, res["stamp"])
+                say(f"profile: {json.dumps(res['profile'])[:3000]}")
 
             origin = 0
             name = f"scale{random.getrandbits(16)}"
@@ -257,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--converge-timeout", type=float, default=120.0)
     ap.add_argument("--max-seconds", type=int, default=540, help="hard bound on the run")
     ap.add_argument("--seed", type=int, default=23)
+    ap.add_argument("--profile", type=int, default=0, metavar="S",
+                    help="after the idle window, py-spy two routers for S seconds")
     ap.add_argument("--out", type=pathlib.Path, default=RESULTS)
     args = ap.parse_args(argv)
     if not 4 <= args.routers <= 200:
@@ -269,14 +318,14 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGALRM, overtime)
     signal.alarm(args.max_seconds)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    args.out.mkdir(parents=True, exist_ok=True)
     try:
-        res = run(args)
+        res = run(args, stamp)
     finally:
         signal.alarm(0)
-    res["stamp"] = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     ok = verdict(res)
     res["targets"] = {k: {"target": TARGETS[k], "met": v} for k, v in ok.items()}
-    args.out.mkdir(parents=True, exist_ok=True)
     base = args.out / f"scale-{args.routers}-{res['stamp']}"
     base.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
     md = markdown(res, ok)

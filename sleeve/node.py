@@ -125,7 +125,7 @@ class Node:
                        if cfg.docker_plugin else None)
         # -- events: who hears about what
         self.table.on_up(self.gossip.link_up)  # full state first, then our new record
-        self.table.on_up(lambda _link: self._sync_own_record())
+        self.table.on_up(lambda _link: self._sync_own_record(time.monotonic()))
         self.table.on_down(self._link_down)
         self.table.on_down(self.traversal.link_down)
         for kind, fn in (("udp_ok", self.table.on_control), ("udp_lost", self.table.on_control),
@@ -360,14 +360,14 @@ class Node:
         link = self.table.get(peer)
         return None if link is None else (link.uid, link.sign_key)
 
-    def _sync_own_record(self) -> None:
+    def _sync_own_record(self, now: float) -> None:
         self.topology.sync_links(
-            LinkInfo(lk.peer, lk.addr, lk.outbound, lk.usable) for lk in self.table)
+            (LinkInfo(lk.peer, lk.addr, lk.outbound, lk.usable) for lk in self.table), now)
 
     def _link_down(self, link: Link) -> None:
         n = self.macs.forget_peer(link.peer)
         log.info("disconnected from %s (%r); forgot %d MACs", link.name, link.nickname, n)
-        self._sync_own_record()
+        self._sync_own_record(time.monotonic())
         self.fastdp.link_down(link.peer, "link down")
 
     # ------------------------------------------------------------------ timers
@@ -385,7 +385,7 @@ class Node:
         self.egress.tick(now)
         self.ingress.tick(now)
         self.gossip.tick(now)
-        self._sync_own_record()
+        self._sync_own_record(now)
         self.fastdp.tick(now)
         self.dns.tick(now)
         self.ipam.tick(now)

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from sleeve.mesh import LinkInfo, Mesh, encode_chunked
 from sleeve.proto.gossip import Gossip, GossipData, GossipRefused
 
+OWN_RECORD_INTERVAL = 1.0  # s between publications of our record for gained links
+
 # A neighbour's (uid, Ed25519 key) as its handshake proved them; None: no such link.
 Neighbour = Callable[[bytes], tuple[int, bytes] | None]
 
@@ -67,11 +69,29 @@ class TopologyChannel:
         self.mesh = mesh
         self._neighbour = neighbour
         self.gossip_handle: Gossip | None = None  # set once registered
+        self._published: dict[bytes, bool] = {}  # peer -> established, as last published
+        self._next_gain = 0.0
 
-    def sync_links(self, links: Iterable[LinkInfo]) -> None:
-        """Publish our links in our record; gossip it if it changed."""
-        if self.mesh.set_links(links) is not None and self.gossip_handle is not None:
-            self.gossip_handle.neighbours(TopologyData(self.mesh, {self.mesh.me}))
+    def sync_links(self, links: Iterable[LinkInfo], now: float) -> None:
+        """Publish our links in our record; gossip it if it changed.
+
+        A lost link (gone, or no longer established) is published at once: the mesh
+        must route around it. Gains (a new or newly established link) are published at
+        most once per ``OWN_RECORD_INTERVAL``: each publication is a record of O(links)
+        bytes to every link, verified and merged by every peer, and a router joining a
+        mesh of N gains 2N link states within seconds. The node calls this every tick,
+        so a held-back gain goes out within the interval.
+        """
+        links = list(links)
+        cur = {li.peer: li.established for li in links}
+        lost = any(est and not cur.get(p, False) for p, est in self._published.items())
+        if not lost and now < self._next_gain:
+            return
+        if self.mesh.set_links(links) is not None:
+            self._next_gain = now + OWN_RECORD_INTERVAL
+            if self.gossip_handle is not None:
+                self.gossip_handle.neighbours(TopologyData(self.mesh, {self.mesh.me}))
+        self._published = cur
 
     # -- Gossiper -------------------------------------------------------------------------
     def gossip(self) -> GossipData | None:
