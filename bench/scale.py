@@ -195,11 +195,14 @@ def run(args: argparse.Namespace, stamp: str) -> dict[str, Any]:
                     any(r.get("name", "").startswith(name) for r in v.get("records", []))
                     for v in views.values())
 
-            res["dns_add"] = per_change(
-                sl, everyone,
-                lambda: sl.members[origin].host.run(sys.executable, "-m", "sleeve", "dns",
-                                                    "add", name, "198.19.0.200", timeout=30),
-                has_name, 30, args.settle)
+            try:
+                res["dns_add"] = per_change(
+                    sl, everyone,
+                    lambda: sl.members[origin].host.run(sys.executable, "-m", "sleeve", "dns",
+                                                        "add", name, "198.19.0.200", timeout=30),
+                    has_name, 30, args.settle)
+            except (TimeoutError, RuntimeError, OSError, subprocess.SubprocessError) as e:
+                res["dns_add"] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
             say(f"dns add: {json.dumps(res['dns_add'])}")
 
             rnd = random.Random(args.seed)
@@ -208,7 +211,11 @@ def run(args: argparse.Namespace, stamp: str) -> dict[str, Any]:
             say(f"restarting {len(restarted)}: {res['restarted']}")
             sl.stop(restarted)
             t_last = sl.start(restarted)
-            done = sl.wait_converged(everyone, t_last + args.converge_timeout)
+            try:
+                done = sl.wait_converged(everyone, t_last + args.converge_timeout)
+            except TimeoutError as e:
+                res["restart"] = {"count": len(restarted), "error": str(e)[:500]}
+                return res
             res["restart"] = {"count": len(restarted),
                               "reconverge_s": round(max(done.values()) - t_last, 2),
                               "from_last_up_s": round(max(done.values()) - max(
@@ -234,7 +241,7 @@ def verdict(res: dict[str, Any]) -> dict[str, bool]:
         "converge_s": res["converge"]["from_last_start_s"] <= TARGETS["converge_s"],
         "cpu_pct": res["idle"]["cpu_pct_of_core"]["max"] <= TARGETS["cpu_pct"],
         "rss_mb": res["idle"]["rss_mb"]["max"] <= TARGETS["rss_mb"],
-        "reconverge_s": res["restart"]["reconverge_s"] <= TARGETS["reconverge_s"],
+        "reconverge_s": res["restart"].get("reconverge_s", 1e9) <= TARGETS["reconverge_s"],
     }
 
 
@@ -273,13 +280,17 @@ def markdown(res: dict[str, Any], ok: dict[str, bool]) -> str:
         f"{mark[ok['rss_mb']]} |",
         f"| peak RSS per router (VmHWM) | {_fmt(idle['hwm_mb'], ' MB', 1)} | |",
         f"| {rs['count']} routers restarted: routes to all, from the last start | "
-        f"{rs['reconverge_s']} s (from the last one up: {rs['from_last_up_s']} s) "
-        f"| <= 15 s, {mark[ok['reconverge_s']]} |",
+        + (f"{rs['reconverge_s']} s (from the last one up: {rs['from_last_up_s']} s) "
+           if "error" not in rs else f"not reached: {rs['error'][:200]} ")
+        + f"| <= 15 s, {mark[ok['reconverge_s']]} |",
         f"| idle control bytes sent per router per second | "
         f"{_fmt(idle['control_bytes_per_s'], '', 0)} | |",
     ]
     for key, what in (("dns_add", "one DNS name added"), ("leave", "one router leaves")):
-        ch = res[key]
+        ch = res.get(key, {"error": "not run (an earlier phase failed)"})
+        if "error" in ch:
+            lines.append(f"| {what} | failed: {ch['error'][:200]} | |")
+            continue
         lines.append(f"| {what}: control bytes sent per router "
                      f"(seen everywhere in {ch['seen_everywhere_s']} s, window "
                      f"{ch['window_s']} s) | {_fmt(ch['control_bytes'], '', 0)}; total "
@@ -287,7 +298,8 @@ def markdown(res: dict[str, Any], ok: dict[str, bool]) -> str:
         for chan, s in ch["gossip_bytes"].items():
             lines.append(f"| {what}: `{chan}` gossip payload bytes per router | "
                          f"{_fmt(s, '', 0)} | |")
-    lines += ["", f"Restarted: {', '.join(res['restarted'])}; left: {res['leave']['router']}.",
+    lines += ["", f"Restarted: {', '.join(res['restarted'])}; left: "
+              f"{res.get('leave', {}).get('router', 'none')}.",
               "Definitions and method: `bench/scale.py` docstring. Raw figures: the .json "
               "next to this file."]
     return "\n".join(lines) + "\n"
