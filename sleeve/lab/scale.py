@@ -18,6 +18,7 @@ process per poll, O(peers) bytes), so watching 50 routers costs them little.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import pathlib
 import time
@@ -55,6 +56,7 @@ class Member:
     host: Host
     ul: str
     ov: str
+    ifname: str
     router: Router | None = None
     name: str | None = None  # peer name, from its first answer (stable: the key persists)
     pid: int | None = None
@@ -91,11 +93,32 @@ class ScaleLab:
         sw = self.lab.switch("sw")
         for i in range(self.n):
             h = self.lab.host(f"s{i + 1}")
-            ul = self.lab.connect(h, sw)  # 198.18.0.<i+1>/24
-            self.members.append(Member(i, h, h.ipv4(ul)[0].split("/")[0],
-                                       f"198.19.0.{i + 1}"))
+            ifname = self.lab.connect(h, sw)  # 198.18.0.<i+1>/24
+            self.members.append(Member(i, h, h.ipv4(ifname)[0].split("/")[0],
+                                       f"198.19.0.{i + 1}", ifname))
+        self._static_arp()
         self.wd = workdir("sleeve-scale-")
         self.pool = concurrent.futures.ThreadPoolExecutor(POLL_WORKERS)
+
+    def _static_arp(self) -> None:
+        """Permanent ARP entries for every other member, in every namespace.
+
+        Why: the kernel's neighbour table is one for all namespaces, and its gc_thresh3
+        (1024 by default, settable only in the root namespace, which the lab never
+        touches) caps the entries of all of them together. 50 hosts that each talk to 49
+        others need 2,450: past 1,024 the kernel logs "neighbor table overflow" and drops
+        packets of random pairs, so TCP connects time out and UDP is lost -- a lab
+        artefact (real hosts have a kernel each) that made the first 50-router runs churn
+        links endlessly. Permanent entries are not counted against gc_thresh (Linux >=
+        5.0)."""
+        macs = {}
+        for m in self.members:
+            out = m.host.run("ip", "-j", "link", "show", "dev", m.ifname).stdout
+            macs[m.idx] = json.loads(out)[0]["address"]
+        for m in self.members:
+            script = "".join(f"neigh replace {o.ul} lladdr {macs[o.idx]} dev {m.ifname} "
+                             "nud permanent\n" for o in self.members if o is not m)
+            m.host.run("ip", "-batch", "-", input=script.encode())
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
