@@ -55,7 +55,7 @@ import sleeve
 from sleeve.lab import Lab
 from sleeve.lab.scale import ScaleLab, delta_bytes, idle_usage, initial_peers
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "scale"
 TARGETS = {"converge_s": 30.0, "cpu_pct": 1.0, "rss_mb": 60.0, "reconverge_s": 15.0}
 
 
