@@ -11,8 +11,9 @@ set union, and a link that was backed up gets the newest record of each peer onc
   (``RelayedTopology.for_neighbour``): the owner sends each new version of its record
   to all its links itself, so relaying it there only repeats it. In a full mesh of N
   that turns each record change from about N^2 messages of O(N) bytes into N (without
-  it 50 routers had no full routes after 120 s: bench/results/scale/). A neighbour that lost the owner's message lost its link
-  with it and gets everything again on the next link (and at anti-entropy);
+  it 50 routers had no full routes after 120 s: bench/results/scale/). A neighbour
+  that lost the owner's message lost its link with it and gets everything again on
+  the next link (and at anti-entropy);
 - a new link and anti-entropy: every peer (the router asks ``gossip()``).
 """
 
