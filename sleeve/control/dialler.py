@@ -4,12 +4,14 @@ Targets come from the command line, from ``sleeve connect`` (the API) and, unles
 ``--no-discovery``, from gossip (every address the mesh lists for a peer we know of).
 Each tick, targets that are due and not already connected or being dialled get one
 connection attempt; a failed or ended attempt backs off (jittered, 2 s x1.5 up to
-60 s). Connection tasks (ours and traversal's relayed ones) run in the node's task
-group through ``task_spawner``, which isolates them: an exception nobody expected is
-counted as an ``internal_error`` drop and logged once with its traceback, and the
-attempt is retried like any failed one. A bug in one connection must never end the
-task group, and with it the router. A target that turned out to be ourselves is never
-dialled again. The targets the user gave are remembered in ``state_dir/peers.json`` so
+60 s). Of two peers that discover each other, the smaller id dials first (the other
+after ``DISCOVERED_DEFER``), so a forming mesh does not shake hands twice per link.
+Connection tasks (ours and traversal's relayed ones) run in the node's task group
+through ``task_spawner``, which isolates them: an exception nobody expected is counted
+as an ``internal_error`` drop and logged once with its traceback, and the attempt is
+retried like any failed one. A bug in one connection must never end the task group,
+and with it the router. A target that turned out to be ourselves is never dialled
+again. The targets the user gave are remembered in ``state_dir/peers.json`` so
 ``launch --resume`` rejoins (a few hundred bytes, written only when the set changes).
 """
 
@@ -32,6 +34,7 @@ log = logging.getLogger("sleeve")
 
 BACKOFF_START = 2.0
 BACKOFF_MAX = 60.0
+DISCOVERED_DEFER = 4.0  # s the larger id waits before dialling a peer it discovered
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
@@ -94,7 +97,15 @@ class Dialler:
                 continue
             for t in addrs:
                 if t not in self.targets:
-                    self.targets[t] = TargetState(t, peer=peer, discovered=True)
+                    # Both ends learn of each other at about the same time; if both dial,
+                    # one of the two connections is a duplicate that is thrown away after
+                    # a full handshake. The smaller id dials first; the other waits a
+                    # little, and dials only if no link came (e.g. the smaller cannot
+                    # reach it). Halves the handshakes of a mesh forming.
+                    later = (random.uniform(DISCOVERED_DEFER, 1.5 * DISCOVERED_DEFER)
+                             if self.conns.ident.me > peer else 0.0)
+                    self.targets[t] = TargetState(t, peer=peer, discovered=True,
+                                                  next_try=time.monotonic() + later)
         for t, ts in list(self.targets.items()):
             if ts.discovered and not ts.connecting and t not in listed:
                 del self.targets[t]

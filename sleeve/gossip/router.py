@@ -5,8 +5,10 @@ starts, and gets a ``Gossip`` handle. The router moves three kinds of message:
 
 - gossip ``g``: a channel's data from one neighbour to the next. What a channel returns
   from ``on_gossip`` (the delta) goes on to every other neighbour; a new link gets
-  every channel's complete state; every ``ANTI_ENTROPY`` seconds (jittered per link)
-  each link gets it again, which repairs whatever a lost or refused message left;
+  every channel's complete state; every ``ANTI_ENTROPY`` seconds (jittered per link,
+  stretched on routers with more than ``ANTI_ENTROPY_FANOUT`` links: see
+  ``anti_entropy_period``) each link gets it again, which repairs whatever a lost or
+  refused message left;
 - broadcast ``b``: a message signed by its origin, passed on verbatim down the origin's
   broadcast tree (``routes``), delivered once at every reachable peer;
 - unicast ``u``: a message signed by its origin for one peer, forwarded hop by hop
@@ -51,12 +53,14 @@ from sleeve.crypto.keys import Signer, verify
 from sleeve.links.link import Link
 from sleeve.links.table import LinkTable
 from sleeve.mesh import ANTI_ENTROPY, jitter
-from sleeve.proto.gossip import GossipData, Gossiper, GossipRefused
+from sleeve.proto.gossip import GossipData, Gossiper, GossipRefused, PerNeighbour
 from sleeve.proto.replay import ReplayWindow
 from sleeve.proto.stats import Counters
 from sleeve.proto.topology import Topology
 
 log = logging.getLogger("sleeve")
+
+ANTI_ENTROPY_FANOUT = 8  # full states per ANTI_ENTROPY a router sends, at most about
 
 TOPOLOGY = "topology"  # the channel that travels as the pre-channel {"t": "topo"} message
 DEFAULT_MAX_MSG = 64 * 1024
@@ -130,12 +134,23 @@ class GossipRouter:
             data = ch.gossiper.gossip()
             if data is not None:
                 self._queue(link, ch, data)
-        link.next_gossip = time.monotonic() + jitter(ANTI_ENTROPY)
+        link.next_gossip = time.monotonic() + jitter(self.anti_entropy_period())
+
+    def anti_entropy_period(self) -> float:
+        """Per link: ``ANTI_ENTROPY``, stretched so that a router sends about
+        ``ANTI_ENTROPY_FANOUT`` full states per ``ANTI_ENTROPY`` however many links it has.
+        A full state is O(peers) bytes (the topology: O(peers x links)); sent to every
+        link each period, a full mesh of 50 spent most of its idle time on it. Each router
+        still receives ~FANOUT full states per period from its neighbours as a whole, so
+        repair stays about as fast (weaveworks/mesh gossips to log2(n) neighbours)."""
+        return ANTI_ENTROPY * max(1.0, len(self.links) / ANTI_ENTROPY_FANOUT)
 
     def tick(self, now: float) -> None:
+        period = None
         for link in self.links:
             if now >= link.next_gossip:
-                link.next_gossip = now + jitter(ANTI_ENTROPY)
+                period = period or self.anti_entropy_period()
+                link.next_gossip = now + jitter(period)
                 for ch in self.channels.values():
                     data = ch.gossiper.gossip()
                     if data is not None:
@@ -150,9 +165,12 @@ class GossipRouter:
 
     # ------------------------------------------------------------------ sending
     def to_links(self, ch: _Channel, data: GossipData, exclude: bytes | None) -> None:
+        per = data if isinstance(data, PerNeighbour) else None
         for link in self.links:
             if link.peer != exclude:
-                self._queue(link, ch, data)
+                d = data if per is None else per.for_neighbour(link.peer)
+                if d is not None:
+                    self._queue(link, ch, d)
 
     def _queue(self, link: Link, ch: _Channel, data: GossipData) -> None:
         waiting = link.gossip_pending.get(ch.name)

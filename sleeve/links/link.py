@@ -194,6 +194,9 @@ class Link:
             self._drops.inc("control_too_large")
             log.error("not sending to %s: %s", self.name, e)
             return
+        # what each change costs on the wire (bench.scale reads these from status)
+        self.stats.inc("control_tx_msgs")
+        self.stats.inc("control_tx_bytes", len(data))
         self.writer.write(data)
 
     def rekey_tick(self, now: float) -> None:

@@ -21,7 +21,9 @@ What the router does with each return value:
   jittered anti-entropy period, to every neighbour; None when there is nothing;
 - ``on_gossip(src, msg, now)``: the delta (what was new to us); the router sends it to
   every neighbour but ``src``; None when nothing was new (gossip stops here, so a
-  change crosses each link about once);
+  change crosses each link about once). A delta that is also ``PerNeighbour`` says,
+  per neighbour, what of it that neighbour still needs (``for_neighbour``): the
+  topology leaves out records their owner has already sent to that neighbour itself;
 - ``on_broadcast(origin, msg, now)``: the router passes the origin's signed message
   on, verbatim, down the origin's broadcast tree whatever this returns; the return
   value says whether it changed anything (for counters);
@@ -37,7 +39,7 @@ is waiting, so the link gets one merged message instead of a growing queue.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class GossipRefused(Exception):
@@ -56,6 +58,13 @@ class GossipData(Protocol):
     def merge(self, other: GossipData) -> GossipData:
         """This data and ``other`` together (may return self, updated)."""
         ...
+
+
+@runtime_checkable
+class PerNeighbour(Protocol):
+    """Optional on a delta: the part of it neighbour ``peer`` needs (None: nothing)."""
+
+    def for_neighbour(self, peer: bytes) -> GossipData | None: ...
 
 
 class Gossiper(Protocol):
