@@ -174,3 +174,39 @@ def test_bad_candidates_are_counted_not_raised() -> None:
     tr.on_cand(cast(Any, link), {"t": "cand", "eps": [["198.18.42.2", 6783]]})
     tr.tick(1.25)
     assert (("198.18.42.2", 6783), 2) in underlay.sent  # the LAN candidate, hop limit 2
+
+
+def _virtual_rig(spawn: Any) -> tuple[Traversal, Counters, FakeLink]:
+    table, underlay, drops = FakeTable(), FakeUnderlay(), Counters()
+    med = table.links[MED] = FakeLink(MED, virtual=False)
+    topo = SimpleNamespace(peers=lambda: {ME, PEER, MED}, get=lambda p: None)
+    tr = Traversal(ME, cast(Any, table), cast(Any, topo), cast(Any, underlay), drops,
+                   Counters(), enabled=True, run_connection=cast(Any, None))
+    tr.spawn = spawn
+    return tr, drops, med
+
+
+def test_bytes_after_a_fin_are_dropped_not_raised() -> None:
+    """asyncio's StreamReader asserts on data after EOF: that must never escape on_via
+    (it did, out of the control connection's callback, in the 50-router lab)."""
+    coros: list[Any] = []
+    tr, drops, med = _virtual_rig(coros.append)
+    tr._start_virtual(PEER, cast(Any, med), None, True)
+    assert PEER in tr.virtual
+    tr.on_via(cast(Any, med), {"t": "via", "from": PEER, "d": b"hello"})
+    tr.on_via(cast(Any, med), {"t": "via", "from": PEER, "fin": True})
+    tr.on_via(cast(Any, med), {"t": "via", "from": PEER, "fin": True})  # twice: harmless
+    tr.on_via(cast(Any, med), {"t": "via", "from": PEER, "d": b"late"})
+    assert drops["via_after_fin"] == 1
+    for c in coros:
+        c.close()
+
+
+def test_a_stream_refused_while_shutting_down_leaves_nothing() -> None:
+    def refuse(coro: Any) -> None:
+        raise RuntimeError("TaskGroup shutting down")
+
+    tr, drops, med = _virtual_rig(refuse)
+    tr._start_virtual(PEER, cast(Any, med), None, True)
+    assert PEER not in tr.virtual
+    assert drops["via_refused"] == 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -97,6 +98,8 @@ class Traversal:
         self.mapped: Callable[[], tuple[str, int] | None] = lambda: None
         # relayed control connections: peer -> (reader, writer, mediator peer)
         self.virtual: dict[bytes, tuple[asyncio.StreamReader, RelayWriter, bytes]] = {}
+        # streams whose far end said fin: asyncio asserts on data fed after EOF
+        self._fin_seen: weakref.WeakSet[RelayWriter] = weakref.WeakSet()
         self.peers: dict[bytes, PeerPunch] = {}  # only peers in the topology: bounded
         # streams we relay as mediator, (from, to): told "fin" when either end leaves
         self._via_pairs: dict[tuple[bytes, bytes], None] = {}
@@ -272,7 +275,13 @@ class Traversal:
                     del self.virtual[peer]
 
         assert self.spawn is not None
-        self.spawn(run())
+        coro = run()
+        try:
+            self.spawn(coro)
+        except RuntimeError:  # the router's task group is shutting down: no new streams
+            coro.close()
+            del self.virtual[peer]
+            self.drops.inc("via_refused")
 
     # ------------------------------------------------------------------ via messages
     def on_via(self, link: Link, m: dict[str, Any]) -> None:
@@ -286,7 +295,8 @@ class Traversal:
             return
         entry = self.virtual.get(frm)
         if m.get("fin") is True:
-            if entry is not None and entry[2] == link.peer:
+            if entry is not None and entry[2] == link.peer and entry[1] not in self._fin_seen:
+                self._fin_seen.add(entry[1])
                 entry[0].feed_eof()
             return
         if not isinstance(data, bytes):
@@ -304,10 +314,15 @@ class Traversal:
                 self.drops.inc("via_refused")
                 return
             self._start_virtual(frm, link, observed, False)
-            entry = self.virtual[frm]
+            entry = self.virtual.get(frm)
+            if entry is None:  # refused: shutting down
+                return
         reader, writer, mid = entry
         if mid != link.peer:
             self.drops.inc("via_wrong_mediator")
+            return
+        if writer in self._fin_seen:  # a peer's bytes after its own fin: nothing reads them
+            self.drops.inc("via_after_fin")
             return
         if writer.observed is None and observed is not None:
             writer.observed = observed
