@@ -95,7 +95,8 @@ def delete_link_route(ipr: Any, dst: str, dev: str) -> bool:
     if not idx:
         return False
     try:  # the scope must match: the kernel skips a route of another scope (ESRCH)
-        ipr.route("del", dst=dst, oif=idx[0], scope=RT_SCOPE_LINK)
+        # and the protocol: never the kernel's own connected route to the same prefix
+        ipr.route("del", dst=dst, oif=idx[0], scope=RT_SCOPE_LINK, proto=RTPROT_STATIC)
     except Exception as e:
         if nl_errno(e) in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
             return False

@@ -31,6 +31,7 @@ class FakeBackend:
         self.has_bridge = True
         self.address = "198.19.0.1/17"  # the bridge's --ip: covers RANGE unless a test moves it
         self.routes: dict[str, tuple[str, str | None]] = {}
+        self.deleted: list[str] = []
 
     def ipam_range(self) -> ipaddress.IPv4Network:
         return RANGE
@@ -63,6 +64,7 @@ class FakeBackend:
         self.routes[net] = (bridge, src)
 
     async def delete_route(self, net: str, bridge: str) -> bool:
+        self.deleted.append(net)
         return self.routes.pop(net, None) is not None
 
     def dns_add(self, name: str, address: str, owner: str) -> None:
@@ -290,3 +292,6 @@ def test_pool_outside_the_bridge_prefix_is_routed_to_the_bridge(tmp_path: pathli
     _call(d3, "/NetworkDriver.CreateNetwork", {"NetworkID": NID,
                                                "IPv4Data": [{"Pool": sub}]})
     assert be3.routes == {}
+    # its DeleteNetwork leaves the bridge's own (connected) route alone: no delete at all
+    assert _call(d3, "/NetworkDriver.DeleteNetwork", {"NetworkID": NID}) == (200, {})
+    assert be3.deleted == []

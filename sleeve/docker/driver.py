@@ -230,9 +230,17 @@ class Driver:
         if pool is not None:
             self.state.save()
             br = self.backend.bridge()
-            if br.name is not None and pool not in self.state.networks.values():
+            if (br.name is not None and pool not in self.state.networks.values()
+                    and not self._covered(ipaddress.IPv4Network(pool))):
+                # only a route _route added: the bridge's connected route stays (and
+                # delete_link_route matches our protocol only, should the prefix change)
                 await self.backend.delete_route(pool, br.name)
         return {}
+
+    def _covered(self, net: ipaddress.IPv4Network) -> bool:
+        """The bridge's own prefix (``--ip``) covers ``net``: its connected route serves."""
+        addr = self.backend.bridge().address
+        return addr is not None and net.subnet_of(ipaddress.IPv4Interface(addr).network)
 
     async def _route(self, net: ipaddress.IPv4Network) -> None:
         """The host's way back to the network's containers: a link route for the pool on
@@ -243,7 +251,7 @@ class Driver:
         if br.name is None:
             return  # CreateEndpoint refuses without a bridge; nothing to route to
         src = None if br.address is None else ipaddress.IPv4Interface(br.address)
-        if src is not None and net.subnet_of(src.network):
+        if self._covered(net):
             return  # a connected route already
         await self.backend.add_route(str(net), br.name, None if src is None else str(src.ip))
 
