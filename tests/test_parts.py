@@ -141,6 +141,11 @@ def test_dialler_dials_due_targets_once_and_backs_off(tmp_path: pathlib.Path) ->
     ts.attempts = 50
     asyncio.run(d._dial(ts))
     assert ts.next_try - time.monotonic() <= BACKOFF_MAX * 1.5
+    # a peer offline for days: 1.5 ** attempts would overflow a float (OverflowError,
+    # next_try never moved, the target redialled every tick)
+    ts.attempts = 5000
+    asyncio.run(d._dial(ts))
+    assert BACKOFF_MAX / 2 - 1 <= ts.next_try - time.monotonic() <= BACKOFF_MAX * 1.5
     # a target whose peer is already linked is not dialled
     ts.peer, ts.next_try = HIGH, 0.0
     links.register(fake_link(HIGH))

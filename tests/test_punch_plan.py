@@ -54,3 +54,8 @@ def test_hop_guesses_cycle_and_backoff_is_bounded() -> None:
     waits = [plan.backoff(k) for k in range(1, 30)]
     assert waits[0] >= 30  # quiet long enough for the NATs to forget the last attempt
     assert waits == sorted(waits) and max(waits) == plan.BACKOFF_MAX
+
+
+def test_backoff_is_bounded_after_any_number_of_failures() -> None:
+    # 1.5 ** n overflows a float past n ~ 1750: weeks of failed attempts to one peer
+    assert plan.backoff(10**6) == plan.backoff(10**4) == plan.BACKOFF_MAX

@@ -81,7 +81,9 @@ class Dialler:
         finally:
             ts.connecting = False
             if not ts.dead:
-                base = min(BACKOFF_MAX, BACKOFF_START * (1.5 ** max(0, ts.attempts - 1)))
+                # exponent capped: 1.5 ** n overflows a float past n ~ 1750 attempts
+                base = min(BACKOFF_MAX,
+                           BACKOFF_START * (1.5 ** min(max(0, ts.attempts - 1), 60)))
                 ts.next_try = time.monotonic() + random.uniform(base / 2, base * 1.5)
 
     def discover(self, known: set[bytes], candidates: dict[bytes, set[Target]]) -> None:

@@ -93,4 +93,5 @@ def plan_for(me_first: bool, local_index: int, remote_index: int, attempt: int) 
 
 def backoff(failures: int) -> float:
     """Seconds from a failed attempt's end to the next attempt (failures >= 1)."""
-    return min(BACKOFF_MAX, QUIET_MIN * 1.5 ** max(failures - 1, 0))
+    # exponent capped: 1.5 ** n overflows a float past n ~ 1750 (weeks of failures)
+    return min(BACKOFF_MAX, QUIET_MIN * 1.5 ** min(max(failures - 1, 0), 60))
