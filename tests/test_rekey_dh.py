@@ -20,7 +20,7 @@ from sleeve.crypto.aead import derive_data_keys
 from sleeve.crypto.rekey import Ephemeral, KeySchedule
 from sleeve.proto.control import ControlChannel, ControlError
 from sleeve.proto.rekey import MAX_ATTEMPTS, REKEY_TIMEOUT, Rekeyer, RekeyError, State
-from sleeve.proto.session import EXPIRED_KEY, DataSession
+from sleeve.proto.session import EXPIRED_KEY, MAX_EPOCH_SKIP, DataSession
 from tests.test_codec_props import receive
 from tests.test_control_props import handshake, pair
 from tests.test_rekey import Clock
@@ -102,6 +102,19 @@ def test_exchanges_renew_control_and_data_keys_and_lose_nothing() -> None:
     assert len(tx_keys) == 7  # a fresh control key pair every time
     assert a.data.send_epoch == b.data.recv_epoch == 6
     assert a.rk.state is b.rk.state is State.IDLE
+
+
+def test_exchanges_with_no_datagram_received_keep_the_link() -> None:
+    """A link whose data runs over TCP opens no datagram, so its receive epoch stays while
+    every exchange moves the peer's sending on by one: past MAX_EPOCH_SKIP exchanges the
+    receiver jumps to the announced key instead of breaking the protocol (found in
+    review: the link was closed every 64 exchanges)."""
+    a, b, clock = link()
+    for _ in range(MAX_EPOCH_SKIP + 6):
+        exchange(a, b, clock)
+    assert a.rk.exchanges == b.rk.exchanges == MAX_EPOCH_SKIP + 6
+    assert receive(b.data, a.data.seal(b"x")) == b"x"
+    assert receive(a.data, b.data.seal(b"y")) == b"y"
 
 
 def test_datagrams_overtaking_the_control_stream_still_open() -> None:
@@ -387,3 +400,16 @@ def test_property_any_rekey_message_only_ever_raises_rekey_error(
     else:
         assert isinstance(step.reply, dict | None)
         assert me.state in set(State)
+
+
+def test_evicting_the_oldest_pending_key_keeps_the_newer_one() -> None:
+    """The lookahead list shares KeyChain objects with the pending (spliced) keys: the
+    eviction must not wipe one that is still pending (found in review)."""
+    r = DataSession(1, 2, bytes(32), bytes(32), True)
+    k2, k3, k5 = b"\x02" * 32, b"\x03" * 32, b"\x05" * 32
+    r.install_recv(k2, 2)
+    r.install_recv(k3, 3)
+    r._lookahead(3)  # a trial decryption of epoch 3 derived the keys up to it
+    r.install_recv(k5, 5)  # the peer moved on again: the oldest pending key (2) goes
+    assert set(r._splices) == {3, 5}
+    assert bytes(r._splices[3]._chain) == k3  # not zeroed

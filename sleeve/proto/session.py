@@ -229,9 +229,21 @@ class DataSession:
         epoch before ``start`` stays the previous key for the grace period once we move on.
         """
         current = self._rx_chain.epoch
-        if not current < start <= current + MAX_EPOCH_SKIP:
-            raise ValueError(f"announced key epoch {start} is not within "
-                             f"{MAX_EPOCH_SKIP} after our {current}")
+        if not current < start:
+            raise ValueError(f"announced key epoch {start} is not after our {current}")
+        if start > current + MAX_EPOCH_SKIP:
+            # Nothing reached us under the epochs in between (the link's data runs over
+            # TCP, or UDP is lost one way) while each exchange moved the peer's sending
+            # on by one: jump to the announced key at once, as a datagram of it would
+            # move us; the current key stays the previous one for the grace period.
+            for chain in (*(c for c, _ in self._ahead), *self._splices.values()):
+                chain.wipe()
+            self._ahead.clear()
+            self._splices.clear()
+            chain = KeyChain(key, start)
+            self._ahead.append((chain, Opener(chain.key(), self._encrypt)))
+            self._advance(1)
+            return
         keep = start - current - 1  # lookahead chains derived from the old root past it go
         for chain, _ in self._ahead[keep:]:
             chain.wipe()
@@ -241,8 +253,10 @@ class DataSession:
         if len(self._splices) >= MAX_SPLICES:  # the peer moved on twice meanwhile: the
             oldest = min(self._splices)        # oldest only opened datagrams long past
             self._splices.pop(oldest).wipe()
+            live = {id(c) for c in self._splices.values()}  # the lookahead shares them
             for chain, _ in self._ahead[oldest - current - 1:]:
-                chain.wipe()
+                if id(chain) not in live:
+                    chain.wipe()
             del self._ahead[oldest - current - 1:]
         self._splices[start] = KeyChain(key, start)
 
