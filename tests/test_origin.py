@@ -105,6 +105,20 @@ def test_broadcast_signature_and_replay() -> None:
     assert m.auth["c"].check(a, bcast(a, FRAME, None)) == "origin_unauthenticated"
 
 
+def test_a_broadcast_heard_first_hand_cannot_be_replayed_as_relayed() -> None:
+    """C hears A's signed broadcast straight from A (the link vouches, no check runs);
+    EVIL, which got it too, must not be able to pass it to C again later (review)."""
+    m = Mesh3()
+    a = m.ids["a"]
+    auth = m.auth["a"].sign(dg.KIND_FRAME, FRAME)
+    m.auth["c"].note_direct_broadcast(a, bcast(a, FRAME, auth))
+    assert m.auth["c"].check(a, bcast(a, FRAME, auth, hops=3)) == "origin_replay"
+    # never a drop on the direct path: a restarted A's counters start again
+    m.auth["c"].note_direct_broadcast(a, bcast(a, FRAME, auth))
+    later = m.auth["a"].sign(dg.KIND_FRAME, FRAME)
+    assert m.auth["c"].check(a, bcast(a, FRAME, later)) is None
+
+
 def test_a_new_incarnation_gets_new_keys_and_old_records_fail() -> None:
     m = Mesh3()
     a, c = m.ids["a"], m.ids["c"]

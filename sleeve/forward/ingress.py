@@ -237,6 +237,8 @@ class Ingress:
                         if bad is not None:
                             self.drops.inc(bad)
                             continue
+                    elif rec.auth is not None:  # its broadcast, first hand: no replays later
+                        self.origin.note_direct_broadcast(src, rec)
                     deliver(link, src, rec.payload, now)
                     if rec.bcast:
                         self._pass_on_broadcast(link, src, rec)

@@ -106,6 +106,20 @@ class OriginAuth:
         return ctr + oc.sign_bcast(self._signer, self._uid, ctr, kind, payload)
 
     # ------------------------------------------------------------------ receiving
+    def note_direct_broadcast(self, src: bytes, rec: dg.Record) -> None:
+        """A signed broadcast that came straight from ``src`` (its link vouches for it):
+        enter its counter in ``src``'s broadcast window, so that a member cannot later
+        replay it to us as relayed. Never drops: the window may still hold an earlier
+        incarnation's counters until the topology tells us of the new one."""
+        auth = rec.auth
+        if auth is None or not rec.bcast:
+            return
+        p = self._pair(src)
+        if isinstance(p, str):
+            return
+        win = p.bwin = p.bwin or ReplayWindow(WINDOW)
+        win.accept(int.from_bytes(auth[:dg.COUNTER_LEN], "big"))
+
     def check(self, src: bytes, rec: dg.Record) -> str | None:
         """None if ``src`` made ``rec`` for us (unicast) or for all (broadcast), and it is
         fresh; else the drop reason. ``rec`` came through another peer than ``src``."""
