@@ -124,6 +124,29 @@ def test_replies_leave_from_the_address_the_peer_sent_to(offload: bool) -> None:
         u.close()
 
 
+def test_a_plain_socket_does_not_inherit_another_sockets_pktinfo() -> None:
+    """A socket bound to one address (no pktinfo) next to a wildcard one: its datagrams
+    are handled with rx_src None, not the last pktinfo read on the other (review)."""
+    from sleeve.forward.underlay import Underlay
+    from sleeve.proto.stats import Counters
+
+    u = Underlay(Counters(), Counters(), offload=False)
+    sock = u.open(socket.AF_INET, "127.0.0.1", 0)
+    try:
+        assert sock not in u.pktinfo_on
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.sendto(b"\x01\x01" + bytes(40), sock.getsockname())
+            u.rx_src = b"stale pktinfo from the other socket"
+            rx = _Recorder(u)
+            for _ in range(20):
+                u.on_readable(sock, rx)
+                if rx.got:
+                    break
+            assert len(rx.got) == 1 and rx.got[0][2] is None
+    finally:
+        u.close()
+
+
 def test_a_lost_source_address_falls_back_to_the_route_and_is_counted() -> None:
     import types
 

@@ -387,6 +387,7 @@ class Underlay:
         if sock in self.gro_on or sock in self.pktinfo_on:
             self._on_readable_msg(sock, rx)
             return
+        self.rx_src = None  # a plain socket's datagrams must not inherit another's pktinfo
         recv = sock.recvfrom
         try:
             for _ in range(BATCH):
