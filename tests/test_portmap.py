@@ -120,3 +120,28 @@ def test_off_means_no_socket() -> None:
     pm = PortMapper(Counters(), Counters(), enabled=False)
     pm.tick(0.0, "127.0.0.1", 6783)
     assert pm._sock is None and pm.mapped is None
+
+
+def test_an_unusable_external_address_or_an_unrenewed_mapping_is_not_announced() -> None:
+    """A gateway saying 0.0.0.0 (peers drop the whole candidate message for it), and a
+    mapping whose renewals went unanswered past its lifetime (review)."""
+    pm, g, drops = rig()
+    pm.tick(0.0, "127.0.0.1", 6783)
+    zero = struct.pack("!BBHI4s", 0, 128, 0, 7, bytes(4))
+    serve(g, [zero, map_reply(7)])
+    settle(pm, 0.1)
+    assert pm.mapped is None and drops["pmp_bad_external"] == 1
+    pm.close()
+    g.close()
+
+    pm, g, drops = rig()
+    pm.tick(0.0, "127.0.0.1", 6783)
+    serve(g, [addr_reply(100), map_reply(100)])
+    settle(pm, 0.1)
+    assert pm.mapped == ("198.18.60.1", 41000)
+    pm.tick(3599.0, "127.0.0.1", 6783)  # renewals asked, never answered (3600 s lifetime)
+    assert pm.mapped == ("198.18.60.1", 41000)
+    pm.tick(3601.0, "127.0.0.1", 6783)
+    assert pm.mapped is None and "expired" in pm.error
+    pm.close()
+    g.close()

@@ -79,6 +79,7 @@ class PortMapper:
         self._next = 0.0  # next request
         self._tries = 0
         self._epoch: tuple[int, float] | None = None  # (epoch, when) of the last reply
+        self._expires = float("inf")  # the mapping's lifetime ends (renewals unanswered)
 
     @property
     def mapped(self) -> tuple[str, int] | None:
@@ -94,6 +95,9 @@ class PortMapper:
             self._reset(gateway, port, now)
         if self._sock is None:
             return
+        if now >= self._expires:  # never renewed: do not announce what the gateway dropped
+            self.external_port, self._expires = None, float("inf")
+            self.error = f"gateway {self.gateway}: the mapping expired unrenewed"
         for _ in range(MAX_READS):
             try:
                 data = self._sock.recv(64)
@@ -167,10 +171,24 @@ class PortMapper:
             self._tries, self._next = 0, now + IDLE
             return
         if isinstance(r, pmp.AddrReply):
+            try:
+                ext = ipaddress.IPv4Address(r.external)
+            except ValueError:
+                ext = None
+            if ext is None or (ext.is_unspecified or ext.is_loopback or ext.is_multicast
+                               or ext.is_link_local):
+                # peers would refuse the whole candidate message for it (bad_cand)
+                self.drops.inc("pmp_bad_external")
+                self.external_ip = None
+                return
             self.external_ip = r.external
         elif r.internal == self.port:
+            if r.external == 0 or r.lifetime == 0:
+                self.drops.inc("pmp_bad_mapping")
+                return
             first = self.external_port is None
             self.external_port = r.external
+            self._expires = now + r.lifetime
             self._tries, self._next = 0, now + max(r.lifetime, 60) / 2
             self.error = ""
             if first:
