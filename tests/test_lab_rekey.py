@@ -21,7 +21,7 @@ from scapy.utils import rdpcap
 
 from sleeve.lab import Lab
 from sleeve.lab.netns import Host
-from sleeve.lab.routers import STATUS_ADDR, Router, established_with, workdir
+from sleeve.lab.routers import Router, established_with, workdir
 from sleeve.lab.traffic import expected_digest, tcp_transfer
 
 pytestmark = pytest.mark.lab
@@ -130,8 +130,7 @@ def test_fresh_dh_every_second_loses_no_ping_and_refuses_expired_keys() -> None:
         assert st_b["counters"].get("handshake_ok") == 1
 
         # control traffic after the exchanges: a DNS name gossiped from a reaches b
-        r = a.run(sys.executable, "-m", "sleeve", "dns", "add", "rekeyed", "198.19.70.50",
-                  "--http", STATUS_ADDR, check=False, timeout=20)
+        r = ra.cli("dns", "add", "rekeyed", "198.19.70.50", timeout=20)  # the API socket
         assert r.returncode == 0, r.stderr
         rb.wait(lambda st: any(rec["name"].startswith("rekeyed.")
                                for rec in st["dns"]["records"]), 10, "gossiped name")

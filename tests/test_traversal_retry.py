@@ -6,6 +6,7 @@ the attributes traversal reads, and time is passed in.
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -189,24 +190,30 @@ def _virtual_rig(spawn: Any) -> tuple[Traversal, Counters, FakeLink]:
 def test_bytes_after_a_fin_are_dropped_not_raised() -> None:
     """asyncio's StreamReader asserts on data after EOF: that must never escape on_via
     (it did, out of the control connection's callback, in the 50-router lab)."""
-    coros: list[Any] = []
-    tr, drops, med = _virtual_rig(coros.append)
-    tr._start_virtual(PEER, cast(Any, med), None, True)
-    assert PEER in tr.virtual
-    tr.on_via(cast(Any, med), {"t": "via", "from": PEER, "d": b"hello"})
-    tr.on_via(cast(Any, med), {"t": "via", "from": PEER, "fin": True})
-    tr.on_via(cast(Any, med), {"t": "via", "from": PEER, "fin": True})  # twice: harmless
-    tr.on_via(cast(Any, med), {"t": "via", "from": PEER, "d": b"late"})
-    assert drops["via_after_fin"] == 1
-    for c in coros:
-        c.close()
+    async def body() -> None:  # StreamReader wants a running loop (Python 3.11.2)
+        coros: list[Any] = []
+        tr, drops, med = _virtual_rig(coros.append)
+        tr._start_virtual(PEER, cast(Any, med), None, True)
+        assert PEER in tr.virtual
+        tr.on_via(cast(Any, med), {"t": "via", "from": PEER, "d": b"hello"})
+        tr.on_via(cast(Any, med), {"t": "via", "from": PEER, "fin": True})
+        tr.on_via(cast(Any, med), {"t": "via", "from": PEER, "fin": True})  # twice: harmless
+        tr.on_via(cast(Any, med), {"t": "via", "from": PEER, "d": b"late"})
+        assert drops["via_after_fin"] == 1
+        for c in coros:
+            c.close()
+
+    asyncio.run(body())
 
 
 def test_a_stream_refused_while_shutting_down_leaves_nothing() -> None:
     def refuse(coro: Any) -> None:
         raise RuntimeError("TaskGroup shutting down")
 
-    tr, drops, med = _virtual_rig(refuse)
-    tr._start_virtual(PEER, cast(Any, med), None, True)
-    assert PEER not in tr.virtual
-    assert drops["via_refused"] == 1
+    async def body() -> None:
+        tr, drops, med = _virtual_rig(refuse)
+        tr._start_virtual(PEER, cast(Any, med), None, True)
+        assert PEER not in tr.virtual
+        assert drops["via_refused"] == 1
+
+    asyncio.run(body())
