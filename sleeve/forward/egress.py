@@ -332,6 +332,8 @@ class Egress:
         for link in self.links:
             if link.virtual and not link.endpoint_learnt:
                 continue  # the traversal part sends its punch datagrams instead
+            if link.holding_guess(now):
+                continue  # the dialler's datagram comes first (links.link.GUESS_HOLD)
             if now >= link.next_hb:
                 # fast until the peer hears us; over TCP, slow probes notice UDP coming back
                 fast = not (link.confirmed and link.heard_at) and not link.over_tcp

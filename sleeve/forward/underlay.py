@@ -188,6 +188,9 @@ class Underlay:
             # mapping exists would spoil the punch. Only the traversal part sends then.
             link.stats.inc("drop_punching")
             return None
+        if link.holding_guess(time.monotonic()):
+            link.stats.inc("drop_guess_hold")  # the dialler's datagram comes first
+            return None
         sock = self.udp6 if link.v6 else self.udp
         if sock is None:
             link.stats.inc("drop_no_socket_for_family")  # e.g. an IPv6 peer, IPv4-only here

@@ -37,6 +37,15 @@ log = logging.getLogger("sleeve")
 # ``path_limit``): the usual interface MTU.
 UNDERLAY_MTU = 1500
 CONTROL_BUFFER_MAX = 4 << 20  # a peer that does not read its control connection is cut off
+# A peer that dialled us may be behind a NAT that has no UDP mapping for it yet. Our
+# datagram to its guessed endpoint (its NAT's address, its announced port) would then
+# arrive first and leave a conntrack entry there, and its NAT would map the peer's own
+# first datagram, and every later flow from that socket (Linux reuses one mapping per
+# source), to a random port: the endpoint every other peer then learns and punches to
+# is not the announced one. So on an inbound link we let the dialler's datagram come
+# first, and send to the guess only after this long without one (a listener behind a
+# NAT that forwards only TCP still opens its own mapping then).
+GUESS_HOLD = 1.5  # s
 # No authenticated datagram for this long (three slow heartbeats): the link stops
 # carrying data and the mesh routes around it.
 UDP_DEAD = 15.0
@@ -100,6 +109,7 @@ class Link:
         self.segsets = superframe.SegmentSets()
         self._pmtu_known = False
         self.endpoint_learnt = False
+        self.created_at = time.monotonic()
         self.heard_at = 0.0  # last authenticated datagram
         self.confirmed = False  # the peer told us it hears our datagrams
         self.told_ok = False  # we told the peer we hear its datagrams
@@ -164,6 +174,11 @@ class Link:
             self._pmtu_known = p.state != "base" and (p.current >= p.ceiling
                                                       or p.ceiling < self._max_ceiling)
         return self._pmtu_known
+
+    def holding_guess(self, now: float) -> bool:
+        """True while we wait for the dialler's first datagram (see GUESS_HOLD)."""
+        return (not self.outbound and not self.endpoint_learnt and not self.virtual
+                and now - self.created_at < GUESS_HOLD)
 
     def set_route_mtu(self, mtu: int, now: float) -> None:
         """The route to the endpoint has this MTU (the underlay read it): the search's limit."""
