@@ -66,10 +66,10 @@ from sleeve.lab import Host, Lab, Switch
 from sleeve.lab import peers as peerlib
 from sleeve.lab.routers import Router, established_with, workdir
 
-SUBJECTS: Final = ("veth", "vxlan", "sleeve", "sleeve-plain", "sleeve-fast",
+SUBJECTS: Final = ("veth", "vxlan", "sleeve", "sleeve-plain", "sleeve-fast", "sleeve-relayed",
                    "wireguard-go", "tinc", "fastd")
 USERSPACE_PEERS: Final = peerlib.KINDS
-SLEEVE_SUBJECTS: Final = ("sleeve", "sleeve-plain", "sleeve-fast")
+SLEEVE_SUBJECTS: Final = ("sleeve", "sleeve-plain", "sleeve-fast", "sleeve-relayed")
 
 
 
@@ -83,6 +83,9 @@ SUBJECT_INFO: Final[dict[str, dict[str, Any]]] = {
                      "what": "sleeve --no-encryption (authenticated, clear text)"},
     "sleeve-fast": {"layer": "L2", "encrypted": False, "kind": "sleeve",
                     "what": "sleeve fast datapath (kernel VXLAN, clear text)"},
+    "sleeve-relayed": {"layer": "L2", "encrypted": True, "kind": "sleeve",
+                       "what": "sleeve encrypted, a -> r -> b through a third router (a-b "
+                               "blocked by nft); CPU-s counts all three routers"},
     "wireguard-go": {"layer": "L3", "encrypted": True, "kind": "userspace",
                      "what": "wireguard-go + wg, ChaCha20-Poly1305"},
     "tinc": {"layer": "L2", "encrypted": True, "kind": "userspace",
@@ -93,6 +96,10 @@ SUBJECT_INFO: Final[dict[str, dict[str, Any]]] = {
 
 A_UL, B_UL = "198.18.0.1", "198.18.0.2"
 A_OV, B_OV = "198.19.0.1", "198.19.0.2"
+R_UL, R_OV = "198.18.0.3", "198.19.0.3"  # the relay of "sleeve-relayed"
+# "sleeve-relayed" is not a result unless the relay carried the traffic: at least this
+# many relayed frames per test run (a 1-second iperf3 run carries tens of thousands).
+MIN_RELAYED_FRAMES: Final = 1000
 VXLAN_MTU: Final = 1450
 VETH_MTU: Final = 1500
 # A fast-datapath-capable `sleeve launch` offers this flag to turn it off; "sleeve-plain"
@@ -157,6 +164,7 @@ class Running:
     daemons: list[tuple[str, int]] = field(default_factory=list)  # (host, pid)
     routers: list[Router] = field(default_factory=list)
     tunnel: peerlib.Tunnel | None = None
+    relay: Router | None = None  # "sleeve-relayed": the router in the middle
     notes: list[str] = field(default_factory=list)
     ping_timeout: float = 20.0
 
@@ -214,6 +222,32 @@ def _link_mtu(h: Host, ifname: str) -> int | None:
     r = h.run("ip", "-o", "link", "show", "dev", ifname, check=False, timeout=10)
     m = re.search(r"\bmtu (\d+)", r.stdout)
     return int(m.group(1)) if m else None
+
+
+def setup_relayed(a: Host, b: Host, relay: Host, wd: pathlib.Path,
+                  sleeve_mtu: int | None) -> Running:
+    """Encrypted sleeve with a's and b's underlay addresses blocked from each other (nft on
+    a: every protocol, both ways), both linked to a third router ``relay``: a's frames to
+    b go a -> relay -> b (sealed per hop, with the source's origin proof) and punching
+    never succeeds. Ready once a's route to b has 2 hops."""
+    a.block(B_UL)
+    pw = "bench-" + os.urandom(8).hex()
+    extra = ["--mtu", str(sleeve_mtu)] if sleeve_mtu is not None else []
+    rr = Router(relay, ["--ip", f"{R_OV}/24", *extra], wd, pw)
+    rb = Router(b, ["--ip", f"{B_OV}/24", *extra, R_UL], wd, pw)
+    ra = Router(a, ["--ip", f"{A_OV}/24", *extra, R_UL], wd, pw)
+    run = Running("sleeve-relayed", B_OV, None, routers=[ra, rb, rr], relay=rr)
+    rr.wait(established_with(2), 30, "relay linked to a and b")
+    b_name = rb.wait(lambda st: bool(st["name"]), 20, "b's name")["name"]
+    r_name = rr.wait(lambda st: bool(st["name"]), 20, "r's name")["name"]
+    ra.wait(lambda st: any(r["destination"] == b_name and r["hops"] == 2
+                           and r["via"] == r_name for r in st["routes"]),
+            30, "a's route to b via the relay")
+    run.daemons = [(r.host.name, router_pid(r)) for r in (ra, rb, rr)]
+    mtus = {_link_mtu(h, "sleeve0") for h in (a, b)}
+    run.mtu = mtus.pop() if len(mtus) == 1 else None
+    run.ping_timeout = 30.0
+    return run
 
 
 def setup_subject(subject: str, a: Host, b: Host, ifs: tuple[str, str],
@@ -396,7 +430,12 @@ def run_subject(subject: str, cfg: Config) -> dict[str, Any]:
             sw = lab.switch()
             a, b = lab.host("a"), lab.host("b")
             ifs = (lab.connect(a, sw, f"{A_UL}/24"), lab.connect(b, sw, f"{B_UL}/24"))
-            run = setup_subject(subject, a, b, ifs, wd, cfg.sleeve_mtu)
+            if subject == "sleeve-relayed":
+                relay = lab.host("r")
+                lab.connect(relay, sw, f"{R_UL}/24")
+                run = setup_relayed(a, b, relay, wd, cfg.sleeve_mtu)
+            else:
+                run = setup_subject(subject, a, b, ifs, wd, cfg.sleeve_mtu)
             try:
                 ok = _measure_subject(result, run, a, b, sw, wd, cfg)
             finally:
@@ -414,6 +453,22 @@ def run_subject(subject: str, cfg: Config) -> dict[str, Any]:
             say(f"{subject}: work directory kept: {wd} (removed at exit unless "
                 "SLEEVE_LAB_KEEP=1)")
     return result
+
+
+def _relayed_frames(run: Running) -> int | None:
+    """Frames the relay of "sleeve-relayed" has passed on so far (None for the others)."""
+    if run.relay is None:
+        return None
+    return int(run.relay.status()["counters"].get("relayed_frames", 0))
+
+
+def _check_relayed(res: dict[str, Any], name: str, frames: int) -> None:
+    """A relayed figure must come from relayed traffic: an iperf3 run whose frames did not
+    pass through the relay (a direct path found after all) is an error, not a result."""
+    res["relayed_frames"] = frames
+    if name != "ping" and frames < MIN_RELAYED_FRAMES:
+        raise RuntimeError(f"the relay passed on only {frames} frames during {name}: "
+                           "the path was not relayed")
 
 
 def _measure_subject(result: dict[str, Any], run: Running, a: Host, b: Host, sw: Switch,
@@ -444,10 +499,13 @@ def _measure_subject(result: dict[str, Any], run: Running, a: Host, b: Host, sw:
         test = TESTS[name]
         say(f"{subject}: test {i}/{n}: {test.label}")
         try:
+            relayed0 = _relayed_frames(run)
             if name == "ping":
                 tests[name] = measure_ping(a, run.dst, cfg.ping_count)
             else:
                 tests[name] = measure_iperf(a, b, run.dst, test, cfg.seconds, run.daemons)
+            if relayed0 is not None:
+                _check_relayed(tests[name], name, _relayed_frames(run) - relayed0)
         except Exception as e:
             say(f"{subject}: {name} FAILED: {e!r}")
             tests[name] = {"error": f"{type(e).__name__}: {e}"}
