@@ -10,6 +10,8 @@ subject is measured and everything is torn down before the next one:
 - ``sleeve-plain``: ``sleeve launch --no-encryption`` (authenticated, clear text);
 - ``sleeve-fast``: sleeve's fast datapath (unencrypted network: the link is handed to
   the kernel's VXLAN once heartbeats prove it); measured after the link reports it;
+- ``sleeve-relayed``: encrypted sleeve through a third router ``r`` (198.18.0.3) with a
+  and b blocked from each other by nft on a: the relayed path (``setup_relayed``);
 - ``wireguard-go``, ``tinc`` (1.0, switch mode), ``fastd`` (salsa2012+umac): userspace
   reference tunnels from Debian packages (``--setup`` or ``bench/setup.sh`` installs them);
   see :mod:`sleeve.lab.peers`.
