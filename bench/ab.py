@@ -31,6 +31,13 @@ METRICS = {  # test -> (field, unit, scale)
     "udp512": ("rx_pps", "kpps delivered", 1e-3),
     "ping": ("avg_ms", "ms avg", 1.0),
 }
+# Reported too when their test ran: row -> (test, field, unit, scale). CPU-s per GB moves
+# less with the machine's load than throughput does (a starved run is slow, not costly).
+EXTRA = {
+    "tcp1 cpu": ("tcp1", "daemon_cpu_s_per_gb", "CPU-s/GB", 1.0),
+    "tcp1r cpu": ("tcp1r", "daemon_cpu_s_per_gb", "CPU-s/GB", 1.0),
+    "ping p99": ("ping", "p99_ms", "ms p99", 1.0),
+}
 
 
 def run_once(tree: pathlib.Path, tests: str, seconds: float, out: pathlib.Path,
@@ -52,9 +59,19 @@ def run_once(tree: pathlib.Path, tests: str, seconds: float, out: pathlib.Path,
     raise RuntimeError(f"no {subject} result in {newest}")
 
 
-def summary(runs: list[dict[str, Any]], test: str) -> list[float]:
-    field, _unit, scale = METRICS[test]
-    return [r[test][field] * scale for r in runs if test in r and field in r[test]]
+def summary(runs: list[dict[str, Any]], row: str) -> list[float]:
+    test, field, _unit, scale = EXTRA[row] if row in EXTRA else (row, *METRICS[row])
+    return [r[test][field] * scale for r in runs
+            if test in r and r[test].get(field) is not None]
+
+
+def unit(row: str) -> str:
+    return EXTRA[row][2] if row in EXTRA else METRICS[row][1]
+
+
+def _loadavg() -> str:
+    with open("/proc/loadavg", encoding="ascii") as f:
+        return " ".join(f.read().split()[:3])
 
 
 def main() -> None:
@@ -74,6 +91,7 @@ def main() -> None:
         if t not in METRICS:
             sys.exit(f"bench.ab: unknown test {t!r} (one of {', '.join(METRICS)})")
     runs: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
+    load0 = _loadavg()
     trees = {"A": args.a.resolve(), "B": args.b.resolve()}
     order: list[str] = []
     with tempfile.TemporaryDirectory(prefix="sleeve-ab-") as tmp:
@@ -91,18 +109,22 @@ def main() -> None:
              f"- order: {' '.join(order)}", "",
              "| test | unit | A median (min..max) | B median (min..max) | B/A |",
              "| --- | --- | --- | --- | --- |"]
-    for t in tests:
+    rows = tests + [k for k, v in EXTRA.items() if v[0] in tests]
+    for t in rows:
         a, b = summary(runs["A"], t), summary(runs["B"], t)
         if not a or not b:
             continue
         ma, mb = statistics.median(a), statistics.median(b)
-        lines.append(f"| {t} | {METRICS[t][1]} | {ma:.3f} ({min(a):.3f}..{max(a):.3f}) | "
+        lines.append(f"| {t} | {unit(t)} | {ma:.3f} ({min(a):.3f}..{max(a):.3f}) | "
                      f"{mb:.3f} ({min(b):.3f}..{max(b):.3f}) | {mb / ma:.3f} |")
-    lines += ["", "Raw per-run values:", ""]
-    for t in tests:
+    lines += ["", f"Load average before / after: {load0} / {_loadavg()}", "",
+              "Raw per-run values:", ""]
+    for t in rows:
         lines.append(f"- {t}: A {[round(x, 3) for x in summary(runs['A'], t)]}, "
                      f"B {[round(x, 3) for x in summary(runs['B'], t)]}")
     args.report.write_text("\n".join(lines) + "\n")
+    args.report.with_suffix(".json").write_text(json.dumps({"order": order, "runs": runs},
+                                                           indent=1, default=str) + "\n")
     print("\n".join(lines))
 
 

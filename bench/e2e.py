@@ -10,6 +10,8 @@ subject is measured and everything is torn down before the next one:
 - ``sleeve-plain``: ``sleeve launch --no-encryption`` (authenticated, clear text);
 - ``sleeve-fast``: sleeve's fast datapath (unencrypted network: the link is handed to
   the kernel's VXLAN once heartbeats prove it); measured after the link reports it;
+- ``sleeve-relayed``: encrypted sleeve through a third router ``r`` (198.18.0.3) with a
+  and b blocked from each other by nft on a: the relayed path (``setup_relayed``);
 - ``wireguard-go``, ``tinc`` (1.0, switch mode), ``fastd`` (salsa2012+umac): userspace
   reference tunnels from Debian packages (``--setup`` or ``bench/setup.sh`` installs them);
   see :mod:`sleeve.lab.peers`.
@@ -37,12 +39,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import importlib.metadata
 import json
-import math
 import os
 import pathlib
-import platform
 import re
 import shutil
 import subprocess
@@ -53,35 +52,28 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from bench import e2e_report as report
+from bench.e2e_env import _tool_version, background_load, environment, say
+from bench.e2e_measure import (
+    IPERF_PORT,
+    TESTS,
+    _wait_listening,
+    check_leak,
+    check_mtu,
+    iperf_argv,
+    measure_iperf,
+    measure_ping,
+    parse_iperf,
+)
 from sleeve.lab import Host, Lab, Switch
 from sleeve.lab import peers as peerlib
 from sleeve.lab.routers import Router, established_with, workdir
 
-SUBJECTS: Final = ("veth", "vxlan", "sleeve", "sleeve-plain", "sleeve-fast",
+SUBJECTS: Final = ("veth", "vxlan", "sleeve", "sleeve-plain", "sleeve-fast", "sleeve-relayed",
                    "wireguard-go", "tinc", "fastd")
 USERSPACE_PEERS: Final = peerlib.KINDS
-SLEEVE_SUBJECTS: Final = ("sleeve", "sleeve-plain", "sleeve-fast")
+SLEEVE_SUBJECTS: Final = ("sleeve", "sleeve-plain", "sleeve-fast", "sleeve-relayed")
 
 
-@dataclass(frozen=True)
-class Test:
-    name: str
-    label: str
-    proto: str  # tcp, udp or icmp
-    streams: int = 1
-    reverse: bool = False
-    length: int | None = None  # UDP payload bytes
-
-
-TESTS: Final[dict[str, Test]] = {t.name: t for t in (
-    Test("tcp1", "TCP 1 stream a->b", "tcp"),
-    Test("tcp1r", "TCP 1 stream b->a", "tcp", reverse=True),
-    Test("tcp4", "TCP 4 streams a->b", "tcp", streams=4),
-    Test("tcp4r", "TCP 4 streams b->a", "tcp", streams=4, reverse=True),
-    Test("udp64", "UDP 64 B a->b", "udp", length=64),
-    Test("udp512", "UDP 512 B a->b", "udp", length=512),
-    Test("ping", "ping", "icmp"),
-)}
 
 SUBJECT_INFO: Final[dict[str, dict[str, Any]]] = {
     "veth": {"layer": "-", "encrypted": False, "kind": "kernel",
@@ -93,6 +85,9 @@ SUBJECT_INFO: Final[dict[str, dict[str, Any]]] = {
                      "what": "sleeve --no-encryption (authenticated, clear text)"},
     "sleeve-fast": {"layer": "L2", "encrypted": False, "kind": "sleeve",
                     "what": "sleeve fast datapath (kernel VXLAN, clear text)"},
+    "sleeve-relayed": {"layer": "L2", "encrypted": True, "kind": "sleeve",
+                       "what": "sleeve encrypted, a -> r -> b through a third router (a-b "
+                               "blocked by nft); CPU-s counts all three routers"},
     "wireguard-go": {"layer": "L3", "encrypted": True, "kind": "userspace",
                      "what": "wireguard-go + wg, ChaCha20-Poly1305"},
     "tinc": {"layer": "L2", "encrypted": True, "kind": "userspace",
@@ -103,15 +98,15 @@ SUBJECT_INFO: Final[dict[str, dict[str, Any]]] = {
 
 A_UL, B_UL = "198.18.0.1", "198.18.0.2"
 A_OV, B_OV = "198.19.0.1", "198.19.0.2"
-IPERF_PORT: Final = 5201
+R_UL, R_OV = "198.18.0.3", "198.19.0.3"  # the relay of "sleeve-relayed"
+# "sleeve-relayed" is not a result unless the relay carried the traffic: at least this
+# many relayed frames per test run (a 1-second iperf3 run carries tens of thousands).
+MIN_RELAYED_FRAMES: Final = 1000
 VXLAN_MTU: Final = 1450
 VETH_MTU: Final = 1500
 # A fast-datapath-capable `sleeve launch` offers this flag to turn it off; "sleeve-plain"
 # uses it (so it measures the userspace path) and "sleeve-fast" runs without it.
 FAST_DATAPATH_FLAG: Final = "--no-fastdp"
-LEAK_PATTERN: Final = "5c1eeb0b5c1eeb0b5c1eeb0b5c1eeb0b"  # 16 bytes, ping -p
-NSTAT_COUNTERS: Final = ("UdpRcvbufErrors", "UdpSndbufErrors", "UdpInErrors",
-                         "TcpRetransSegs", "IpFragCreates")
 ANCHOR_NOTE: Final = (
     "external anchors (shared/reference/anchors-2026-11-27.md, another VM of this kind, "
     "direct veth, not this run): veth 22.27, vxlan 17.92, wireguard-go 0.76, tinc 0.89, "
@@ -119,155 +114,9 @@ ANCHOR_NOTE: Final = (
 )
 DEFAULT_OUT: Final = pathlib.Path(__file__).resolve().parent / "results"
 SETUP_SCRIPT: Final = pathlib.Path(__file__).resolve().parent / "setup.sh"
-CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 # py-spy samples the routers with native frames (so syscalls, libsodium and uvloop show),
 # which needs it to pause the process per sample: a higher rate costs throughput.
 PYSPY_RATE: Final = 100
-
-_T0 = time.monotonic()
-
-
-def say(msg: str) -> None:
-    """Progress line on stderr."""
-    print(f"[e2e {time.monotonic() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------- environment
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _mem_gib() -> float | None:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
-
-
-def _tool_version(argv: Sequence[str]) -> str | None:
-    if shutil.which(argv[0]) is None:
-        return None
-    try:
-        r = subprocess.run(list(argv), capture_output=True, text=True, timeout=5,
-                           stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    first = (r.stdout or r.stderr).strip().splitlines()[:1]
-    return first[0].strip() if first else None
-
-
-def _os_release() -> str | None:
-    try:
-        text = pathlib.Path("/etc/os-release").read_text()
-    except OSError:
-        return None
-    m = re.search(r'^PRETTY_NAME="?([^"\n]*)"?', text, re.M)
-    return m.group(1) if m else None
-
-
-def _proc_ticks() -> dict[int, tuple[int, int, str]]:
-    """pid -> (utime+stime ticks, nice, comm) of every process."""
-    out: dict[int, tuple[int, int, str]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat", encoding="ascii", errors="replace") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        out[int(d)] = (int(fields[11]) + int(fields[12]), int(fields[16]), comm)
-    return out
-
-
-def background_load(sample: float = 1.0) -> dict[str, Any]:
-    """What else keeps the machine busy: the load average and every process that used at
-    least 10 % of a core over ``sample`` seconds (the benchmark shares the machine)."""
-    with open("/proc/loadavg", encoding="ascii") as f:
-        loadavg = " ".join(f.read().split()[:3])
-    t0 = _proc_ticks()
-    time.sleep(sample)
-    t1 = _proc_ticks()
-    busy = []
-    for pid, (ticks, nice, comm) in t1.items():
-        if pid == os.getpid() or pid not in t0:
-            continue
-        pct = 100.0 * (ticks - t0[pid][0]) / CLK_TCK / sample
-        if pct >= 10.0:
-            try:
-                args = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                args = comm.encode()
-            cmd = args.replace(b"\0", b" ").decode(errors="replace").strip()[:100]
-            busy.append({"pid": pid, "cpu_percent": round(pct), "nice": nice, "cmd": cmd})
-    return {"loadavg": loadavg, "busy_processes": busy}
-
-
-def environment() -> dict[str, Any]:
-    """Machine, kernel, Python and library versions: stamped on every output."""
-    return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "hostname": platform.node(),
-        "machine": platform.machine(),
-        "os": _os_release(),
-        "kernel": platform.release(),
-        "cpu_model": _cpu_model(),
-        "cpus": os.cpu_count(),
-        "mem_gib": _mem_gib(),
-        "python": platform.python_version(),
-        "sleeve": _version("sleeve"),
-        "pynacl": _version("pynacl"),
-        "uvloop": _version("uvloop"),
-        "msgpack": _version("msgpack"),
-        "matplotlib": _version("matplotlib"),
-        "py-spy": _version("py-spy"),
-        "iperf3": _tool_version(["iperf3", "--version"]),
-        "debian_packages": peerlib.package_versions(),
-        "background_before": background_load(),
-    }
-
-
-# ---------------------------------------------------------------- counters
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """utime+stime (all threads) of ``pid`` in seconds, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(")") + 2 :].split()  # fields from 3 (state) onwards
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-    return (utime + stime) / CLK_TCK
-
-
-def box_cpu_seconds() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
-    with open("/proc/stat", encoding="ascii") as f:
-        vals = [int(v) for v in f.readline().split()[1:]]
-    total = sum(vals[:8])  # user nice system idle iowait irq softirq steal
-    idle = vals[3] + vals[4]
-    return (total - idle) / CLK_TCK, total / CLK_TCK
 
 
 def daemon_pid(proc: subprocess.Popen[bytes], comm: str, timeout: float = 5.0) -> int:
@@ -303,20 +152,6 @@ def router_pid(r: Router) -> int:
         time.sleep(0.05)
 
 
-def nstat(h: Host, counters: Sequence[str] = NSTAT_COUNTERS) -> dict[str, int]:
-    """Absolute values of the given counters inside ``h`` (nstat -azs: no history update)."""
-    r = h.run("nstat", "-azs", *counters, check=False, timeout=10)
-    out = dict.fromkeys(counters, 0)
-    for line in r.stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] in out:
-            out[parts[0]] = int(parts[1])
-    return out
-
-
-def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {k: after.get(k, 0) - v for k, v in before.items()}
-
 
 # ---------------------------------------------------------------- subjects
 
@@ -331,6 +166,7 @@ class Running:
     daemons: list[tuple[str, int]] = field(default_factory=list)  # (host, pid)
     routers: list[Router] = field(default_factory=list)
     tunnel: peerlib.Tunnel | None = None
+    relay: Router | None = None  # "sleeve-relayed": the router in the middle
     notes: list[str] = field(default_factory=list)
     ping_timeout: float = 20.0
 
@@ -390,6 +226,32 @@ def _link_mtu(h: Host, ifname: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def setup_relayed(a: Host, b: Host, relay: Host, wd: pathlib.Path,
+                  sleeve_mtu: int | None) -> Running:
+    """Encrypted sleeve with a's and b's underlay addresses blocked from each other (nft on
+    a: every protocol, both ways), both linked to a third router ``relay``: a's frames to
+    b go a -> relay -> b (sealed per hop, with the source's origin proof) and punching
+    never succeeds. Ready once a's route to b has 2 hops."""
+    a.block(B_UL)
+    pw = "bench-" + os.urandom(8).hex()
+    extra = ["--mtu", str(sleeve_mtu)] if sleeve_mtu is not None else []
+    rr = Router(relay, ["--ip", f"{R_OV}/24", *extra], wd, pw)
+    rb = Router(b, ["--ip", f"{B_OV}/24", *extra, R_UL], wd, pw)
+    ra = Router(a, ["--ip", f"{A_OV}/24", *extra, R_UL], wd, pw)
+    run = Running("sleeve-relayed", B_OV, None, routers=[ra, rb, rr], relay=rr)
+    rr.wait(established_with(2), 30, "relay linked to a and b")
+    b_name = rb.wait(lambda st: bool(st["name"]), 20, "b's name")["name"]
+    r_name = rr.wait(lambda st: bool(st["name"]), 20, "r's name")["name"]
+    ra.wait(lambda st: any(r["destination"] == b_name and r["hops"] == 2
+                           and r["via"] == r_name for r in st["routes"]),
+            30, "a's route to b via the relay")
+    run.daemons = [(r.host.name, router_pid(r)) for r in (ra, rb, rr)]
+    mtus = {_link_mtu(h, "sleeve0") for h in (a, b)}
+    run.mtu = mtus.pop() if len(mtus) == 1 else None
+    run.ping_timeout = 30.0
+    return run
+
+
 def setup_subject(subject: str, a: Host, b: Host, ifs: tuple[str, str],
                   wd: pathlib.Path, sleeve_mtu: int | None) -> Running:
     if subject == "veth":
@@ -438,167 +300,6 @@ def teardown_subject(run: Running) -> None:
     if run.tunnel is not None:
         run.tunnel.stop()
 
-
-# ---------------------------------------------------------------- measurements
-
-
-def measure_ping(a: Host, dst: str, count: int) -> dict[str, Any]:
-    say(f"  ping -c {count} -i 0.01 {dst}")
-    r = a.run("ping", "-n", "-c", str(count), "-i", "0.01", "-W", "1", dst,
-              check=False, timeout=30 + count * 0.05)
-    times = sorted(float(m) for m in re.findall(r"time=([0-9.]+) ms", r.stdout))
-    res: dict[str, Any] = {"sent": count, "received": len(times)}
-    m = re.search(r"= ([0-9.]+)/([0-9.]+)/([0-9.]+)/([0-9.]+) ms", r.stdout)
-    res["avg_ms"] = float(m.group(2)) if m else None
-    res["min_ms"] = float(m.group(1)) if m else None
-    res["max_ms"] = float(m.group(3)) if m else None
-    res["p99_ms"] = times[max(0, math.ceil(0.99 * len(times)) - 1)] if times else None
-    res["p50_ms"] = times[len(times) // 2] if times else None
-    res["loss_percent"] = round(100.0 * (count - len(times)) / count, 2)
-    return res
-
-
-def check_mtu(a: Host, b: Host, dst: str, mtu: int | None) -> dict[str, Any]:
-    """A don't-fragment ping filling the tunnel MTU must pass without any underlay IP
-    fragmentation (IpFragCreates of both hosts unchanged)."""
-    if mtu is None:
-        return {"mtu": None, "ok": None, "note": "MTU unknown"}
-    size = mtu - 28
-    before = [nstat(h, ("IpFragCreates",)) for h in (a, b)]
-    ok = a.ping(dst, count=3, size=size, dont_fragment=True, timeout=15)
-    after = [nstat(h, ("IpFragCreates",)) for h in (a, b)]
-    frags = sum(x["IpFragCreates"] - y["IpFragCreates"] for x, y in zip(after, before,
-                                                                        strict=True))
-    return {"mtu": mtu, "df_ping_payload": size, "df_ping_ok": ok,
-            "underlay_frag_creates": frags, "ok": bool(ok and frags == 0)}
-
-
-def check_leak(sw: Switch, a: Host, dst: str, wd: pathlib.Path) -> dict[str, Any]:
-    """Ping ``dst`` with a 16-byte pattern while tcpdump records the switch's bridge; report
-    whether the pattern appears in clear on the underlay."""
-    pcap = wd / f"leak-{os.urandom(3).hex()}.pcap"
-    errf = wd / "tcpdump.err"
-    with open(errf, "wb") as err:
-        # --immediate-mode: else packets wait in the capture ring for up to 1 s and are lost
-        # when tcpdump is stopped
-        td = sw.popen("tcpdump", "-i", sw.bridge, "-n", "-s", "0", "-U", "--immediate-mode",
-                      "-Z", "root", "-w", str(pcap), stderr=err)
-    try:
-        deadline = time.monotonic() + 5.0
-        while b"listening on" not in errf.read_bytes() and time.monotonic() < deadline:
-            if td.poll() is not None:
-                return {"checked": False, "note": f"tcpdump exited {td.returncode}"}
-            time.sleep(0.05)
-        a.run("ping", "-n", "-q", "-c", "5", "-i", "0.05", "-W", "1", "-p", LEAK_PATTERN,
-              dst, check=False, timeout=15)
-        time.sleep(0.2)
-    finally:
-        sw.stop(td)
-    try:
-        data = pcap.read_bytes()
-    except OSError as e:
-        return {"checked": False, "note": f"no capture: {e}"}
-    finally:
-        with contextlib.suppress(OSError):
-            pcap.unlink()
-    if len(data) <= 24:  # the pcap file header alone: nothing was captured
-        return {"checked": False, "note": "tcpdump captured nothing"}
-    return {"checked": True, "capture_bytes": len(data),
-            "plaintext_seen": bytes.fromhex(LEAK_PATTERN) in data}
-
-
-def _wait_listening(h: Host, port: int, server: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"iperf3 server exited early ({server.returncode})")
-        out = h.run("ss", "-Hltn", f"sport = :{port}", check=False, timeout=5).stdout
-        if out.strip():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"iperf3 server on {h.name} not listening after {timeout}s")
-
-
-def iperf_argv(test: Test, dst: str, seconds: int) -> list[str]:
-    argv = ["iperf3", "-c", dst, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"]
-    if test.streams > 1:
-        argv += ["-P", str(test.streams)]
-    if test.reverse:
-        argv.append("-R")
-    if test.proto == "udp":
-        argv += ["-u", "-b", "0", "-l", str(test.length)]
-    return argv
-
-
-def parse_iperf(test: Test, data: dict[str, Any]) -> dict[str, Any]:
-    """The figures of one iperf3 ``-J`` result (client side, which also carries the
-    receiver's totals)."""
-    if "error" in data:
-        raise RuntimeError(f"iperf3 failed: {data['error']}")
-    end = data["end"]
-    recv, sent = end["sum_received"], end["sum_sent"]
-    res: dict[str, Any] = {
-        "bits_per_second": recv["bits_per_second"],
-        "bytes_received": recv["bytes"],
-        "sender_bits_per_second": sent["bits_per_second"],
-        "seconds": recv.get("seconds"),
-        "iperf_cpu_percent": end.get("cpu_utilization_percent"),
-    }
-    if test.proto == "tcp":
-        res["retransmits"] = sent.get("retransmits")
-    else:
-        assert test.length is not None
-        secs = sent.get("seconds") or recv.get("seconds") or 0.0
-        n_sent = int(sent.get("packets", 0))
-        n_recv = int(recv["bytes"]) // test.length
-        res.update({
-            "payload_bytes": test.length,
-            "packets_sent": n_sent,
-            "packets_received": n_recv,
-            "tx_pps": n_sent / secs if secs else None,
-            "rx_pps": n_recv / secs if secs else None,
-            "loss_percent": 100.0 * (n_sent - n_recv) / n_sent if n_sent else None,
-            "iperf_lost_percent": recv.get("lost_percent"),
-        })
-    return res
-
-
-def measure_iperf(a: Host, b: Host, dst: str, test: Test, seconds: int,
-                  daemons: Sequence[tuple[str, int]]) -> dict[str, Any]:
-    say(f"  iperf3 {test.label} for {seconds} s")
-    server = b.popen("iperf3", "-s", "-1", "-B", dst, "-p", str(IPERF_PORT))
-    try:
-        _wait_listening(b, IPERF_PORT, server, 10.0)
-        ns0 = {h.name: nstat(h) for h in (a, b)}
-        cpu0 = [proc_cpu_seconds(pid) for _, pid in daemons]
-        box0 = box_cpu_seconds()
-        t0 = time.monotonic()
-        r = a.run(*iperf_argv(test, dst, seconds), check=False, timeout=seconds + 40)
-        wall = time.monotonic() - t0
-        box1 = box_cpu_seconds()
-        cpu1 = [proc_cpu_seconds(pid) for _, pid in daemons]
-        ns1 = {h.name: nstat(h) for h in (a, b)}
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.wait(timeout=5)
-    finally:
-        b.stop(server)  # untracks it; SIGTERM/SIGKILL only if still running
-    try:
-        data: dict[str, Any] = json.loads(r.stdout)
-    except json.JSONDecodeError as e:
-        raise RuntimeError(f"iperf3 gave no JSON (rc {r.returncode}): {r.stderr[-500:]}") from e
-    res = parse_iperf(test, data)
-    res["wall_seconds"] = round(wall, 3)
-    res["box_busy_cpu_seconds"] = round(box1[0] - box0[0], 3)
-    res["box_total_cpu_seconds"] = round(box1[1] - box0[1], 3)
-    res["nstat_delta"] = {h: _delta(ns0[h], ns1[h]) for h in ns0}
-    if daemons:
-        used = [c1 - c0 for c0, c1 in zip(cpu0, cpu1, strict=True)]
-        gb = res["bytes_received"] / 1e9
-        res["daemon_cpu_seconds"] = {h: round(u, 3) for (h, _), u in zip(daemons, used,
-                                                                         strict=True)}
-        res["daemon_cpu_seconds_total"] = round(sum(used), 3)
-        res["daemon_cpu_s_per_gb"] = round(sum(used) / gb, 3) if gb > 0 else None
-    return res
 
 
 # ---------------------------------------------------------------- profile
@@ -731,7 +432,12 @@ def run_subject(subject: str, cfg: Config) -> dict[str, Any]:
             sw = lab.switch()
             a, b = lab.host("a"), lab.host("b")
             ifs = (lab.connect(a, sw, f"{A_UL}/24"), lab.connect(b, sw, f"{B_UL}/24"))
-            run = setup_subject(subject, a, b, ifs, wd, cfg.sleeve_mtu)
+            if subject == "sleeve-relayed":
+                relay = lab.host("r")
+                lab.connect(relay, sw, f"{R_UL}/24")
+                run = setup_relayed(a, b, relay, wd, cfg.sleeve_mtu)
+            else:
+                run = setup_subject(subject, a, b, ifs, wd, cfg.sleeve_mtu)
             try:
                 ok = _measure_subject(result, run, a, b, sw, wd, cfg)
             finally:
@@ -749,6 +455,22 @@ def run_subject(subject: str, cfg: Config) -> dict[str, Any]:
             say(f"{subject}: work directory kept: {wd} (removed at exit unless "
                 "SLEEVE_LAB_KEEP=1)")
     return result
+
+
+def _relayed_frames(run: Running) -> int | None:
+    """Frames the relay of "sleeve-relayed" has passed on so far (None for the others)."""
+    if run.relay is None:
+        return None
+    return int(run.relay.status()["counters"].get("relayed_frames", 0))
+
+
+def _check_relayed(res: dict[str, Any], name: str, frames: int) -> None:
+    """A relayed figure must come from relayed traffic: an iperf3 run whose frames did not
+    pass through the relay (a direct path found after all) is an error, not a result."""
+    res["relayed_frames"] = frames
+    if name != "ping" and frames < MIN_RELAYED_FRAMES:
+        raise RuntimeError(f"the relay passed on only {frames} frames during {name}: "
+                           "the path was not relayed")
 
 
 def _measure_subject(result: dict[str, Any], run: Running, a: Host, b: Host, sw: Switch,
@@ -779,10 +501,13 @@ def _measure_subject(result: dict[str, Any], run: Running, a: Host, b: Host, sw:
         test = TESTS[name]
         say(f"{subject}: test {i}/{n}: {test.label}")
         try:
+            relayed0 = _relayed_frames(run)
             if name == "ping":
                 tests[name] = measure_ping(a, run.dst, cfg.ping_count)
             else:
                 tests[name] = measure_iperf(a, b, run.dst, test, cfg.seconds, run.daemons)
+            if relayed0 is not None:
+                _check_relayed(tests[name], name, _relayed_frames(run) - relayed0)
         except Exception as e:
             say(f"{subject}: {name} FAILED: {e!r}")
             tests[name] = {"error": f"{type(e).__name__}: {e}"}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 USERSPACE_PEERS: Final = ("wireguard-go", "tinc", "fastd")
-SLEEVE_SUBJECTS: Final = ("sleeve", "sleeve-plain", "sleeve-fast")
+SLEEVE_SUBJECTS: Final = ("sleeve", "sleeve-plain", "sleeve-fast", "sleeve-relayed")
 
 
 @dataclass(frozen=True)

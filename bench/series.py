@@ -28,7 +28,7 @@ from bench import e2e
 from bench import e2e_report as report
 from bench import series_stats as st
 
-DEFAULT_SUBJECTS = "sleeve,fastd"
+DEFAULT_SUBJECTS = "sleeve,sleeve-relayed,fastd"
 DEFAULT_TESTS = "tcp1,tcp1r,udp64,udp512,ping"
 HISTORY_NAME = "peer-history.json"
 

@@ -38,6 +38,11 @@ TARGETS: Final[dict[str, tuple[float, str]]] = {
     "udp64_loss": (1.0, "max"), "udp512_loss": (1.0, "max"),  # less loss than fastd
 }
 TARGET_PEER: Final = "fastd"
+# ... and the relayed path against the direct one, both sleeve, in the same repeat:
+# metric -> (bound on the median of sleeve-relayed/sleeve, "min" or "max").
+RELAYED, DIRECT = "sleeve-relayed", "sleeve"
+RELAY_TARGETS: Final[dict[str, tuple[float, str]]] = {"tcp1": (0.5, "min"),
+                                                      "tcp1r": (0.5, "min")}
 REFERENCE_PEERS: Final = ("wireguard-go", "tinc", "fastd")
 # A peer's run is flagged when its figure is this far on the bad side of its reference
 # median (0.75: a quarter lower throughput, or a third higher ping/CPU). The issue's
@@ -118,10 +123,11 @@ def ratios(runs: Sequence[dict[str, Any]], subject: str, peer: str,
     return out
 
 
-def targets(rat: dict[str, tuple[Spread, list[float]]]) -> list[dict[str, Any]]:
+def targets(rat: dict[str, tuple[Spread, list[float]]],
+            table: dict[str, tuple[float, str]] = TARGETS) -> list[dict[str, Any]]:
     """Each of issue 23's targets against the median ratio: met, not met, or not measured."""
     rows = []
-    for key, (bound, kind) in TARGETS.items():
+    for key, (bound, kind) in table.items():
         got = rat.get(key)
         if got is None:
             rows.append({"metric": key, "bound": bound, "kind": kind, "status": "not measured"})
@@ -236,6 +242,17 @@ def _g(v: float | None, spec: str = ".3g") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _target_lines(s: str, p: str, rows: list[dict[str, Any]]) -> list[str]:
+    lines = [f"### Issue 23 targets: {s} ÷ {p} (on the median ratio)", "",
+             "| metric | target | median (min..max) | |", "|---|---|---:|---|"]
+    for t in rows:
+        sign = ">=" if t["kind"] == "min" else ("<" if t["metric"].endswith("_loss") else "<=")
+        got = f"{t['median']:.3f} ({t['lo']:.3f}..{t['hi']:.3f})" if "median" in t else "-"
+        lines.append(f"| {BY_KEY[t['metric']].label} | {sign} {t['bound']} | {got} | "
+                     f"{t['status']} |")
+    return [*lines, ""]
+
+
 def markdown(doc: dict[str, Any], header: Callable[[dict[str, Any]], list[str]],
              ) -> str:
     """The series report: per-subject medians, ratios to fastd and every peer with
@@ -254,33 +271,28 @@ def markdown(doc: dict[str, Any], header: Callable[[dict[str, Any]], list[str]],
     lines.append("")
     sleeves = [s for s in subjects if s.startswith("sleeve")]
     peers = [p for p in subjects if p in REFERENCE_PEERS]
-    for s in sleeves:
-        for p in peers:
-            rat = ratios(runs, s, p)
-            if not rat:
-                continue
-            lines += [f"## {s} ÷ {p}, per repeat", "",
-                      "Ratio of the two figures measured in the same repeat; median (min..max)"
-                      " over the repeats, then each repeat's. ↑: above 1 is better for "
-                      f"{s}; ↓: below 1 is better.", "",
-                      "| metric | median ratio (min..max) | per repeat |", "|---|---:|---|"]
-            for m in shown:
-                if m.key in rat:
-                    sp, rs = rat[m.key]
-                    lines.append(f"| {m.label} {m.arrow} | {sp.fmt('.3f')} | "
-                                 + ", ".join(f"{r:.3f}" for r in rs) + " |")
-            lines.append("")
-            if p == TARGET_PEER:
-                lines += [f"### Issue 23 targets: {s} ÷ fastd (on the median ratio)", "",
-                          "| metric | target | median (min..max) | |", "|---|---|---:|---|"]
-                for t in targets(rat):
-                    sign = ">=" if t["kind"] == "min" else ("<" if t["metric"].endswith(
-                        "_loss") else "<=")
-                    got = (f"{t['median']:.3f} ({t['lo']:.3f}..{t['hi']:.3f})"
-                           if "median" in t else "-")
-                    lines.append(f"| {BY_KEY[t['metric']].label} | {sign} {t['bound']} | "
-                                 f"{got} | {t['status']} |")
-                lines.append("")
+    pairs = [(s, p) for s in sleeves for p in peers]
+    if RELAYED in subjects and DIRECT in subjects:
+        pairs.insert(0, (RELAYED, DIRECT))
+    for s, p in pairs:
+        rat = ratios(runs, s, p)
+        if not rat:
+            continue
+        lines += [f"## {s} ÷ {p}, per repeat", "",
+                  "Ratio of the two figures measured in the same repeat; median (min..max)"
+                  " over the repeats, then each repeat's. ↑: above 1 is better for "
+                  f"{s}; ↓: below 1 is better.", "",
+                  "| metric | median ratio (min..max) | per repeat |", "|---|---:|---|"]
+        for m in shown:
+            if m.key in rat:
+                sp, rs = rat[m.key]
+                lines.append(f"| {m.label} {m.arrow} | {sp.fmt('.3f')} | "
+                             + ", ".join(f"{r:.3f}" for r in rs) + " |")
+        lines.append("")
+        table = (RELAY_TARGETS if (s, p) == (RELAYED, DIRECT)
+                 else TARGETS if p == TARGET_PEER and s != RELAYED else None)
+        if table is not None:
+            lines += _target_lines(s, p, targets(rat, table))
     fl = doc.get("flags", [])
     lines += ["## Reference tunnels against their own history", "",
               f"A peer's run is flagged when its figure is worse than {FLAG_FRACTION} x "

@@ -98,6 +98,67 @@ def test_baseline_join(benchmark: Benchmark) -> None:
 
 # ------------------------------------------------------------------------ crypto
 
+def _libsodium_cffi(key: bytes) -> tuple[Callable[[bytes, bytes, bytes], bytes],
+                                         Callable[[bytes, bytes, bytes], bytes]]:
+    """(seal, open) of libsodium's IETF ChaCha20-Poly1305 through PyNaCl's cffi module
+    with a preallocated buffer: the binding sleeve used before issue 23 (issue 9's)."""
+    from nacl._sodium import ffi, lib
+
+    buf = ffi.new("unsigned char[]", 65536 + 16)
+    enc, dec, null, fbuf = (lib.crypto_aead_chacha20poly1305_ietf_encrypt,
+                            lib.crypto_aead_chacha20poly1305_ietf_decrypt, ffi.NULL, ffi.buffer)
+
+    def seal(nonce: bytes, data: bytes, ad: bytes) -> bytes:
+        enc(buf, null, data, len(data), ad, len(ad), null, nonce, key)
+        out: bytes = fbuf(buf, len(data) + 16)[:]
+        return out
+
+    def open_(nonce: bytes, data: bytes, ad: bytes) -> bytes:
+        if dec(buf, null, null, data, len(data), ad, len(ad), nonce, key):
+            raise ValueError("auth")
+        out: bytes = fbuf(buf, len(data) - 16)[:]
+        return out
+
+    return seal, open_
+
+
+def _binding(name: str, key: bytes) -> tuple[Callable[[bytes, bytes, bytes], bytes],
+                                             Callable[[bytes, bytes, bytes], bytes]]:
+    if name == "libsodium":
+        return _libsodium_cffi(key)
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    c = ChaCha20Poly1305(key)
+    return c.encrypt, c.decrypt
+
+
+@pytest.mark.benchmark(group="aead")
+@pytest.mark.parametrize("size", (100, 1400))
+@pytest.mark.parametrize("op", ("seal", "open"))
+@pytest.mark.parametrize("lib", ("libsodium", "cryptography"))
+def test_aead_binding(benchmark: Benchmark, lib: str, op: str, size: int) -> None:
+    """The bare AEAD call per datagram body, both bindings (issue 23's choice, measured
+    before making it): libsodium via PyNaCl's cffi with a preallocated buffer, and the
+    ``cryptography`` package's ChaCha20Poly1305 (OpenSSL), which sleeve uses now."""
+    seal, open_ = _binding(lib, K1)
+    header = dg.encode_header(9, 1)
+    nonces = [bytes(4) + i.to_bytes(8, "little") for i in range(OPS)]
+    body = ethernet(size)
+    sealed = [seal(n, body, header) for n in nonces]
+    if op == "seal":
+        def all_ops() -> None:
+            for n in nonces:
+                seal(n, body, header)
+    else:
+        assert all(open_(n, c, header) == body for n, c in zip(nonces, sealed, strict=True))
+
+        def all_ops() -> None:
+            for n, c in zip(nonces, sealed, strict=True):
+                open_(n, c, header)
+
+    run(benchmark, all_ops, label=f"aead {op} {lib} {size}", baseline="baseline copy 1400")
+
+
 @pytest.mark.benchmark(group="seal")
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("size", SIZES)

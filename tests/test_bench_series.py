@@ -150,3 +150,34 @@ def test_profile_summary_counts_helper_threads_apart() -> None:
     s = e2e_report.summarize_collapsed(f"{main} 30\n{parked} 60\n{busy} 10\n")
     assert s["samples"] == 30 and s["helper"] == 70 and s["helper_busy"] == 10
     assert s["categories"]["python+interpreter"] == 100.0
+
+
+def test_relayed_against_direct_with_its_target() -> None:
+    runs = [*_series(), _run(0, "sleeve-relayed", 0.9, 1.0), _run(1, "sleeve-relayed", 0.5, 1.1),
+            _run(2, "sleeve-relayed", 0.6, 0.9)]
+    subjects = ["sleeve", "sleeve-relayed", "fastd"]
+    doc = {"config": {"subjects": subjects}, "runs": runs, "flags": [], "history_reference": {}}
+    md = st.markdown(doc, lambda d: ["# header", ""])
+    # per-repeat ratios relayed/direct: 0.9/1.4, 0.5/1.2, 0.6/1.5 -> median 0.417
+    assert "## sleeve-relayed ÷ sleeve, per repeat" in md
+    assert "| TCP 1 stream a->b ↑ | 0.417 (0.400..0.643) | 0.643, 0.417, 0.400 |" in md
+    assert "### Issue 23 targets: sleeve-relayed ÷ sleeve" in md
+    assert "| TCP 1 stream a->b | >= 0.5 | 0.417 (0.400..0.643) | not met |" in md
+    # the relayed path is not held to the fastd targets (those are the direct path's)
+    assert "### Issue 23 targets: sleeve-relayed ÷ fastd" not in md
+    assert "### Issue 23 targets: sleeve ÷ fastd" in md
+    rows = st.targets(st.ratios(runs, "sleeve-relayed", "sleeve"), st.RELAY_TARGETS)
+    assert [(r["metric"], r["status"]) for r in rows] == [("tcp1", "not met"),
+                                                          ("tcp1r", "not measured")]
+
+
+def test_relayed_figure_needs_relayed_frames() -> None:
+    from bench import e2e
+
+    res: dict[str, Any] = {"bits_per_second": 1e9}
+    e2e._check_relayed(res, "tcp1", 50_000)
+    assert res["relayed_frames"] == 50_000
+    with pytest.raises(RuntimeError, match="not relayed"):
+        e2e._check_relayed({}, "tcp1", e2e.MIN_RELAYED_FRAMES - 1)
+    e2e._check_relayed({}, "ping", 0)  # a ping run is too small to tell; recorded only
+    assert "sleeve-relayed" in e2e.SUBJECTS and "sleeve-relayed" in series.DEFAULT_SUBJECTS

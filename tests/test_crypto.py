@@ -467,3 +467,39 @@ def test_stable_tap_mac_is_unicast_local_and_per_peer() -> None:
     a, b = stable_mac(b"\x01" * 8), stable_mac(b"\x02" * 8)
     assert a == stable_mac(b"\x01" * 8) and a != b and len(a) == 6
     assert all(m[0] & 1 == 0 and m[0] & 2 == 2 for m in (a, b))
+
+
+@pytest.mark.parametrize("size", [0, 1, 100, 1400, 9000, 65000])
+def test_data_aead_is_libsodiums_ietf_chacha20poly1305_both_ways(size: int) -> None:
+    """The data plane's AEAD (cryptography's ChaCha20Poly1305, issue 23) is the same
+    construction as libsodium's IETF ChaCha20-Poly1305, the binding sleeve used before:
+    a datagram sealed by either opens with the other, so routers of both kinds interoperate.
+    Nonce: 4 zero bytes | counter as 8-byte little-endian; AD: the header (encrypted mode)
+    or header | plaintext (authenticated only, the tag over an empty message)."""
+    import nacl.bindings as sodium
+
+    key = os.urandom(32)
+    body = os.urandom(size)
+    header = b"\x07" * 16
+    for counter in (0, 1, 2**32 + 5, COUNTER_LIMIT - 1):
+        nonce = b"\0\0\0\0" + counter.to_bytes(8, "little")
+        theirs = sodium.crypto_aead_chacha20poly1305_ietf_encrypt(body, header, nonce, key)
+        s = Sealer(key)
+        s._counter = counter  # only to line up with libsodium's nonce
+        ours = s.seal(lambda c: header, body)
+        assert ours == header + theirs
+        assert Opener(key).open(counter, header, theirs) == body
+        assert sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
+            ours[16:], header, nonce, key) == body
+        # --no-encryption: readable on the wire, still authenticated
+        plain = Sealer(key, encrypt=False)
+        plain._counter = counter
+        clear = plain.seal(lambda c: header, body)
+        tag = sodium.crypto_aead_chacha20poly1305_ietf_encrypt(b"", header + body, nonce, key)
+        assert clear == header + body + tag
+        assert Opener(key, encrypt=False).open(counter, header, body + tag) == body
+        with pytest.raises(DecryptError):
+            Opener(key).open(counter, header, theirs[:-1] + bytes([theirs[-1] ^ 1]))
+        with pytest.raises(DecryptError):
+            Opener(key, encrypt=False).open(counter, header, body + tag[:-1]
+                                            + bytes([tag[-1] ^ 1]))

@@ -2,7 +2,9 @@
 
 Used by the lab tests, the benchmarks and `sleeve demo`. Each router gets its
 own state dir and log file under the lab's work directory; the process is
-tracked by the lab and stopped by PID.
+tracked by the lab and stopped by PID. ``SLEEVE_LAB_ROUTER_ARGS`` (split on spaces) is
+appended to every router's command line: ``SLEEVE_LAB_ROUTER_ARGS=--no-offload`` runs a
+lab test with offloads off.
 
 Lab hosts are network namespaces that share one file system, so the default API
 socket (/run/sleeve/sleeve.sock) would be one path for every router: each gets
@@ -98,8 +100,12 @@ class Router:
         self.start()
 
     def start(self) -> None:
+        # SLEEVE_LAB_ROUTER_ARGS: options for every lab router of a run, e.g. "--no-offload"
+        # to run the data-path lab tests again with offloads off.
+        extra = os.environ.get("SLEEVE_LAB_ROUTER_ARGS", "").split()
         argv = [sys.executable, "-m", self.module, "launch", "--state-dir", str(self.state_dir),
-                "--api-socket", str(self.api_socket), "--nickname", self.host.name, *self.args]
+                "--api-socket", str(self.api_socket), "--nickname", self.host.name, *self.args,
+                *extra]
         if self.password is None:
             argv += ["--no-encryption", "--open"]  # the lab's old default: an open network
         else:
