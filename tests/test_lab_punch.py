@@ -76,6 +76,9 @@ def test_two_nats(symmetric: bool) -> None:
             # endpoint first, which moved the NAT's mapping to a random port, made the
             # first crossing (to the announced port) miss and the punch take ~40 s.
             assert c["udp"] == f"{NAT2}:6783" and c["path"] == "sleeve"
+            n1 = r1.status()["name"]
+            c2 = link_to(r2.status(), n1)
+            assert c2 is not None and c2["udp"] == f"{NAT1}:6783", c2
             assert tried[0]["result"].startswith("direct after "), tried
             assert float(tried[0]["result"].split()[2]) < 5.0, tried
             r1.wait(lambda st: next(r for r in st["routes"] if r["destination"] == n2)["via"]
