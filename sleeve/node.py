@@ -141,7 +141,7 @@ class Node:
         self.table.on_down(self.traversal.link_down)
         for kind, fn in (("udp_ok", self.table.on_control), ("udp_lost", self.table.on_control),
                          ("d", self.ingress.on_tcp_data), ("via", self.traversal.on_via),
-                         ("cand", self.traversal.on_cand),
+                         ("cand", self.traversal.on_cand), ("seen", self.traversal.on_seen),
                          ("topo", self.gossip.on_topo), ("g", self.gossip.on_message)):
             self.conns.handle(kind, fn)
         self._next_mesh = 0.0

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -37,8 +38,9 @@ from sleeve.links.link import Link
 from sleeve.links.table import LinkTable
 from sleeve.proto.stats import Counters
 from sleeve.proto.topology import Topology
-from sleeve.traversal import candidates, plan
+from sleeve.traversal import candidates, plan, predict
 from sleeve.traversal.plan import Plan
+from sleeve.traversal.predict import Prediction
 from sleeve.traversal.relay import RelayWriter
 
 log = logging.getLogger("sleeve")
@@ -64,6 +66,9 @@ class Attempt:
     result: str = ""  # "" while punching
     lan: list[candidates.Endpoint] = field(default_factory=list)  # the peer's LAN endpoints
     mapped: list[candidates.Endpoint] = field(default_factory=list)  # its gateway's mapping
+    ours: Prediction | None = None  # our NAT changes ports: where it goes next (announced)
+    pred: Prediction | None = None  # the peer's announced prediction: we probe it
+    index_plan: Plan | None = None  # the roles the session indexes give (see _roles)
 
 
 @dataclass
@@ -103,28 +108,16 @@ class Traversal:
         self.peers: dict[bytes, PeerPunch] = {}  # only peers in the topology: bounded
         # streams we relay as mediator, (from, to): told "fin" when either end leaves
         self._via_pairs: dict[tuple[bytes, bytes], None] = {}
+        self.obs = predict.Observations()  # what peers see of our UDP endpoint
 
     # ------------------------------------------------------------------ starting attempts
     def tick(self, now: float) -> None:
         """Follow every relayed link's attempt: punch, notice success, give up (every tick)."""
+        self.tell_seen()
         for link in self.links:
             if not link.virtual:
                 continue
-            rec = self.peers.get(link.peer)
-            if rec is None:
-                rec = self.peers[link.peer] = PeerPunch(now + PUNCH_GRACE)
-            att = rec.tried[-1] if rec.tried else None
-            if att is None or att.link is not link:
-                if att is not None and not att.result:
-                    self._ended(rec, att, now, "relayed connection closed")
-                rec.attempts += 1
-                self.stats.inc("punch_attempts")
-                p = plan.plan_for(self.me < link.peer, link.session.local_index,
-                                  link.session.remote_index, rec.attempts)
-                att = Attempt(rec.attempts, now, p, link)
-                rec.tried.append(att)
-                log.info("hole punching to %s: attempt %d, %s", link.name, att.n, p.describe())
-                self._send_candidates(link)
+            rec, att = self._attempt_for(link, now)
             if att.result:
                 continue  # punched: an ordinary direct link now
             if link.endpoint_learnt:
@@ -132,17 +125,74 @@ class Traversal:
                 rec.successes += 1
                 rec.failures = 0
                 self.stats.inc("punch_successes")
+                if self._by_prediction(link, att):
+                    att.result += f", at {'our' if att.ours else 'its'} predicted port"
+                    self.stats.inc("punch_predict_successes")
                 log.info("hole punched to %s: %s (%s)", link.name, att.result,
                          att.plan.describe())
                 continue
             self._punch_send(link, rec, att, now)
         for rec in self.peers.values():  # attempts whose relayed connection went away
-            att = rec.current
-            if att is not None and att.link is not None and self.links.get(
-                    att.link.peer) is not att.link:
-                self._ended(rec, att, now, "relayed connection closed")
+            cur = rec.current
+            if cur is not None and cur.link is not None and self.links.get(
+                    cur.link.peer) is not cur.link:
+                self._ended(rec, cur, now, "relayed connection closed")
 
-    def _send_candidates(self, link: Link) -> None:
+    def _attempt_for(self, link: Link, now: float) -> tuple[PeerPunch, Attempt]:
+        """The attempt on relayed ``link``, begun now if it is new."""
+        rec = self.peers.get(link.peer)
+        if rec is None:
+            rec = self.peers[link.peer] = PeerPunch(now + PUNCH_GRACE)
+        att = rec.tried[-1] if rec.tried else None
+        if att is not None and att.link is link:
+            return rec, att
+        if att is not None and not att.result:
+            self._ended(rec, att, now, "relayed connection closed")
+        rec.attempts += 1
+        self.stats.inc("punch_attempts")
+        p = plan.plan_for(self.me < link.peer, link.session.local_index,
+                          link.session.remote_index, rec.attempts)
+        att = Attempt(rec.attempts, now, p, link, index_plan=p)
+        att.ours = self.nat().prediction
+        if att.ours is not None:
+            # Our NAT gives this attempt's flow a port no one saw: we open it first
+            # (hop-limited: nothing reaches the far NAT), the peer crosses to the
+            # predicted ports (traversal.predict).
+            att.plan = Plan(True, p.hops)
+            self.stats.inc("punch_predict_attempts")
+        rec.tried.append(att)
+        log.info("hole punching to %s: attempt %d, %s%s", link.name, att.n, att.plan.describe(),
+                 f"; our NAT changes ports, predicted {att.ours.describe()}" if att.ours else "")
+        self._send_candidates(link, att.ours)
+        return rec, att
+
+    @staticmethod
+    def _by_prediction(link: Link, att: Attempt) -> bool:
+        """Whether the punched path is one only the prediction could find."""
+        if att.pred is not None and link.endpoint in att.pred.endpoints():
+            return True
+        return att.ours is not None and link.endpoint not in att.lan + att.mapped
+
+    def nat(self) -> predict.NatKind:
+        """Our NAT's behaviour, from what the linked peers see of our UDP endpoint."""
+        sock = self.underlay.udp
+        return self.obs.nat(sock.getsockname()[1] if sock is not None else 0)
+
+    def tell_seen(self) -> None:
+        """Tell each peer whose datagrams we hear the UDP source we see for it (predict)."""
+        for link in self.links:
+            if link.endpoint_learnt and self.obs.to_tell(link.peer, link.endpoint):
+                link.send_control({"t": "seen", "ep": [link.endpoint[0], link.endpoint[1]]})
+
+    def on_seen(self, link: Link, m: dict[str, Any]) -> None:
+        """A peer says where it sees our UDP endpoint (authenticated: its control link)."""
+        ep = predict.decode_seen(m)
+        if ep is None:
+            self.drops.inc("bad_seen")
+            return
+        self.obs.on_seen(link.peer, link.endpoint[0], ep)
+
+    def _send_candidates(self, link: Link, ours: Prediction | None) -> None:
         """Tell the peer our endpoint on the route to the mediator (our LAN address)."""
         med = self.links.get(link.mediator) if link.mediator is not None else None
         if med is None:
@@ -154,21 +204,37 @@ class Traversal:
             return
         eps = candidates.local_candidate(name, sock.getsockname()[1])
         mapped = self.mapped()
-        if eps or mapped:
-            link.send_control(candidates.encode(eps, [mapped] if mapped else None))
+        if eps or mapped or ours:
+            m = candidates.encode(eps, [mapped] if mapped else None)
+            if ours is not None:
+                m["pred"] = ours.encode()
+            link.send_control(m)
 
     def on_cand(self, link: Link, m: dict[str, Any]) -> None:
         """The peer's LAN endpoints for the attempt in progress (dropped otherwise)."""
         eps, mapped = candidates.decode(m), candidates.decode_mapped(m)
-        if eps is None or mapped is None:
+        pred = predict.decode_pred(m)
+        if eps is None or mapped is None or pred is False:
             self.drops.inc("bad_cand")
             return
-        rec = self.peers.get(link.peer)
-        att = rec.current if rec is not None else None
-        if att is None or att.link is not link:
+        if not link.virtual or link.endpoint_learnt:
+            self.drops.inc("cand_no_attempt")
+            return
+        # the peer's message may come before our tick saw the link: begin it now
+        _, att = self._attempt_for(link, time.monotonic())
+        if att.result:
             self.drops.inc("cand_no_attempt")
             return
         att.lan, att.mapped = eps, mapped
+        if isinstance(pred, Prediction) and att.pred is None:
+            att.pred = pred
+            # the peer opens its NAT, we cross to its predicted ports; where both NATs
+            # change ports the session indexes pick the roles, as without prediction
+            assert att.index_plan is not None
+            att.plan = Plan(False, att.plan.hops) if att.ours is None else att.index_plan
+            self.stats.inc("punch_predict_attempts")
+            log.info("hole punching to %s: its NAT changes ports; probing %s", link.name,
+                     pred.describe())
 
     def _ended(self, rec: PeerPunch, att: Attempt, now: float, result: str) -> None:
         """An attempt failed: count it, and back off (stale NAT entries expire meanwhile)."""
@@ -235,6 +301,9 @@ class Traversal:
         out += [(ep, candidates.LAN_HOPS) for ep in att.lan if ep not in eps]
         # the peer's gateway forwards its mapped port: the full TTL, from the start
         out += [(ep, None) for ep in att.mapped if ep not in eps]
+        # the peer's NAT changes ports: cross to where its next mappings will be
+        if att.pred is not None and send and not att.plan.opener:
+            out += [(ep, None) for ep in att.pred.endpoints() if ep not in eps]
         for ep, hops in out:
             self.underlay.send_ttl(link, ep, link.session.seal(link.heartbeat_record(now)), hops)
 
@@ -357,6 +426,7 @@ class Traversal:
     def link_down(self, link: Link) -> None:
         """A link left: relayed streams through it end, and their other ends are told."""
         peer = link.peer
+        self.obs.forget(peer, still_linked=peer in self.links)
         for a, b in list(self._via_pairs):
             if peer in (a, b) and peer not in self.links:
                 del self._via_pairs[(a, b)]
@@ -388,10 +458,20 @@ class Traversal:
                 "attempts": rec.attempts, "successes": rec.successes,
                 "failures_in_a_row": rec.failures,
                 "tried": [{"attempt": a.n, "ago_s": round(now - a.started, 1),
-                           "plan": a.plan.describe(), "result": a.result or "punching"}
+                           "plan": a.plan.describe(), "result": a.result or "punching",
+                           "prediction": _predicted(a)}
                           for a in rec.tried],
                 "next_attempt_in_s": (round(max(0.0, rec.next_at - now), 1)
                                       if starter and state == "relayed" else None),
                 "next_attempt_by": "us" if starter else "the peer",
             })
-        return {"enabled": self.enabled, "peers": out}
+        return {"enabled": self.enabled, "nat": self.nat().status(), "peers": out}
+
+
+def _predicted(att: Attempt) -> str | None:
+    """What an attempt tried by port prediction, in words (None: nothing)."""
+    if att.pred is not None:
+        return f"probed the peer's predicted {att.pred.describe()}"
+    if att.ours is not None:
+        return f"announced ours: {att.ours.describe()}"
+    return None
