@@ -207,6 +207,14 @@ class Node:
             for sock in self.underlay.sockets():
                 loop.add_reader(sock.fileno(), self.underlay.on_readable, sock, self.ingress)
                 stack.callback(loop.remove_reader, sock.fileno())
+            # spray sockets (traversal.spray) come and go while running
+            self.underlay.watch = lambda s: loop.add_reader(
+                s.fileno(), self.underlay.on_readable, s, self.ingress)
+
+            def unwatch(s: socket.socket) -> None:
+                loop.remove_reader(s.fileno())
+            self.underlay.unwatch = unwatch
+            stack.callback(self.underlay.close_extras)
             stack.callback(self.table.close_all)
             if self.dialler.targets:
                 self.dialler.save()

@@ -31,6 +31,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from sleeve.capture.base import BATCH
@@ -119,6 +120,16 @@ class Underlay:
         # The local address (pktinfo as received) the datagram being handed to the
         # receiver arrived on; None on a socket bound to one address.
         self.rx_src: bytes | None = None
+        # Extra sockets (traversal.spray): a punching link's spray sockets, and the one a
+        # punched link keeps (``pinned``: its datagrams leave from it). ``rx_extra`` is the
+        # extra socket being read (None: one of ours above), for ingress to ``pin``.
+        self.spray: dict[socket.socket, Link] = {}
+        self.pinned: dict[Link, socket.socket] = {}
+        self.rx_extra: socket.socket | None = None
+        self.extra: set[socket.socket] = set()  # both kinds: what on_readable checks
+        # the node's loop reads an extra socket from watch() until unwatch()
+        self.watch: Callable[[socket.socket], None] = lambda s: None
+        self.unwatch: Callable[[socket.socket], None] = lambda s: None
 
     def open(self, family: int, addr: str, port: int) -> socket.socket:
         s = socket.socket(family, socket.SOCK_DGRAM)
@@ -183,6 +194,9 @@ class Underlay:
             self.sendto(link, sock, link.session.seal(body))
 
     def link_socket(self, link: Link) -> socket.socket | None:
+        pinned = self.pinned.get(link)
+        if pinned is not None and link.endpoint_learnt:
+            return pinned  # punched through on a spray socket: the NAT mapping is its
         if link.virtual and not link.endpoint_learnt:
             # Still punching: a datagram reaching the peer's NAT before the peer's own
             # mapping exists would spoil the punch. Only the traversal part sends then.
@@ -209,10 +223,13 @@ class Underlay:
         link.stats.inc("tx_bytes", len(data))
         return True
 
-    def send_ttl(self, link: Link, ep: tuple[str, int], data: bytes, ttl: int | None) -> None:
-        """One datagram to ``ep`` with a hop limit (hole punching), counted on the link."""
+    def send_ttl(self, link: Link, ep: tuple[str, int], data: bytes, ttl: int | None,
+                 sock: socket.socket | None = None) -> None:
+        """One datagram to ``ep`` with a hop limit (hole punching), counted on the link;
+        from ``sock`` (a spray socket) or our socket for the family."""
         host = ep[0]
-        sock = self.udp6 if ":" in host else self.udp
+        if sock is None:
+            sock = self.udp6 if ":" in host else self.udp
         if sock is None:
             return
         try:
@@ -385,9 +402,11 @@ class Underlay:
     # ------------------------------------------------------------------ receiving
     def on_readable(self, sock: socket.socket, rx: Receiver) -> None:
         if sock in self.gro_on or sock in self.pktinfo_on:
+            self.rx_extra = None
             self._on_readable_msg(sock, rx)
             return
         self.rx_src = None  # a plain socket's datagrams must not inherit another's pktinfo
+        self.rx_extra = sock if sock in self.extra else None
         recv = sock.recvfrom
         try:
             for _ in range(BATCH):
@@ -453,7 +472,79 @@ class Underlay:
         finally:
             rx.after_batch()
 
+    # ------------------------------------------------------------------ extra sockets
+    def open_spray(self, link: Link, n: int) -> int:
+        """Open ``n`` extra IPv4 sockets (random local ports) for ``link``'s spray; the
+        loop reads them. Returns how many opened (fewer when the system refuses fds)."""
+        opened = 0
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                attach_junk_filter(s)
+                s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+                s.bind(("0.0.0.0", 0))
+                s.setblocking(False)
+                self.watch(s)
+            except OSError as e:  # out of fds or ports: spray with what we have
+                s.close()
+                self.stats.inc("spray_socket_errors")
+                log.info("spray: cannot open socket %d of %d: %s", opened + 1, n, e.strerror)
+                break
+            self.spray[s] = link
+            self.extra.add(s)
+            opened += 1
+        return opened
+
+    def spray_sockets(self, link: Link) -> list[socket.socket]:
+        return [s for s, lk in self.spray.items() if lk is link]
+
+    def pin(self, link: Link) -> None:
+        """An authenticated datagram of ``link`` arrived on the extra socket being read:
+        if it is one of the link's spray sockets, the link keeps it (the NAT mapping the
+        probe found is that socket's) and the other spray sockets close."""
+        sock = self.rx_extra
+        if sock is None or self.pinned.get(link) is sock:
+            return
+        if self.spray.get(sock) is not link:
+            self.drops.inc("spray_wrong_socket")  # another link's socket: do not move
+            return
+        del self.spray[sock]
+        old = self.pinned.pop(link, None)
+        if old is not None:
+            self._close_extra(old)
+        self.pinned[link] = sock
+        link.stats.inc("spray_pinned")
+        self.close_spray(link)
+
+    def close_spray(self, link: Link) -> None:
+        """Close ``link``'s spray sockets (not the one it keeps)."""
+        for s in self.spray_sockets(link):
+            del self.spray[s]
+            self._close_extra(s)
+
+    def release(self, link: Link) -> None:
+        """``link`` is gone: its spray sockets and the one it kept close."""
+        self.close_spray(link)
+        sock = self.pinned.pop(link, None)
+        if sock is not None:
+            self._close_extra(sock)
+
+    def _close_extra(self, s: socket.socket) -> None:
+        self.extra.discard(s)
+        try:
+            self.unwatch(s)
+        finally:
+            s.close()
+
+    def close_extras(self) -> None:
+        """Close every extra socket (the router is stopping)."""
+        for s in [*self.spray, *self.pinned.values()]:
+            self._close_extra(s)
+        self.spray.clear()
+        self.pinned.clear()
+
     def close(self) -> None:
+        self.close_extras()
         for s in self.sockets():
             s.close()
         self.udp = self.udp6 = None

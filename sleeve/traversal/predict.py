@@ -13,7 +13,7 @@ authenticated) control connection, the UDP source it sees::
 With at least two observers at different addresses, ``classify`` tells our NAT's
 behaviour apart::
 
-    all observers see our own port ........................ "preserving"
+    all observers (one is enough) see our own port ........ "preserving"
     all see one other port ................................ "cone" (one mapping)
     distinct ports, consecutive in steps of at most MAX_DELTA "sequential" -> Prediction
     anything else ......................................... "random"
@@ -95,7 +95,8 @@ def classify(local_port: int, observations: Iterable[tuple[str, Endpoint]]) -> N
     """Our NAT's behaviour from (observer's address, the endpoint it saw for us) pairs.
 
     Only the public address most observers saw counts, and only one observation per
-    observer address (a new flow needs a new destination). Fewer than two: unknown.
+    observer address (a new flow needs a new destination). Fewer than two: unknown,
+    unless the one kept our own port.
     """
     by_host: dict[str, dict[str, int]] = {}
     for observer, (host, port) in observations:
@@ -105,7 +106,9 @@ def classify(local_port: int, observations: Iterable[tuple[str, Endpoint]]) -> N
     host, seen = max(by_host.items(), key=lambda kv: (len(kv[1]), kv[0]))
     observed = tuple(sorted((host, p) for p in seen.values()))
     ports = sorted(set(seen.values()))
-    if len(seen) < 2:
+    if len(seen) < 2 and ports != [local_port]:
+        # one flow says nothing about the next; but a NAT that kept our own port for it
+        # keeps ports (a random one would hit ours once in 64512)
         return NatKind("unknown", None, observed)
     if len(ports) == 1:
         return NatKind("preserving" if ports[0] == local_port else "cone", None, observed)

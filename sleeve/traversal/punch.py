@@ -38,9 +38,10 @@ from sleeve.links.link import Link
 from sleeve.links.table import LinkTable
 from sleeve.proto.stats import Counters
 from sleeve.proto.topology import Topology
-from sleeve.traversal import candidates, plan, predict
+from sleeve.traversal import candidates, plan, predict, spray
 from sleeve.traversal.plan import Plan
 from sleeve.traversal.predict import Prediction
+from sleeve.traversal.spray import Sprayer
 from sleeve.traversal.relay import RelayWriter
 
 log = logging.getLogger("sleeve")
@@ -68,7 +69,11 @@ class Attempt:
     mapped: list[candidates.Endpoint] = field(default_factory=list)  # its gateway's mapping
     ours: Prediction | None = None  # our NAT changes ports: where it goes next (announced)
     pred: Prediction | None = None  # the peer's announced prediction: we probe it
-    index_plan: Plan | None = None  # the roles the session indexes give (see _roles)
+    index_plan: Plan | None = None  # the roles the session indexes give
+    spray_role: str = ""  # traversal.spray role: "open" (our NAT is random), "probe" or ""
+    sprayer: Sprayer | None = None  # our probes, when we spray
+    spray_sockets: int = 0  # sockets we opened, when the peer sprays
+    next_keep: float = 0.0  # age at which our spray sockets refresh their mappings
 
 
 @dataclass
@@ -128,6 +133,11 @@ class Traversal:
                 if self._by_prediction(link, att):
                     att.result += f", at {'our' if att.ours else 'its'} predicted port"
                     self.stats.inc("punch_predict_successes")
+                elif self._by_spray(link, att):
+                    att.result += (", on our spray socket" if att.spray_role == "open"
+                                   else ", at a sprayed port")
+                    self.stats.inc("punch_spray_successes")
+                self.underlay.close_spray(link)
                 log.info("hole punched to %s: %s (%s)", link.name, att.result,
                          att.plan.describe())
                 continue
@@ -173,6 +183,13 @@ class Traversal:
             return True
         return att.ours is not None and link.endpoint not in att.lan + att.mapped
 
+    def _by_spray(self, link: Link, att: Attempt) -> bool:
+        """Whether the punched path is one the spray found."""
+        if att.spray_role == "open":
+            return link in self.underlay.pinned
+        sp = att.sprayer
+        return sp is not None and link.endpoint[0] == sp.host and sp.probed(link.endpoint[1])
+
     def nat(self) -> predict.NatKind:
         """Our NAT's behaviour, from what the linked peers see of our UDP endpoint."""
         sock = self.underlay.udp
@@ -204,17 +221,18 @@ class Traversal:
             return
         eps = candidates.local_candidate(name, sock.getsockname()[1])
         mapped = self.mapped()
-        if eps or mapped or ours:
-            m = candidates.encode(eps, [mapped] if mapped else None)
-            if ours is not None:
-                m["pred"] = ours.encode()
-            link.send_control(m)
+        m = candidates.encode(eps, [mapped] if mapped else None)
+        m["nat"] = self.nat().kind  # the peer decides with it whether to spray
+        if ours is not None:
+            m["pred"] = ours.encode()
+        link.send_control(m)
 
     def on_cand(self, link: Link, m: dict[str, Any]) -> None:
         """The peer's LAN endpoints for the attempt in progress (dropped otherwise)."""
         eps, mapped = candidates.decode(m), candidates.decode_mapped(m)
         pred = predict.decode_pred(m)
-        if eps is None or mapped is None or pred is False:
+        theirs = m.get("nat", "unknown")
+        if eps is None or mapped is None or pred is False or theirs not in spray.KINDS:
             self.drops.inc("bad_cand")
             return
         if not link.virtual or link.endpoint_learnt:
@@ -235,6 +253,26 @@ class Traversal:
             self.stats.inc("punch_predict_attempts")
             log.info("hole punching to %s: its NAT changes ports; probing %s", link.name,
                      pred.describe())
+        elif att.ours is None and att.pred is None and not att.spray_role:
+            self._spray_role(link, att, spray.role(self.nat().kind, theirs))
+
+    def _spray_role(self, link: Link, att: Attempt, role: str) -> None:
+        """Take a spray role in this attempt (bounded: MAX_SPRAYS at once)."""
+        busy = sum(1 for r in self.peers.values() if (c := r.current) is not None and c.spray_role)
+        if not role or busy >= spray.MAX_SPRAYS:
+            return
+        if role == "probe":
+            host = candidates.decode({"eps": [[link.endpoint[0], 1]]})
+            if not host:  # no observed address of the peer's NAT to spray at
+                return
+            att.sprayer = Sprayer(host[0][0])
+        att.spray_role = role
+        # the random side opens its mappings first, hop-limited; the other sprays
+        att.plan = Plan(role == "open", att.plan.hops)
+        self.stats.inc("punch_spray_attempts")
+        log.info("hole punching to %s: %s", link.name,
+                 "our NAT draws random ports: opening spray sockets" if role == "open"
+                 else f"its NAT draws random ports: spraying {att.sprayer and att.sprayer.host}")
 
     def _ended(self, rec: PeerPunch, att: Attempt, now: float, result: str) -> None:
         """An attempt failed: count it, and back off (stale NAT entries expire meanwhile)."""
@@ -242,6 +280,8 @@ class Traversal:
         att.result = result
         rec.next_at = now + plan.backoff(rec.failures)
         name = format_peer_id(att.link.peer) if att.link is not None else "?"
+        if att.link is not None:
+            self.underlay.close_spray(att.link)
         att.link = None
         log.info("hole punching to %s failed (%s; %s); next attempt in %.0f s", name,
                  result, att.plan.describe(), rec.next_at - now)
@@ -304,8 +344,24 @@ class Traversal:
         # the peer's NAT changes ports: cross to where its next mappings will be
         if att.pred is not None and send and not att.plan.opener:
             out += [(ep, None) for ep in att.pred.endpoints() if ep not in eps]
+        elif att.sprayer is not None and age >= plan.OPEN_TIME:
+            out += [((att.sprayer.host, p), None) for p in att.sprayer.next()]
         for ep, hops in out:
             self.underlay.send_ttl(link, ep, link.session.seal(link.heartbeat_record(now)), hops)
+        if att.spray_role == "open" and age >= att.next_keep:
+            self._spray_open(link, att, age, sorted(eps), now)
+
+    def _spray_open(self, link: Link, att: Attempt, age: float,
+                    eps: list[candidates.Endpoint], now: float) -> None:
+        """Our NAT draws random ports: many sockets open many mappings to the peer's
+        endpoint, hop-limited (they must not reach the far NAT), refreshed now and then."""
+        if not att.spray_sockets:
+            att.spray_sockets = self.underlay.open_spray(link, spray.SOCKETS)
+        att.next_keep = age + spray.KEEP_EVERY
+        for sock in self.underlay.spray_sockets(link):
+            for ep in eps:
+                self.underlay.send_ttl(link, ep, link.session.seal(link.heartbeat_record(now)),
+                                       att.plan.hops + 1, sock)
 
     def _mediator_for(self, peer: bytes) -> Link | None:
         for p in sorted(self.links.links):
@@ -427,6 +483,7 @@ class Traversal:
         """A link left: relayed streams through it end, and their other ends are told."""
         peer = link.peer
         self.obs.forget(peer, still_linked=peer in self.links)
+        self.underlay.release(link)
         for a, b in list(self._via_pairs):
             if peer in (a, b) and peer not in self.links:
                 del self._via_pairs[(a, b)]
@@ -459,7 +516,7 @@ class Traversal:
                 "failures_in_a_row": rec.failures,
                 "tried": [{"attempt": a.n, "ago_s": round(now - a.started, 1),
                            "plan": a.plan.describe(), "result": a.result or "punching",
-                           "prediction": _predicted(a)}
+                           "prediction": _predicted(a), "spray": _sprayed(a)}
                           for a in rec.tried],
                 "next_attempt_in_s": (round(max(0.0, rec.next_at - now), 1)
                                       if starter and state == "relayed" else None),
@@ -474,4 +531,13 @@ def _predicted(att: Attempt) -> str | None:
         return f"probed the peer's predicted {att.pred.describe()}"
     if att.ours is not None:
         return f"announced ours: {att.ours.describe()}"
+    return None
+
+
+def _sprayed(att: Attempt) -> str | None:
+    """What an attempt tried by spraying, in words (None: nothing)."""
+    if att.sprayer is not None:
+        return att.sprayer.describe()
+    if att.spray_role == "open":
+        return f"opened {att.spray_sockets} spray sockets (our NAT draws random ports)"
     return None
