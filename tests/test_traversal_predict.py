@@ -79,6 +79,8 @@ def test_peers_tell_what_they_see_and_bad_reports_are_dropped() -> None:
                 {"t": "seen", "ep": "x"}):
         tr.on_seen(med, bad)  # type: ignore[arg-type]
     assert tr.drops["bad_seen"] == 3
+    tr.on_seen(med, {"t": "seen", "ep": ["127.0.0.1", 6783]})  # type: ignore[arg-type]
+    assert tr.drops["bad_seen"] == 3  # peers on one host: well formed
     tr.on_seen(med, {"t": "seen", "ep": [PUB, 40001]})  # type: ignore[arg-type]
     assert tr.nat().kind == "unknown"
     other = table.links[b"\x06" * 8] = FakeLink(b"\x06" * 8, virtual=False)

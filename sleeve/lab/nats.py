@@ -5,13 +5,15 @@ clashes) or ``masquerade fully-random`` (a random port per new flow). Many consu
 NATs do neither: they hand out ports from a counter, one per new mapping, whatever
 the inside port was. ``sequential_nat`` builds that from real nftables::
 
-    snat ip to PUBLIC : numgen inc mod COUNT offset START
+    snat ip to PUBLIC : numgen inc mod COUNT map { 0 : START, 1 : START+1, ... }
 
 NAT rules run once per new conntrack entry, so ``numgen inc`` steps once per new flow
 (both protocols: the counter is the rule's), giving START, START+1, ... and wrapping
-after COUNT. What the kernel really does is measured by
-``tests/test_lab_predict.py::test_port_changing_nats_premise``
-(``docs/nat-behaviour.md``).
+after COUNT. The map is needed: ``numgen inc mod COUNT offset START`` loads, but its
+value is in host byte order where the port is taken in network order (nft 1.0.6,
+Linux 6.18: 40000, 40001, ... became 16540, 16796, ..., steps of 256). What the
+kernel really does is measured by
+``tests/test_lab_predict.py::test_port_changing_nats_premise`` (``docs/nat-behaviour.md``).
 
 Test tooling only (shells out to ``nft``); the router never imports it.
 """
@@ -37,12 +39,13 @@ def sequential_nat(gw: Host, inside_if: str, outside_if: str, public_ip: str,
     if not (start >= 1024 and count >= 1 and start + count <= 65536):
         raise ValueError(f"port range {start}+{count} outside 1024..65535")
     gw.sysctl("net.ipv4.ip_forward", 1)
+    ports = ", ".join(f"{i} : {start + i}" for i in range(count))
     gw.nft(
         "add table ip slv_nat\n"
         "add chain ip slv_nat nat_post { type nat hook postrouting priority srcnat; }\n"
         "add chain ip slv_nat nat_forward { type filter hook forward priority 0; }\n"
         f'add rule ip slv_nat nat_post oifname "{outside_if}" meta l4proto {{ tcp, udp }} '
-        f"snat ip to {public_ip} : numgen inc mod {count} offset {start}\n"
+        f"snat ip to {public_ip} : numgen inc mod {count} map {{ {ports} }}\n"
         f'add rule ip slv_nat nat_post oifname "{outside_if}" masquerade\n'
         f'add rule ip slv_nat nat_forward iifname "{outside_if}" oifname "{inside_if}" '
         "ct state established,related accept\n"

@@ -35,6 +35,7 @@ Sans-IO: no sockets, no clock; ``traversal.punch`` sends and receives.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -119,9 +120,19 @@ def classify(local_port: int, observations: Iterable[tuple[str, Endpoint]]) -> N
 
 
 def decode_seen(m: dict[str, Any]) -> Endpoint | None:
-    """The endpoint of a ``seen`` message, or None when it is malformed."""
-    eps = candidates.decode({"eps": [m.get("ep")]})
-    return eps[0] if eps else None
+    """The endpoint of a ``seen`` message, or None when it is malformed.
+
+    Any address literal is well formed (peers on one host see loopback); only the
+    public ones tell something about a NAT, and ``classify`` groups them by address.
+    """
+    e = m.get("ep")
+    if not (isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and len(e[0]) <= 45
+            and type(e[1]) is int and 0 < e[1] < 65536):
+        return None
+    try:
+        return (str(ipaddress.ip_address(e[0])), e[1])
+    except ValueError:
+        return None
 
 
 def decode_pred(m: dict[str, Any]) -> Prediction | bool | None:

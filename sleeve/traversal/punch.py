@@ -41,8 +41,8 @@ from sleeve.proto.topology import Topology
 from sleeve.traversal import candidates, plan, predict, spray
 from sleeve.traversal.plan import Plan
 from sleeve.traversal.predict import Prediction
-from sleeve.traversal.spray import Sprayer
 from sleeve.traversal.relay import RelayWriter
+from sleeve.traversal.spray import Sprayer
 
 log = logging.getLogger("sleeve")
 
