@@ -21,6 +21,7 @@ def test_classify_tells_nat_behaviours_apart() -> None:
     assert classify(6783, []).kind == "unknown"
     assert classify(6783, obs(40000)).kind == "unknown"  # one flow says nothing of the next
     assert classify(6783, obs(6783)).kind == "preserving"  # but it kept our port
+    assert classify(6783, obs(6783, 31499)).kind == "preserving"  # moved on a clash only
     assert classify(6783, obs(6783, 6783)).kind == "preserving"
     assert classify(6783, obs(40000, 40000)).kind == "cone"
     assert classify(6783, obs(40001, 45000)).kind == "random"

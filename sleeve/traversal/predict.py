@@ -13,7 +13,7 @@ authenticated) control connection, the UDP source it sees::
 With at least two observers at different addresses, ``classify`` tells our NAT's
 behaviour apart::
 
-    all observers (one is enough) see our own port ........ "preserving"
+    an observer (one is enough) sees our own port ......... "preserving"
     all see one other port ................................ "cone" (one mapping)
     distinct ports, consecutive in steps of at most MAX_DELTA "sequential" -> Prediction
     anything else ......................................... "random"
@@ -107,12 +107,16 @@ def classify(local_port: int, observations: Iterable[tuple[str, Endpoint]]) -> N
     host, seen = max(by_host.items(), key=lambda kv: (len(kv[1]), kv[0]))
     observed = tuple(sorted((host, p) for p in seen.values()))
     ports = sorted(set(seen.values()))
-    if len(seen) < 2 and ports != [local_port]:
-        # one flow says nothing about the next; but a NAT that kept our own port for it
-        # keeps ports (a random one would hit ours once in 64512)
+    if local_port in ports:
+        # A NAT that kept our own port for one flow keeps ports (a random or counting
+        # one would hit ours once in 64512); Linux moves a kept port only where the
+        # tuple clashes, e.g. a peer's datagram reached the NAT first (one observer
+        # then sees another port), and keeps it for new destinations.
+        return NatKind("preserving", None, observed)
+    if len(seen) < 2:  # one flow says nothing about the next
         return NatKind("unknown", None, observed)
     if len(ports) == 1:
-        return NatKind("preserving" if ports[0] == local_port else "cone", None, observed)
+        return NatKind("cone", None, observed)
     steps = [b - a for a, b in itertools.pairwise(ports)]
     if max(steps) > MAX_DELTA:
         return NatKind("random", None, observed)
