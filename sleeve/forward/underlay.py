@@ -24,7 +24,6 @@ on the link with its errno and never raises; EMSGSIZE tells the link's PMTU prob
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import socket
@@ -35,8 +34,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from sleeve.capture.base import BATCH
+from sleeve.forward.sockopts import attach_junk_filter, route_mtu, route_source, set_buffers
 from sleeve.links.link import Link
-from sleeve.proto import datagram as dg
 from sleeve.proto.pmtu import COMPLETE as PMTU_COMPLETE
 from sleeve.proto.pmtu import Probe, probe_record
 from sleeve.proto.stats import Counters
@@ -44,21 +43,7 @@ from sleeve.proto.stats import Counters
 log = logging.getLogger("sleeve")
 
 UDP_BUFFER = 4 << 20  # the anchors show loss happens where the receiver's UDP buffer overflows
-SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>; not in Python's socket
-SO_ATTACH_FILTER, SO_MEMINFO, SK_MEMINFO_DROPS, SK_MEMINFO_VARS = 26, 55, 8, 9
-# The cheap stateless check: a classic BPF socket filter drops, in the kernel, every
-# datagram that cannot be ours: shorter than a header and a tag, or not type 1 version 1
-# (proto.datagram). Junk then costs no system call, no wake-up and no Python at all;
-# what it drops is counted by the kernel (SK_MEMINFO_DROPS, shown as
-# ``udp_kernel_drops``). A socket filter sees the UDP header first: payload at 8.
-_JUNK_FILTER = b"".join(struct.pack("HBBI", *insn) for insn in (
-    (0x80, 0, 0, 0),  # A = length (UDP header + payload)
-    (0x35, 0, 3, 8 + dg.HEADER_LEN + dg.TAG_LEN),  # A >= 40 ? next : drop
-    (0x28, 0, 0, 8),  # A = the payload's first 16 bits: type, version
-    (0x15, 0, 1, dg.TYPE_DATA << 8 | dg.VERSION),  # A == 0x0101 ? accept : drop
-    (0x06, 0, 0, 0xFFFFFFFF),  # accept the whole datagram
-    (0x06, 0, 0, 0),  # drop
-))
+SO_MEMINFO, SK_MEMINFO_DROPS, SK_MEMINFO_VARS = 55, 8, 9
 IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2  # <linux/in.h>; Python 3.11's socket lacks them
 IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO = 23, 2  # <linux/in6.h>
 # UDP segmentation offloads (<linux/udp.h>; Python 3.11's socket lacks the names). GSO: one
@@ -75,7 +60,6 @@ GRO_CMSG_SPACE = socket.CMSG_SPACE(4)  # the gso_size int
 # "UDP longer than N" (a PMTU black hole) drops the whole run although each datagram fits.
 # So a link uses GSO only once a full-size run of PMTU probes got an ack over its current
 # path (endpoint and path MTU); until then, and after either changes, one send per datagram.
-IP_MTU, IPV6_MTU = 14, 24  # <linux/in.h>, <linux/in6.h>: a connected socket's route MTU
 ROUTE_CHECK = 60.0  # how often a link's route MTU is read again (routes and PMTUs change)
 # Jumbo frames top out near 9216 on common hardware; bigger route MTUs (loopback, some
 # virtual devices) would only make every datagram, reassembly and buffer bigger.
@@ -93,6 +77,7 @@ IPV6_RECVPKTINFO, IPV6_PKTINFO = 49, 50
 PKTINFO_CMSG_SPACE = socket.CMSG_SPACE(20)
 _NO_SOURCE = (errno.EINVAL, errno.ENETUNREACH, errno.EADDRNOTAVAIL)
 RECV_CMSG_SPACE = GRO_CMSG_SPACE + PKTINFO_CMSG_SPACE
+AWAIT_PEER = 2.0  # s an inbound link waits for the peer's first datagram (link_socket)
 
 
 class Receiver(Protocol):
@@ -197,11 +182,20 @@ class Underlay:
         pinned = self.pinned.get(link)
         if pinned is not None and link.endpoint_learnt:
             return pinned  # punched through on a spray socket: the NAT mapping is its
-        if link.virtual and not link.endpoint_learnt:
-            # Still punching: a datagram reaching the peer's NAT before the peer's own
-            # mapping exists would spoil the punch. Only the traversal part sends then.
-            link.stats.inc("drop_punching")
-            return None
+        if not link.endpoint_learnt:
+            if link.virtual:
+                # Still punching: a datagram reaching the peer's NAT before the peer's own
+                # mapping exists would spoil the punch. Only the traversal part sends then.
+                link.stats.inc("drop_punching")
+                return None
+            if not link.outbound and time.monotonic() - link.established_at < AWAIT_PEER:
+                # The peer dialled us, so its first datagram tells where it is. Ours to
+                # the guess (its TCP address, its announced port) could reach its NAT
+                # before its own mapping exists and move that mapping to a random port
+                # (a conntrack clash: docs/nat-behaviour.md), spoiling what every peer
+                # sees of it (traversal.predict). After AWAIT_PEER s we try the guess.
+                link.stats.inc("drop_awaiting_peer")
+                return None
         sock = self.udp6 if link.v6 else self.udp
         if sock is None:
             link.stats.inc("drop_no_socket_for_family")  # e.g. an IPv6 peer, IPv4-only here
@@ -551,50 +545,3 @@ class Underlay:
         self.gso_off.clear()
         self.gro_on.clear()
         self.pktinfo_on.clear()
-
-
-def route_mtu(endpoint: tuple[str, int], v6: bool) -> int | None:
-    """The MTU of the route to ``endpoint`` (None when there is none, or no such family)."""
-    family, level, opt = ((socket.AF_INET6, socket.IPPROTO_IPV6, IPV6_MTU) if v6
-                          else (socket.AF_INET, socket.IPPROTO_IP, IP_MTU))
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
-            s.connect(endpoint)
-            return int(s.getsockopt(level, opt))
-    except OSError:
-        return None
-
-
-def route_source(endpoint: tuple[str, int], v6: bool) -> bytes | None:
-    """The source address (packed) the route to ``endpoint`` picks; None without a route."""
-    family = socket.AF_INET6 if v6 else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
-            s.connect(endpoint)  # a route lookup; nothing is sent
-            return socket.inet_pton(family, s.getsockname()[0])
-    except OSError:
-        return None
-
-
-def set_buffers(s: socket.socket, size: int) -> None:
-    """Receive and send buffers of ``size`` bytes, past rmem_max/wmem_max where we may.
-
-    Without CAP_NET_ADMIN the kernel silently caps SO_RCVBUF at net.core.rmem_max (often
-    208 KiB), where bursts overflow and are lost; the FORCE variants ignore that cap
-    for root. Unprivileged, the capped size is what we get.
-    """
-    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
-        try:
-            s.setsockopt(socket.SOL_SOCKET, force, size)
-        except OSError:  # EPERM: not root (or no CAP_NET_ADMIN)
-            s.setsockopt(socket.SOL_SOCKET, plain, size)
-
-
-def attach_junk_filter(s: socket.socket) -> None:
-    """Attach ``_JUNK_FILTER`` to ``s`` (the kernel copies the program at once)."""
-    prog = ctypes.create_string_buffer(_JUNK_FILTER, len(_JUNK_FILTER))
-    fprog = struct.pack("HL", len(_JUNK_FILTER) // 8, ctypes.addressof(prog))
-    try:
-        s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-    except OSError as e:  # no socket filters (unusual): Python checks every datagram
-        log.info("no socket filter for junk datagrams: %s", e.strerror)

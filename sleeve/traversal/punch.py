@@ -345,7 +345,10 @@ class Traversal:
         if att.pred is not None and send and not att.plan.opener:
             out += [(ep, None) for ep in att.pred.endpoints() if ep not in eps]
         elif att.sprayer is not None and age >= plan.OPEN_TIME:
-            out += [((att.sprayer.host, p), None) for p in att.sprayer.next()]
+            ports = att.sprayer.next()
+            out += [((att.sprayer.host, p), None) for p in ports]
+            if ports and att.sprayer.sent in (len(ports), spray.PROBES):
+                log.info("hole punching to %s: %s", link.name, att.sprayer.describe())
         for ep, hops in out:
             self.underlay.send_ttl(link, ep, link.session.seal(link.heartbeat_record(now)), hops)
         if att.spray_role == "open" and age >= att.next_keep:
@@ -357,6 +360,8 @@ class Traversal:
         endpoint, hop-limited (they must not reach the far NAT), refreshed now and then."""
         if not att.spray_sockets:
             att.spray_sockets = self.underlay.open_spray(link, spray.SOCKETS)
+            log.info("hole punching to %s: %d spray sockets open, keepalives to %s",
+                     link.name, att.spray_sockets, ", ".join(f"{h}:{p}" for h, p in eps))
         att.next_keep = age + spray.KEEP_EVERY
         for sock in self.underlay.spray_sockets(link):
             for ep in eps:
