@@ -143,27 +143,3 @@ def test_the_far_side_crosses_to_the_predicted_ports() -> None:
     tr.on_cand(link, {"t": "cand", "eps": [], "pred": [PUB, 40002, 99]})  # type: ignore
     assert tr.drops["bad_cand"] == 1
 
-
-def test_an_inbound_link_waits_for_the_peers_first_datagram_before_guessing() -> None:
-    """What peers see of us is only worth something if their datagrams did not move our
-    NAT's mapping first: the side that was dialled does not send to its guess at once."""
-    import socket
-
-    from sleeve.forward import underlay as ul
-    from sleeve.links.fake import fake_link
-    from sleeve.proto.stats import Counters
-
-    u = ul.Underlay(Counters(), Counters(), offload=False)
-    u.open(socket.AF_INET, "127.0.0.1", 0)
-    try:
-        dialled, dialler = fake_link(outbound=False), fake_link(outbound=True)
-        assert u.link_socket(dialler) is u.udp  # the dialler knows where we are
-        assert u.link_socket(dialled) is None
-        assert dialled.stats["drop_awaiting_peer"] == 1
-        dialled.endpoint_learnt = True  # its first datagram came
-        assert u.link_socket(dialled) is u.udp
-        late = fake_link(outbound=False)
-        late.established_at -= ul.AWAIT_PEER + 0.1  # nothing came: try the guess
-        assert u.link_socket(late) is u.udp
-    finally:
-        u.close()

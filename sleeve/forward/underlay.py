@@ -77,7 +77,6 @@ IPV6_RECVPKTINFO, IPV6_PKTINFO = 49, 50
 PKTINFO_CMSG_SPACE = socket.CMSG_SPACE(20)
 _NO_SOURCE = (errno.EINVAL, errno.ENETUNREACH, errno.EADDRNOTAVAIL)
 RECV_CMSG_SPACE = GRO_CMSG_SPACE + PKTINFO_CMSG_SPACE
-AWAIT_PEER = 2.0  # s an inbound link waits for the peer's first datagram (link_socket)
 
 
 class Receiver(Protocol):
@@ -182,20 +181,11 @@ class Underlay:
         pinned = self.pinned.get(link)
         if pinned is not None and link.endpoint_learnt:
             return pinned  # punched through on a spray socket: the NAT mapping is its
-        if not link.endpoint_learnt:
-            if link.virtual:
-                # Still punching: a datagram reaching the peer's NAT before the peer's own
-                # mapping exists would spoil the punch. Only the traversal part sends then.
-                link.stats.inc("drop_punching")
-                return None
-            if not link.outbound and time.monotonic() - link.established_at < AWAIT_PEER:
-                # The peer dialled us, so its first datagram tells where it is. Ours to
-                # the guess (its TCP address, its announced port) could reach its NAT
-                # before its own mapping exists and move that mapping to a random port
-                # (a conntrack clash: docs/nat-behaviour.md), spoiling what every peer
-                # sees of it (traversal.predict). After AWAIT_PEER s we try the guess.
-                link.stats.inc("drop_awaiting_peer")
-                return None
+        if link.virtual and not link.endpoint_learnt:
+            # Still punching: a datagram reaching the peer's NAT before the peer's own
+            # mapping exists would spoil the punch. Only the traversal part sends then.
+            link.stats.inc("drop_punching")
+            return None
         sock = self.udp6 if link.v6 else self.udp
         if sock is None:
             link.stats.inc("drop_no_socket_for_family")  # e.g. an IPv6 peer, IPv4-only here

@@ -63,3 +63,17 @@ def udp_mappings(gw: Host, inside_ip: str, sport: int) -> dict[int, int]:
                          r"sport=\d+ dport=(\d+)", out):
         got[int(m.group(1))] = int(m.group(2))
     return got
+
+
+def drop_unsolicited(gw: Host, outside_if: str) -> None:
+    """Drop what arrives for ``gw`` itself from outside and belongs to no flow (as home
+    routers do). Dropped in the input hook, such a datagram's conntrack entry is never
+    confirmed, so it cannot clash with a mapping made later: without this, a public
+    peer's first heartbeat, reaching the NAT before the inside host's own datagram,
+    moves that host's mapping to a random port (what ``Lab.nat`` alone shows)."""
+    check_ifname(outside_if)
+    gw.nft(
+        "add table ip slv_nat_in\n"
+        "add chain ip slv_nat_in input { type filter hook input priority 0; }\n"
+        f'add rule ip slv_nat_in input iifname "{outside_if}" ct state new drop\n'
+    )
