@@ -141,7 +141,7 @@ class Node:
         self.table.on_down(self.traversal.link_down)
         for kind, fn in (("udp_ok", self.table.on_control), ("udp_lost", self.table.on_control),
                          ("d", self.ingress.on_tcp_data), ("via", self.traversal.on_via),
-                         ("cand", self.traversal.on_cand),
+                         ("cand", self.traversal.on_cand), ("seen", self.traversal.on_seen),
                          ("topo", self.gossip.on_topo), ("g", self.gossip.on_message)):
             self.conns.handle(kind, fn)
         self._next_mesh = 0.0
@@ -207,6 +207,14 @@ class Node:
             for sock in self.underlay.sockets():
                 loop.add_reader(sock.fileno(), self.underlay.on_readable, sock, self.ingress)
                 stack.callback(loop.remove_reader, sock.fileno())
+            # spray sockets (traversal.spray) come and go while running
+            self.underlay.watch = lambda s: loop.add_reader(
+                s.fileno(), self.underlay.on_readable, s, self.ingress)
+
+            def unwatch(s: socket.socket) -> None:
+                loop.remove_reader(s.fileno())
+            self.underlay.unwatch = unwatch
+            stack.callback(self.underlay.close_extras)
             stack.callback(self.table.close_all)
             if self.dialler.targets:
                 self.dialler.save()

@@ -13,6 +13,7 @@ Needs root and network namespaces; fails (never skips) without them.
 from __future__ import annotations
 
 import os
+import pathlib
 import re
 import shutil
 import sys
@@ -76,6 +77,32 @@ def mapped_port(gw: Host, inside_ip: str, sport: int) -> int | None:
     return int(m.group(2)) if m else None
 
 
+def direct_transfer(r1: Router, r2: Router, rs: Router, nats: tuple[str, str],
+                    gw1: tuple[Host, str], h2_ov: str,
+                    cap_file: pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """r1 and r2 (behind NATs nats[0], nats[1]) send to each other's NAT over UDP, and a
+    10 MB transfer r1 -> r2 (at ``h2_ov``) crosses between the NATs (captured on r1's
+    gateway, ``gw1`` = (host, outside interface)), next to nothing relayed by ``rs``."""
+    n1, n2 = r1.status()["name"], r2.status()["name"]
+    c1, c2 = link_to(r1.status(), n2), link_to(r2.status(), n1)
+    assert c1 is not None and c2 is not None
+    print(f"h1 sends to {c1['udp']}, h2 to {c2['udp']}")
+    # each sends to the other's NAT (not via s), over UDP
+    assert c1["udp"].startswith(nats[1] + ":") and c1["path"] == "sleeve"
+    assert c2["udp"].startswith(nats[0] + ":") and c2["path"] == "sleeve"
+    r1.wait(lambda st: next(r for r in st["routes"] if r["destination"] == n2)["via"]
+            == n2, 10, "direct route h1-h2")
+    cap = Capture(gw1[0], gw1[1], f"udp and host {nats[0]} and host {nats[1]}", cap_file)
+    before = rs.status()["counters"].get("relayed_frames", 0)
+    n = 10_000_000
+    assert tcp_transfer(r1.host, r2.host, h2_ov, n)[:2] == (n, expected_digest(n, "sleeve"))
+    relayed = rs.status()["counters"].get("relayed_frames", 0) - before
+    seen = cap.count()
+    print(f"10 MB h1->h2: datagrams between the NATs {seen}, frames relayed by s {relayed}")
+    assert seen >= 100 and relayed < 50
+    return c1, c2
+
+
 def test_adjacent_nats_premise() -> None:
     """What the punch plan relies on, checked against the kernel (issue 24's hypothesis).
 
@@ -125,24 +152,8 @@ def test_adjacent_nats_punch_a_direct_link() -> None:
             for r in (r1, r2):
                 print(r.host.name, r.status().get("traversal"), r.log()[-2500:])
             raise
-        took = time.monotonic() - t
-        c1, c2 = link_to(r1.status(), n2), link_to(r2.status(), n1)
-        assert c1 is not None and c2 is not None
-        print(f"\nadjacent NATs: direct link after {took:.1f}s; h1 sends to {c1['udp']}, "
-              f"h2 to {c2['udp']}")
-        # each sends to the other's NAT (not via s), over UDP
-        assert c1["udp"].startswith(NAT2 + ":") and c1["path"] == "sleeve"
-        assert c2["udp"].startswith(NAT1 + ":") and c2["path"] == "sleeve"
-        r1.wait(lambda st: next(r for r in st["routes"] if r["destination"] == n2)["via"]
-                == n2, 10, "direct route h1-h2")
-        cap = Capture(gw1, gw1_out, f"udp and host {NAT1} and host {NAT2}", wd / "cap-adj.txt")
-        before = rs.status()["counters"].get("relayed_frames", 0)
-        n = 10_000_000
-        assert tcp_transfer(h1, h2, H2_OV, n)[:2] == (n, expected_digest(n, "sleeve"))
-        relayed = rs.status()["counters"].get("relayed_frames", 0) - before
-        seen = cap.count()
-        print(f"10 MB h1->h2: datagrams between the NATs {seen}, frames relayed by s {relayed}")
-        assert seen >= 100 and relayed < 50
+        print(f"\nadjacent NATs: direct link after {time.monotonic() - t:.1f}s")
+        direct_transfer(r1, r2, rs, (NAT1, NAT2), (gw1, gw1_out), H2_OV, wd / "cap-adj.txt")
         # the attempts and the success are counted, and status says what was tried
         ctr = [r.status()["counters"] for r in (r1, r2)]
         assert sum(c.get("punch_attempts", 0) for c in ctr) >= 1

@@ -68,9 +68,31 @@ class FakeUnderlay:
         self.sent: list[tuple[tuple[str, int], int | None]] = []
         self.udp = SimpleNamespace(getsockname=lambda: ("0.0.0.0", 6783))
         self.udp6 = None
+        self.spray: dict[Any, Any] = {}
+        self.pinned: dict[Any, Any] = {}
+        self.from_spray: list[tuple[Any, tuple[str, int], int | None]] = []
 
-    def send_ttl(self, link: Any, ep: tuple[str, int], data: bytes, ttl: int | None) -> None:
+    def send_ttl(self, link: Any, ep: tuple[str, int], data: bytes, ttl: int | None,
+                 sock: Any = None) -> None:
         self.sent.append((ep, ttl))
+        if sock is not None:
+            self.from_spray.append((sock, ep, ttl))
+
+    # traversal.spray's sockets (forward.underlay), as objects
+    def open_spray(self, link: Any, n: int) -> int:
+        self.spray.update({object(): link for _ in range(n)})
+        return n
+
+    def spray_sockets(self, link: Any) -> list[Any]:
+        return [s for s, lk in self.spray.items() if lk is link]
+
+    def close_spray(self, link: Any) -> None:
+        for s in self.spray_sockets(link):
+            del self.spray[s]
+
+    def release(self, link: Any) -> None:
+        self.close_spray(link)
+        self.pinned.pop(link, None)
 
 
 def rig() -> tuple[Traversal, FakeTable, FakeUnderlay, list[bytes]]:

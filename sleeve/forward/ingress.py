@@ -169,6 +169,8 @@ class Ingress:
         src = self.underlay.rx_src  # the local address it came to: we answer from it
         if src != link.rx_src:
             self.underlay.set_source(link, src)
+        if self.underlay.rx_extra is not None:  # a spray socket (traversal.spray)
+            self.underlay.pin(link)
         link.endpoint_learnt = True
         self.links.heard(link, now)
 

@@ -24,18 +24,18 @@ on the link with its errno and never raises; EMSGSIZE tells the link's PMTU prob
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from sleeve.capture.base import BATCH
+from sleeve.forward.sockopts import attach_junk_filter, route_mtu, route_source, set_buffers
 from sleeve.links.link import Link
-from sleeve.proto import datagram as dg
 from sleeve.proto.pmtu import COMPLETE as PMTU_COMPLETE
 from sleeve.proto.pmtu import Probe, probe_record
 from sleeve.proto.stats import Counters
@@ -43,21 +43,7 @@ from sleeve.proto.stats import Counters
 log = logging.getLogger("sleeve")
 
 UDP_BUFFER = 4 << 20  # the anchors show loss happens where the receiver's UDP buffer overflows
-SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>; not in Python's socket
-SO_ATTACH_FILTER, SO_MEMINFO, SK_MEMINFO_DROPS, SK_MEMINFO_VARS = 26, 55, 8, 9
-# The cheap stateless check: a classic BPF socket filter drops, in the kernel, every
-# datagram that cannot be ours: shorter than a header and a tag, or not type 1 version 1
-# (proto.datagram). Junk then costs no system call, no wake-up and no Python at all;
-# what it drops is counted by the kernel (SK_MEMINFO_DROPS, shown as
-# ``udp_kernel_drops``). A socket filter sees the UDP header first: payload at 8.
-_JUNK_FILTER = b"".join(struct.pack("HBBI", *insn) for insn in (
-    (0x80, 0, 0, 0),  # A = length (UDP header + payload)
-    (0x35, 0, 3, 8 + dg.HEADER_LEN + dg.TAG_LEN),  # A >= 40 ? next : drop
-    (0x28, 0, 0, 8),  # A = the payload's first 16 bits: type, version
-    (0x15, 0, 1, dg.TYPE_DATA << 8 | dg.VERSION),  # A == 0x0101 ? accept : drop
-    (0x06, 0, 0, 0xFFFFFFFF),  # accept the whole datagram
-    (0x06, 0, 0, 0),  # drop
-))
+SO_MEMINFO, SK_MEMINFO_DROPS, SK_MEMINFO_VARS = 55, 8, 9
 IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2  # <linux/in.h>; Python 3.11's socket lacks them
 IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO = 23, 2  # <linux/in6.h>
 # UDP segmentation offloads (<linux/udp.h>; Python 3.11's socket lacks the names). GSO: one
@@ -74,7 +60,6 @@ GRO_CMSG_SPACE = socket.CMSG_SPACE(4)  # the gso_size int
 # "UDP longer than N" (a PMTU black hole) drops the whole run although each datagram fits.
 # So a link uses GSO only once a full-size run of PMTU probes got an ack over its current
 # path (endpoint and path MTU); until then, and after either changes, one send per datagram.
-IP_MTU, IPV6_MTU = 14, 24  # <linux/in.h>, <linux/in6.h>: a connected socket's route MTU
 ROUTE_CHECK = 60.0  # how often a link's route MTU is read again (routes and PMTUs change)
 # Jumbo frames top out near 9216 on common hardware; bigger route MTUs (loopback, some
 # virtual devices) would only make every datagram, reassembly and buffer bigger.
@@ -119,6 +104,16 @@ class Underlay:
         # The local address (pktinfo as received) the datagram being handed to the
         # receiver arrived on; None on a socket bound to one address.
         self.rx_src: bytes | None = None
+        # Extra sockets (traversal.spray): a punching link's spray sockets, and the one a
+        # punched link keeps (``pinned``: its datagrams leave from it). ``rx_extra`` is the
+        # extra socket being read (None: one of ours above), for ingress to ``pin``.
+        self.spray: dict[socket.socket, Link] = {}
+        self.pinned: dict[Link, socket.socket] = {}
+        self.rx_extra: socket.socket | None = None
+        self.extra: set[socket.socket] = set()  # both kinds: what on_readable checks
+        # the node's loop reads an extra socket from watch() until unwatch()
+        self.watch: Callable[[socket.socket], None] = lambda s: None
+        self.unwatch: Callable[[socket.socket], None] = lambda s: None
 
     def open(self, family: int, addr: str, port: int) -> socket.socket:
         s = socket.socket(family, socket.SOCK_DGRAM)
@@ -183,6 +178,9 @@ class Underlay:
             self.sendto(link, sock, link.session.seal(body))
 
     def link_socket(self, link: Link) -> socket.socket | None:
+        pinned = self.pinned.get(link)
+        if pinned is not None and link.endpoint_learnt:
+            return pinned  # punched through on a spray socket: the NAT mapping is its
         if link.virtual and not link.endpoint_learnt:
             # Still punching: a datagram reaching the peer's NAT before the peer's own
             # mapping exists would spoil the punch. Only the traversal part sends then.
@@ -212,10 +210,13 @@ class Underlay:
         link.stats.inc("tx_bytes", len(data))
         return True
 
-    def send_ttl(self, link: Link, ep: tuple[str, int], data: bytes, ttl: int | None) -> None:
-        """One datagram to ``ep`` with a hop limit (hole punching), counted on the link."""
+    def send_ttl(self, link: Link, ep: tuple[str, int], data: bytes, ttl: int | None,
+                 sock: socket.socket | None = None) -> None:
+        """One datagram to ``ep`` with a hop limit (hole punching), counted on the link;
+        from ``sock`` (a spray socket) or our socket for the family."""
         host = ep[0]
-        sock = self.udp6 if ":" in host else self.udp
+        if sock is None:
+            sock = self.udp6 if ":" in host else self.udp
         if sock is None:
             return
         try:
@@ -388,9 +389,11 @@ class Underlay:
     # ------------------------------------------------------------------ receiving
     def on_readable(self, sock: socket.socket, rx: Receiver) -> None:
         if sock in self.gro_on or sock in self.pktinfo_on:
+            self.rx_extra = None
             self._on_readable_msg(sock, rx)
             return
         self.rx_src = None  # a plain socket's datagrams must not inherit another's pktinfo
+        self.rx_extra = sock if sock in self.extra else None
         recv = sock.recvfrom
         try:
             for _ in range(BATCH):
@@ -456,57 +459,82 @@ class Underlay:
         finally:
             rx.after_batch()
 
+    # ------------------------------------------------------------------ extra sockets
+    def open_spray(self, link: Link, n: int) -> int:
+        """Open ``n`` extra IPv4 sockets (random local ports) for ``link``'s spray; the
+        loop reads them. Returns how many opened (fewer when the system refuses fds)."""
+        opened = 0
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                attach_junk_filter(s)
+                s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+                s.bind(("0.0.0.0", 0))
+                s.setblocking(False)
+                self.watch(s)
+            except OSError as e:  # out of fds or ports: spray with what we have
+                s.close()
+                self.stats.inc("spray_socket_errors")
+                log.info("spray: cannot open socket %d of %d: %s", opened + 1, n, e.strerror)
+                break
+            self.spray[s] = link
+            self.extra.add(s)
+            opened += 1
+        return opened
+
+    def spray_sockets(self, link: Link) -> list[socket.socket]:
+        return [s for s, lk in self.spray.items() if lk is link]
+
+    def pin(self, link: Link) -> None:
+        """An authenticated datagram of ``link`` arrived on the extra socket being read:
+        if it is one of the link's spray sockets, the link keeps it (the NAT mapping the
+        probe found is that socket's) and the other spray sockets close."""
+        sock = self.rx_extra
+        if sock is None or self.pinned.get(link) is sock:
+            return
+        if self.spray.get(sock) is not link:
+            self.drops.inc("spray_wrong_socket")  # another link's socket: do not move
+            return
+        del self.spray[sock]
+        old = self.pinned.pop(link, None)
+        if old is not None:
+            self._close_extra(old)
+        self.pinned[link] = sock
+        link.stats.inc("spray_pinned")
+        self.close_spray(link)
+
+    def close_spray(self, link: Link) -> None:
+        """Close ``link``'s spray sockets (not the one it keeps)."""
+        for s in self.spray_sockets(link):
+            del self.spray[s]
+            self._close_extra(s)
+
+    def release(self, link: Link) -> None:
+        """``link`` is gone: its spray sockets and the one it kept close."""
+        self.close_spray(link)
+        sock = self.pinned.pop(link, None)
+        if sock is not None:
+            self._close_extra(sock)
+
+    def _close_extra(self, s: socket.socket) -> None:
+        self.extra.discard(s)
+        try:
+            self.unwatch(s)
+        finally:
+            s.close()
+
+    def close_extras(self) -> None:
+        """Close every extra socket (the router is stopping)."""
+        for s in [*self.spray, *self.pinned.values()]:
+            self._close_extra(s)
+        self.spray.clear()
+        self.pinned.clear()
+
     def close(self) -> None:
+        self.close_extras()
         for s in self.sockets():
             s.close()
         self.udp = self.udp6 = None
         self.gso_off.clear()
         self.gro_on.clear()
         self.pktinfo_on.clear()
-
-
-def route_mtu(endpoint: tuple[str, int], v6: bool) -> int | None:
-    """The MTU of the route to ``endpoint`` (None when there is none, or no such family)."""
-    family, level, opt = ((socket.AF_INET6, socket.IPPROTO_IPV6, IPV6_MTU) if v6
-                          else (socket.AF_INET, socket.IPPROTO_IP, IP_MTU))
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
-            s.connect(endpoint)
-            return int(s.getsockopt(level, opt))
-    except OSError:
-        return None
-
-
-def route_source(endpoint: tuple[str, int], v6: bool) -> bytes | None:
-    """The source address (packed) the route to ``endpoint`` picks; None without a route."""
-    family = socket.AF_INET6 if v6 else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
-            s.connect(endpoint)  # a route lookup; nothing is sent
-            return socket.inet_pton(family, s.getsockname()[0])
-    except OSError:
-        return None
-
-
-def set_buffers(s: socket.socket, size: int) -> None:
-    """Receive and send buffers of ``size`` bytes, past rmem_max/wmem_max where we may.
-
-    Without CAP_NET_ADMIN the kernel silently caps SO_RCVBUF at net.core.rmem_max (often
-    208 KiB), where bursts overflow and are lost; the FORCE variants ignore that cap
-    for root. Unprivileged, the capped size is what we get.
-    """
-    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
-        try:
-            s.setsockopt(socket.SOL_SOCKET, force, size)
-        except OSError:  # EPERM: not root (or no CAP_NET_ADMIN)
-            s.setsockopt(socket.SOL_SOCKET, plain, size)
-
-
-def attach_junk_filter(s: socket.socket) -> None:
-    """Attach ``_JUNK_FILTER`` to ``s`` (the kernel copies the program at once)."""
-    prog = ctypes.create_string_buffer(_JUNK_FILTER, len(_JUNK_FILTER))
-    fprog = struct.pack("HL", len(_JUNK_FILTER) // 8, ctypes.addressof(prog))
-    try:
-        s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-    except OSError as e:  # no socket filters (unusual): Python checks every datagram
-        log.info("no socket filter for junk datagrams: %s", e.strerror)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -37,9 +38,11 @@ from sleeve.links.link import Link
 from sleeve.links.table import LinkTable
 from sleeve.proto.stats import Counters
 from sleeve.proto.topology import Topology
-from sleeve.traversal import candidates, plan
+from sleeve.traversal import candidates, plan, predict, spray
 from sleeve.traversal.plan import Plan
+from sleeve.traversal.predict import Prediction
 from sleeve.traversal.relay import RelayWriter
+from sleeve.traversal.spray import Sprayer
 
 log = logging.getLogger("sleeve")
 
@@ -64,6 +67,13 @@ class Attempt:
     result: str = ""  # "" while punching
     lan: list[candidates.Endpoint] = field(default_factory=list)  # the peer's LAN endpoints
     mapped: list[candidates.Endpoint] = field(default_factory=list)  # its gateway's mapping
+    ours: Prediction | None = None  # our NAT changes ports: where it goes next (announced)
+    pred: Prediction | None = None  # the peer's announced prediction: we probe it
+    index_plan: Plan | None = None  # the roles the session indexes give
+    spray_role: str = ""  # traversal.spray role: "open" (our NAT is random), "probe" or ""
+    sprayer: Sprayer | None = None  # our probes, when we spray
+    spray_sockets: int = 0  # sockets we opened, when the peer sprays
+    next_keep: float = 0.0  # age at which our spray sockets refresh their mappings
 
 
 @dataclass
@@ -103,28 +113,16 @@ class Traversal:
         self.peers: dict[bytes, PeerPunch] = {}  # only peers in the topology: bounded
         # streams we relay as mediator, (from, to): told "fin" when either end leaves
         self._via_pairs: dict[tuple[bytes, bytes], None] = {}
+        self.obs = predict.Observations()  # what peers see of our UDP endpoint
 
     # ------------------------------------------------------------------ starting attempts
     def tick(self, now: float) -> None:
         """Follow every relayed link's attempt: punch, notice success, give up (every tick)."""
+        self.tell_seen()
         for link in self.links:
             if not link.virtual:
                 continue
-            rec = self.peers.get(link.peer)
-            if rec is None:
-                rec = self.peers[link.peer] = PeerPunch(now + PUNCH_GRACE)
-            att = rec.tried[-1] if rec.tried else None
-            if att is None or att.link is not link:
-                if att is not None and not att.result:
-                    self._ended(rec, att, now, "relayed connection closed")
-                rec.attempts += 1
-                self.stats.inc("punch_attempts")
-                p = plan.plan_for(self.me < link.peer, link.session.local_index,
-                                  link.session.remote_index, rec.attempts)
-                att = Attempt(rec.attempts, now, p, link)
-                rec.tried.append(att)
-                log.info("hole punching to %s: attempt %d, %s", link.name, att.n, p.describe())
-                self._send_candidates(link)
+            rec, att = self._attempt_for(link, now)
             if att.result:
                 continue  # punched: an ordinary direct link now
             if link.endpoint_learnt:
@@ -132,17 +130,86 @@ class Traversal:
                 rec.successes += 1
                 rec.failures = 0
                 self.stats.inc("punch_successes")
+                if self._by_prediction(link, att):
+                    att.result += f", at {'our' if att.ours else 'its'} predicted port"
+                    self.stats.inc("punch_predict_successes")
+                elif self._by_spray(link, att):
+                    att.result += (", on our spray socket" if att.spray_role == "open"
+                                   else ", at a sprayed port")
+                    self.stats.inc("punch_spray_successes")
+                self.underlay.close_spray(link)
                 log.info("hole punched to %s: %s (%s)", link.name, att.result,
                          att.plan.describe())
                 continue
             self._punch_send(link, rec, att, now)
         for rec in self.peers.values():  # attempts whose relayed connection went away
-            att = rec.current
-            if att is not None and att.link is not None and self.links.get(
-                    att.link.peer) is not att.link:
-                self._ended(rec, att, now, "relayed connection closed")
+            cur = rec.current
+            if cur is not None and cur.link is not None and self.links.get(
+                    cur.link.peer) is not cur.link:
+                self._ended(rec, cur, now, "relayed connection closed")
 
-    def _send_candidates(self, link: Link) -> None:
+    def _attempt_for(self, link: Link, now: float) -> tuple[PeerPunch, Attempt]:
+        """The attempt on relayed ``link``, begun now if it is new."""
+        rec = self.peers.get(link.peer)
+        if rec is None:
+            rec = self.peers[link.peer] = PeerPunch(now + PUNCH_GRACE)
+        att = rec.tried[-1] if rec.tried else None
+        if att is not None and att.link is link:
+            return rec, att
+        if att is not None and not att.result:
+            self._ended(rec, att, now, "relayed connection closed")
+        rec.attempts += 1
+        self.stats.inc("punch_attempts")
+        p = plan.plan_for(self.me < link.peer, link.session.local_index,
+                          link.session.remote_index, rec.attempts)
+        att = Attempt(rec.attempts, now, p, link, index_plan=p)
+        att.ours = self.nat().prediction
+        if att.ours is not None:
+            # Our NAT gives this attempt's flow a port no one saw: we open it first
+            # (hop-limited: nothing reaches the far NAT), the peer crosses to the
+            # predicted ports (traversal.predict).
+            att.plan = Plan(True, p.hops)
+            self.stats.inc("punch_predict_attempts")
+        rec.tried.append(att)
+        log.info("hole punching to %s: attempt %d, %s%s", link.name, att.n, att.plan.describe(),
+                 f"; our NAT changes ports, predicted {att.ours.describe()}" if att.ours else "")
+        self._send_candidates(link, att.ours)
+        return rec, att
+
+    @staticmethod
+    def _by_prediction(link: Link, att: Attempt) -> bool:
+        """Whether the punched path is one only the prediction could find."""
+        if att.pred is not None and link.endpoint in att.pred.endpoints():
+            return True
+        return att.ours is not None and link.endpoint not in att.lan + att.mapped
+
+    def _by_spray(self, link: Link, att: Attempt) -> bool:
+        """Whether the punched path is one the spray found."""
+        if att.spray_role == "open":
+            return link in self.underlay.pinned
+        sp = att.sprayer
+        return sp is not None and link.endpoint[0] == sp.host and sp.probed(link.endpoint[1])
+
+    def nat(self) -> predict.NatKind:
+        """Our NAT's behaviour, from what the linked peers see of our UDP endpoint."""
+        sock = self.underlay.udp
+        return self.obs.nat(sock.getsockname()[1] if sock is not None else 0)
+
+    def tell_seen(self) -> None:
+        """Tell each peer whose datagrams we hear the UDP source we see for it (predict)."""
+        for link in self.links:
+            if link.endpoint_learnt and self.obs.to_tell(link.peer, link.endpoint):
+                link.send_control({"t": "seen", "ep": [link.endpoint[0], link.endpoint[1]]})
+
+    def on_seen(self, link: Link, m: dict[str, Any]) -> None:
+        """A peer says where it sees our UDP endpoint (authenticated: its control link)."""
+        ep = predict.decode_seen(m)
+        if ep is None:
+            self.drops.inc("bad_seen")
+            return
+        self.obs.on_seen(link.peer, link.endpoint[0], ep)
+
+    def _send_candidates(self, link: Link, ours: Prediction | None) -> None:
         """Tell the peer our endpoint on the route to the mediator (our LAN address)."""
         med = self.links.get(link.mediator) if link.mediator is not None else None
         if med is None:
@@ -154,21 +221,58 @@ class Traversal:
             return
         eps = candidates.local_candidate(name, sock.getsockname()[1])
         mapped = self.mapped()
-        if eps or mapped:
-            link.send_control(candidates.encode(eps, [mapped] if mapped else None))
+        m = candidates.encode(eps, [mapped] if mapped else None)
+        m["nat"] = self.nat().kind  # the peer decides with it whether to spray
+        if ours is not None:
+            m["pred"] = ours.encode()
+        link.send_control(m)
 
     def on_cand(self, link: Link, m: dict[str, Any]) -> None:
         """The peer's LAN endpoints for the attempt in progress (dropped otherwise)."""
         eps, mapped = candidates.decode(m), candidates.decode_mapped(m)
-        if eps is None or mapped is None:
+        pred = predict.decode_pred(m)
+        theirs = m.get("nat", "unknown")
+        if eps is None or mapped is None or pred is False or theirs not in spray.KINDS:
             self.drops.inc("bad_cand")
             return
-        rec = self.peers.get(link.peer)
-        att = rec.current if rec is not None else None
-        if att is None or att.link is not link:
+        if not link.virtual or link.endpoint_learnt:
+            self.drops.inc("cand_no_attempt")
+            return
+        # the peer's message may come before our tick saw the link: begin it now
+        _, att = self._attempt_for(link, time.monotonic())
+        if att.result:
             self.drops.inc("cand_no_attempt")
             return
         att.lan, att.mapped = eps, mapped
+        if isinstance(pred, Prediction) and att.pred is None:
+            att.pred = pred
+            # the peer opens its NAT, we cross to its predicted ports; where both NATs
+            # change ports the session indexes pick the roles, as without prediction
+            assert att.index_plan is not None
+            att.plan = Plan(False, att.plan.hops) if att.ours is None else att.index_plan
+            self.stats.inc("punch_predict_attempts")
+            log.info("hole punching to %s: its NAT changes ports; probing %s", link.name,
+                     pred.describe())
+        elif att.ours is None and att.pred is None and not att.spray_role:
+            self._spray_role(link, att, spray.role(self.nat().kind, theirs))
+
+    def _spray_role(self, link: Link, att: Attempt, role: str) -> None:
+        """Take a spray role in this attempt (bounded: MAX_SPRAYS at once)."""
+        busy = sum(1 for r in self.peers.values() if (c := r.current) is not None and c.spray_role)
+        if not role or busy >= spray.MAX_SPRAYS:
+            return
+        if role == "probe":
+            host = candidates.decode({"eps": [[link.endpoint[0], 1]]})
+            if not host:  # no observed address of the peer's NAT to spray at
+                return
+            att.sprayer = Sprayer(host[0][0])
+        att.spray_role = role
+        # the random side opens its mappings first, hop-limited; the other sprays
+        att.plan = Plan(role == "open", att.plan.hops)
+        self.stats.inc("punch_spray_attempts")
+        log.info("hole punching to %s: %s", link.name,
+                 "our NAT draws random ports: opening spray sockets" if role == "open"
+                 else f"its NAT draws random ports: spraying {att.sprayer and att.sprayer.host}")
 
     def _ended(self, rec: PeerPunch, att: Attempt, now: float, result: str) -> None:
         """An attempt failed: count it, and back off (stale NAT entries expire meanwhile)."""
@@ -176,6 +280,8 @@ class Traversal:
         att.result = result
         rec.next_at = now + plan.backoff(rec.failures)
         name = format_peer_id(att.link.peer) if att.link is not None else "?"
+        if att.link is not None:
+            self.underlay.close_spray(att.link)
         att.link = None
         log.info("hole punching to %s failed (%s; %s); next attempt in %.0f s", name,
                  result, att.plan.describe(), rec.next_at - now)
@@ -235,8 +341,32 @@ class Traversal:
         out += [(ep, candidates.LAN_HOPS) for ep in att.lan if ep not in eps]
         # the peer's gateway forwards its mapped port: the full TTL, from the start
         out += [(ep, None) for ep in att.mapped if ep not in eps]
+        # the peer's NAT changes ports: cross to where its next mappings will be
+        if att.pred is not None and send and not att.plan.opener:
+            out += [(ep, None) for ep in att.pred.endpoints() if ep not in eps]
+        elif att.sprayer is not None and age >= plan.OPEN_TIME:
+            ports = att.sprayer.next()
+            out += [((att.sprayer.host, p), None) for p in ports]
+            if ports and att.sprayer.sent in (len(ports), spray.PROBES):
+                log.info("hole punching to %s: %s", link.name, att.sprayer.describe())
         for ep, hops in out:
             self.underlay.send_ttl(link, ep, link.session.seal(link.heartbeat_record(now)), hops)
+        if att.spray_role == "open" and age >= att.next_keep:
+            self._spray_open(link, att, age, sorted(eps), now)
+
+    def _spray_open(self, link: Link, att: Attempt, age: float,
+                    eps: list[candidates.Endpoint], now: float) -> None:
+        """Our NAT draws random ports: many sockets open many mappings to the peer's
+        endpoint, hop-limited (they must not reach the far NAT), refreshed now and then."""
+        if not att.spray_sockets:
+            att.spray_sockets = self.underlay.open_spray(link, spray.SOCKETS)
+            log.info("hole punching to %s: %d spray sockets open, keepalives to %s",
+                     link.name, att.spray_sockets, ", ".join(f"{h}:{p}" for h, p in eps))
+        att.next_keep = age + spray.KEEP_EVERY
+        for sock in self.underlay.spray_sockets(link):
+            for ep in eps:
+                self.underlay.send_ttl(link, ep, link.session.seal(link.heartbeat_record(now)),
+                                       att.plan.hops + 1, sock)
 
     def _mediator_for(self, peer: bytes) -> Link | None:
         for p in sorted(self.links.links):
@@ -357,6 +487,8 @@ class Traversal:
     def link_down(self, link: Link) -> None:
         """A link left: relayed streams through it end, and their other ends are told."""
         peer = link.peer
+        self.obs.forget(peer, still_linked=peer in self.links)
+        self.underlay.release(link)
         for a, b in list(self._via_pairs):
             if peer in (a, b) and peer not in self.links:
                 del self._via_pairs[(a, b)]
@@ -388,10 +520,29 @@ class Traversal:
                 "attempts": rec.attempts, "successes": rec.successes,
                 "failures_in_a_row": rec.failures,
                 "tried": [{"attempt": a.n, "ago_s": round(now - a.started, 1),
-                           "plan": a.plan.describe(), "result": a.result or "punching"}
+                           "plan": a.plan.describe(), "result": a.result or "punching",
+                           "prediction": _predicted(a), "spray": _sprayed(a)}
                           for a in rec.tried],
                 "next_attempt_in_s": (round(max(0.0, rec.next_at - now), 1)
                                       if starter and state == "relayed" else None),
                 "next_attempt_by": "us" if starter else "the peer",
             })
-        return {"enabled": self.enabled, "peers": out}
+        return {"enabled": self.enabled, "nat": self.nat().status(), "peers": out}
+
+
+def _predicted(att: Attempt) -> str | None:
+    """What an attempt tried by port prediction, in words (None: nothing)."""
+    if att.pred is not None:
+        return f"probed the peer's predicted {att.pred.describe()}"
+    if att.ours is not None:
+        return f"announced ours: {att.ours.describe()}"
+    return None
+
+
+def _sprayed(att: Attempt) -> str | None:
+    """What an attempt tried by spraying, in words (None: nothing)."""
+    if att.sprayer is not None:
+        return att.sprayer.describe()
+    if att.spray_role == "open":
+        return f"opened {att.spray_sockets} spray sockets (our NAT draws random ports)"
+    return None
