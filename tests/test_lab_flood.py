@@ -26,7 +26,7 @@ A, B, C, D = "198.18.50.1", "198.18.50.2", "198.18.50.3", "198.18.50.4"
 A_OV, B_OV = "198.19.50.1", "198.19.50.2"
 # The mixed flood's goodput bound and its rounds, and the most CPU (% of one) router b
 # may spend on the flood alone (see the test's docstring).
-RATIO_MIN, ROUNDS, FLOOD_CPU_MAX = 0.7, 5, 5.0
+RATIO_MIN, ROUNDS, FLOOD_CPU_MAX = 0.7, 3, 5.0
 
 # Random-looking datagrams at the router's port as fast as one process can, for SECS.
 _UDP_FLOOD = r"""
