@@ -33,8 +33,8 @@ import pathlib
 import random
 import socket
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from sleeve.capture.base import Port
 from sleeve.capture.bridge import BridgeError, HostBridge
@@ -44,8 +44,6 @@ from sleeve.control.dialler import Dialler, task_spawner
 from sleeve.crypto.keys import Signer, format_peer_id, load_or_create_static_key
 from sleeve.crypto.noise import KeyPair
 from sleeve.dns.service import DnsService
-from sleeve.docker.driver import BridgeInfo
-from sleeve.docker.service import DockerService
 from sleeve.fastdp.agent import FastdpAgent
 from sleeve.forward.egress import Egress
 from sleeve.forward.ingress import Ingress
@@ -63,17 +61,21 @@ from sleeve.proto.stats import Counters
 from sleeve.status.http import (
     EventStream,
     HttpServer,
+    Reply,
     Route,
     json_action,
     json_async_action,
     json_route,
     start_http,
 )
-from sleeve.status.metrics import metrics_route
 from sleeve.status.ui import ui_routes, ui_streams
 from sleeve.status.unixsock import ApiSocket
 from sleeve.traversal.portmap import PortMapper, gateway_for
 from sleeve.traversal.punch import Traversal
+
+if TYPE_CHECKING:  # imported when used: a plain router never loads them (RSS, issue 23)
+    from sleeve.docker.driver import BridgeInfo
+    from sleeve.docker.service import DockerService
 
 log = logging.getLogger("sleeve")
 
@@ -122,6 +124,7 @@ class Node:
         self.portmap = PortMapper(self.drops, self.stats,
                                   enabled=cfg.port_mapping and cfg.discovery)
         self.traversal.mapped = lambda: self.portmap.mapped
+        self.traversal.direct_first = self.dialler.direct_first
         self.fastdp = FastdpAgent(cfg, self.id, self.table, self.macs, self.drops, self.stats)
         self.bridge: HostBridge | None = None  # built in run() once the TAP exists
         # registered after topology: a new link hears who the peers are before their names
@@ -132,8 +135,10 @@ class Node:
                                                    for r in self.mesh.topology.records()},
                                 port_name=self._host_iface,
                                 stop=self.stop)
-        self.docker = (DockerService(cfg, self.ipam, self.dns, self._docker_bridge)
-                       if cfg.docker_plugin else None)
+        self.docker: DockerService | None = None
+        if cfg.docker_plugin:
+            from sleeve.docker.service import DockerService  # 3.6 MB: only when asked for
+            self.docker = DockerService(cfg, self.ipam, self.dns, self._docker_bridge)
         # -- events: who hears about what
         self.table.on_up(self.gossip.link_up)  # full state first, then our new record
         self.table.on_up(lambda _link: self._sync_own_record(time.monotonic()))
@@ -145,6 +150,9 @@ class Node:
                          ("topo", self.gossip.on_topo), ("g", self.gossip.on_message)):
             self.conns.handle(kind, fn)
         self._next_mesh = 0.0
+        self._metrics_route: Route | None = None
+        self._uids: dict[bytes, int] = {}  # peer -> incarnation last seen (restarts)
+        self._uids_gen = -1
         self._tcp_port = cfg.port
         self._tg: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
@@ -314,6 +322,8 @@ class Node:
         return br.name
 
     def _docker_bridge(self) -> BridgeInfo:
+        from sleeve.docker.driver import BridgeInfo
+
         br = self.bridge
         up = br is not None and br.is_up
         return BridgeInfo(br.name if br is not None and up else None,
@@ -351,7 +361,7 @@ class Node:
             "GET /status": json_route(self.status),
             "GET /report": json_route(self.report),
             "GET /routes": json_route(self.routes_view),
-            "GET /metrics": metrics_route(self.metrics_status),
+            "GET /metrics": self._metrics,
             "POST /connect": json_action(self.dialler.api_connect),
             "POST /forget": json_action(self.dialler.api_forget),
             "GET /dns": json_route(self.dns.status),
@@ -366,6 +376,15 @@ class Node:
             "POST /ipam/expose": json_async_action(self.ipam.api_expose),
             **ui_routes(),  # the topology page, read-only
         }
+
+    def _metrics(self, q: dict[str, str]) -> Reply | Awaitable[Reply]:
+        """``GET /metrics``: prometheus-client is imported at the first scrape, not at
+        start (a router nobody scrapes saves its memory, issue 23)."""
+        if self._metrics_route is None:
+            from sleeve.status.metrics import metrics_route
+
+            self._metrics_route = metrics_route(self.metrics_status)
+        return self._metrics_route(q)
 
     def http_streams(self) -> dict[str, EventStream]:
         return ui_streams(self.status)
@@ -422,11 +441,25 @@ class Node:
                 self.gossip.peer_gone(gone)
                 log.info("peer %s left the mesh; forgot %d MACs", format_peer_id(gone), n)
             self.dialler.discover(self.mesh.topology.peers(), self.mesh.candidates(self.cfg.port))
+            self._restarted_peers(now)
             self.traversal.start_attempts(now)
             if self.portmap.enabled:
                 self.portmap.tick(now, self._gateway(), self.udp_port)
             self.macs.expire(now)
         self.dialler.tick(now, task_spawner(self._tg, self.drops))
+
+    def _restarted_peers(self, now: float) -> None:
+        """Peers whose record now carries a new incarnation: they restarted, so the
+        dialler retries them at once (O(peers), only when the topology changed)."""
+        topo = self.mesh.topology
+        if topo.generation == self._uids_gen:
+            return
+        self._uids_gen = topo.generation
+        uids = {r.peer: r.uid for r in topo.records()}
+        renewed = {p for p, u in uids.items() if self._uids.get(p, u) != u}
+        self._uids = uids
+        if renewed:
+            self.dialler.renewed(renewed, now)
 
     def _gateway(self) -> str | None:
         """Our IPv4 next hop toward a directly linked peer (where a NAT-PMP gateway sits)."""

@@ -96,6 +96,10 @@ class Traversal:
         self.spawn: Spawn | None = None  # the node's task group, while running
         # our gateway's port mapping (traversal.portmap), announced to peers when there is one
         self.mapped: Callable[[], tuple[str, int] | None] = lambda: None
+        # peers whose first direct dial is untried or in flight (control.dialler): not
+        # punched until it fails -- on a loaded host the dial outlasts PUNCH_GRACE, and
+        # relayed attempts to peers it is about to reach only add load (issue 23)
+        self.direct_first: Callable[[], set[bytes]] = set
         # relayed control connections: peer -> (reader, writer, mediator peer)
         self.virtual: dict[bytes, tuple[asyncio.StreamReader, RelayWriter, bytes]] = {}
         # streams whose far end said fin: asyncio asserts on data fed after EOF
@@ -186,6 +190,7 @@ class Traversal:
         if not self.enabled:
             return
         peers = self.topology.peers()
+        dialling = self.direct_first()
         for peer in peers:
             if peer == self.me or peer in self.links or peer in self.virtual:
                 continue
@@ -193,6 +198,8 @@ class Traversal:
             if rec is None:
                 rec = self.peers[peer] = PeerPunch(now + PUNCH_GRACE)
             if peer < self.me or now < rec.next_at or len(self.virtual) >= MAX_VIRTUAL:
+                continue
+            if peer in dialling:
                 continue
             med = self._mediator_for(peer)
             if med is None or self.spawn is None:
