@@ -54,6 +54,7 @@ from sleeve.ipam.service import IpamService
 from sleeve.links.link import Link
 from sleeve.links.table import LinkTable
 from sleeve.mesh import LinkInfo, Mesh
+from sleeve.pacing import IDLE_TICK, period
 from sleeve.proto.control import MAX_FRAME
 from sleeve.proto.mactable import LOCAL, MacTable
 from sleeve.proto.origin import OriginAuth
@@ -79,7 +80,7 @@ if TYPE_CHECKING:  # imported when used: a plain router never loads them (RSS, i
 
 log = logging.getLogger("sleeve")
 
-TICK = 0.25
+DATA_QUIET = 5.0  # s without frames before the ticker may slow down (sleeve.pacing)
 MESH_PERIOD = 1.0  # topology GC, discovery, punching attempts, MAC expiry
 
 
@@ -143,6 +144,9 @@ class Node:
         self.table.on_up(self.gossip.link_up)  # full state first, then our new record
         self.table.on_up(lambda _link: self._sync_own_record(time.monotonic()))
         self.table.on_down(self._link_down)
+        self.table.on_up(self._poke)  # a new link's first steps run at the 4 Hz tick
+        self.table.on_down(self._poke)
+        self.dialler.on_added = self._poke
         self.table.on_down(self.traversal.link_down)
         for kind, fn in (("udp_ok", self.table.on_control), ("udp_lost", self.table.on_control),
                          ("d", self.ingress.on_tcp_data), ("via", self.traversal.on_via),
@@ -150,9 +154,10 @@ class Node:
                          ("topo", self.gossip.on_topo), ("g", self.gossip.on_message)):
             self.conns.handle(kind, fn)
         self._next_mesh = 0.0
+        self._wake: asyncio.Event | None = None  # the ticker's, while running
+        self._rx_seen = 0  # frames through the port and from links, at the last tick
+        self._data_until = 0.0
         self._metrics_route: Route | None = None
-        self._uids: dict[bytes, int] = {}  # peer -> incarnation last seen (restarts)
-        self._uids_gen = -1
         self._tcp_port = cfg.port
         self._tg: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
@@ -417,12 +422,37 @@ class Node:
 
     # ------------------------------------------------------------------ timers
     async def _ticker(self) -> None:
+        """``on_timer`` at 4 Hz, or 1 Hz while the router is settled (``sleeve.pacing``);
+        a link coming or going, or a new dial target, wakes it at once."""
+        wake = self._wake = asyncio.Event()
         while True:
+            delay = 1.0
             try:
-                self.on_timer(time.monotonic())
+                now = time.monotonic()
+                self.on_timer(now)
+                delay = period(self.table, now, gso=self.underlay.offload,
+                               busy=self._busy(now))
             except Exception:
                 log.exception("internal error in timer")
-            await asyncio.sleep(TICK)
+            self.stats.inc("ticks_idle" if delay == IDLE_TICK else "ticks")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), delay)
+            wake.clear()
+
+    def _poke(self, _link: Link | None = None) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _busy(self, now: float) -> bool:
+        """Something outside the links' own state needs the 4 Hz tick (sleeve.pacing)."""
+        soon = now + IDLE_TICK
+        rx = self.stats["port_rx_frames"] + sum(lk.stats.c["rx_frames"] for lk in self.table)
+        if rx != self._rx_seen:  # data flows: 4 Hz until it has been quiet a while
+            self._rx_seen, self._data_until = rx, now + DATA_QUIET
+        return (now < self._data_until or self.conns.handshaking > 0 or self.dialler.busy(now, soon)
+                or self.traversal.attempting() or bool(self.fastdp.links)
+                or any(dl is not None and dl < soon
+                       for dl in (self.ipam.next_deadline(), self.dns.next_deadline())))
 
     def on_timer(self, now: float) -> None:
         self.traversal.tick(now)
@@ -441,25 +471,14 @@ class Node:
                 self.gossip.peer_gone(gone)
                 log.info("peer %s left the mesh; forgot %d MACs", format_peer_id(gone), n)
             self.dialler.discover(self.mesh.topology.peers(), self.mesh.candidates(self.cfg.port))
-            self._restarted_peers(now)
+            renewed = self.mesh.restarted_peers()  # dial them now, no backoff
+            if renewed:
+                self.dialler.renewed(renewed, now)
             self.traversal.start_attempts(now)
             if self.portmap.enabled:
                 self.portmap.tick(now, self._gateway(), self.udp_port)
             self.macs.expire(now)
         self.dialler.tick(now, task_spawner(self._tg, self.drops))
-
-    def _restarted_peers(self, now: float) -> None:
-        """Peers whose record now carries a new incarnation: they restarted, so the
-        dialler retries them at once (O(peers), only when the topology changed)."""
-        topo = self.mesh.topology
-        if topo.generation == self._uids_gen:
-            return
-        self._uids_gen = topo.generation
-        uids = {r.peer: r.uid for r in topo.records()}
-        renewed = {p for p, u in uids.items() if self._uids.get(p, u) != u}
-        self._uids = uids
-        if renewed:
-            self.dialler.renewed(renewed, now)
 
     def _gateway(self) -> str | None:
         """Our IPv4 next hop toward a directly linked peer (where a NAT-PMP gateway sits)."""
@@ -481,23 +500,9 @@ class Node:
 
         from sleeve import __version__
 
-        cfg = self.cfg
         return {
             "version": __version__, "python": platform.python_version(),
-            "kernel": platform.release(),
-            "config": {"port": cfg.port, "listen": cfg.listen, "iface": cfg.iface,
-                       "bridge": cfg.bridge,
-                       "attach": cfg.attach, "ip": cfg.ip, "mtu": cfg.mtu,
-                       "state_dir": str(cfg.state_dir), "nickname": cfg.nickname,
-                       "encrypted": cfg.encrypted, "peers": [str(p) for p in cfg.peers],
-                       "http": cfg.http, "api_socket": cfg.api_socket,
-                       "api_group": cfg.api_group, "dns": cfg.dns,
-                       "dns_listen": list(cfg.dns_listen),
-                       "dns_domain": cfg.dns_domain, "dns_ttl": cfg.dns_ttl,
-                       "dns_one_address": cfg.dns_one_address, "dns_rate": cfg.dns_rate,
-                       "ipalloc_range": cfg.ipalloc_range,
-                       "ipalloc_default_subnet": cfg.ipalloc_default_subnet,
-                       "ipalloc_init": cfg.ipalloc_init},
+            "kernel": platform.release(), "config": self.cfg.summary(),
             "status": self.status(),
         }
 

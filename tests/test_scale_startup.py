@@ -50,7 +50,7 @@ def test_a_peer_whose_direct_dial_is_pending_is_not_punched() -> None:
 
 def test_direct_first_is_the_untried_and_the_first_dial_in_flight() -> None:
     peer = b"\x09" * 8
-    d, links = _dialler()
+    d, _ = _dialler()
     d.discover({peer}, {peer: {Target("198.18.0.9", 6783)}})
     (ts,) = d.targets.values()
     assert d.direct_first() == {peer}  # not tried yet
@@ -87,6 +87,7 @@ def test_the_node_tells_the_dialler_when_a_peer_restarts() -> None:
     x = Signer(b"\x07" * 32)
     renewed: list[set[bytes]] = []
     node.dialler.renewed = lambda peers, now: renewed.append(peers)  # type: ignore[method-assign]
+    node.mesh.gc = lambda now: []  # type: ignore[method-assign]  # x has no link to us
 
     def record(uid: int, bumps: int) -> object:
         t = Topology(x, "x", uid)
@@ -98,11 +99,11 @@ def test_the_node_tells_the_dialler_when_a_peer_restarts() -> None:
         return rec
 
     node.mesh.topology.merge([record(5, 1)])  # type: ignore[list-item]
-    node._restarted_peers(1.0)
-    node._restarted_peers(2.0)  # nothing changed
+    node.on_timer(1.0)
+    node.on_timer(2.0)  # nothing changed
     assert renewed == []  # a peer seen for the first time is no restart
     node.mesh.topology.merge([record(6, 3)])  # type: ignore[list-item]
-    node._restarted_peers(3.0)
+    node.on_timer(3.0)
     assert renewed == [{x.peer_id}]
 
 

@@ -49,11 +49,13 @@ class Dialler:
         self.cfg = cfg
         self.conns = conns
         self.targets: dict[Target, TargetState] = {t: TargetState(t) for t in cfg.peers}
+        self.on_added: Callable[[], None] = lambda: None  # the node's ticker: dial soon
         if cfg.resume:
             self._load()
 
     def add(self, t: Target) -> None:
         self.targets.setdefault(t, TargetState(t))
+        self.on_added()
 
     def forget(self, t: Target) -> bool:
         return self.targets.pop(t, None) is not None
@@ -116,6 +118,14 @@ class Dialler:
         for t, ts in list(self.targets.items()):
             if ts.discovered and not ts.connecting and t not in listed:
                 del self.targets[t]
+
+    def busy(self, now: float, soon: float) -> bool:
+        """A dial is under way, or one is due before ``soon`` (the node's tick pacing)."""
+        links = self.conns.links
+        # ``connecting`` stays True while the connection lasts: only an unlinked one counts
+        return any((ts.connecting or (not ts.dead and ts.next_try < soon))
+                   and (ts.peer is None or ts.peer not in links)
+                   for ts in self.targets.values())
 
     def direct_first(self) -> set[bytes]:
         """Peers whose first direct dial has not failed yet (untried or in flight): the

@@ -227,6 +227,9 @@ class DnsService:
         if self._dirty:
             self.save()
 
+    def next_deadline(self) -> float | None:
+        return self.records.next_deadline()
+
     def tick(self, now: float) -> None:
         dl = self.records.next_deadline()
         if dl is not None and now >= dl:

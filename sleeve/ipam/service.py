@@ -209,6 +209,9 @@ class IpamService:
     def close(self) -> None:
         self.save()
 
+    def next_deadline(self) -> float | None:
+        return self.alloc.next_deadline()
+
     def tick(self, now: float) -> None:
         dl = self.alloc.next_deadline()
         if dl is not None and now >= dl:

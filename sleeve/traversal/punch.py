@@ -146,6 +146,10 @@ class Traversal:
                     att.link.peer) is not att.link:
                 self._ended(rec, att, now, "relayed connection closed")
 
+    def attempting(self) -> bool:
+        """An attempt is in progress (its punch steps need the node's 4 Hz tick)."""
+        return bool(self.virtual) or any(r.current is not None for r in self.peers.values())
+
     def _send_candidates(self, link: Link) -> None:
         """Tell the peer our endpoint on the route to the mediator (our LAN address)."""
         med = self.links.get(link.mediator) if link.mediator is not None else None
