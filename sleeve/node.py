@@ -53,6 +53,7 @@ from sleeve.gossip.topology import TopologyChannel
 from sleeve.ipam.service import IpamService
 from sleeve.links.link import Link
 from sleeve.links.table import LinkTable
+from sleeve.memtrim import Trimmer
 from sleeve.mesh import LinkInfo, Mesh
 from sleeve.pacing import IDLE_TICK, period
 from sleeve.proto.control import MAX_FRAME
@@ -154,6 +155,7 @@ class Node:
                          ("topo", self.gossip.on_topo), ("g", self.gossip.on_message)):
             self.conns.handle(kind, fn)
         self._next_mesh = 0.0
+        self.trimmer = Trimmer(time.monotonic())
         self._wake: asyncio.Event | None = None  # the ticker's, while running
         self._rx_seen = 0  # frames through the port and from links, at the last tick
         self._data_until = 0.0
@@ -478,6 +480,8 @@ class Node:
             if self.portmap.enabled:
                 self.portmap.tick(now, self._gateway(), self.udp_port)
             self.macs.expire(now)
+            if self.trimmer.tick(now):  # freed start-up buffers back to the system (RSS)
+                self.stats.inc("malloc_trims")
         self.dialler.tick(now, task_spawner(self._tg, self.drops))
 
     def _gateway(self) -> str | None:
