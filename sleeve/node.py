@@ -55,7 +55,7 @@ from sleeve.links.link import Link
 from sleeve.links.table import LinkTable
 from sleeve.memtrim import Trimmer
 from sleeve.mesh import LinkInfo, Mesh
-from sleeve.pacing import IDLE_TICK, period
+from sleeve.pacing import IDLE_TICK, TICK, period
 from sleeve.proto.control import MAX_FRAME
 from sleeve.proto.mactable import LOCAL, MacTable
 from sleeve.proto.origin import OriginAuth
@@ -428,7 +428,7 @@ class Node:
         a link coming or going, or a new dial target, wakes it at once."""
         wake = self._wake = asyncio.Event()
         while True:
-            delay = 1.0
+            delay = TICK  # after an internal error too: never slower than before
             try:
                 now = time.monotonic()
                 self.on_timer(now)
