@@ -9,9 +9,12 @@ namespace) on one lab bridge, each given 3 initial peers (ring neighbours + a ch
 1. start all N at once; convergence time = from the last process started to the moment
    every router has a usable route to every other (``ScaleLab.routes_to_all``, polled
    each 0.5 s over ``GET /routes``); also from the first start, for the record;
-2. idle: nothing polls for ``--idle`` s; CPU per router from /proc/PID/stat (utime +
-   stime, % of one core), VmRSS and VmHWM from /proc/PID/status; control bytes sent per
-   router per second over the same window (the background every change adds to);
+2. idle: once no router's count of established links changed for ``--quiet`` s (discovery
+   goes on adding direct links after routes to all exist; the wait is reported, bounded
+   by ``--quiet-timeout``), nothing polls for ``--idle`` s; CPU per router from
+   /proc/PID/stat (utime + stime, % of one core), VmRSS and VmHWM from
+   /proc/PID/status; control bytes sent per router per second over the same window
+   (the background every change adds to);
 3. one DNS name added on one router (``sleeve dns add``): until every router's ``GET
    /dns`` has it, plus ``--settle`` s; bytes sent per router;
 4. ``--restart`` routers stopped (SIGTERM) and started again at once (same keys, new
@@ -175,7 +178,13 @@ def run(args: argparse.Namespace, stamp: str) -> dict[str, Any]:
                                                        for c in st["connections"]),
                            "discovered_targets_s1": sum(t["discovered"] for t in st["targets"])}
 
-            time.sleep(args.settle)
+            try:
+                waited, est = sl.wait_quiet(everyone, args.quiet, args.quiet_timeout)
+                res["quiet"] = {"after_convergence_s": round(waited, 1), "quiet_s": args.quiet,
+                                "established_links": spread(list(est.values()))}
+            except TimeoutError as e:  # measured anyway, and said so
+                res["quiet"] = {"error": str(e), "quiet_s": args.quiet}
+            say(f"quiet: {res['quiet']}")
             pids = sl.pids(everyone)
             b0 = sl.control_bytes(everyone)
             say(f"idle: {args.idle}s with nothing polling")
@@ -280,6 +289,11 @@ def markdown(res: dict[str, Any], ok: dict[str, bool]) -> str:
         f"the last router answered {c['last_up_after_start_s']} s after the last start, "
         f"routes to all {c['from_last_up_s']} s after that) "
         f"| <= 30 s, {mark[ok['converge_s']]} |",
+        "| mesh quiet (no router's established links changed for "
+        f"{res['quiet']['quiet_s']} s), after routes to all | "
+        + (f"{res['quiet']['after_convergence_s']} s; established links per router: "
+           f"{_fmt(res['quiet']['established_links'], '', 0)}" if "error" not in res["quiet"]
+           else f"not reached: {res['quiet']['error']}") + " | |",
         f"| idle CPU per router, % of a core, {idle['seconds']} s | "
         f"{_fmt(idle['cpu_pct_of_core'])} | <= 1 %, {mark[ok['cpu_pct']]} |",
         f"| RSS per router (VmRSS) | {_fmt(idle['rss_mb'], ' MB', 1)} | <= 60 MB, "
@@ -317,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--routers", type=int, default=50)
     ap.add_argument("--peers", type=int, default=3, help="initial peers given to each router")
     ap.add_argument("--idle", type=float, default=30.0, help="idle measurement window, s")
+    ap.add_argument("--quiet", type=float, default=10.0,
+                    help="idle is measured once links stopped changing for this long, s")
+    ap.add_argument("--quiet-timeout", type=float, default=90.0)
     ap.add_argument("--settle", type=float, default=5.0, help="quiet time after a change, s")
     ap.add_argument("--restart", type=int, default=10, help="routers restarted together")
     ap.add_argument("--converge-timeout", type=float, default=120.0)

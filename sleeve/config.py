@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import pathlib
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_PORT = 6783
 DEFAULT_HTTP = "127.0.0.1:6782"  # read-only: status, metrics, the /ui page
@@ -94,6 +95,21 @@ class Config:
     def membership(self) -> str:
         return ("OPEN (--open): anyone who reaches the port can join" if self.open
                 else "password: only routers that know it can join")
+
+
+    def summary(self) -> dict[str, Any]:
+        """What ``sleeve report`` shows of the configuration: never the password or keys."""
+        return {"port": self.port, "listen": self.listen, "iface": self.iface,
+                "bridge": self.bridge, "attach": self.attach, "ip": self.ip, "mtu": self.mtu,
+                "state_dir": str(self.state_dir), "nickname": self.nickname,
+                "encrypted": self.encrypted, "peers": [str(p) for p in self.peers],
+                "http": self.http, "api_socket": self.api_socket,
+                "api_group": self.api_group, "dns": self.dns,
+                "dns_listen": list(self.dns_listen), "dns_domain": self.dns_domain,
+                "dns_ttl": self.dns_ttl, "dns_one_address": self.dns_one_address,
+                "dns_rate": self.dns_rate, "ipalloc_range": self.ipalloc_range,
+                "ipalloc_default_subnet": self.ipalloc_default_subnet,
+                "ipalloc_init": self.ipalloc_init}
 
 
 def parse_target(text: str, default_port: int = DEFAULT_PORT) -> Target:

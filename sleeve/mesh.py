@@ -69,6 +69,8 @@ class Mesh:
         self.routes = Routes(self.topology)
         # discovery asks every MESH_PERIOD; O(peers x links) to build (3 ms at 50 routers)
         self._candidates: tuple[int, int, dict[bytes, set[Target]]] | None = None
+        self._uids: dict[bytes, int] = {}  # peer -> incarnation last seen (restarts)
+        self._uids_gen = -1
 
     # -- our own record ---------------------------------------------------------------------
     def set_links(self, links: Iterable[LinkInfo]) -> bytes | None:
@@ -147,6 +149,18 @@ class Mesh:
         return out
 
     # -- views for status -------------------------------------------------------------------
+    def restarted_peers(self) -> set[bytes]:
+        """Peers whose record carries another incarnation (uid) than when last asked: they
+        restarted. O(peers), only when the topology changed; a new peer is no restart."""
+        topo = self.topology
+        if topo.generation == self._uids_gen:
+            return set()
+        self._uids_gen = topo.generation
+        uids = {r.peer: r.uid for r in topo.records()}
+        renewed = {p for p, u in uids.items() if self._uids.get(p, u) != u}
+        self._uids = uids
+        return renewed
+
     def hop_counts(self) -> dict[bytes, int]:
         """Hops to every peer over symmetric established links (BFS; status only)."""
         links = self.routes.links

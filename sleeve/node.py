@@ -33,8 +33,8 @@ import pathlib
 import random
 import socket
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from sleeve.capture.base import Port
 from sleeve.capture.bridge import BridgeError, HostBridge
@@ -44,8 +44,6 @@ from sleeve.control.dialler import Dialler, task_spawner
 from sleeve.crypto.keys import Signer, format_peer_id, load_or_create_static_key
 from sleeve.crypto.noise import KeyPair
 from sleeve.dns.service import DnsService
-from sleeve.docker.driver import BridgeInfo
-from sleeve.docker.service import DockerService
 from sleeve.fastdp.agent import FastdpAgent
 from sleeve.forward.egress import Egress
 from sleeve.forward.ingress import Ingress
@@ -55,7 +53,9 @@ from sleeve.gossip.topology import TopologyChannel
 from sleeve.ipam.service import IpamService
 from sleeve.links.link import Link
 from sleeve.links.table import LinkTable
+from sleeve.memtrim import Trimmer
 from sleeve.mesh import LinkInfo, Mesh
+from sleeve.pacing import IDLE_TICK, TICK, period
 from sleeve.proto.control import MAX_FRAME
 from sleeve.proto.mactable import LOCAL, MacTable
 from sleeve.proto.origin import OriginAuth
@@ -63,21 +63,25 @@ from sleeve.proto.stats import Counters
 from sleeve.status.http import (
     EventStream,
     HttpServer,
+    Reply,
     Route,
     json_action,
     json_async_action,
     json_route,
     start_http,
 )
-from sleeve.status.metrics import metrics_route
 from sleeve.status.ui import ui_routes, ui_streams
 from sleeve.status.unixsock import ApiSocket
 from sleeve.traversal.portmap import PortMapper, gateway_for
 from sleeve.traversal.punch import Traversal
 
+if TYPE_CHECKING:  # imported when used: a plain router never loads them (RSS, issue 23)
+    from sleeve.docker.driver import BridgeInfo
+    from sleeve.docker.service import DockerService
+
 log = logging.getLogger("sleeve")
 
-TICK = 0.25
+DATA_QUIET = 5.0  # s without frames before the ticker may slow down (sleeve.pacing)
 MESH_PERIOD = 1.0  # topology GC, discovery, punching attempts, MAC expiry
 
 
@@ -122,6 +126,7 @@ class Node:
         self.portmap = PortMapper(self.drops, self.stats,
                                   enabled=cfg.port_mapping and cfg.discovery)
         self.traversal.mapped = lambda: self.portmap.mapped
+        self.traversal.direct_first = self.dialler.direct_first
         self.fastdp = FastdpAgent(cfg, self.id, self.table, self.macs, self.drops, self.stats)
         self.bridge: HostBridge | None = None  # built in run() once the TAP exists
         # registered after topology: a new link hears who the peers are before their names
@@ -132,12 +137,17 @@ class Node:
                                                    for r in self.mesh.topology.records()},
                                 port_name=self._host_iface,
                                 stop=self.stop)
-        self.docker = (DockerService(cfg, self.ipam, self.dns, self._docker_bridge)
-                       if cfg.docker_plugin else None)
+        self.docker: DockerService | None = None
+        if cfg.docker_plugin:
+            from sleeve.docker.service import DockerService  # 3.6 MB: only when asked for
+            self.docker = DockerService(cfg, self.ipam, self.dns, self._docker_bridge)
         # -- events: who hears about what
         self.table.on_up(self.gossip.link_up)  # full state first, then our new record
         self.table.on_up(lambda _link: self._sync_own_record(time.monotonic()))
         self.table.on_down(self._link_down)
+        self.table.on_up(self._poke)  # a new link's first steps run at the 4 Hz tick
+        self.table.on_down(self._poke)
+        self.dialler.on_added = self._poke
         self.table.on_down(self.traversal.link_down)
         for kind, fn in (("udp_ok", self.table.on_control), ("udp_lost", self.table.on_control),
                          ("d", self.ingress.on_tcp_data), ("via", self.traversal.on_via),
@@ -145,6 +155,11 @@ class Node:
                          ("topo", self.gossip.on_topo), ("g", self.gossip.on_message)):
             self.conns.handle(kind, fn)
         self._next_mesh = 0.0
+        self.trimmer = Trimmer(time.monotonic())
+        self._wake: asyncio.Event | None = None  # the ticker's, while running
+        self._rx_seen = 0  # frames through the port and from links, at the last tick
+        self._data_until = 0.0
+        self._metrics_route: Route | None = None
         self._tcp_port = cfg.port
         self._tg: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
@@ -322,6 +337,8 @@ class Node:
         return br.name
 
     def _docker_bridge(self) -> BridgeInfo:
+        from sleeve.docker.driver import BridgeInfo
+
         br = self.bridge
         up = br is not None and br.is_up
         return BridgeInfo(br.name if br is not None and up else None,
@@ -359,7 +376,7 @@ class Node:
             "GET /status": json_route(self.status),
             "GET /report": json_route(self.report),
             "GET /routes": json_route(self.routes_view),
-            "GET /metrics": metrics_route(self.metrics_status),
+            "GET /metrics": self._metrics,
             "POST /connect": json_action(self.dialler.api_connect),
             "POST /forget": json_action(self.dialler.api_forget),
             "GET /dns": json_route(self.dns.status),
@@ -374,6 +391,15 @@ class Node:
             "POST /ipam/expose": json_async_action(self.ipam.api_expose),
             **ui_routes(),  # the topology page, read-only
         }
+
+    def _metrics(self, q: dict[str, str]) -> Reply | Awaitable[Reply]:
+        """``GET /metrics``: prometheus-client is imported at the first scrape, not at
+        start (a router nobody scrapes saves its memory, issue 23)."""
+        if self._metrics_route is None:
+            from sleeve.status.metrics import metrics_route
+
+            self._metrics_route = metrics_route(self.metrics_status)
+        return self._metrics_route(q)
 
     def http_streams(self) -> dict[str, EventStream]:
         return ui_streams(self.status)
@@ -406,12 +432,37 @@ class Node:
 
     # ------------------------------------------------------------------ timers
     async def _ticker(self) -> None:
+        """``on_timer`` at 4 Hz, or 1 Hz while the router is settled (``sleeve.pacing``);
+        a link coming or going, or a new dial target, wakes it at once."""
+        wake = self._wake = asyncio.Event()
         while True:
+            delay = TICK  # after an internal error too: never slower than before
             try:
-                self.on_timer(time.monotonic())
+                now = time.monotonic()
+                self.on_timer(now)
+                delay = period(self.table, now, gso=self.underlay.offload,
+                               busy=self._busy(now))
             except Exception:
                 log.exception("internal error in timer")
-            await asyncio.sleep(TICK)
+            self.stats.inc("ticks_idle" if delay == IDLE_TICK else "ticks")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), delay)
+            wake.clear()
+
+    def _poke(self, _link: Link | None = None) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _busy(self, now: float) -> bool:
+        """Something outside the links' own state needs the 4 Hz tick (sleeve.pacing)."""
+        soon = now + IDLE_TICK
+        rx = self.stats["port_rx_frames"] + sum(lk.stats.c["rx_frames"] for lk in self.table)
+        if rx != self._rx_seen:  # data flows: 4 Hz until it has been quiet a while
+            self._rx_seen, self._data_until = rx, now + DATA_QUIET
+        return (now < self._data_until or self.conns.handshaking > 0 or self.dialler.busy(now, soon)
+                or self.traversal.attempting() or bool(self.fastdp.links)
+                or any(dl is not None and dl < soon
+                       for dl in (self.ipam.next_deadline(), self.dns.next_deadline())))
 
     def on_timer(self, now: float) -> None:
         self.traversal.tick(now)
@@ -430,10 +481,15 @@ class Node:
                 self.gossip.peer_gone(gone)
                 log.info("peer %s left the mesh; forgot %d MACs", format_peer_id(gone), n)
             self.dialler.discover(self.mesh.topology.peers(), self.mesh.candidates(self.cfg.port))
+            renewed = self.mesh.restarted_peers()  # dial them now, no backoff
+            if renewed:
+                self.dialler.renewed(renewed, now)
             self.traversal.start_attempts(now)
             if self.portmap.enabled:
                 self.portmap.tick(now, self._gateway(), self.udp_port)
             self.macs.expire(now)
+            if self.trimmer.tick(now):  # freed start-up buffers back to the system (RSS)
+                self.stats.inc("malloc_trims")
         self.dialler.tick(now, task_spawner(self._tg, self.drops))
 
     def _gateway(self) -> str | None:
@@ -456,23 +512,9 @@ class Node:
 
         from sleeve import __version__
 
-        cfg = self.cfg
         return {
             "version": __version__, "python": platform.python_version(),
-            "kernel": platform.release(),
-            "config": {"port": cfg.port, "listen": cfg.listen, "iface": cfg.iface,
-                       "bridge": cfg.bridge,
-                       "attach": cfg.attach, "ip": cfg.ip, "mtu": cfg.mtu,
-                       "state_dir": str(cfg.state_dir), "nickname": cfg.nickname,
-                       "encrypted": cfg.encrypted, "peers": [str(p) for p in cfg.peers],
-                       "http": cfg.http, "api_socket": cfg.api_socket,
-                       "api_group": cfg.api_group, "dns": cfg.dns,
-                       "dns_listen": list(cfg.dns_listen),
-                       "dns_domain": cfg.dns_domain, "dns_ttl": cfg.dns_ttl,
-                       "dns_one_address": cfg.dns_one_address, "dns_rate": cfg.dns_rate,
-                       "ipalloc_range": cfg.ipalloc_range,
-                       "ipalloc_default_subnet": cfg.ipalloc_default_subnet,
-                       "ipalloc_init": cfg.ipalloc_init},
+            "kernel": platform.release(), "config": self.cfg.summary(),
             "status": self.status(),
         }
 

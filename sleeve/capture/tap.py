@@ -152,9 +152,9 @@ def _netlink_add(ifname: str, iface: ipaddress.IPv4Interface | ipaddress.IPv6Int
 
 def _netlink_add_sync(ifname: str, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
                       ) -> None:
-    from pyroute2 import IPRoute
+    from sleeve.iproute import iproute
 
-    with IPRoute() as ipr:
+    with iproute() as ipr:
         idx = ipr.link_lookup(ifname=ifname)
         if not idx:
             raise PortError(f"interface {ifname} vanished while configuring it")

@@ -6,6 +6,11 @@ Each tick, targets that are due and not already connected or being dialled get o
 connection attempt; a failed or ended attempt backs off (jittered, 2 s x1.5 up to
 60 s). Of two peers that discover each other, the smaller id dials first (the other
 after ``DISCOVERED_DEFER``), so a forming mesh does not shake hands twice per link.
+A peer whose first direct dial is still untried or in flight is not hole-punched yet
+(``direct_first``): on a loaded host a dial can take longer than traversal's grace, and
+a relayed attempt to a peer that the direct dial is about to reach is pure load. A peer
+that comes back with a new incarnation (it restarted) is dialled at once, without the
+backoff its refused attempts built up while it was down (``renewed``).
 Connection tasks (ours and traversal's relayed ones) run in the node's task group
 through ``task_spawner``, which isolates them: an exception nobody expected is counted
 as an ``internal_error`` drop and logged once with its traceback, and the attempt is
@@ -44,11 +49,13 @@ class Dialler:
         self.cfg = cfg
         self.conns = conns
         self.targets: dict[Target, TargetState] = {t: TargetState(t) for t in cfg.peers}
+        self.on_added: Callable[[], None] = lambda: None  # the node's ticker: dial soon
         if cfg.resume:
             self._load()
 
     def add(self, t: Target) -> None:
         self.targets.setdefault(t, TargetState(t))
+        self.on_added()
 
     def forget(self, t: Target) -> bool:
         return self.targets.pop(t, None) is not None
@@ -111,6 +118,35 @@ class Dialler:
         for t, ts in list(self.targets.items()):
             if ts.discovered and not ts.connecting and t not in listed:
                 del self.targets[t]
+
+    def busy(self, now: float, soon: float) -> bool:
+        """A dial is under way, or one is due before ``soon`` (the node's tick pacing)."""
+        links = self.conns.links
+        # ``connecting`` stays True while the connection lasts: only an unlinked one counts
+        return any((ts.connecting or (not ts.dead and ts.next_try < soon))
+                   and (ts.peer is None or ts.peer not in links)
+                   for ts in self.targets.values())
+
+    def direct_first(self) -> set[bytes]:
+        """Peers whose first direct dial has not failed yet (untried or in flight): the
+        traversal part leaves them alone until it has."""
+        out: set[bytes] = set()
+        for ts in self.targets.values():
+            if ts.peer is not None and not ts.dead and (
+                    ts.attempts == 0 or (ts.connecting and ts.attempts == 1)):
+                out.add(ts.peer)
+        return out
+
+    def renewed(self, peers: set[bytes], now: float) -> None:
+        """These peers have a new incarnation (restarted): dial them now, from scratch.
+
+        Their targets backed off while the process was down (each refused attempt
+        lengthens the wait, up to ``BACKOFF_MAX``); the new record is proof it is up
+        again, so a restarted router is back within one tick of its record arriving."""
+        for ts in self.targets.values():
+            if ts.peer in peers and not ts.connecting and ts.peer not in self.conns.links:
+                ts.attempts = 0
+                ts.next_try = min(ts.next_try, now)
 
     # ------------------------------------------------------------------ known peers
     def _file(self) -> pathlib.Path:

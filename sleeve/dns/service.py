@@ -125,9 +125,9 @@ def _host_addresses() -> list[str]:
     """Every address of this host's interfaces (so a wildcard listener never forwards to
     itself). Runs once at start; best effort."""
     try:
-        from pyroute2 import IPRoute
+        from sleeve.iproute import iproute
 
-        with IPRoute() as ipr:
+        with iproute() as ipr:
             return [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr()
                     if a.get_attr("IFA_ADDRESS")]
     except Exception as e:  # no netlink (a sandbox): loopback and the listen addresses remain
@@ -226,6 +226,9 @@ class DnsService:
             self.state = "stopped"
         if self._dirty:
             self.save()
+
+    def next_deadline(self) -> float | None:
+        return self.records.next_deadline()
 
     def tick(self, now: float) -> None:
         dl = self.records.next_deadline()

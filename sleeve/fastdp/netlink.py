@@ -67,9 +67,9 @@ class NetlinkWorker:
         ipr: Any = None
         open_error: BaseException | None = None
         try:
-            from pyroute2 import IPRoute
+            from sleeve.iproute import iproute
 
-            ipr = IPRoute()
+            ipr = iproute()
         except BaseException as e:  # every job will report it
             open_error = e
         try:

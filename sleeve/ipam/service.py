@@ -90,9 +90,9 @@ def host_networks(skip_iface: str) -> list[ipaddress.IPv4Network]:
     (our own TAP: its addresses may well come from IPAM). What ``--ipalloc-range`` must
     not overlap, checked at launch; best effort (empty without netlink)."""
     try:
-        from pyroute2 import IPRoute
+        from sleeve.iproute import iproute
 
-        with IPRoute() as ipr:
+        with iproute() as ipr:
             names = {ln["index"]: ln.get_attr("IFLA_IFNAME") for ln in ipr.get_links()}
             out = []
             for a in ipr.get_addr(family=2):
@@ -108,11 +108,11 @@ def host_networks(skip_iface: str) -> list[ipaddress.IPv4Network]:
 
 def add_address(ifname: str, cidr: str) -> bool:
     """Put ``cidr`` on ``ifname`` by netlink (blocking: run it in a thread); False if there."""
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
+    from sleeve.iproute import iproute, netlink_error
 
+    NetlinkError = netlink_error()
     iface = ipaddress.IPv4Interface(cidr)
-    with IPRoute() as ipr:
+    with iproute() as ipr:
         idx = ipr.link_lookup(ifname=ifname)
         if not idx:
             raise ValueError(f"no interface {ifname}")
@@ -208,6 +208,9 @@ class IpamService:
 
     def close(self) -> None:
         self.save()
+
+    def next_deadline(self) -> float | None:
+        return self.alloc.next_deadline()
 
     def tick(self, now: float) -> None:
         dl = self.alloc.next_deadline()

@@ -207,6 +207,26 @@ class ScaleLab:
                                    f"all: {detail}")
             time.sleep(max(0.0, period - (time.monotonic() - now)))
 
+    def wait_quiet(self, live: set[int], quiet: float, timeout: float,
+                   period: float = 1.0) -> tuple[float, dict[int, int]]:
+        """Poll until no router's count of established links has changed for ``quiet`` s
+        (discovery keeps adding direct links after routes to all exist: a mesh still
+        forming is not idle). Returns (seconds waited, established links per router);
+        TimeoutError past ``timeout``."""
+        t0 = time.monotonic()
+        seen: dict[int, int] = {}
+        since = t0
+        while True:
+            now = time.monotonic()
+            est = {i: v["established"] for i, v in self.poll(sorted(live)).items()}
+            if est != seen or len(est) < len(live):
+                seen, since = est, now
+            elif now - since >= quiet:
+                return now - t0, seen
+            if now - t0 > timeout:
+                raise TimeoutError(f"links still changing after {timeout:.0f}s")
+            time.sleep(max(0.0, period - (time.monotonic() - now)))
+
     def pids(self, idxs: Iterable[int]) -> dict[int, int]:
         out = {}
         for i in idxs:

@@ -106,6 +106,10 @@ class Traversal:
         self.spawn: Spawn | None = None  # the node's task group, while running
         # our gateway's port mapping (traversal.portmap), announced to peers when there is one
         self.mapped: Callable[[], tuple[str, int] | None] = lambda: None
+        # peers whose first direct dial is untried or in flight (control.dialler): not
+        # punched until it fails -- on a loaded host the dial outlasts PUNCH_GRACE, and
+        # relayed attempts to peers it is about to reach only add load (issue 23)
+        self.direct_first: Callable[[], set[bytes]] = set
         # relayed control connections: peer -> (reader, writer, mediator peer)
         self.virtual: dict[bytes, tuple[asyncio.StreamReader, RelayWriter, bytes]] = {}
         # streams whose far end said fin: asyncio asserts on data fed after EOF
@@ -147,6 +151,10 @@ class Traversal:
             if cur is not None and cur.link is not None and self.links.get(
                     cur.link.peer) is not cur.link:
                 self._ended(rec, cur, now, "relayed connection closed")
+
+    def attempting(self) -> bool:
+        """An attempt is in progress (its punch steps need the node's 4 Hz tick)."""
+        return bool(self.virtual) or any(r.current is not None for r in self.peers.values())
 
     def _attempt_for(self, link: Link, now: float) -> tuple[PeerPunch, Attempt]:
         """The attempt on relayed ``link``, begun now if it is new."""
@@ -292,6 +300,7 @@ class Traversal:
         if not self.enabled:
             return
         peers = self.topology.peers()
+        dialling = self.direct_first()
         for peer in peers:
             if peer == self.me or peer in self.links or peer in self.virtual:
                 continue
@@ -299,6 +308,8 @@ class Traversal:
             if rec is None:
                 rec = self.peers[peer] = PeerPunch(now + PUNCH_GRACE)
             if peer < self.me or now < rec.next_at or len(self.virtual) >= MAX_VIRTUAL:
+                continue
+            if peer in dialling:
                 continue
             med = self._mediator_for(peer)
             if med is None or self.spawn is None:

@@ -1,0 +1,76 @@
+"""How often the node's one ticker runs: 4 Hz while anything is in motion, 1 Hz when
+every link is settled (issue 23: idle CPU of a router with many links).
+
+Why: every tick walks every link in several parts (liveness, heartbeats, PMTU, GSO
+proofs, gossip, reassembly, fastdp), O(links) each, whether or not anything is due. A
+router in a settled 50-router mesh has nothing due in most ticks: its deadlines are 5 s
+heartbeats, 15 s liveness, minutes for rekeying, PMTU re-searches and anti-entropy.
+Ticking at 1 Hz then makes those deadlines up to 1 s late instead of 0.25 s, which
+none of them minds; everything with a sub-second step (fast heartbeats until the peer
+hears us, PMTU probes, GSO proofs, TCP fallback after 3 s, punching, dialling,
+handshakes, fastdp probing, frames waiting in a reassembly, data flowing through the
+port, IPAM and DNS deadlines) keeps the 4 Hz tick, because any one of them makes the
+router "busy" (``settled`` is False).
+
+The check itself is O(links) once per tick, the same order as one part's tick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+TICK = 0.25  # s, while anything is in motion
+IDLE_TICK = 1.0  # s, when every link is settled and nothing else is due
+
+
+class _Pmtu(Protocol):
+    @property
+    def next_deadline(self) -> float: ...
+
+
+class _Sized(Protocol):
+    def __len__(self) -> int: ...
+
+
+class SettledLink(Protocol):
+    """The attributes of ``links.link.Link`` this module reads."""
+
+    virtual: bool
+    usable: bool
+    over_tcp: bool
+    confirmed: bool
+    told_ok: bool
+    heard_at: float
+    gso_ok: bool
+    gso_next_proof: float
+
+    @property
+    def pmtu(self) -> _Pmtu: ...
+
+    @property
+    def reasm(self) -> _Sized: ...
+
+    @property
+    def segsets(self) -> _Sized: ...
+
+    @property
+    def gossip_pending(self) -> object: ...
+
+
+def link_settled(link: SettledLink, now: float, gso: bool) -> bool:
+    """Nothing about this link needs a step within ``IDLE_TICK``."""
+    soon = now + IDLE_TICK
+    return (link.usable and not link.virtual and not link.over_tcp and link.confirmed
+            and link.told_ok and link.heard_at > 0
+            and link.pmtu.next_deadline >= soon
+            and (not gso or link.gso_ok or link.gso_next_proof >= soon)
+            and not link.gossip_pending and not len(link.reasm) and not len(link.segsets))
+
+
+def period(links: Iterable[SettledLink], now: float, *, gso: bool, busy: bool) -> float:
+    """The next tick's delay: ``IDLE_TICK`` only if nothing else is ``busy`` and every
+    link is settled."""
+    if busy:
+        return TICK
+    return IDLE_TICK if all(link_settled(lk, now, gso) for lk in links) else TICK

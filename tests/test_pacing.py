@@ -1,0 +1,55 @@
+"""The node's tick pacing (sleeve.pacing): 1 Hz only while everything is settled."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from sleeve.capture.memory import MemoryPort
+from sleeve.node import Node
+from sleeve.pacing import IDLE_TICK, TICK, link_settled, period
+from tests.test_node_inproc import frame, pair, wait_for
+
+NOW = 100.0
+
+
+def settled(**kw: Any) -> Any:
+    attrs = dict(virtual=False, usable=True, over_tcp=False, confirmed=True, told_ok=True,
+                 heard_at=NOW - 1, gso_ok=True, gso_next_proof=0.0,
+                 pmtu=SimpleNamespace(next_deadline=NOW + 600), reasm=[], segsets=[],
+                 gossip_pending={})
+    attrs.update(kw)
+    return SimpleNamespace(**attrs)
+
+
+def test_only_a_settled_link_lets_the_ticker_slow_down() -> None:
+    assert link_settled(settled(), NOW, gso=True)
+    assert period([settled(), settled()], NOW, gso=True, busy=False) == IDLE_TICK
+    for change in (dict(virtual=True), dict(usable=False), dict(over_tcp=True),
+                   dict(confirmed=False), dict(told_ok=False), dict(heard_at=0.0),
+                   dict(pmtu=SimpleNamespace(next_deadline=NOW + 0.5)),  # probing
+                   dict(gso_ok=False, gso_next_proof=NOW + 0.3),  # a GSO proof due
+                   dict(reasm=[1]), dict(segsets=[1]), dict(gossip_pending={"dns": 1})):
+        lk = settled(**change)
+        assert not link_settled(lk, NOW, gso=True), change
+        assert period([settled(), lk], NOW, gso=True, busy=False) == TICK, change
+    # without offload, a GSO proof is never due
+    assert link_settled(settled(gso_ok=False, gso_next_proof=NOW), NOW, gso=False)
+    assert period([settled()], NOW, gso=True, busy=True) == TICK  # e.g. a handshake
+
+
+def test_a_settled_pair_ticks_slowly_and_traffic_speeds_it_up() -> None:
+    async def body(a: Node, pa: MemoryPort, b: Node, pb: MemoryPort) -> None:
+        await wait_for(lambda: a.stats["ticks_idle"] >= 2 and b.stats["ticks_idle"] >= 2,
+                       timeout=20)
+        assert all(lk.state == "established" for lk in a.links.values())
+        mac_a, mac_b = b"\x02\x00\x00\x00\x00\x0a", b"\x02\x00\x00\x00\x00\x0b"
+        fast = b.stats["ticks"]
+        for _ in range(6):  # a frame every 0.3 s: b's ticks must follow at 4 Hz
+            pa.inject(frame(mac_b, mac_a))
+            await asyncio.sleep(0.3)
+        assert pb.delivered
+        assert b.stats["ticks"] - fast >= 4
+
+    asyncio.run(pair(body))
