@@ -31,11 +31,12 @@ not validly signed by the peer it names (``gossip_bad_signature``).
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sleeve.config import Target, parse_target
-from sleeve.crypto.keys import Signer
+from sleeve.crypto.keys import Signer, format_peer_id
 from sleeve.proto.routes import Routes
 from sleeve.proto.topology import (
     ConnRecord,
@@ -176,6 +177,26 @@ class Mesh:
             level = nxt
         del dist[self.me]
         return dist
+
+    # ------------------------------------------------------------------ status views
+    def peers_status(self, me: bytes, linked: Container[bytes]) -> list[dict[str, Any]]:
+        """Every peer record as ``GET /status`` shows it (``linked``: our direct peers)."""
+        reach = self.topology.reachable()
+        return [{"peer": format_peer_id(r.peer), "nickname": r.nickname, "uid": r.uid,
+                 "version": r.version, "self": r.peer == me,
+                 "reachable": r.peer in reach, "direct": r.peer in linked,
+                 "connections": [{"peer": format_peer_id(c.peer), "addr": c.addr,
+                                  "outbound": c.outbound, "established": c.established}
+                                 for c in r.conns]}
+                for r in self.topology.records()]
+
+    def routes_status(self, linked: Container[bytes]) -> list[dict[str, Any]]:
+        """Our unicast routes: destination, next hop, hops, and whether the hop is linked."""
+        hops = self.hop_counts()
+        return [{"destination": format_peer_id(d), "via": format_peer_id(v),
+                 "hops": hops.get(d), "usable": v in linked}
+                for d, v in sorted(self.routes.unicast().items())]
+
 
 
 def encode_chunked(records: Iterable[PeerRecord]) -> list[bytes]:

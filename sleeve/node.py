@@ -530,8 +530,8 @@ class Node:
             "uptime_s": round(now - self.started, 1),
             "connections": [self.link_status(lk) for lk in self.table],
             "targets": self.dialler.status(now),
-            "peers": self._peers_status(),
-            "routes": self._routes_status(),
+            "peers": self.mesh.peers_status(self.id, self.table),
+            "routes": self.mesh.routes_status(self.table),
             "fastdp": self.fastdp.status(),
             "bridge": None if self.bridge is None else self.bridge.status(),
             "gossip": self.gossip.status(),
@@ -553,7 +553,7 @@ class Node:
         a monitor polling many routers every second reads."""
         return {"name": self.name, "pid": os.getpid(), "peers": len(self.mesh.topology),
                 "established": sum(lk.usable for lk in self.table),
-                "routes": self._routes_status()}
+                "routes": self.mesh.routes_status(self.table)}
 
     def drop_counts(self) -> dict[str, int]:
         """Our drops by reason, and what the kernel dropped before we saw it."""
@@ -588,22 +588,6 @@ class Node:
         return {**link.status(), "path": path, "path_reason": why,
                 "offload": "super-frames" if link.peer_vnet and self.egress.vnet
                 else "per frame"}
-
-    def _peers_status(self) -> list[dict[str, Any]]:
-        reach = self.mesh.topology.reachable()
-        return [{"peer": format_peer_id(r.peer), "nickname": r.nickname, "uid": r.uid,
-                 "version": r.version, "self": r.peer == self.id,
-                 "reachable": r.peer in reach, "direct": r.peer in self.table,
-                 "connections": [{"peer": format_peer_id(c.peer), "addr": c.addr,
-                                  "outbound": c.outbound, "established": c.established}
-                                 for c in r.conns]}
-                for r in self.mesh.topology.records()]
-
-    def _routes_status(self) -> list[dict[str, Any]]:
-        hops = self.mesh.hop_counts()
-        return [{"destination": format_peer_id(d), "via": format_peer_id(v),
-                 "hops": hops.get(d), "usable": v in self.table}
-                for d, v in sorted(self.mesh.routes.unicast().items())]
 
 
 class _Stop(Exception):
