@@ -37,6 +37,7 @@ class SettledLink(Protocol):
     """The attributes of ``links.link.Link`` this module reads."""
 
     virtual: bool
+    endpoint_learnt: bool
     usable: bool
     over_tcp: bool
     confirmed: bool
@@ -61,7 +62,9 @@ class SettledLink(Protocol):
 def link_settled(link: SettledLink, now: float, gso: bool) -> bool:
     """Nothing about this link needs a step within ``IDLE_TICK``."""
     soon = now + IDLE_TICK
-    return (link.usable and not link.virtual and not link.over_tcp and link.confirmed
+    # a punched (relayed-control) link is settled like any other once its UDP is heard
+    return (link.usable and (not link.virtual or link.endpoint_learnt)
+            and not link.over_tcp and link.confirmed
             and link.told_ok and link.heard_at > 0
             and link.pmtu.next_deadline >= soon
             and (not gso or link.gso_ok or link.gso_next_proof >= soon)

@@ -36,9 +36,10 @@ the same keys with no message exchange and a key in use now says nothing about e
     K_e = BLAKE2b(key=C_e,     "sleeve epoch key" | e as 8-byte BE)      e >= 1
 
 ``K_e`` seals epoch ``e``'s datagrams; the chain key ``C_e`` never touches a packet. Keeping
-them apart matters in Python, where an AEAD key must be an immutable ``bytes`` (PyNaCl's
-binding) that cannot be wiped: a stale copy of an old ``K_e`` left in freed memory opens
-that one epoch only, whereas a stale chain key would open every later epoch. Chain keys
+them apart matters in Python, where an AEAD key is an immutable ``bytes`` (and a copy lives
+inside the ``cryptography`` binding's cipher object) that cannot be wiped: a stale copy of
+an old ``K_e`` left in freed memory opens that one epoch only, whereas a stale chain key
+would open every later epoch. Chain keys
 live in ``bytearray``s that are overwritten as soon as the chain moves on. ``K_0 = C_0``
 keeps epoch 0 byte-identical to the datagrams sleeve sent before rotation existed.
 """
@@ -210,7 +211,8 @@ class KeyChain:
     a debugger) finds no chain key of a past epoch, hence no way back *or forward* from
     it. It cannot erase copies Python made along the way: ``hashlib`` returns each
     digest as an immutable ``bytes`` that is freed but not cleared, the message keys
-    ``K_e`` must be ``bytes`` for PyNaCl and are only dropped, and the epoch-0 key
+    ``K_e`` are ``bytes`` (and copied into the binding's cipher object) and are only
+    dropped, and the epoch-0 key
     belongs to the caller. Those leftovers expose at most their own epoch (``K_e``) or
     are transient; none of this defends against an attacker who can read memory *now*.
     """

@@ -25,6 +25,7 @@ on the link with its errno and never raises; EMSGSIZE tells the link's PMTU prob
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
 import struct
@@ -215,6 +216,11 @@ class Underlay:
         """One datagram to ``ep`` with a hop limit (hole punching), counted on the link;
         from ``sock`` (a spray socket) or our socket for the family."""
         host = ep[0]
+        if not is_ip_literal(host):
+            # e.g. ("relay", port) when the mediator never saw the peer's UDP: sendto
+            # would resolve the name, blocking the loop
+            link.stats.inc("drop_punch_no_address")
+            return
         if sock is None:
             sock = self.udp6 if ":" in host else self.udp
         if sock is None:
@@ -465,7 +471,12 @@ class Underlay:
         loop reads them. Returns how many opened (fewer when the system refuses fds)."""
         opened = 0
         for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            except OSError as e:  # out of fds: spray with what we have
+                self.stats.inc("spray_socket_errors")
+                log.info("spray: cannot open socket %d of %d: %s", opened + 1, n, e.strerror)
+                break
             try:
                 attach_junk_filter(s)
                 s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
@@ -496,6 +507,10 @@ class Underlay:
             self.drops.inc("spray_wrong_socket")  # another link's socket: do not move
             return
         del self.spray[sock]
+        try:  # it carries the link's traffic now: the main sockets' buffers
+            set_buffers(sock, UDP_BUFFER)
+        except OSError:
+            pass
         old = self.pinned.pop(link, None)
         if old is not None:
             self._close_extra(old)
@@ -538,3 +553,12 @@ class Underlay:
         self.gso_off.clear()
         self.gro_on.clear()
         self.pktinfo_on.clear()
+
+
+def is_ip_literal(host: str) -> bool:
+    """An IPv4/IPv6 address, never a name (a name would be resolved, blocking)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

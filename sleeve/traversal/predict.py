@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,15 +92,20 @@ class NatKind:
                 "prediction": self.prediction.describe() if self.prediction else None}
 
 
-def classify(local_port: int, observations: Iterable[tuple[str, Endpoint]]) -> NatKind:
+def classify(local_port: int, observations: Iterable[tuple[str, Endpoint]],
+             own: Container[str] = ()) -> NatKind:
     """Our NAT's behaviour from (observer's address, the endpoint it saw for us) pairs.
 
     Only the public address most observers saw counts, and only one observation per
     observer address (a new flow needs a new destination). Fewer than two: unknown,
-    unless the one kept our own port.
+    unless the one kept our own port. Observations of one of our ``own`` addresses (a
+    peer on our LAN sees us without a NAT) and IPv6 ones (no NAT; spray and prediction
+    are IPv4) are left out: they would outvote the public observers.
     """
     by_host: dict[str, dict[str, int]] = {}
     for observer, (host, port) in observations:
+        if host in own or ":" in host:
+            continue
         by_host.setdefault(host, {})[observer] = port
     if not by_host:
         return NatKind("unknown")
@@ -179,5 +184,5 @@ class Observations:
             self.seen.pop(peer, None)
         self.told.pop(peer, None)  # the new link (if any) hears it again
 
-    def nat(self, local_port: int) -> NatKind:
-        return classify(local_port, self.seen.values())
+    def nat(self, local_port: int, own: Container[str] = ()) -> NatKind:
+        return classify(local_port, self.seen.values(), own)

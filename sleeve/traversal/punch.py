@@ -154,7 +154,7 @@ class Traversal:
 
     def attempting(self) -> bool:
         """An attempt is in progress (its punch steps need the node's 4 Hz tick)."""
-        return bool(self.virtual) or any(r.current is not None for r in self.peers.values())
+        return any(r.current is not None for r in self.peers.values())
 
     def _attempt_for(self, link: Link, now: float) -> tuple[PeerPunch, Attempt]:
         """The attempt on relayed ``link``, begun now if it is new."""
@@ -201,7 +201,15 @@ class Traversal:
     def nat(self) -> predict.NatKind:
         """Our NAT's behaviour, from what the linked peers see of our UDP endpoint."""
         sock = self.underlay.udp
-        return self.obs.nat(sock.getsockname()[1] if sock is not None else 0)
+        # Our own addresses (the local ends of our control connections): a peer that
+        # sees us at one of them sees us without a NAT between (our LAN), which says
+        # nothing about the NAT the public peers see.
+        own = set()
+        for lk in self.links:
+            name = lk.writer.get_extra_info("sockname")
+            if isinstance(name, tuple) and name and isinstance(name[0], str):
+                own.add(name[0])
+        return self.obs.nat(sock.getsockname()[1] if sock is not None else 0, own)
 
     def tell_seen(self) -> None:
         """Tell each peer whose datagrams we hear the UDP source we see for it (predict)."""
@@ -243,8 +251,8 @@ class Traversal:
         if eps is None or mapped is None or pred is False or theirs not in spray.KINDS:
             self.drops.inc("bad_cand")
             return
-        if not link.virtual or link.endpoint_learnt:
-            self.drops.inc("cand_no_attempt")
+        if not link.virtual or link.endpoint_learnt or self.links.get(link.peer) is not link:
+            self.drops.inc("cand_no_attempt")  # punched, or a replaced connection's message
             return
         # the peer's message may come before our tick saw the link: begin it now
         _, att = self._attempt_for(link, time.monotonic())
@@ -252,7 +260,11 @@ class Traversal:
             self.drops.inc("cand_no_attempt")
             return
         att.lan, att.mapped = eps, mapped
-        if isinstance(pred, Prediction) and att.pred is None:
+        if isinstance(pred, Prediction) and pred.host != link.endpoint[0]:
+            # only the address the mediator saw the peer's NAT at: a member must not
+            # aim our probes at any host it likes
+            self.drops.inc("bad_pred_host")
+        elif isinstance(pred, Prediction) and att.pred is None:
             att.pred = pred
             # the peer opens its NAT, we cross to its predicted ports; where both NATs
             # change ports the session indexes pick the roles, as without prediction
@@ -269,6 +281,8 @@ class Traversal:
         busy = sum(1 for r in self.peers.values() if (c := r.current) is not None and c.spray_role)
         if not role or busy >= spray.MAX_SPRAYS:
             return
+        if role == "open" and not candidates.decode({"eps": [[link.endpoint[0], 1]]}):
+            return  # no observed address of the peer to keep 128 mappings open to
         if role == "probe":
             host = candidates.decode({"eps": [[link.endpoint[0], 1]]})
             if not host:  # no observed address of the peer's NAT to spray at
@@ -320,6 +334,9 @@ class Traversal:
             self._start_virtual(peer, med, None, True)
         for peer in list(self.peers):
             if peer not in peers:
+                cur = self.peers[peer].current
+                if cur is not None and cur.link is not None:
+                    self.underlay.close_spray(cur.link)  # a new attempt would open more
                 del self.peers[peer]
 
     def _punch_send(self, link: Link, rec: PeerPunch, att: Attempt, now: float) -> None:
@@ -369,11 +386,11 @@ class Traversal:
                     eps: list[candidates.Endpoint], now: float) -> None:
         """Our NAT draws random ports: many sockets open many mappings to the peer's
         endpoint, hop-limited (they must not reach the far NAT), refreshed now and then."""
+        att.next_keep = age + spray.KEEP_EVERY  # first: a failed open waits its turn too
         if not att.spray_sockets:
             att.spray_sockets = self.underlay.open_spray(link, spray.SOCKETS)
             log.info("hole punching to %s: %d spray sockets open, keepalives to %s",
                      link.name, att.spray_sockets, ", ".join(f"{h}:{p}" for h, p in eps))
-        att.next_keep = age + spray.KEEP_EVERY
         for sock in self.underlay.spray_sockets(link):
             for ep in eps:
                 self.underlay.send_ttl(link, ep, link.session.seal(link.heartbeat_record(now)),
