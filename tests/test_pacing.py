@@ -15,7 +15,8 @@ NOW = 100.0
 
 
 def settled(**kw: Any) -> Any:
-    attrs = dict(virtual=False, endpoint_learnt=True, usable=True, over_tcp=False, confirmed=True, told_ok=True,
+    attrs = dict(virtual=False, endpoint_learnt=True, usable=True, over_tcp=False,
+                 confirmed=True, told_ok=True,
                  heard_at=NOW - 1, gso_ok=True, gso_next_proof=0.0,
                  pmtu=SimpleNamespace(next_deadline=NOW + 600), reasm=[], segsets=[],
                  gossip_pending={})
@@ -26,7 +27,8 @@ def settled(**kw: Any) -> Any:
 def test_only_a_settled_link_lets_the_ticker_slow_down() -> None:
     assert link_settled(settled(), NOW, gso=True)
     assert period([settled(), settled()], NOW, gso=True, busy=False) == IDLE_TICK
-    for change in (dict(virtual=True, endpoint_learnt=False), dict(usable=False), dict(over_tcp=True),
+    for change in (dict(virtual=True, endpoint_learnt=False), dict(usable=False),
+                   dict(over_tcp=True),
                    dict(confirmed=False), dict(told_ok=False), dict(heard_at=0.0),
                    dict(pmtu=SimpleNamespace(next_deadline=NOW + 0.5)),  # probing
                    dict(gso_ok=False, gso_next_proof=NOW + 0.3),  # a GSO proof due
