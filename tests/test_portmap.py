@@ -52,9 +52,19 @@ def map_reply(epoch: int, result: int = 0, ext: int = 41000) -> bytes:
 
 
 def rig() -> tuple[PortMapper, socket.socket, Counters]:
+    """A client that asked PCP first and was told "NAT-PMP only" (RFC 6886 3.5)."""
     g = fake_gateway()
     drops = Counters()
     pm = PortMapper(drops, Counters(), enabled=True, server_port=g.getsockname()[1])
+    pm.tick(0.0, "127.0.0.1", 6783)
+    data, src = g.recvfrom(2048)
+    assert data[:2] == bytes((2, 1)) and len(data) == 60  # PCP MAP, preferred
+    g.sendto(struct.pack("!BBHI", 0, 129, 1, 1), src)  # version 0: unsupported version
+    for _ in range(50):
+        pm.tick(0.0, "127.0.0.1", 6783)
+        if pm.mode == "nat-pmp":
+            break
+    assert pm.mode == "nat-pmp" and not drops.snapshot(), drops.snapshot()
     return pm, g, drops
 
 

@@ -96,6 +96,7 @@ class Traversal:
         self.spawn: Spawn | None = None  # the node's task group, while running
         # our gateway's port mapping (traversal.portmap), announced to peers when there is one
         self.mapped: Callable[[], tuple[str, int] | None] = lambda: None
+        self._announced: tuple[str, int] | None = None  # the mapping peers were last told
         # relayed control connections: peer -> (reader, writer, mediator peer)
         self.virtual: dict[bytes, tuple[asyncio.StreamReader, RelayWriter, bytes]] = {}
         # streams whose far end said fin: asyncio asserts on data fed after EOF
@@ -107,6 +108,14 @@ class Traversal:
     # ------------------------------------------------------------------ starting attempts
     def tick(self, now: float) -> None:
         """Follow every relayed link's attempt: punch, notice success, give up (every tick)."""
+        mapped = self.mapped()
+        if mapped != self._announced:  # a mapping came (or changed) mid-attempt: tell them
+            self._announced = mapped
+            for peer, pp in self.peers.items():
+                cur = pp.current
+                if cur is not None and cur.link is not None and self.links.get(
+                        peer) is cur.link:
+                    self._send_candidates(cur.link)
         for link in self.links:
             if not link.virtual:
                 continue
@@ -230,12 +239,14 @@ class Traversal:
         # observed endpoint anyway: the fast path on the internet.
         first = att.plan.first_crossing(age)
         targets = [(link.endpoint[0], link.hello_port)] if first else sorted(eps)
-        out = [(ep, ttl) for ep in targets] if send else []
+        out: dict[candidates.Endpoint, int | None] = {ep: ttl for ep in targets} if send else {}
         # the peer's LAN endpoints, every tick: a short hop limit keeps them near
-        out += [(ep, candidates.LAN_HOPS) for ep in att.lan if ep not in eps]
-        # the peer's gateway forwards its mapped port: the full TTL, from the start
-        out += [(ep, None) for ep in att.mapped if ep not in eps]
-        for ep, hops in out:
+        out.update((ep, candidates.LAN_HOPS) for ep in att.lan if ep not in eps)
+        # the peer's gateway forwards its mapped port: the full TTL, every tick, from the
+        # start, even where it is also the observed endpoint (a port-preserving NAT maps
+        # the same port: the plan's low hop limit would never reach the gateway)
+        out.update((ep, None) for ep in att.mapped)
+        for ep, hops in out.items():
             self.underlay.send_ttl(link, ep, link.session.seal(link.heartbeat_record(now)), hops)
 
     def _mediator_for(self, peer: bytes) -> Link | None:
