@@ -152,3 +152,15 @@ def test_nothing_listening_on_5351_goes_straight_to_upnp() -> None:
     settle(pm, 0.0, lambda: pm.mode != "pcp")
     assert stats["pcp_failures"] == 1 and "no PCP/NAT-PMP server" in pm.status()["refusals"][0]
     pm.close()
+
+
+def test_metrics_per_protocol() -> None:
+    from sleeve.status.metrics import metrics_route
+    st = {"connections": [], "drops": {}, "mac_count": 0, "peer_count": 1,
+          "counters": {"pcp_requests": 3, "pcp_failures": 1, "pmp_mappings": 1}}
+    text = metrics_route(lambda: st)({})[1].decode()
+    assert 'sleeve_port_mapping_total{event="requests",protocol="pcp"} 3.0' in text
+    assert 'sleeve_port_mapping_total{event="failures",protocol="pcp"} 1.0' in text
+    assert 'sleeve_port_mapping_total{event="mappings",protocol="nat-pmp"} 1.0' in text
+    assert 'sleeve_port_mapping_total{event="mappings",protocol="upnp"} 0.0' in text
+    assert 'event="pcp_requests"' not in text  # not twice (in sleeve_events too)

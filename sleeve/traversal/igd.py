@@ -230,11 +230,14 @@ async def soap(svc: Service, action: str, args: dict[str, str]) -> dict[str, str
                               soap_body(svc.service_type, action, args),
                               {"Content-Type": 'text/xml; charset="utf-8"',
                                "SOAPAction": f'"{svc.service_type}#{action}"'})
+    if status != 200 and not body.strip():
+        raise IgdError(f"http_{status}")
     root = parse_xml(body)
     values = {_local(e.tag): (e.text or "").strip() for e in root.iter()}
-    if status != 200:
+    if status != 200:  # a SOAP fault: UPnPError's errorCode says why (718: port taken)
         code = values.get("errorCode", "")
-        raise IgdError(f"upnp_error_{code}" if code.isdigit() else f"http_{status}")
+        raise IgdError(f"upnp_error_{code}" if code.isdigit() and len(code) < 6
+                       else f"http_{status}")
     return values
 
 

@@ -260,7 +260,7 @@ class PortMapper:
             e0, t0 = self._epoch
             if epoch + 2 < e0 + (now - t0) * 7 / 8:
                 log.info("port mapping: gateway %s restarted; mapping again", self.gateway)
-                self.external_ip = self.external_port = None
+                self._forget()
                 self._next = now
         self._epoch = (epoch, now)
 
