@@ -117,7 +117,8 @@ class PortMapper:
         self._epoch: tuple[int, float] | None = None  # (epoch, when) of the last reply
         self._expires = float("inf")  # the mapping's lifetime ends (renewals unanswered)
         self._upnp_busy = False
-        self._upnp_result: igd.Mapping | igd.IgdError | None = None
+        # (gateway asked, outcome) of the last UPnP task, for tick to pick up
+        self._upnp_result: tuple[str, igd.Mapping | igd.IgdError] | None = None
         self._upnp_svc: igd.Service | None = None
         self._upnp_ext = 0  # the external port to ask UPnP for (another after a clash)
 
@@ -157,7 +158,10 @@ class PortMapper:
             else:  # asking UPnP: nothing should come here
                 self.drops.inc("portmap_unasked")
         if self._upnp_result is not None:
-            self._on_upnp(self._upnp_result, now)
+            gw, r = self._upnp_result
+            self._upnp_result = None
+            if gw == self.gateway and self.mode == "upnp":  # else the gateway changed
+                self._on_upnp(r, now)
         if now >= self._next:
             self._ask(now)
 
@@ -348,19 +352,16 @@ class PortMapper:
         try:
             if self._upnp_svc is None:
                 self._upnp_svc = await igd.find(local_ip, gateway)
-            self._upnp_result = await igd.add_mapping(self._upnp_svc, local_ip, port, ext,
-                                                      LIFETIME)
+            self._upnp_result = gateway, await igd.add_mapping(self._upnp_svc, local_ip, port,
+                                                               ext, LIFETIME)
         except igd.IgdError as e:
-            self._upnp_result = e
+            self._upnp_result = gateway, e
         except asyncio.CancelledError:
             raise
         finally:
             self._upnp_busy = False
 
     def _on_upnp(self, r: igd.Mapping | igd.IgdError, now: float) -> None:
-        self._upnp_result = None
-        if self.mode != "upnp":
-            return  # the gateway changed meanwhile
         if isinstance(r, igd.Mapping):
             if usable_external(r.external_ip):
                 self._mapped("upnp", r.external_ip, r.external_port, r.lifetime, now)
