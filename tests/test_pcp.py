@@ -92,6 +92,8 @@ def test_maps_with_pcp_checks_the_nonce_and_renews_with_it() -> None:
     pm, g, drops, stats = rig()
     req, src = ask(pm, g, 0.0)
     assert req[:2] == b"\x02\x01" and req[8:24] == V4 + bytes([127, 0, 0, 1])
+    # suggests an external port other than ours (see PortMapper._suggest)
+    assert struct.unpack_from("!HH", req, 40) == (6783, pm._suggest) and pm._suggest != 6783
     nonce = req[24:36]
     assert struct.unpack_from("!I", req, 4)[0] == LIFETIME
     g.sendto(response(nonce=bytes(12)), src)  # someone else's mapping: dropped

@@ -120,7 +120,13 @@ class PortMapper:
         # (gateway asked, outcome) of the last UPnP task, for tick to pick up
         self._upnp_result: tuple[str, igd.Mapping | igd.IgdError] | None = None
         self._upnp_svc: igd.Service | None = None
-        self._upnp_ext = 0  # the external port to ask UPnP for (another after a clash)
+        # The external port we suggest: not our own. A NAT that preserves ports already
+        # uses ours for our outbound flows, so peers' punching datagrams may reach that
+        # port before the gateway forwards it; conntrack then keeps such a flow
+        # unforwarded (NAT is decided by a flow's first packet) for as long as the peer
+        # keeps sending. A port no one knew before we announce it has no such flow.
+        self._suggest = 0
+        self._clashed = False  # UPnP: our suggestion was taken, a new one was drawn
 
     @property
     def mapped(self) -> tuple[str, int] | None:
@@ -199,7 +205,8 @@ class PortMapper:
         self.close()
         self.gateway, self.port = gateway, port
         self._forget()
-        self.mode, self._nonce, self._upnp_svc, self._upnp_ext = "pcp", os.urandom(12), None, 0
+        self.mode, self._nonce, self._upnp_svc = "pcp", os.urandom(12), None
+        self._suggest, self._clashed = self._draw(port), False
         self._epoch, self._tries, self._next = None, 0, now
         if gateway is None:
             self.error = "no gateway (no route via a next hop to our peers)"
@@ -214,6 +221,12 @@ class PortMapper:
             return
         self._sock = s
         self.error = "asking"
+
+    @staticmethod
+    def _draw(port: int) -> int:
+        """An external port to suggest: above the usual services, never ``port``."""
+        p = random.randrange(20000, 60000)
+        return p if p != port else p + 1
 
     def _failed(self, now: float, why: str, then: str | None) -> None:
         """``self.mode`` gave nothing: try ``then`` at once, or rest IDLE s and start over."""
@@ -248,10 +261,10 @@ class PortMapper:
         try:
             if self.mode == "pcp":
                 self._sock.send(pcp.map_request(self._local_ip, self._nonce, self.port,
-                                                self.external_port or self.port, LIFETIME))
+                                                self.external_port or self._suggest, LIFETIME))
             else:
                 self._sock.send(pmp.addr_request())
-                self._sock.send(pmp.map_request(self.port, self.external_port or self.port,
+                self._sock.send(pmp.map_request(self.port, self.external_port or self._suggest,
                                                 LIFETIME))
             self.stats.inc(f"{_KEY[self.mode]}_requests")
         except OSError as e:
@@ -345,7 +358,7 @@ class PortMapper:
         self._upnp_busy = True
         self._next = now + igd.TIMEOUT * 4  # the task's bound; tick picks its result up
         self.stats.inc("upnp_requests")
-        ext = self._upnp_ext or self.external_port or self.port
+        ext = self.external_port or self._suggest
         self.spawn(self._upnp(self._local_ip, self.gateway or "", self.port, ext))
 
     async def _upnp(self, local_ip: str, gateway: str, port: int, ext: int) -> None:
@@ -370,11 +383,11 @@ class PortMapper:
         why = str(r)
         if why.startswith(("bad_", "dtd", "too_long", "control_elsewhere")):
             self.drops.inc(f"upnp_bad_{why.removeprefix('bad_')}")  # an untrusted answer
-        if why == "upnp_error_718" and not self._upnp_ext:
-            # ConflictInMappingEntry: another host has our port; once more with another
-            self._upnp_ext = random.randrange(20000, 60000)
+        if why == "upnp_error_718" and not self._clashed:
+            # ConflictInMappingEntry: another host has that port; once more with another
+            self.refusals.append(f"upnp: port {self._suggest} taken, asking for another")
+            self._suggest, self._clashed = self._draw(self.port), True
             self.stats.inc("upnp_failures")
-            self.refusals.append(f"upnp: port {self.port} taken, asking for another")
             self._next = now
             return
         self._upnp_svc = None
