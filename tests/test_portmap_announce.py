@@ -27,3 +27,16 @@ def test_a_mapping_is_announced_mid_attempt_and_crossed_to_with_the_full_ttl() -
     tr.tick(10.75)
     assert (("198.18.40.12", 6783), None) in underlay.sent, underlay.sent
     assert not [s for s in underlay.sent if s[0] == ("198.18.40.12", 6783) and s[1]]
+
+
+def test_candidates_that_come_before_our_attempt_starts_are_kept_for_it() -> None:
+    """The peer finished the relayed handshake first and told us its mapping before our
+    tick saw the link (a lab run stayed relayed 30 s on this)."""
+    tr, table, underlay, _ = rig()
+    link = table.links[PEER] = FakeLink(PEER, virtual=True, li=6, ri=9)
+    tr.on_cand(cast(Any, link), {"t": "cand", "eps": [], "mapped": [["198.18.40.12", 30000]]})
+    assert not tr.drops.snapshot()
+    tr.tick(10.0)
+    tr.tick(10.25)
+    assert (("198.18.40.12", 30000), None) in underlay.sent, underlay.sent
+    assert not tr._early

@@ -97,6 +97,10 @@ class Traversal:
         # our gateway's port mapping (traversal.portmap), announced to peers when there is one
         self.mapped: Callable[[], tuple[str, int] | None] = lambda: None
         self._announced: tuple[str, int] | None = None  # the mapping peers were last told
+        # candidates that came over a relayed link before our tick started its attempt
+        # (the peer finished the handshake first): kept for it, one per link
+        self._early: dict[bytes, tuple[Link, list[candidates.Endpoint],
+                                       list[candidates.Endpoint]]] = {}
         # relayed control connections: peer -> (reader, writer, mediator peer)
         self.virtual: dict[bytes, tuple[asyncio.StreamReader, RelayWriter, bytes]] = {}
         # streams whose far end said fin: asyncio asserts on data fed after EOF
@@ -131,6 +135,9 @@ class Traversal:
                 p = plan.plan_for(self.me < link.peer, link.session.local_index,
                                   link.session.remote_index, rec.attempts)
                 att = Attempt(rec.attempts, now, p, link)
+                early = self._early.pop(link.peer, None)
+                if early is not None and early[0] is link:
+                    att.lan, att.mapped = early[1], early[2]
                 rec.tried.append(att)
                 log.info("hole punching to %s: attempt %d, %s", link.name, att.n, p.describe())
                 self._send_candidates(link)
@@ -145,6 +152,8 @@ class Traversal:
                          att.plan.describe())
                 continue
             self._punch_send(link, rec, att, now)
+        for peer in [p for p, e in self._early.items() if self.links.get(p) is not e[0]]:
+            del self._early[peer]  # that relayed link is gone
         for rec in self.peers.values():  # attempts whose relayed connection went away
             att = rec.current
             if att is not None and att.link is not None and self.links.get(
@@ -175,6 +184,11 @@ class Traversal:
         rec = self.peers.get(link.peer)
         att = rec.current if rec is not None else None
         if att is None or att.link is not link:
+            last = rec.tried[-1] if rec is not None and rec.tried else None
+            if link.virtual and self.links.get(link.peer) is link and (
+                    last is None or last.link is not link):  # no attempt on it yet
+                self._early[link.peer] = (link, eps, mapped)  # our tick starts it soon
+                return
             self.drops.inc("cand_no_attempt")
             return
         att.lan, att.mapped = eps, mapped
