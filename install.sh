@@ -53,9 +53,12 @@ if [ "$extra" = test ]; then
     PKGS="$PKGS curl"
     command -v dockerd >/dev/null 2>&1 || PKGS="$PKGS docker.io"
 fi
-# The NAT traversal lab runs miniupnpd (NAT-PMP) by hand in a gateway namespace with a private
-# config; Debian's package does not start its service unless debconf is told to (default no).
-[ "$extra" = test ] && PKGS="$PKGS miniupnpd"
+# The NAT traversal lab runs miniupnpd (PCP, NAT-PMP, UPnP IGD) by hand in a gateway namespace
+# with a private config; Debian's package does not start its service unless debconf is told to
+# (default no). stund (stun-server) lets that miniupnpd believe its lab address (198.18/15 is
+# reserved, so it maps only when a STUN check finds it unrestricted); its service is not
+# started either (the policy-rc.d below).
+[ "$extra" = test ] && PKGS="$PKGS miniupnpd stun-server"
 
 missing=""
 for p in $PKGS; do

@@ -245,6 +245,7 @@ class Node:
                 async with asyncio.TaskGroup() as tg:
                     self._tg = tg
                     self.traversal.spawn = task_spawner(tg, self.drops)
+                    self.portmap.spawn = self.traversal.spawn  # UPnP's HTTP runs in a task
                     tg.create_task(self._ticker())
                     if ready is not None:
                         ready()
@@ -254,8 +255,8 @@ class Node:
                 pass
             finally:
                 self._tg = None
-                self.traversal.spawn = None
-                self.portmap.close()
+                self.traversal.spawn = self.portmap.spawn = None
+                await self.portmap.aclose()  # releases the mapping (bounded: igd.TIMEOUT)
         log.info("sleeve %s stopped", self.name)
 
     async def _start_api(self) -> HttpServer:

@@ -20,6 +20,11 @@ from sleeve.status.http import Route
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+# traversal.portmap's counters: <key><requests|mappings|failures>, by protocol
+_PORTMAP = {"pcp": "pcp_", "nat-pmp": "pmp_", "upnp": "upnp_"}
+_PORTMAP_KEYS = {f"{k}{ev}" for k in _PORTMAP.values() for ev in ("requests", "mappings",
+                                                                  "failures")}
+
 
 class _NodeCollector(Collector):
     def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
@@ -99,9 +104,16 @@ class _NodeCollector(Collector):
             "fast datapath switches, ...", labels=["event"])
         for key, v in sorted(c.items()):
             if not key.startswith(("gossip_", "conn_fail_", "conn_end_", "handshake_ok",
-                                   "port_rx_frames")):
+                                   "port_rx_frames")) and key not in _PORTMAP_KEYS:
                 events.add_metric([key], v)
         yield events
+        portmap = CounterMetricFamily(
+            "sleeve_port_mapping", "asking the NAT gateway for a port mapping, per protocol",
+            labels=["protocol", "event"])
+        for proto, key in _PORTMAP.items():
+            for ev in ("requests", "mappings", "failures"):
+                portmap.add_metric([proto, ev], c.get(f"{key}{ev}", 0))
+        yield portmap
         yield from _dns(st.get("dns") or {})
         yield from _ipam(st.get("ipam") or {})
         yield GaugeMetricFamily("sleeve_peers", "peers known in the mesh",

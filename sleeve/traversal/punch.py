@@ -110,6 +110,7 @@ class Traversal:
         # punched until it fails -- on a loaded host the dial outlasts PUNCH_GRACE, and
         # relayed attempts to peers it is about to reach only add load (issue 23)
         self.direct_first: Callable[[], set[bytes]] = set
+        self._announced: tuple[str, int] | None = None  # the mapping peers were last told
         # relayed control connections: peer -> (reader, writer, mediator peer)
         self.virtual: dict[bytes, tuple[asyncio.StreamReader, RelayWriter, bytes]] = {}
         # streams whose far end said fin: asyncio asserts on data fed after EOF
@@ -122,6 +123,14 @@ class Traversal:
     # ------------------------------------------------------------------ starting attempts
     def tick(self, now: float) -> None:
         """Follow every relayed link's attempt: punch, notice success, give up (every tick)."""
+        mapped = self.mapped()
+        if mapped != self._announced:  # a mapping came (or changed) mid-attempt: tell them
+            self._announced = mapped
+            for peer, pp in self.peers.items():
+                cur = pp.current
+                if cur is not None and cur.link is not None and self.links.get(
+                        peer) is cur.link:
+                    self._send_candidates(cur.link, cur.ours)
         self.tell_seen()
         for link in self.links:
             if not link.virtual:
@@ -364,20 +373,22 @@ class Traversal:
         # observed endpoint anyway: the fast path on the internet.
         first = att.plan.first_crossing(age)
         targets = [(link.endpoint[0], link.hello_port)] if first else sorted(eps)
-        out = [(ep, ttl) for ep in targets] if send else []
+        out: dict[candidates.Endpoint, int | None] = {ep: ttl for ep in targets} if send else {}
         # the peer's LAN endpoints, every tick: a short hop limit keeps them near
-        out += [(ep, candidates.LAN_HOPS) for ep in att.lan if ep not in eps]
-        # the peer's gateway forwards its mapped port: the full TTL, from the start
-        out += [(ep, None) for ep in att.mapped if ep not in eps]
+        out.update((ep, candidates.LAN_HOPS) for ep in att.lan if ep not in eps)
+        # the peer's gateway forwards its mapped port: the full TTL, every tick, from the
+        # start, even where it is also the observed endpoint (a port-preserving NAT maps
+        # the same port: the plan's low hop limit would never reach the gateway)
+        out.update((ep, None) for ep in att.mapped)
         # the peer's NAT changes ports: cross to where its next mappings will be
         if att.pred is not None and send and not att.plan.opener:
-            out += [(ep, None) for ep in att.pred.endpoints() if ep not in eps]
+            out.update((ep, None) for ep in att.pred.endpoints() if ep not in eps)
         elif att.sprayer is not None and age >= plan.OPEN_TIME:
             ports = att.sprayer.next()
-            out += [((att.sprayer.host, p), None) for p in ports]
+            out.update(((att.sprayer.host, p), None) for p in ports)
             if ports and att.sprayer.sent in (len(ports), spray.PROBES):
                 log.info("hole punching to %s: %s", link.name, att.sprayer.describe())
-        for ep, hops in out:
+        for ep, hops in out.items():
             self.underlay.send_ttl(link, ep, link.session.seal(link.heartbeat_record(now)), hops)
         if att.spray_role == "open" and age >= att.next_keep:
             self._spray_open(link, att, age, sorted(eps), now)
