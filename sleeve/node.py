@@ -72,7 +72,7 @@ from sleeve.status.http import (
 )
 from sleeve.status.ui import ui_routes, ui_streams
 from sleeve.status.unixsock import ApiSocket
-from sleeve.traversal.portmap import PortMapper, gateway_for
+from sleeve.traversal.portmap import PortMapper, gateway_toward
 from sleeve.traversal.punch import Traversal
 
 if TYPE_CHECKING:  # imported when used: a plain router never loads them (RSS, issue 23)
@@ -495,16 +495,8 @@ class Node:
 
     def _gateway(self) -> str | None:
         """Our IPv4 next hop toward a directly linked peer (where a NAT-PMP gateway sits)."""
-        dsts = [lk.endpoint[0] for lk in self.table if lk.usable and not lk.virtual
-                and not lk.v6]
-        if not dsts:
-            return self.portmap.gateway  # no peer yet: keep what we had
-        try:
-            with open("/proc/net/route") as f:
-                routes = f.read()
-        except OSError:
-            return None
-        return next((g for g in (gateway_for(d, routes) for d in dsts) if g), None)
+        return gateway_toward([lk.endpoint[0] for lk in self.table if lk.usable
+                               and not lk.virtual and not lk.v6], self.portmap.gateway)
 
     # ------------------------------------------------------------------ status
     def report(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from sleeve.lab import Host, Lab
-from sleeve.lab.routers import Router, workdir
+from sleeve.lab.routers import Router, direct, link_to, workdir
 from sleeve.lab.traffic import expected_digest, tcp_transfer
 from sleeve.lab.upnp import Miniupnpd, start_stund
 
@@ -28,15 +28,6 @@ pytestmark = pytest.mark.lab
 S_UL, S_ALT, NAT1, NAT2 = "198.18.40.1", "198.18.40.2", "198.18.40.11", "198.18.40.12"
 H1_OV, H2_OV, H3_OV = "198.19.40.11", "198.19.40.12", "198.19.40.13"
 H1, H3 = "198.18.41.2", "198.18.43.2"
-
-
-def link_to(st: dict[str, Any], name: str) -> dict[str, Any] | None:
-    return next((c for c in st["connections"] if c["peer"] == name), None)
-
-
-def direct(st: dict[str, Any], name: str) -> bool:
-    c = link_to(st, name)
-    return c is not None and c["state"] == "established" and c["endpoint_learnt"]
 
 
 def gateways(lab: Lab, *, natpmp: bool, upnp: bool

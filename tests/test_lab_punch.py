@@ -9,23 +9,18 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
 import pytest
 
 from sleeve.lab import Lab
 from sleeve.lab.probes import Capture
-from sleeve.lab.routers import Router, workdir
+from sleeve.lab.routers import Router, link_to, workdir
 from sleeve.lab.traffic import expected_digest, tcp_transfer
 
 pytestmark = pytest.mark.lab
 
 S_UL, NAT1, NAT2 = "198.18.20.1", "198.18.20.11", "198.18.30.12"
 H1_OV, H2_OV = "198.19.20.11", "198.19.20.12"
-
-
-def link_to(st: dict[str, Any], name: str) -> dict[str, Any] | None:
-    return next((c for c in st["connections"] if c["peer"] == name), None)
 
 
 @pytest.mark.parametrize("symmetric", [False, True], ids=["cone-nat", "symmetric-nat"])

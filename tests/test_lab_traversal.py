@@ -24,22 +24,13 @@ import pytest
 
 from sleeve.lab import Host, Lab
 from sleeve.lab.probes import Capture
-from sleeve.lab.routers import Router, workdir
+from sleeve.lab.routers import Router, direct, link_to, workdir
 from sleeve.lab.traffic import expected_digest, tcp_transfer
 
 pytestmark = pytest.mark.lab
 
 S_UL, NAT1, NAT2 = "198.18.40.1", "198.18.40.11", "198.18.40.12"
 H1_OV, H2_OV = "198.19.40.11", "198.19.40.12"
-
-
-def link_to(st: dict[str, Any], name: str) -> dict[str, Any] | None:
-    return next((c for c in st["connections"] if c["peer"] == name), None)
-
-
-def direct(st: dict[str, Any], name: str) -> bool:
-    c = link_to(st, name)
-    return c is not None and c["state"] == "established" and c["endpoint_learnt"]
 
 
 Side = tuple[Host, Host, str]  # (NAT gateway, host behind it, gateway's outside interface)

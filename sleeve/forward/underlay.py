@@ -179,15 +179,19 @@ class Underlay:
             self.sendto(link, sock, link.session.seal(body))
 
     def link_socket(self, link: Link) -> socket.socket | None:
-        pinned = self.pinned.get(link)
-        if pinned is not None and link.endpoint_learnt:
-            return pinned  # punched through on a spray socket: the NAT mapping is its
-        if link.virtual and not link.endpoint_learnt:
+        # Per datagram: a link that heard its peer (every established one) pays one
+        # attribute test, plus a dict lookup only while some link holds a spray socket.
+        if link.endpoint_learnt:
+            if self.pinned:
+                pinned = self.pinned.get(link)
+                if pinned is not None:
+                    return pinned  # punched through on a spray socket: the NAT mapping is its
+        elif link.virtual:
             # Still punching: a datagram reaching the peer's NAT before the peer's own
             # mapping exists would spoil the punch. Only the traversal part sends then.
             link.stats.inc("drop_punching")
             return None
-        if link.holding_guess(time.monotonic()):
+        elif link.holding_guess(time.monotonic()):
             link.stats.inc("drop_guess_hold")  # the dialler's datagram comes first
             return None
         sock = self.udp6 if link.v6 else self.udp

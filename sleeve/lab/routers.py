@@ -181,6 +181,17 @@ def established_with(n: int) -> Callable[[dict[str, Any]], bool]:
     return lambda st: sum(c["state"] == "established" for c in st["connections"]) >= n
 
 
+def link_to(st: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The connection to peer ``name`` in a ``/status`` document, if any."""
+    return next((c for c in st["connections"] if c["peer"] == name), None)
+
+
+def direct(st: dict[str, Any], name: str) -> bool:
+    """An established link to ``name`` whose UDP endpoint was heard (not punching)."""
+    c = link_to(st, name)
+    return c is not None and c["state"] == "established" and c["endpoint_learnt"]
+
+
 def workdir(prefix: str = "sleeve-lab-") -> pathlib.Path:
     """A private (0700) directory for router logs, state and password files.
 

@@ -56,6 +56,19 @@ _KEY = {"pcp": "pcp", "nat-pmp": "pmp", "upnp": "upnp"}  # counter prefixes
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
 
+def gateway_toward(dsts: list[str], current: str | None) -> str | None:
+    """Our IPv4 next hop toward the first of ``dsts`` (peers we reach directly) that has
+    one, from /proc/net/route; ``current`` while there is no peer yet."""
+    if not dsts:
+        return current  # no peer yet: keep what we had
+    try:
+        with open("/proc/net/route") as f:
+            routes = f.read()
+    except OSError:
+        return None
+    return next((g for g in (gateway_for(d, routes) for d in dsts) if g), None)
+
+
 def gateway_for(dst: str, routes: str) -> str | None:
     """The IPv4 next hop toward ``dst`` per a /proc/net/route text (longest prefix)."""
     try:
