@@ -109,10 +109,14 @@ def mapping_used(protocol: str, natpmp: bool, upnp: bool, block_pcp: bool = Fals
         assert ctr.get(f"{key}_requests", 0) >= 1 and ctr.get(f"{key}_mappings", 0) == 1
         # h3, behind the same gateway without port mapping: still relayed to h2, never
         # asked the gateway (the punching alone cannot cross gw2's random ports)
-        st3 = r3.status()
+        # h3 punches only once its first direct dial to h2 has failed (up to the 10 s
+        # connect timeout where gw2 drops the SYN): wait for its first attempt
+        n2 = r2.status()["name"]
+        st3 = r3.wait(lambda st: any(p["peer"] == n2 and p["attempts"]
+                                     for p in st["traversal"]["peers"]),
+                      40, "h3's punch attempt to h2")
         assert st3["traversal"]["port_mapping"]["enabled"] is False
         assert not any(st3["counters"].get(f"{k}_requests", 0) for k in ("pcp", "pmp", "upnp"))
-        n2 = r2.status()["name"]
         assert not direct(st3, n2), link_to(st3, n2)
         tried = [p for p in st3["traversal"]["peers"] if p["peer"] == n2]
         assert tried and tried[0]["attempts"] >= 1, st3["traversal"]  # punching was tried
