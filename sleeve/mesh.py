@@ -39,6 +39,7 @@ from sleeve.config import Target, parse_target
 from sleeve.crypto.keys import Signer, format_peer_id
 from sleeve.proto.routes import Routes
 from sleeve.proto.topology import (
+    FORMAT,
     ConnRecord,
     PeerRecord,
     Topology,
@@ -95,7 +96,7 @@ class Mesh:
         return (encode_records(delta) if delta else None), outcome
 
     def merge(self, sender: bytes, sender_uid: int, sender_key: bytes,
-              data: bytes) -> tuple[list[PeerRecord], str]:
+              data: bytes, fmt: int = FORMAT) -> tuple[list[PeerRecord], str]:
         """Merge a gossip message from a direct neighbour; returns (delta, outcome).
 
         ``sender``, ``sender_uid`` and ``sender_key`` are what the neighbour's handshake
@@ -106,7 +107,7 @@ class Mesh:
         incarnation id or key is a lie or a mix-up.
         """
         try:
-            recs = decode_records(data)
+            recs = decode_records(data, fmt)
         except TopologyDecodeError:
             return [], "gossip_undecodable"
         for r in recs:
@@ -199,20 +200,20 @@ class Mesh:
 
 
 
-def encode_chunked(records: Iterable[PeerRecord]) -> list[bytes]:
-    """Records as messages of at most about ``CHUNK_BYTES`` each."""
+def encode_chunked(records: Iterable[PeerRecord], fmt: int = FORMAT) -> list[bytes]:
+    """Records as messages of at most about ``CHUNK_BYTES`` each (of kind ``fmt``)."""
     out: list[bytes] = []
     chunk: list[PeerRecord] = []
     size = 0
     for r in records:
         n = len(r.canonical())
         if chunk and size + n > CHUNK_BYTES:
-            out.append(encode_records(chunk))
+            out.append(encode_records(chunk, fmt))
             chunk, size = [], 0
         chunk.append(r)
         size += n
     if chunk:
-        out.append(encode_records(chunk))
+        out.append(encode_records(chunk, fmt))
     return out
 
 

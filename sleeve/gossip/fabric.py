@@ -46,6 +46,11 @@ class FabricGossip:
     def neighbours(self, data: GossipData) -> None:
         self._f.to_neighbours(self._me, data, exclude=None)
 
+    def reply(self, peer: bytes, data: GossipData) -> None:
+        if peer in self._f.peers[self._me].neighbours and self._f.up(self._me, peer):
+            for m in data.encode():
+                self._f.queue.append(("g", self._me, peer, m))
+
 
 class Fabric:
     def __init__(self) -> None:

@@ -98,6 +98,9 @@ class ChannelGossip:
     def neighbours(self, data: GossipData) -> None:
         self._r.to_links(self._ch, data, exclude=None)
 
+    def reply(self, peer: bytes, data: GossipData) -> None:
+        self._r.to_link(self._ch, peer, data)
+
 
 class GossipRouter:
     def __init__(self, me: bytes, uid: int, signer: Signer, links: LinkTable,
@@ -171,6 +174,11 @@ class GossipRouter:
                 d = data if per is None else per.for_neighbour(link.peer)
                 if d is not None:
                     self._queue(link, ch, d)
+
+    def to_link(self, ch: _Channel, peer: bytes, data: GossipData) -> None:
+        link = self.links.get(peer)
+        if link is not None:
+            self._queue(link, ch, data)
 
     def _queue(self, link: Link, ch: _Channel, data: GossipData) -> None:
         waiting = link.gossip_pending.get(ch.name)

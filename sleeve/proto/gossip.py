@@ -94,6 +94,11 @@ class Gossip(Protocol):
         """Gossip ``data`` to every direct neighbour (merged with what waits for each)."""
         ...
 
+    def reply(self, peer: bytes, data: GossipData) -> None:
+        """Gossip ``data`` to the direct neighbour ``peer`` only (a digest's answer);
+        nothing if it is no longer a neighbour."""
+        ...
+
 
 class Chunks:
     """The simplest GossipData: already-encoded messages; merge appends (bounded)."""
