@@ -9,15 +9,16 @@ mesh can be simulated in one process (bench/test_mesh_scale.py, tests/test_mesh.
 Gossip is a control message ``{"t": "topo", "r": <topology message>}`` (see
 ``proto.topology`` for the encoding). What is sent when:
 
-- a new link: our full view, to that link only (it may have been partitioned away);
+- a new link: our digest, to that link only; it fetches the records it lacks
+  (``gossip.topology``, ``proto.topodigest``);
 - our own record changed (a link came, went or changed state): our record, to all links;
 - received records that improved our view: exactly those (the delta), to every link but
   the one they came from. Records that taught us nothing stop here, so a change
   crosses each link at most about once and gossip per change is O(links), not O(N^2);
-- anti-entropy: our full view to every link every ``ANTI_ENTROPY`` seconds (jittered
-  per link), which repairs anything a lost or refused message left behind.
+- anti-entropy: our digest to every link every ``ANTI_ENTROPY`` seconds (jittered per
+  link), which repairs anything a lost or refused message left behind.
 
-Full views are split into messages of at most ``CHUNK_BYTES`` so a large mesh never
+``full_state`` (tests, bench) and answers to wants are split into messages of at most ``CHUNK_BYTES`` so a large mesh never
 hits the control channel's 1 MiB frame bound.
 
 Records are signed by their owners (see ``proto.topology``); our own with the node's

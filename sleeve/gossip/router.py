@@ -5,7 +5,7 @@ starts, and gets a ``Gossip`` handle. The router moves three kinds of message:
 
 - gossip ``g``: a channel's data from one neighbour to the next. What a channel returns
   from ``on_gossip`` (the delta) goes on to every other neighbour; a new link gets
-  every channel's complete state; every ``ANTI_ENTROPY`` seconds (jittered per link,
+  every channel's ``gossip()`` (its complete state; the topology's digest); every ``ANTI_ENTROPY`` seconds (jittered per link,
   stretched on routers with more than ``ANTI_ENTROPY_FANOUT`` links: see
   ``anti_entropy_period``) each link gets it again, which repairs whatever a lost or
   refused message left;
@@ -142,7 +142,8 @@ class GossipRouter:
     def anti_entropy_period(self) -> float:
         """Per link: ``ANTI_ENTROPY``, stretched so that a router sends about
         ``ANTI_ENTROPY_FANOUT`` full states per ``ANTI_ENTROPY`` however many links it has.
-        A full state is O(peers) bytes (the topology: O(peers x links)); sent to every
+        A full state is O(peers) bytes (the topology's digest: 32 bytes a peer; it was
+        O(peers x links) before the digest); sent to every
         link each period, a full mesh of 50 spent most of its idle time on it. Each router
         still receives ~FANOUT full states per period from its neighbours as a whole, so
         repair stays about as fast (weaveworks/mesh gossips to log2(n) neighbours)."""
