@@ -18,8 +18,8 @@ Gossip is a control message ``{"t": "topo", "r": <topology message>}`` (see
 - anti-entropy: our digest to every link every ``ANTI_ENTROPY`` seconds (jittered per
   link), which repairs anything a lost or refused message left behind.
 
-``full_state`` (tests, bench) and answers to wants are split into messages of at most ``CHUNK_BYTES`` so a large mesh never
-hits the control channel's 1 MiB frame bound.
+``full_state`` (tests, bench) and answers to wants are split into messages of at most
+``CHUNK_BYTES`` so a large mesh never hits the control channel's 1 MiB frame bound.
 
 Records are signed by their owners (see ``proto.topology``); our own with the node's
 ``Signer``. A received message is refused whole, with a drop reason, when it does not

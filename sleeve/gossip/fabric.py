@@ -14,7 +14,7 @@ import collections
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sleeve.proto.gossip import GossipData, Gossiper, GossipRefused
+from sleeve.proto.gossip import GossipData, Gossiper, GossipRefused, PerNeighbour
 
 MAX_STEPS = 10_000_000  # run() never loops for ever, whatever a channel does
 
@@ -128,9 +128,13 @@ class Fabric:
 
     # -- delivery ------------------------------------------------------------------------
     def to_neighbours(self, src: bytes, data: GossipData, exclude: bytes | None) -> None:
-        msgs = data.encode()
+        per = data if isinstance(data, PerNeighbour) else None  # as the router does
+        msgs = data.encode() if per is None else []
         for n in sorted(self.peers[src].neighbours):
             if n != exclude and self.up(src, n):
+                if per is not None:
+                    d = per.for_neighbour(n)
+                    msgs = [] if d is None else d.encode()
                 for m in msgs:
                     self.queue.append(("g", src, n, m))
 

@@ -5,10 +5,10 @@ starts, and gets a ``Gossip`` handle. The router moves three kinds of message:
 
 - gossip ``g``: a channel's data from one neighbour to the next. What a channel returns
   from ``on_gossip`` (the delta) goes on to every other neighbour; a new link gets
-  every channel's ``gossip()`` (its complete state; the topology's digest); every ``ANTI_ENTROPY`` seconds (jittered per link,
-  stretched on routers with more than ``ANTI_ENTROPY_FANOUT`` links: see
-  ``anti_entropy_period``) each link gets it again, which repairs whatever a lost or
-  refused message left;
+  every channel's ``gossip()`` (its complete state; the topology's digest); every
+  ``ANTI_ENTROPY`` seconds (jittered per link, stretched on routers with more than
+  ``ANTI_ENTROPY_FANOUT`` links: see ``anti_entropy_period``) each link gets it again,
+  which repairs whatever a lost or refused message left;
 - broadcast ``b``: a message signed by its origin, passed on verbatim down the origin's
   broadcast tree (``routes``), delivered once at every reachable peer;
 - unicast ``u``: a message signed by its origin for one peer, forwarded hop by hop
