@@ -290,3 +290,50 @@ def test_a_restarted_peer_outbids_its_earlier_incarnation_seen_in_a_digest() -> 
     assert mine.uid == 77 and mine.version > old.version  # fetched, verified, outbid
     for p in (b, c):
         assert net.meshes[p].topology.get(a) == mine
+
+
+def test_a_relayed_change_travels_as_digest_entries_and_is_fetched_once() -> None:
+    # o is linked to x only; x, a, b, c form a full mesh
+    net = Net(5)
+    o, x, a, b, c = net.peers
+    for p, q in ((o, x), (x, a), (x, b), (x, c), (a, b), (a, c), (b, c)):
+        net.f.connect(p, q)
+    for p in net.peers:
+        net.publish(p)
+    net.run()
+    assert net.agreed()
+    net.clear()
+    net.t += 2.0  # o's record changes: one more link listed (to a peer nobody knows)
+    net.channels[o].sync_links([LinkInfo(x, "198.18.0.2:6783", True, True),
+                                LinkInfo(b"\x00" * 8, "198.18.0.99:6783", True, True)], net.t)
+    net.run()
+    assert net.agreed()
+    # a, b and c hear of it from x and from each other, and fetch it once each
+    for p in (a, b, c):
+        assert net.records_to(p) == 1, (p, net.kinds(p))
+    pushed = [(s_, d) for s_, d, m in net.log if kind_of(m) == FORMAT]
+    assert pushed == [(o, x)]  # only the owner pushed its record; the rest was pulled
+
+
+def test_a_want_to_a_neighbour_whose_link_went_is_asked_again_at_once() -> None:
+    net = full_mesh(3)
+    a, b, _c = net.peers
+    fresh = Mesh(signer(51), "fresh", 8)
+    ch = TopologyChannel(fresh, net._neighbour)
+    sent: list[bytes] = []
+
+    class H:
+        def reply(self, peer: bytes, data: object) -> None:
+            sent.append(peer)
+
+        def neighbours(self, data: object) -> None:
+            pass
+
+    ch.gossip_handle = H()  # type: ignore[assignment]
+    (dg,) = encode_digest(net.meshes[a].topology.records(), False)
+    ch.sync_links([LinkInfo(a, "198.18.0.1:6783", True, True),
+                   LinkInfo(b, "198.18.0.2:6783", True, True)], 100.0)
+    ch.on_gossip(a, dg, 100.0)
+    ch.sync_links([LinkInfo(b, "198.18.0.2:6783", True, True)], 100.5)  # a's link went
+    ch.on_gossip(b, dg, 101.0)  # well within WANT_TIMEOUT: asked of b at once
+    assert sent == [a, b]

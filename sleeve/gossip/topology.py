@@ -5,15 +5,19 @@ plugs it into the gossip router. Its gossip data is a *set of peers* whose recor
 encoded when the message is actually sent (weaveworks/mesh's habit): merging two is a
 set union, and a link that was backed up gets the newest record of each peer once.
 
-- our own record changed (a link came, went or changed state): ``{me}`` to every link;
-- a neighbour's message improved our view: the improved peers to every other link,
-  except that a neighbour does not get a record whose owner lists it as a link
-  (``RelayedTopology.for_neighbour``): the owner sends each new version of its record
-  to all its links itself, so relaying it there only repeats it. In a full mesh of N
-  that turns each record change from about N^2 messages of O(N) bytes into N (without
-  it 50 routers had no full routes after 120 s: bench/results/scale/). A neighbour
-  that lost the owner's message lost its link with it and gets everything again on
-  the next link (and at anti-entropy);
+- our own record changed (a link came, went or changed state): the record, to every
+  link (only the owner pushes records);
+- a neighbour's message improved our view: digest entries of the improved peers to
+  every other link, which pulls the records it lacks (32 bytes an entry instead of the
+  record: a peer that hears of a change from k neighbours at once decoded k copies of
+  an O(links) record, the largest share of a converging router's CPU at 50 routers;
+  now it fetches one, ``WANT_TIMEOUT``). A neighbour does not get the entry of a
+  record whose owner lists it as a link (``RelayedTopology.for_neighbour``): the owner
+  sends each new version of its record to all its links itself. In a full mesh of N
+  that turns each record change from about N^2 messages into N (without it 50 routers
+  had no full routes after 120 s: bench/results/scale/). A neighbour that lost the
+  owner's message lost its link with it and gets a digest on the next link (and at
+  anti-entropy);
 - a new link and anti-entropy: a digest of every record we hold (32 bytes each, not the
   records: ``proto.topodigest``); the other side asks (want) for the records whose entry
   beats its own and gets just those (an answer). Wants are not repeated to other
@@ -104,19 +108,21 @@ class TopologyData:
 
 
 class RelayedTopology(TopologyData):
-    """A delta to pass on: each neighbour gets the records whose owners do not list it."""
+    """A delta to pass on, as digest entries (the neighbours pull what they lack): each
+    neighbour gets the entries of the peers whose records do not list it."""
 
-    __slots__ = ()
+    __slots__ = ("_listed",)
+
+    def __init__(self, mesh: Mesh, peers: set[bytes]) -> None:
+        super().__init__(mesh, digest=peers)
+        # who each record lists, once (for_neighbour runs for every link)
+        self._listed = {p: {c.peer for c in r.conns}
+                        for p in peers if (r := mesh.topology.get(p)) is not None}
 
     def for_neighbour(self, peer: bytes) -> GossipData | None:
-        topo = self._mesh.topology
-        need = set()
-        for p in self.peers:
-            r = topo.get(p)
-            if r is not None and p != peer and all(c.peer != peer for c in r.conns):
-                need.add(p)
+        need = {p for p, listed in self._listed.items() if p != peer and peer not in listed}
         # a plain TopologyData: merged with what waits for the link, sent as it is
-        return TopologyData(self._mesh, need) if need else None
+        return TopologyData(self._mesh, digest=need) if need else None
 
 
 class TopologyChannel:
@@ -126,9 +132,10 @@ class TopologyChannel:
         self.gossip_handle: Gossip | None = None  # set once registered
         self._published: dict[bytes, bool] = {}  # peer -> established, as last published
         self._next_gain = 0.0
-        # peer -> ((version, uid) asked for, when another neighbour may be asked): bounded
-        # by MAX_RECORDS, expired entries pruned at every digest
-        self._asked: dict[bytes, tuple[tuple[int, int], float]] = {}
+        # peer -> ((version, uid) asked for, when another neighbour may be asked, the
+        # neighbour asked): bounded by MAX_RECORDS, expired entries pruned at every
+        # digest, entries of a neighbour whose link went pruned by sync_links
+        self._asked: dict[bytes, tuple[tuple[int, int], float, bytes]] = {}
     def sync_links(self, links: Iterable[LinkInfo], now: float) -> None:
         """Publish our links in our record; gossip it if it changed.
 
@@ -141,6 +148,9 @@ class TopologyChannel:
         """
         links = list(links)
         cur = {li.peer: li.established for li in links}
+        if self._asked:  # a want to a neighbour that is gone will not be answered
+            for p in [p for p, held in self._asked.items() if held[2] not in cur]:
+                del self._asked[p]
         lost = any(est and not cur.get(p, False) for p, est in self._published.items())
         if not lost and now < self._next_gain:
             return
@@ -200,7 +210,7 @@ class TopologyChannel:
         except TopologyDecodeError:
             raise GossipRefused("gossip_bad_digest") from None
         asked = self._asked
-        for p in [p for p, (_, until) in asked.items() if until <= now]:
+        for p in [p for p, held in asked.items() if held[1] <= now]:
             del asked[p]
         wants = set()
         for peer, version, uid, _tag in lacking(self.mesh.topology, entries):
@@ -209,7 +219,7 @@ class TopologyChannel:
                 continue  # in flight from another neighbour; asked again after the timeout
             if held is None and len(asked) >= MAX_RECORDS:
                 continue  # full of claims not yet answered: the next digest asks again
-            asked[peer] = ((version, uid), now + WANT_TIMEOUT)
+            asked[peer] = ((version, uid), now + WANT_TIMEOUT, src)
             wants.add(peer)
         reply = TopologyData(self.mesh, wants=wants)
         reply.full = answer and holds_newer(self.mesh.topology, entries)
