@@ -9,8 +9,9 @@ subjects, interleaved A B A B ...:
 
 - ``digest``: the channel as it is (a new link sends a digest, the other side wants
   only what it lacks);
-- ``full``: the same channel whose ``gossip()`` returns every record, as before the
-  digest (each new link swaps the complete state both ways).
+- ``full``: the channel as before the digest: ``gossip()`` returns every record (each
+  new link swaps the complete state both ways) and a neighbour's news is relayed as
+  records, not digest entries.
 
 Scenario (what bench/scale.py does with real routers, minus time and the data plane):
 each peer starts linked to 3 others (ring neighbours and a chord, as ``lab.scale``);
@@ -36,7 +37,7 @@ from typing import Any
 
 from sleeve.crypto.keys import Signer
 from sleeve.gossip.fabric import Fabric
-from sleeve.gossip.topology import TopologyChannel, TopologyData
+from sleeve.gossip.topology import RelayedTopology, TopologyChannel, TopologyData
 from sleeve.lab.scale import initial_peers
 from sleeve.mesh import LinkInfo, Mesh
 from sleeve.proto.gossip import GossipData
@@ -44,11 +45,28 @@ from sleeve.proto.gossip import GossipData
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "scale"
 
 
+class RecordsRelay(RelayedTopology):
+    """A relayed delta as it was before the digest: the records themselves."""
+
+    __slots__ = ()
+
+    def for_neighbour(self, peer: bytes) -> GossipData | None:
+        d = super().for_neighbour(peer)
+        return None if not isinstance(d, TopologyData) else TopologyData(self._mesh, d.digest)
+
+
 class FullStateChannel(TopologyChannel):
-    """The channel before the digest: a new link (and anti-entropy) gets every record."""
+    """The channel before the digest: a new link (and anti-entropy) gets every record,
+    and a neighbour's news is relayed as records."""
 
     def gossip(self) -> GossipData | None:
         return TopologyData(self.mesh, self.mesh.topology.peers())
+
+    def on_gossip(self, src: bytes, msg: bytes, now: float) -> GossipData | None:
+        delta = super().on_gossip(src, msg, now)
+        if isinstance(delta, RelayedTopology):
+            return RecordsRelay(self.mesh, delta.digest)
+        return delta
 
 
 class Sim:
