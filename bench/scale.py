@@ -28,6 +28,10 @@ gossip, relayed broadcasts, PMTU, liveness), summed over the links that exist be
 after; gossip bytes are the channels' payloads (``gossip.<channel>.tx_bytes``). Both are
 deltas over the phase's window, idle background included (compare with phase 2's rate).
 
+Profiles (py-spy beside the interpreter, collapsed stacks next to the results):
+``--profile S`` records s1 and s<N/2+1> for S s after the idle window; ``--profile-converge
+S`` records them for S s from the start, while the mesh forms.
+
 Bounds: the whole run stops at ``--max-seconds`` (SIGALRM): the lab then kills every
 router it started (by PID) and deletes every namespace, as it does on any error.
 Results: ``--out`` gets ``scale-<N>-<stamp>.md`` and ``.json``; exit 1 if a target is
@@ -48,6 +52,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -83,19 +88,19 @@ def spread(xs: Sequence[float]) -> dict[str, float]:
             "p90": s[min(len(s) - 1, int(0.9 * len(s)))]}
 
 
-def profile(sl: ScaleLab, idxs: list[int], seconds: int, out: pathlib.Path,
+def profile(pids: dict[int, int], n: int, seconds: int, out: pathlib.Path,
             stamp: str) -> dict[str, Any]:
-    """py-spy (beside this interpreter) records these routers for ``seconds`` (after the
-    idle measurement: its own cost stays out of it); the collapsed stacks go to ``out``,
-    the hottest functions (share of non-idle samples they appear in) to the result."""
+    """py-spy (beside this interpreter) records these routers (index -> pid) for
+    ``seconds`` (after the idle measurement: its own cost stays out of it; or from the
+    start, ``--profile-converge``); the collapsed stacks go to ``out``, the hottest
+    functions (share of non-idle samples they appear in) to the result."""
     spy = pathlib.Path(sys.executable).parent / "py-spy"
     if not os.access(spy, os.X_OK):
         return {"status": "py-spy not installed (./install.sh --bench)"}
-    pids = sl.pids(idxs)
     procs = []
     files = {}
     for i, pid in pids.items():
-        f = out / f"scale-{sl.n}-{stamp}-profile-s{i + 1}.collapsed.txt"
+        f = out / f"scale-{n}-{stamp}-profile-s{i + 1}.collapsed.txt"
         files[i] = f
         procs.append(subprocess.Popen(
             [str(spy), "record", "--pid", str(pid), "--rate", "50", "--duration", str(seconds),
@@ -163,7 +168,16 @@ def run(args: argparse.Namespace, stamp: str) -> dict[str, Any]:
             everyone = set(range(n))
             t_first = time.monotonic()
             t_last = sl.start(range(n))
+            spy = None
+            if args.profile_converge:  # s1 and s<N/2+1> while the mesh forms
+                pids = {i: sl.router_pid(i) for i in (0, n // 2)}
+                spy = threading.Thread(target=lambda: res.__setitem__("profile_converge", profile(
+                    pids, n, args.profile_converge, args.out, f"{stamp}-converge")))
+                spy.start()
             done = sl.wait_converged(everyone, t_last + args.converge_timeout)
+            if spy is not None:
+                spy.join()
+                say(f"profile while converging: {json.dumps(res['profile_converge'])[:3000]}")
             t_conv = max(done.values())
             res["converge"] = {"from_last_start_s": round(t_conv - t_last, 2),
                                "from_last_up_s": round(t_conv - max(sl.up_at.values()), 2),
@@ -199,7 +213,8 @@ def run(args: argparse.Namespace, stamp: str) -> dict[str, Any]:
             }
             say(f"idle: {json.dumps(res['idle'])}")
             if args.profile:
-                res["profile"] = profile(sl, [0, n // 2], args.profile, args.out, res["stamp"])
+                res["profile"] = profile(sl.pids([0, n // 2]), n, args.profile, args.out,
+                                         res["stamp"])
                 say(f"profile: {json.dumps(res['profile'])[:3000]}")
 
             origin = 0
@@ -341,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=23)
     ap.add_argument("--profile", type=int, default=0, metavar="S",
                     help="after the idle window, py-spy two routers for S seconds")
+    ap.add_argument("--profile-converge", type=int, default=0, metavar="S",
+                    help="from the start, py-spy two routers for S seconds")
     ap.add_argument("--out", type=pathlib.Path, default=RESULTS)
     args = ap.parse_args(argv)
     if not 4 <= args.routers <= 200:

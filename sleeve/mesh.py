@@ -9,16 +9,17 @@ mesh can be simulated in one process (bench/test_mesh_scale.py, tests/test_mesh.
 Gossip is a control message ``{"t": "topo", "r": <topology message>}`` (see
 ``proto.topology`` for the encoding). What is sent when:
 
-- a new link: our full view, to that link only (it may have been partitioned away);
+- a new link: our digest, to that link only; it fetches the records it lacks
+  (``gossip.topology``, ``proto.topodigest``);
 - our own record changed (a link came, went or changed state): our record, to all links;
 - received records that improved our view: exactly those (the delta), to every link but
   the one they came from. Records that taught us nothing stop here, so a change
   crosses each link at most about once and gossip per change is O(links), not O(N^2);
-- anti-entropy: our full view to every link every ``ANTI_ENTROPY`` seconds (jittered
-  per link), which repairs anything a lost or refused message left behind.
+- anti-entropy: our digest to every link every ``ANTI_ENTROPY`` seconds (jittered per
+  link), which repairs anything a lost or refused message left behind.
 
-Full views are split into messages of at most ``CHUNK_BYTES`` so a large mesh never
-hits the control channel's 1 MiB frame bound.
+``full_state`` (tests, bench) and answers to wants are split into messages of at most
+``CHUNK_BYTES`` so a large mesh never hits the control channel's 1 MiB frame bound.
 
 Records are signed by their owners (see ``proto.topology``); our own with the node's
 ``Signer``. A received message is refused whole, with a drop reason, when it does not
@@ -39,6 +40,7 @@ from sleeve.config import Target, parse_target
 from sleeve.crypto.keys import Signer, format_peer_id
 from sleeve.proto.routes import Routes
 from sleeve.proto.topology import (
+    FORMAT,
     ConnRecord,
     PeerRecord,
     Topology,
@@ -95,7 +97,7 @@ class Mesh:
         return (encode_records(delta) if delta else None), outcome
 
     def merge(self, sender: bytes, sender_uid: int, sender_key: bytes,
-              data: bytes) -> tuple[list[PeerRecord], str]:
+              data: bytes, fmt: int = FORMAT) -> tuple[list[PeerRecord], str]:
         """Merge a gossip message from a direct neighbour; returns (delta, outcome).
 
         ``sender``, ``sender_uid`` and ``sender_key`` are what the neighbour's handshake
@@ -106,7 +108,7 @@ class Mesh:
         incarnation id or key is a lie or a mix-up.
         """
         try:
-            recs = decode_records(data)
+            recs = decode_records(data, fmt)
         except TopologyDecodeError:
             return [], "gossip_undecodable"
         for r in recs:
@@ -199,20 +201,20 @@ class Mesh:
 
 
 
-def encode_chunked(records: Iterable[PeerRecord]) -> list[bytes]:
-    """Records as messages of at most about ``CHUNK_BYTES`` each."""
+def encode_chunked(records: Iterable[PeerRecord], fmt: int = FORMAT) -> list[bytes]:
+    """Records as messages of at most about ``CHUNK_BYTES`` each (of kind ``fmt``)."""
     out: list[bytes] = []
     chunk: list[PeerRecord] = []
     size = 0
     for r in records:
         n = len(r.canonical())
         if chunk and size + n > CHUNK_BYTES:
-            out.append(encode_records(chunk))
+            out.append(encode_records(chunk, fmt))
             chunk, size = [], 0
         chunk.append(r)
         size += n
     if chunk:
-        out.append(encode_records(chunk))
+        out.append(encode_records(chunk, fmt))
     return out
 
 

@@ -60,15 +60,13 @@ from sleeve.proto.control import MAX_FRAME
 from sleeve.proto.mactable import LOCAL, MacTable
 from sleeve.proto.origin import OriginAuth
 from sleeve.proto.stats import Counters
-from sleeve.status.http import (
+from sleeve.status.routes import (
     EventStream,
-    HttpServer,
     Reply,
     Route,
     json_action,
     json_async_action,
     json_route,
-    start_http,
 )
 from sleeve.status.ui import ui_routes, ui_streams
 from sleeve.status.unixsock import ApiSocket
@@ -78,6 +76,7 @@ from sleeve.traversal.punch import Traversal
 if TYPE_CHECKING:  # imported when used: a plain router never loads them (RSS, issue 23)
     from sleeve.docker.driver import BridgeInfo
     from sleeve.docker.service import DockerService
+    from sleeve.status.http import HttpServer  # aiohttp: only when the API is served
 
 log = logging.getLogger("sleeve")
 
@@ -268,6 +267,8 @@ class Node:
             path = pathlib.Path(cfg.api_socket)
             unix = ApiSocket(path, cfg.api_group,
                              manage_dir=path.parent == pathlib.Path(DEFAULT_API_SOCKET).parent)
+        from sleeve.status.http import start_http  # aiohttp: loaded only when served
+
         try:
             return await start_http(host, hport, self.http_routes(), self.http_streams(), unix)
         except OSError as e:

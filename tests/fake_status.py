@@ -13,7 +13,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from sleeve.status.http import HttpServer, json_route, start_http
+from sleeve.status.http import HttpServer, start_http
+from sleeve.status.routes import json_route
 from sleeve.status.ui import topology_stream, ui_routes
 
 

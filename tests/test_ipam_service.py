@@ -28,7 +28,8 @@ from sleeve.ipam.service import STATE_FILE, expose_id
 from sleeve.ipam.validate import IpamError
 from sleeve.node import Node
 from sleeve.status.client import Endpoint, request
-from sleeve.status.http import Unavailable, json_async_action, start_http
+from sleeve.status.http import start_http
+from sleeve.status.routes import Unavailable, json_async_action
 from sleeve.status.unixsock import ApiSocket
 from tests.test_node_inproc import PSK, wait_for
 from tests.test_status_api import free_port, get, metric, node_api

@@ -61,7 +61,8 @@ def test_relayed_record_skips_the_owners_own_links() -> None:
     assert delta.for_neighbour(c.peer_id) is None  # B sent it to C itself
     assert delta.for_neighbour(b.peer_id) is None  # B's own record, back to B
     to_d = delta.for_neighbour(d.peer_id)
-    assert isinstance(to_d, TopologyData) and to_d.peers == {b.peer_id}
+    # as a digest entry: D pulls the record if it lacks it
+    assert isinstance(to_d, TopologyData) and to_d.digest == {b.peer_id} and not to_d.peers
 
 
 def test_own_record_gains_wait_losses_do_not() -> None:

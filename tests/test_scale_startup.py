@@ -108,9 +108,10 @@ def test_the_node_tells_the_dialler_when_a_peer_restarts() -> None:
 
 
 def test_a_plain_router_does_not_import_what_it_does_not_use() -> None:
-    """prometheus-client (until a scrape), the Docker plugin (unless asked for) and the
-    whole of pyroute2 (NDB, IPDB, sqlite3...: IPRoute is all the router uses) stay out:
-    ~10 MB of RSS per router. Code that wants the whole pyroute2 package still gets it."""
+    """prometheus-client (until a scrape), the Docker plugin (unless asked for), the
+    whole of pyroute2 (NDB, IPDB, sqlite3...: IPRoute is all the router uses), aiohttp
+    until the API is served and aiohttp's client even then stay out: ~15 MB of RSS per
+    router. Code that wants the whole of pyroute2 or aiohttp still gets it."""
     code = textwrap.dedent("""
         import sys
         import sleeve.cli, sleeve.node
@@ -118,8 +119,15 @@ def test_a_plain_router_does_not_import_what_it_does_not_use() -> None:
         netlink_error()  # what a router's netlink code imports
         bad = sorted(m for m in ("prometheus_client", "sleeve.docker.service",
                                  "sleeve.status.metrics", "pyroute2.ndb", "pyroute2.ipdb",
-                                 "sqlite3", "scapy") if m in sys.modules)
+                                 "sqlite3", "scapy", "aiohttp") if m in sys.modules)
         assert not bad, bad
+        import sleeve.status.http  # the API served: aiohttp's server, not its client
+        bad = sorted(m for m in ("aiohttp.client", "aiohttp.connector", "aiohttp.cookiejar")
+                     if m in sys.modules)
+        assert not bad, bad
+        from aiohttp import ClientSession  # the whole package on demand
+        import aiohttp
+        assert aiohttp.ClientSession is ClientSession and aiohttp.__version__
         assert "pyroute2.netlink.exceptions" in sys.modules
         from pyroute2 import NetNS, IPRoute  # the whole package on demand
         import pyroute2

@@ -14,7 +14,7 @@ import collections
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sleeve.proto.gossip import GossipData, Gossiper, GossipRefused
+from sleeve.proto.gossip import GossipData, Gossiper, GossipRefused, PerNeighbour
 
 MAX_STEPS = 10_000_000  # run() never loops for ever, whatever a channel does
 
@@ -45,6 +45,11 @@ class FabricGossip:
 
     def neighbours(self, data: GossipData) -> None:
         self._f.to_neighbours(self._me, data, exclude=None)
+
+    def reply(self, peer: bytes, data: GossipData) -> None:
+        if peer in self._f.peers[self._me].neighbours and self._f.up(self._me, peer):
+            for m in data.encode():
+                self._f.queue.append(("g", self._me, peer, m))
 
 
 class Fabric:
@@ -123,9 +128,13 @@ class Fabric:
 
     # -- delivery ------------------------------------------------------------------------
     def to_neighbours(self, src: bytes, data: GossipData, exclude: bytes | None) -> None:
-        msgs = data.encode()
+        per = data if isinstance(data, PerNeighbour) else None  # as the router does
+        msgs = data.encode() if per is None else []
         for n in sorted(self.peers[src].neighbours):
             if n != exclude and self.up(src, n):
+                if per is not None:
+                    d = per.for_neighbour(n)
+                    msgs = [] if d is None else d.encode()
                 for m in msgs:
                     self.queue.append(("g", src, n, m))
 

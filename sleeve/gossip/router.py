@@ -5,10 +5,10 @@ starts, and gets a ``Gossip`` handle. The router moves three kinds of message:
 
 - gossip ``g``: a channel's data from one neighbour to the next. What a channel returns
   from ``on_gossip`` (the delta) goes on to every other neighbour; a new link gets
-  every channel's complete state; every ``ANTI_ENTROPY`` seconds (jittered per link,
-  stretched on routers with more than ``ANTI_ENTROPY_FANOUT`` links: see
-  ``anti_entropy_period``) each link gets it again, which repairs whatever a lost or
-  refused message left;
+  every channel's ``gossip()`` (its complete state; the topology's digest); every
+  ``ANTI_ENTROPY`` seconds (jittered per link, stretched on routers with more than
+  ``ANTI_ENTROPY_FANOUT`` links: see ``anti_entropy_period``) each link gets it again,
+  which repairs whatever a lost or refused message left;
 - broadcast ``b``: a message signed by its origin, passed on verbatim down the origin's
   broadcast tree (``routes``), delivered once at every reachable peer;
 - unicast ``u``: a message signed by its origin for one peer, forwarded hop by hop
@@ -98,6 +98,9 @@ class ChannelGossip:
     def neighbours(self, data: GossipData) -> None:
         self._r.to_links(self._ch, data, exclude=None)
 
+    def reply(self, peer: bytes, data: GossipData) -> None:
+        self._r.to_link(self._ch, peer, data)
+
 
 class GossipRouter:
     def __init__(self, me: bytes, uid: int, signer: Signer, links: LinkTable,
@@ -139,7 +142,8 @@ class GossipRouter:
     def anti_entropy_period(self) -> float:
         """Per link: ``ANTI_ENTROPY``, stretched so that a router sends about
         ``ANTI_ENTROPY_FANOUT`` full states per ``ANTI_ENTROPY`` however many links it has.
-        A full state is O(peers) bytes (the topology: O(peers x links)); sent to every
+        A full state is O(peers) bytes (the topology's digest: 32 bytes a peer; it was
+        O(peers x links) before the digest); sent to every
         link each period, a full mesh of 50 spent most of its idle time on it. Each router
         still receives ~FANOUT full states per period from its neighbours as a whole, so
         repair stays about as fast (weaveworks/mesh gossips to log2(n) neighbours)."""
@@ -171,6 +175,11 @@ class GossipRouter:
                 d = data if per is None else per.for_neighbour(link.peer)
                 if d is not None:
                     self._queue(link, ch, d)
+
+    def to_link(self, ch: _Channel, peer: bytes, data: GossipData) -> None:
+        link = self.links.get(peer)
+        if link is not None:
+            self._queue(link, ch, data)
 
     def _queue(self, link: Link, ch: _Channel, data: GossipData) -> None:
         waiting = link.gossip_pending.get(ch.name)

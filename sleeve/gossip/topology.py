@@ -5,16 +5,26 @@ plugs it into the gossip router. Its gossip data is a *set of peers* whose recor
 encoded when the message is actually sent (weaveworks/mesh's habit): merging two is a
 set union, and a link that was backed up gets the newest record of each peer once.
 
-- our own record changed (a link came, went or changed state): ``{me}`` to every link;
-- a neighbour's message improved our view: the improved peers to every other link,
-  except that a neighbour does not get a record whose owner lists it as a link
-  (``RelayedTopology.for_neighbour``): the owner sends each new version of its record
-  to all its links itself, so relaying it there only repeats it. In a full mesh of N
-  that turns each record change from about N^2 messages of O(N) bytes into N (without
-  it 50 routers had no full routes after 120 s: bench/results/scale/). A neighbour
-  that lost the owner's message lost its link with it and gets everything again on
-  the next link (and at anti-entropy);
-- a new link and anti-entropy: every peer (the router asks ``gossip()``).
+- our own record changed (a link came, went or changed state): the record, to every
+  link (only the owner pushes records);
+- a neighbour's message improved our view: digest entries of the improved peers to
+  every other link, which pulls the records it lacks (32 bytes an entry instead of the
+  record: a peer that hears of a change from k neighbours at once decoded k copies of
+  an O(links) record, the largest share of a converging router's CPU at 50 routers;
+  now it fetches one, ``WANT_TIMEOUT``). A neighbour does not get the entry of a
+  record whose owner lists it as a link (``RelayedTopology.for_neighbour``): the owner
+  sends each new version of its record to all its links itself. In a full mesh of N
+  that turns each record change from about N^2 messages into N (without it 50 routers
+  had no full routes after 120 s: bench/results/scale/). A neighbour that lost the
+  owner's message lost its link with it and gets a digest on the next link (and at
+  anti-entropy);
+- a new link and anti-entropy: a digest of every record we hold (32 bytes each, not the
+  records: ``proto.topodigest``); the other side asks (want) for the records whose entry
+  beats its own and gets just those (an answer). Wants are not repeated to other
+  neighbours while one is in flight (``WANT_TIMEOUT``), so a router that restarts into
+  a mesh of N fetches the N records once, not once per link. What an answer teaches us
+  goes on as a digest of those peers (the neighbours pull what they lack); a periodic
+  digest asks for one in return (ANSWER), so both sides repair.
 """
 
 from __future__ import annotations
@@ -23,46 +33,96 @@ from collections.abc import Callable, Iterable
 
 from sleeve.mesh import LinkInfo, Mesh, encode_chunked
 from sleeve.proto.gossip import Gossip, GossipData, GossipRefused
+from sleeve.proto.topodigest import (
+    ANSWER_RECORDS,
+    DIGEST,
+    WANT,
+    decode_digest,
+    decode_want,
+    encode_digest,
+    encode_want,
+    holds_newer,
+    kind_of,
+    lacking,
+)
+from sleeve.proto.topology import FORMAT, MAX_RECORDS, PeerRecord, TopologyDecodeError
 
 OWN_RECORD_INTERVAL = 1.0  # s between publications of our record for gained links
+WANT_TIMEOUT = 5.0  # s before a record asked of one neighbour may be asked of another
 
 # A neighbour's (uid, Ed25519 key) as its handshake proved them; None: no such link.
 Neighbour = Callable[[bytes], tuple[int, bytes] | None]
 
 
 class TopologyData:
-    __slots__ = ("_mesh", "peers")
+    """What waits to be sent on one link, as sets of peers; records and digest entries
+    are read from the topology when the message is sent (so a backed-up link gets the
+    newest of each once). ``peers``: records pushed (news); ``answers``: records asked
+    for; ``digest``: digest entries of these peers (``full``: of every peer, with
+    ANSWER when ``ask``); ``wants``: records we ask for."""
 
-    def __init__(self, mesh: Mesh, peers: set[bytes]) -> None:
+    __slots__ = ("_mesh", "answers", "ask", "digest", "full", "peers", "wants")
+
+    def __init__(self, mesh: Mesh, peers: set[bytes] | None = None, *,
+                 answers: set[bytes] | None = None, digest: set[bytes] | None = None,
+                 full: bool = False, ask: bool = False,
+                 wants: set[bytes] | None = None) -> None:
         self._mesh = mesh
-        self.peers = peers
+        self.peers = peers or set()
+        self.answers = answers or set()
+        self.digest = digest or set()
+        self.full = full
+        self.ask = ask
+        self.wants = wants or set()
+
+    def __bool__(self) -> bool:
+        return bool(self.peers or self.answers or self.digest or self.full or self.wants)
 
     def encode(self) -> list[bytes]:
         topo = self._mesh.topology
-        recs = [r for r in (topo.get(p) for p in sorted(self.peers)) if r is not None]
-        return encode_chunked(recs)
+
+        def recs(ps: set[bytes]) -> list[PeerRecord]:
+            return [r for r in (topo.get(p) for p in sorted(ps)) if r is not None]
+
+        out = encode_chunked(recs(self.peers)) if self.peers else []
+        if self.answers:
+            out += encode_chunked(recs(self.answers), ANSWER_RECORDS)
+        if self.full:
+            out += encode_digest(topo.records(), self.ask)
+        elif self.digest:
+            out += encode_digest(recs(self.digest), False)
+        if self.wants:
+            out += encode_want(self.wants)
+        return out
 
     def merge(self, other: GossipData) -> GossipData:
         if isinstance(other, TopologyData):
             self.peers |= other.peers
+            self.answers |= other.answers
+            self.digest |= other.digest
+            self.full |= other.full
+            self.ask |= other.ask
+            self.wants |= other.wants
             return self
         raise TypeError("topology gossip merges only with topology gossip")
 
 
 class RelayedTopology(TopologyData):
-    """A delta to pass on: each neighbour gets the records whose owners do not list it."""
+    """A delta to pass on, as digest entries (the neighbours pull what they lack): each
+    neighbour gets the entries of the peers whose records do not list it."""
 
-    __slots__ = ()
+    __slots__ = ("_listed",)
+
+    def __init__(self, mesh: Mesh, peers: set[bytes]) -> None:
+        super().__init__(mesh, digest=peers)
+        # who each record lists, once (for_neighbour runs for every link)
+        self._listed = {p: {c.peer for c in r.conns}
+                        for p in peers if (r := mesh.topology.get(p)) is not None}
 
     def for_neighbour(self, peer: bytes) -> GossipData | None:
-        topo = self._mesh.topology
-        need = set()
-        for p in self.peers:
-            r = topo.get(p)
-            if r is not None and p != peer and all(c.peer != peer for c in r.conns):
-                need.add(p)
+        need = {p for p, listed in self._listed.items() if p != peer and peer not in listed}
         # a plain TopologyData: merged with what waits for the link, sent as it is
-        return TopologyData(self._mesh, need) if need else None
+        return TopologyData(self._mesh, digest=need) if need else None
 
 
 class TopologyChannel:
@@ -72,7 +132,10 @@ class TopologyChannel:
         self.gossip_handle: Gossip | None = None  # set once registered
         self._published: dict[bytes, bool] = {}  # peer -> established, as last published
         self._next_gain = 0.0
-
+        # peer -> ((version, uid) asked for, when another neighbour may be asked, the
+        # neighbour asked): bounded by MAX_RECORDS, expired entries pruned at every
+        # digest, entries of a neighbour whose link went pruned by sync_links
+        self._asked: dict[bytes, tuple[tuple[int, int], float, bytes]] = {}
     def sync_links(self, links: Iterable[LinkInfo], now: float) -> None:
         """Publish our links in our record; gossip it if it changed.
 
@@ -85,6 +148,9 @@ class TopologyChannel:
         """
         links = list(links)
         cur = {li.peer: li.established for li in links}
+        if self._asked:  # a want to a neighbour that is gone will not be answered
+            for p in [p for p, held in self._asked.items() if held[2] not in cur]:
+                del self._asked[p]
         lost = any(est and not cur.get(p, False) for p, est in self._published.items())
         if not lost and now < self._next_gain:
             return
@@ -96,18 +162,73 @@ class TopologyChannel:
 
     # -- Gossiper -------------------------------------------------------------------------
     def gossip(self) -> GossipData | None:
-        return TopologyData(self.mesh, self.mesh.topology.peers())
+        """A new link or anti-entropy: our digest, asking for the other side's in return."""
+        return TopologyData(self.mesh, full=True, ask=True)
 
     def on_gossip(self, src: bytes, msg: bytes, now: float) -> GossipData | None:
         who = self._neighbour(src)
         if who is None:
             raise GossipRefused("gossip_undecodable", "gossip from a peer with no link")
-        delta, outcome = self.mesh.merge(src, who[0], who[1], msg)
+        kind = kind_of(msg)
+        if kind == DIGEST:
+            self._on_digest(src, msg, now)
+            return None
+        if kind == WANT:
+            try:
+                ids = decode_want(msg)
+            except TopologyDecodeError:
+                raise GossipRefused("gossip_bad_want") from None
+            have = {p for p in ids if self.mesh.topology.get(p) is not None}
+            if have:
+                self._reply(src, TopologyData(self.mesh, answers=have))
+            return None
+        fmt = ANSWER_RECORDS if kind == ANSWER_RECORDS else FORMAT
+        delta, outcome = self.mesh.merge(src, who[0], who[1], msg, fmt)
         if outcome != "ok":
             raise GossipRefused(outcome)
         if not delta:
             return None
-        return RelayedTopology(self.mesh, {r.peer for r in delta})
+        peers = {r.peer for r in delta}
+        me = self.mesh.me
+        if me in peers:
+            # our record, bumped past an earlier incarnation of ours: news for every
+            # neighbour, the sender included (it holds the record we just outbid)
+            peers.discard(me)
+            if self.gossip_handle is not None:
+                self.gossip_handle.neighbours(TopologyData(self.mesh, {me}))
+            if not peers:
+                return None
+        if fmt == FORMAT:
+            return RelayedTopology(self.mesh, peers)
+        # Catch-up the sender already had: the others likely hold it too, so they get
+        # digest entries and pull what they lack.
+        return TopologyData(self.mesh, digest=peers)
+
+    def _on_digest(self, src: bytes, msg: bytes, now: float) -> None:
+        try:
+            entries, answer = decode_digest(msg)
+        except TopologyDecodeError:
+            raise GossipRefused("gossip_bad_digest") from None
+        asked = self._asked
+        for p in [p for p, held in asked.items() if held[1] <= now]:
+            del asked[p]
+        wants = set()
+        for peer, version, uid, _tag in lacking(self.mesh.topology, entries):
+            held = asked.get(peer)
+            if held is not None and held[0] >= (version, uid):
+                continue  # in flight from another neighbour; asked again after the timeout
+            if held is None and len(asked) >= MAX_RECORDS:
+                continue  # full of claims not yet answered: the next digest asks again
+            asked[peer] = ((version, uid), now + WANT_TIMEOUT, src)
+            wants.add(peer)
+        reply = TopologyData(self.mesh, wants=wants)
+        reply.full = answer and holds_newer(self.mesh.topology, entries)
+        if reply:
+            self._reply(src, reply)
+
+    def _reply(self, dst: bytes, data: TopologyData) -> None:
+        if self.gossip_handle is not None:
+            self.gossip_handle.reply(dst, data)
 
     def on_broadcast(self, origin: bytes, msg: bytes, now: float) -> bool:
         raise GossipRefused("not_broadcast", "the topology travels by gossip only")

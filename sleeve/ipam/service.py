@@ -47,7 +47,7 @@ from sleeve.ipam import wire
 from sleeve.ipam.allocator import Allocator
 from sleeve.ipam.consensus import parse_init
 from sleeve.ipam.validate import Allocation, IpamError
-from sleeve.status.http import Unavailable
+from sleeve.status.routes import Unavailable
 
 if TYPE_CHECKING:
     from sleeve.config import Config

@@ -227,6 +227,13 @@ class ScaleLab:
                 raise TimeoutError(f"links still changing after {timeout:.0f}s")
             time.sleep(max(0.0, period - (time.monotonic() - now)))
 
+    def router_pid(self, i: int) -> int:
+        """The pid of router i's process (``ip netns exec`` execs it: the same pid),
+        known from its start, before it answers."""
+        r = self.members[i].router
+        assert r is not None and r.proc is not None, f"s{i + 1} was never started"
+        return r.proc.pid
+
     def pids(self, idxs: Iterable[int]) -> dict[int, int]:
         out = {}
         for i in idxs:

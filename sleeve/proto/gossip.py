@@ -18,7 +18,9 @@ All callbacks run on the event loop, one at a time: a channel needs no locks.
 What the router does with each return value:
 
 - ``gossip()``: the channel's complete state, sent to a new neighbour and, at the
-  jittered anti-entropy period, to every neighbour; None when there is nothing;
+  jittered anti-entropy period, to every neighbour; None when there is nothing. (A
+  channel may send a digest instead and answer what the neighbour asks for through
+  ``Gossip.reply``: the topology does, ``proto.topodigest``);
 - ``on_gossip(src, msg, now)``: the delta (what was new to us); the router sends it to
   every neighbour but ``src``; None when nothing was new (gossip stops here, so a
   change crosses each link about once). A delta that is also ``PerNeighbour`` says,
@@ -92,6 +94,11 @@ class Gossip(Protocol):
 
     def neighbours(self, data: GossipData) -> None:
         """Gossip ``data`` to every direct neighbour (merged with what waits for each)."""
+        ...
+
+    def reply(self, peer: bytes, data: GossipData) -> None:
+        """Gossip ``data`` to the direct neighbour ``peer`` only (a digest's answer);
+        nothing if it is no longer a neighbour."""
         ...
 
 

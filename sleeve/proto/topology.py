@@ -158,7 +158,8 @@ def verify_record(rec: PeerRecord) -> bool:
             and verify(rec.key, rec.signed_bytes(), rec.sig))
 
 
-def encode_records(records: Iterable[PeerRecord]) -> bytes:
+def encode_records(records: Iterable[PeerRecord], fmt: int = FORMAT) -> bytes:
+    """A records message; ``fmt`` 5 marks an answer to a want (``proto.topodigest``)."""
     recs = []
     for r in records:
         if len(r.key) != KEY_LEN or len(r.sig) != SIG_LEN:
@@ -167,11 +168,12 @@ def encode_records(records: Iterable[PeerRecord]) -> bytes:
     if len(recs) > MAX_RECORDS:
         # The adapter splits bigger states; sending one the receiver rejects helps nobody.
         raise ValueError(f"{len(recs)} records exceed the limit of {MAX_RECORDS} per message")
-    return _pack([FORMAT, recs])
+    return _pack([fmt, recs])
 
 
-def decode_records(data: bytes) -> list[PeerRecord]:
-    """Decode and validate a topology message. Raises only TopologyDecodeError."""
+def decode_records(data: bytes, fmt: int = FORMAT) -> list[PeerRecord]:
+    """Decode and validate a topology records message of kind ``fmt`` (2 pushed, 5 an
+    answer to a want). Raises only TopologyDecodeError."""
     try:
         # No maps anywhere; arrays and strings bounded up front so a small message cannot
         # make the unpacker pre-allocate a huge list (it also bounds lengths by input size).
@@ -183,8 +185,8 @@ def decode_records(data: bytes) -> list[PeerRecord]:
             from None
     if not (isinstance(m, list) and len(m) == 2 and type(m[0]) is int):
         raise TopologyDecodeError("topology message is not [format, records]")
-    if m[0] != FORMAT:
-        raise TopologyDecodeError(f"topology format {m[0]} is not {FORMAT}")
+    if m[0] != fmt:
+        raise TopologyDecodeError(f"topology format {m[0]} is not {fmt}")
     recs = m[1]
     if not isinstance(recs, list):
         raise TopologyDecodeError("topology records are not a list")

@@ -1,5 +1,8 @@
 """Local HTTP API on aiohttp, on 127.0.0.1:6782 by default.
 
+Imported only when the API is served (``--http`` or ``--api-socket``): the tables,
+``Route`` and ``EventStream`` live in ``status.routes``, which needs no aiohttp.
+
 Two kinds of endpoint, both plain tables keyed by "METHOD /path":
 
 - ``routes``: ``Route`` = query dict in, (content type, body) out, called in the
@@ -39,16 +42,27 @@ import asyncio
 import contextlib
 import inspect
 import ipaddress
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
 
-from aiohttp import web
-
+from sleeve.lazypkg import defer_package
+from sleeve.status.routes import (
+    EventStream,
+    Reply,
+    Route,
+    Unavailable,
+    json_action,
+    json_async_action,
+    json_route,
+)
 from sleeve.status.unixsock import ApiSocket, bind_api_socket, peer_cred, remove_socket
+
+defer_package("aiohttp", version=True)  # aiohttp's __init__ loads the client too: 4.3 MB
+from aiohttp import web  # noqa: E402
+
+__all__ = ["EventStream", "HttpServer", "Reply", "Route", "Unavailable", "json_action",
+           "json_async_action", "json_route", "serve", "start_http"]
 
 log = logging.getLogger("sleeve.http")
 
@@ -59,36 +73,6 @@ MAX_HEADERS = 32
 KEEPALIVE = 30.0  # idle keep-alive connections close after this
 WRITE_TIMEOUT = 10.0  # a stream client that cannot take one event in this long is dropped
 READ_ONLY = ("GET", "HEAD")
-
-Reply = tuple[str, bytes]
-Route = Callable[[dict[str, str]], Reply | Awaitable[Reply]]
-
-
-class Unavailable(Exception):
-    """The action could not complete in time (503); ``str()`` is one line for the user."""
-
-
-@dataclass
-class EventStream:
-    """A server-sent-events feed: ``snapshot()`` gives the data of one event (JSON-able).
-
-    ``snapshot`` runs in the event loop, at most once per ``period`` however many
-    clients listen; ``max_clients`` more are refused with 503.
-    """
-
-    snapshot: Callable[[], Any]
-    period: float = 1.0
-    max_clients: int = 8
-    clients: int = 0
-    _cached: bytes = b""
-    _cached_at: float = field(default=-1e9)
-
-    def event(self, now: float) -> bytes:
-        if now - self._cached_at >= self.period * 0.5:
-            data = json.dumps(self.snapshot(), separators=(",", ":"))
-            self._cached, self._cached_at = f"data: {data}\n\n".encode(), now
-        return self._cached
-
 
 class HttpServer:
     """The running API; ``close()`` stops accepting and ends the streams, ``aclose()``
@@ -260,18 +244,3 @@ async def _serve_stream(request: web.Request, stream: EventStream,
         return resp
     finally:
         stream.clients -= 1
-
-
-def json_route(fn: Callable[[], Any]) -> Route:
-    return lambda q: ("application/json", json.dumps(fn(), indent=1).encode() + b"\n")
-
-
-def json_action(fn: Callable[[dict[str, str]], Any]) -> Route:
-    return lambda q: ("application/json", json.dumps(fn(q)).encode() + b"\n")
-
-
-def json_async_action(fn: Callable[[dict[str, str]], Awaitable[Any]]) -> Route:
-    """An action that awaits (it bounds its own wait: raise ``Unavailable`` past it)."""
-    async def run(q: dict[str, str]) -> Reply:
-        return ("application/json", json.dumps(await fn(q)).encode() + b"\n")
-    return run

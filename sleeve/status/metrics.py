@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from sleeve.status.http import Route
+from sleeve.status.routes import Route
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sleeve.status.http import EventStream, Route
+from sleeve.status.routes import EventStream, Route
 from sleeve.status.topology import TopologyView
 
 PERIOD = 1.0  # one update a second: live enough to watch, cheap at 100 peers
