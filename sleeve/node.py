@@ -122,7 +122,8 @@ class Node:
                                                            max_msg=MAX_FRAME)
         self.traversal = Traversal(self.id, self.table, self.mesh.topology, self.underlay,
                                    self.drops, self.stats, enabled=cfg.discovery,
-                                   run_connection=self.conns.run)
+                                   run_connection=self.conns.run,
+                                   prediction=cfg.port_prediction, spraying=cfg.spray)
         self.portmap = PortMapper(self.drops, self.stats,
                                   enabled=cfg.port_mapping and cfg.discovery)
         self.traversal.mapped = lambda: self.portmap.mapped

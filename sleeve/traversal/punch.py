@@ -94,7 +94,8 @@ class PeerPunch:
 class Traversal:
     def __init__(self, me: bytes, links: LinkTable, topology: Topology, underlay: Underlay,
                  drops: Counters, stats: Counters, *, enabled: bool,
-                 run_connection: RunConnection) -> None:
+                 run_connection: RunConnection, prediction: bool = True,
+                 spraying: bool = True) -> None:
         self.me = me
         self.links = links
         self.topology = topology
@@ -102,6 +103,8 @@ class Traversal:
         self.drops = drops
         self.stats = stats
         self.enabled = enabled  # --no-discovery turns punching off too
+        self.prediction = prediction  # --no-port-prediction: neither announce nor probe
+        self.spraying = spraying  # --no-spray: never open spray sockets nor spray probes
         self._run_connection = run_connection
         self.spawn: Spawn | None = None  # the node's task group, while running
         # our gateway's port mapping (traversal.portmap), announced to peers when there is one
@@ -180,7 +183,7 @@ class Traversal:
         p = plan.plan_for(self.me < link.peer, link.session.local_index,
                           link.session.remote_index, rec.attempts)
         att = Attempt(rec.attempts, now, p, link, index_plan=p)
-        att.ours = self.nat().prediction
+        att.ours = self.nat().prediction if self.prediction else None
         if att.ours is not None:
             # Our NAT gives this attempt's flow a port no one saw: we open it first
             # (hop-limited: nothing reaches the far NAT), the peer crosses to the
@@ -248,6 +251,8 @@ class Traversal:
         mapped = self.mapped()
         m = candidates.encode(eps, [mapped] if mapped else None)
         m["nat"] = self.nat().kind  # the peer decides with it whether to spray
+        if not self.spraying:
+            m["spray"] = False  # --no-spray: the peer then takes no spray role either
         if ours is not None:
             m["pred"] = ours.encode()
         link.send_control(m)
@@ -257,7 +262,8 @@ class Traversal:
         eps, mapped = candidates.decode(m), candidates.decode_mapped(m)
         pred = predict.decode_pred(m)
         theirs = m.get("nat", "unknown")
-        if eps is None or mapped is None or pred is False or theirs not in spray.KINDS:
+        if (eps is None or mapped is None or pred is False or theirs not in spray.KINDS
+                or not isinstance(m.get("spray", True), bool)):
             self.drops.inc("bad_cand")
             return
         if not link.virtual or link.endpoint_learnt or self.links.get(link.peer) is not link:
@@ -273,6 +279,8 @@ class Traversal:
             # only the address the mediator saw the peer's NAT at: a member must not
             # aim our probes at any host it likes
             self.drops.inc("bad_pred_host")
+        elif isinstance(pred, Prediction) and not self.prediction:
+            self.stats.inc("punch_predict_declined")  # --no-port-prediction: no probes
         elif isinstance(pred, Prediction) and att.pred is None:
             att.pred = pred
             # the peer opens its NAT, we cross to its predicted ports; where both NATs
@@ -282,7 +290,8 @@ class Traversal:
             self.stats.inc("punch_predict_attempts")
             log.info("hole punching to %s: its NAT changes ports; probing %s", link.name,
                      pred.describe())
-        elif att.ours is None and att.pred is None and not att.spray_role:
+        elif (att.ours is None and att.pred is None and not att.spray_role and self.spraying
+              and m.get("spray") is not False):
             self._spray_role(link, att, spray.role(self.nat().kind, theirs))
 
     def _spray_role(self, link: Link, att: Attempt, role: str) -> None:
