@@ -153,6 +153,7 @@ class Node:
         for kind, fn in (("udp_ok", self.table.on_control), ("udp_lost", self.table.on_control),
                          ("d", self.ingress.on_tcp_data), ("via", self.traversal.on_via),
                          ("cand", self.traversal.on_cand), ("seen", self.traversal.on_seen),
+                         ("hopq", self.traversal.meter.on_hopq),
                          ("topo", self.gossip.on_topo), ("g", self.gossip.on_message)):
             self.conns.handle(kind, fn)
         self._next_mesh = 0.0

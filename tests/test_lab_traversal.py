@@ -152,6 +152,15 @@ def test_adjacent_nats_punch_a_direct_link() -> None:
         trav = r1.status()["traversal"]
         (entry,) = [p for p in trav["peers"] if p["peer"] == n2]
         assert entry["state"] == "direct" and entry["tried"], entry
+        # measured (traversal.hops): TTL 2 crosses each side's NAT, and the far NAT is 2
+        # hops away too, so no TTL can avoid it: both sides say so, and the crosser
+        # waited for the stale entry to expire instead of crossing into it
+        for r, peer in ((r1, n2), (r2, n1)):
+            (e,) = [p for p in r.status()["traversal"]["peers"] if p["peer"] == peer]
+            v = e["tried"][-1]["hops"]
+            print(r.host.name, e["tried"][-1])
+            assert v is not None and (v["k_min"], v["d_far"]) == (2, 2), e
+            assert v["why"].startswith("far NAT adjacent: low TTL cannot avoid it"), e
 
 
 def test_two_peers_behind_one_nat_talk_over_the_lan() -> None:
