@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show a running router's status")
     st.add_argument("what", nargs="?", default="summary",
                     choices=["summary", "connections", "peers", "routes", "macs", "targets",
-                             "dns", "ipam"])
+                             "dns", "ipam", "traversal"])
     reader_options(st)
     st.add_argument("--json", action="store_true")
     st.add_argument("--watch", action="store_true",

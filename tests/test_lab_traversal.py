@@ -155,12 +155,17 @@ def test_adjacent_nats_punch_a_direct_link() -> None:
         # measured (traversal.hops): TTL 2 crosses each side's NAT, and the far NAT is 2
         # hops away too, so no TTL can avoid it: both sides say so, and the crosser
         # waited for the stale entry to expire instead of crossing into it
+        plans = []
         for r, peer in ((r1, n2), (r2, n1)):
             (e,) = [p for p in r.status()["traversal"]["peers"] if p["peer"] == peer]
             v = e["tried"][-1]["hops"]
             print(r.host.name, e["tried"][-1])
             assert v is not None and (v["k_min"], v["d_far"]) == (2, 2), e
             assert v["why"].startswith("far NAT adjacent: low TTL cannot avoid it"), e
+            plans.append(e["tried"][-1]["plan"])
+        # the crosser's plan used it: no first crossing into the stale entry, one
+        # crossing right after it expired (plan.ADJ_CROSS)
+        assert any(p.startswith("crosser: far NAT adjacent") for p in plans), plans
 
 
 def test_two_peers_behind_one_nat_talk_over_the_lan() -> None:
