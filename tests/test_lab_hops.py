@@ -3,8 +3,9 @@
 h1 and h2 each sit two hops behind their NAT (a LAN router, then the NAT gateway),
 and an ISP router joins the two NATs' public segments (s, the public peer, is on
 gw1's). So k_min (the smallest TTL crossing one's own NAT) is 3 on both sides and the
-far NAT is 4 hops away: a low TTL can open one's own NAT without reaching the far one. The routers must measure exactly these numbers, punch with
-them, and no datagram from either NAT may ever arrive at the other without a mapping
+far NAT is 4 hops away: a low TTL can open one's own NAT without reaching the far
+one. The routers must measure exactly these numbers, punch with them, and no
+datagram from either NAT may ever arrive at the other without a mapping
 (an nft counter of new conntrack entries from the other NAT, on each gateway).
 The unmeasured first guess (h = 1: TTL 2) dies at the opener's LAN router, whichever
 side opens: the first crossing then misses. Needs root; fails (never skips) without it.
