@@ -44,3 +44,19 @@ def test_plain_status_shows_the_traversal_section() -> None:
     s["traversal"]["hop_limit"] = {"k_min": None, "why": "our NAT is random, not port-keeping"}
     out = render("summary", s)
     assert "port mapping off; hop limit unmeasured: our NAT is random" in out
+
+
+def test_status_says_why_two_port_changing_nats_stay_relayed() -> None:
+    tr, table, _, _ = rig()
+    other = table.links[b"\x06" * 8] = FakeLink(b"\x06" * 8, virtual=False)
+    other.endpoint = ("198.18.70.99", 6783)
+    tr.on_seen(table.links[MED], {"t": "seen", "ep": ["198.18.70.11", 40001]})
+    tr.on_seen(other, {"t": "seen", "ep": ["198.18.70.11", 40002]})
+    link = table.links[PEER] = FakeLink(PEER, virtual=True, li=6, ri=9)
+    link.endpoint = link.remote_tcp = ("198.18.80.12", 50000)
+    tr.tick(10.0)
+    (tried,) = tr.status(10.5)["peers"][0]["tried"]
+    assert tried["limit"] is None  # only ours changes ports: prediction can cross
+    tr.on_cand(link, {"t": "cand", "eps": [], "pred": ["198.18.80.12", 50002, 1]})
+    (tried,) = tr.status(11.0)["peers"][0]["tried"]
+    assert tried["limit"].startswith("both NATs change ports")

@@ -79,7 +79,8 @@ def punching(s: dict[str, Any]) -> str:
             why.append(f"  {p['peer']}: {last.get('plan')}"
                        + (f"; hop limit: {hv['why']}" if hv.get("why") else "")
                        + (f"; {last['prediction']}" if last.get("prediction") else "")
-                       + (f"; {last['spray']}" if last.get("spray") else ""))
+                       + (f"; {last['spray']}" if last.get("spray") else "")
+                       + (f"; {last['limit']}" if last.get("limit") else ""))
     head = ["PUNCH PEER", "STATE", "OK/TRIED", "LAST RESULT", "TTL", "NEXT"]
     return "\n".join([table(rows, head), *why])
 

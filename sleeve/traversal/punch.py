@@ -42,6 +42,7 @@ from sleeve.traversal import candidates, hops, plan, predict, spray
 from sleeve.traversal.hopsock import FarProbe, HopMeter
 from sleeve.traversal.plan import Plan
 from sleeve.traversal.predict import Prediction
+from sleeve.traversal.punchstatus import limit as _limit
 from sleeve.traversal.punchstatus import predicted as _predicted
 from sleeve.traversal.punchstatus import sprayed as _sprayed
 from sleeve.traversal.relay import RelayWriter
@@ -583,7 +584,8 @@ class Traversal:
                 "tried": [{"attempt": a.n, "ago_s": round(now - a.started, 1),
                            "plan": a.plan.describe(), "result": a.result or "punching",
                            "prediction": _predicted(a), "spray": _sprayed(a),
-                           "hops": a.verdict.status() if a.verdict else None}
+                           "hops": a.verdict.status() if a.verdict else None,
+                           "limit": _limit(a)}
                           for a in rec.tried],
                 "next_attempt_in_s": (round(max(0.0, rec.next_at - now), 1)
                                       if starter and state == "relayed" else None),
