@@ -18,7 +18,7 @@ import time
 import pytest
 
 from sleeve.lab import Lab
-from sleeve.lab.nats import drop_unsolicited, sequential_nat
+from sleeve.lab.nats import drop_unsolicited, sequential_nat, two_segments
 from sleeve.lab.routers import Router, direct, workdir
 from sleeve.lab.traffic import expected_digest, tcp_transfer
 from sleeve.traversal import plan
@@ -35,10 +35,7 @@ def test_two_counting_nats_stay_relayed_with_bounded_attempts() -> None:
     if os.geteuid() != 0:
         pytest.fail("lab tests need root (network namespaces)")
     with Lab() as lab:
-        isp = lab.router("isp")
-        pub1, pub2 = lab.switch("pub1"), lab.switch("pub2")
-        lab.connect(isp, pub1, "198.18.84.254/24")
-        lab.connect(isp, pub2, "198.18.94.254/24")
+        pub1, pub2 = two_segments(lab, "198.18.84", "198.18.94")
         s1, s2 = lab.host("s1"), lab.host("s2")
         for s, ip in ((s1, S1_UL), (s2, S2_UL)):
             lab.connect(s, pub1, f"{ip}/24")

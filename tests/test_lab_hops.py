@@ -20,6 +20,7 @@ import time
 import pytest
 
 from sleeve.lab import Host, Lab
+from sleeve.lab.nats import two_segments
 from sleeve.lab.routers import Router, direct, link_to, workdir
 
 pytestmark = pytest.mark.lab
@@ -48,10 +49,7 @@ def test_measured_hop_limits_cross_our_nat_and_never_reach_the_far_one() -> None
     if os.geteuid() != 0:
         pytest.fail("lab tests need root (network namespaces)")
     with Lab() as lab:
-        isp = lab.router("isp")
-        pub1, pub2 = lab.switch("pub1"), lab.switch("pub2")
-        lab.connect(isp, pub1, "198.18.60.254/24")
-        lab.connect(isp, pub2, "198.18.70.254/24")
+        pub1, pub2 = two_segments(lab, "198.18.60", "198.18.70")
         s = lab.host("s")
         lab.connect(s, pub1, f"{S_UL}/24")
         s.route("198.18.70.0/24", "198.18.60.254")

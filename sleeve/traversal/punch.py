@@ -38,13 +38,10 @@ from sleeve.links.link import Link
 from sleeve.links.table import LinkTable
 from sleeve.proto.stats import Counters
 from sleeve.proto.topology import Topology
-from sleeve.traversal import candidates, hops, plan, predict, spray
+from sleeve.traversal import candidates, hops, plan, predict, punchstatus, spray
 from sleeve.traversal.hopsock import FarProbe, HopMeter
 from sleeve.traversal.plan import Plan
 from sleeve.traversal.predict import Prediction
-from sleeve.traversal.punchstatus import limit as _limit
-from sleeve.traversal.punchstatus import predicted as _predicted
-from sleeve.traversal.punchstatus import sprayed as _sprayed
 from sleeve.traversal.relay import RelayWriter
 from sleeve.traversal.spray import Sprayer
 
@@ -565,34 +562,8 @@ class Traversal:
     # ------------------------------------------------------------------ status
     def status(self, now: float) -> dict[str, Any]:
         """Per peer: what was tried, how it ended, when the next attempt is."""
-        out = []
-        for peer, rec in sorted(self.peers.items()):
-            link = self.links.get(peer)
-            if link is not None and (not link.virtual or link.endpoint_learnt):
-                state = "direct"
-            elif rec.current is not None:
-                state = "punching"
-            elif rec.attempts:
-                state = "relayed"
-            else:
-                continue  # never needed punching (dialled directly)
-            starter = peer > self.me
-            out.append({
-                "peer": format_peer_id(peer), "state": state,
-                "attempts": rec.attempts, "successes": rec.successes,
-                "failures_in_a_row": rec.failures,
-                "tried": [{"attempt": a.n, "ago_s": round(now - a.started, 1),
-                           "plan": a.plan.describe(), "result": a.result or "punching",
-                           "prediction": _predicted(a), "spray": _sprayed(a),
-                           "hops": a.verdict.status() if a.verdict else None,
-                           "limit": _limit(a)}
-                          for a in rec.tried],
-                "next_attempt_in_s": (round(max(0.0, rec.next_at - now), 1)
-                                      if starter and state == "relayed" else None),
-                "next_attempt_by": "us" if starter else "the peer",
-            })
-        return {"enabled": self.enabled, "nat": self.nat().status(), "peers": out,
-                "hop_limit": self.meter.status()}
+        return {"enabled": self.enabled, "nat": self.nat().status(),
+                "peers": punchstatus.peers(self, now), "hop_limit": self.meter.status()}
 
     def _hops_decided(self, link: Link, att: Attempt, age: float) -> bool:
         """Decide the attempt's hop limit from the measurements (once); False: wait."""

@@ -2,10 +2,43 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from sleeve.crypto.keys import format_peer_id
 
 if TYPE_CHECKING:  # only for annotations: punch imports this module
-    from sleeve.traversal.punch import Attempt
+    from sleeve.traversal.punch import Attempt, Traversal
+
+
+def peers(tr: Traversal, now: float) -> list[dict[str, Any]]:
+    """Per peer that needed punching: what was tried, how it ended, the next attempt."""
+    out = []
+    for peer, rec in sorted(tr.peers.items()):
+        link = tr.links.get(peer)
+        if link is not None and (not link.virtual or link.endpoint_learnt):
+            state = "direct"
+        elif rec.current is not None:
+            state = "punching"
+        elif rec.attempts:
+            state = "relayed"
+        else:
+            continue  # never needed punching (dialled directly)
+        starter = peer > tr.me
+        out.append({
+            "peer": format_peer_id(peer), "state": state,
+            "attempts": rec.attempts, "successes": rec.successes,
+            "failures_in_a_row": rec.failures,
+            "tried": [{"attempt": a.n, "ago_s": round(now - a.started, 1),
+                       "plan": a.plan.describe(), "result": a.result or "punching",
+                       "prediction": predicted(a), "spray": sprayed(a),
+                       "hops": a.verdict.status() if a.verdict else None,
+                       "limit": limit(a)}
+                      for a in rec.tried],
+            "next_attempt_in_s": (round(max(0.0, rec.next_at - now), 1)
+                                  if starter and state == "relayed" else None),
+            "next_attempt_by": "us" if starter else "the peer",
+        })
+    return out
 
 
 def predicted(att: Attempt) -> str | None:
