@@ -107,9 +107,11 @@ def test_k_min_echo_on_loopback_and_bounds() -> None:
 
 def test_meter_measures_only_behind_a_port_keeping_nat() -> None:
     meter = HopMeter(Counters(), Counters())
-    meter.tick(0.0, "random", [])
+    meter.tick(0.0, lambda: "random", [])
     assert not meter.measuring and "random" in meter.why
-    meter.tick(0.0, "preserving", [])
+    meter.tick(0.5, lambda: "preserving", [])
+    assert "random" in meter.why  # re-checked only every RECHECK
+    meter.tick(1.0, lambda: "preserving", [])
     assert not meter.measuring and "no public peer" in meter.why
     assert meter.start_far("198.18.70.12", 0.0) is None  # no k_min: nothing to compare
     assert meter.decide(None, 0.0) is not None  # nothing measured: no wait

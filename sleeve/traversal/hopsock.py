@@ -16,6 +16,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from sleeve.proto.stats import Counters
@@ -29,6 +30,7 @@ SO_EE_ORIGIN_ICMP = 2
 _EE = struct.Struct("=IBBBBII")  # struct sock_extended_err, then the offender's sockaddr_in
 FAR_MAGIC = b"SLHF"
 MAX_READS = 32  # datagrams or error reports read per socket per poll
+RECHECK = 1.0  # s: how often an unmeasurable k_min (no public peer, NAT kind) is re-checked
 
 
 class Control(Protocol):
@@ -230,7 +232,9 @@ class HopMeter:
     def on_hopq(self, link: Any, m: dict[str, Any]) -> None:
         self.echoer.on_hopq(link, m, self._udp())
 
-    def tick(self, now: float, nat_kind: str, links: Any) -> None:
+    def tick(self, now: float, nat_kind: Callable[[], str], links: Any) -> None:
+        """Follow a measurement in progress; start one when due (``nat_kind`` is asked
+        only then: classifying our NAT walks the links)."""
         p = self.probe
         if p is not None:
             med = next((lk for lk in links if lk.peer == p.mediator), None)
@@ -245,13 +249,16 @@ class HopMeter:
             return
         if now < self.next_at:
             return
-        if nat_kind != "preserving":
-            self.why = f"our NAT is {nat_kind}, not port-keeping"
+        kind = nat_kind()
+        if kind != "preserving":
+            self.why = f"our NAT is {kind}, not port-keeping"
+            self.next_at = now + RECHECK
             return
         med = next((lk for lk in sorted(links, key=lambda lk: lk.peer) if not lk.virtual
                     and lk.usable and lk.endpoint_learnt and ":" not in lk.endpoint[0]), None)
         if med is None:
             self.why = "no public peer linked to echo our probes"
+            self.next_at = now + RECHECK
             return
         try:
             self.probe = KminProbe(med, now, self.drops)

@@ -140,7 +140,7 @@ class Traversal:
                     self._send_candidates(cur.link, cur.ours)
         self.tell_seen()
         if self.enabled:
-            self.meter.tick(now, self.nat().kind, self.links)
+            self.meter.tick(now, lambda: self.nat().kind, self.links)
         for link in self.links:
             if not link.virtual:
                 continue
