@@ -26,6 +26,7 @@ from sleeve.lab import Host, Lab
 from sleeve.lab.probes import Capture
 from sleeve.lab.routers import Router, direct, link_to, workdir
 from sleeve.lab.traffic import expected_digest, tcp_transfer
+from sleeve.traversal import hops
 
 pytestmark = pytest.mark.lab
 
@@ -114,6 +115,10 @@ def test_adjacent_nats_premise() -> None:
         moved = mapped_port(gw2, "198.18.42.2", 5000)
         print(f"\nh2's mapping after h1's early datagram: port 5000 -> {moved}")
         assert moved is not None and moved != 5000, "the far NAT kept the port: no poisoning"
+        # the plan's wait for such an entry to expire (plan.ADJ_CROSS) assumes the
+        # kernel's default unreplied-UDP timeout: the router cannot read the far NAT's
+        timeout = gw2.run("sysctl", "-n", "net.netfilter.nf_conntrack_udp_timeout").stdout
+        assert float(timeout) == hops.UDP_UNREPLIED, timeout
 
 
 def test_adjacent_nats_punch_a_direct_link() -> None:
