@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only dial the peers given, not the ones learnt from the mesh")
     la.add_argument("--no-port-mapping", action="store_true",
                     help="do not ask the NAT gateway for a UDP port mapping (NAT-PMP)")
+    la.add_argument("--no-port-prediction", action="store_true",
+                    help="hole punching: neither announce nor probe the predicted ports of "
+                         "a NAT that counts ports up")
+    la.add_argument("--no-spray", action="store_true",
+                    help="hole punching: no birthday spray for a NAT that draws random ports")
     la.add_argument("--conn-limit", type=int, default=DEFAULT_CONN_LIMIT, metavar="N",
                     help=f"most control connections (default {DEFAULT_CONN_LIMIT})")
     la.add_argument("--no-fastdp", action="store_true",
@@ -170,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show a running router's status")
     st.add_argument("what", nargs="?", default="summary",
                     choices=["summary", "connections", "peers", "routes", "macs", "targets",
-                             "dns", "ipam"])
+                             "dns", "ipam", "traversal"])
     reader_options(st)
     st.add_argument("--json", action="store_true")
     st.add_argument("--watch", action="store_true",
@@ -315,7 +320,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         peers=tuple(parse_target(p, args.port) for p in args.peers), http=http,
         api_socket=api_socket, api_group=api_group,
         resume=args.resume, discovery=not args.no_discovery, conn_limit=args.conn_limit,
-        port_mapping=not args.no_port_mapping,
+        port_mapping=not args.no_port_mapping, port_prediction=not args.no_port_prediction,
+        spray=not args.no_spray,
         fastdp=not args.no_fastdp, trusted_subnets=check_subnets(args.trusted_subnets),
         offload=args.offload, clamp_mss=args.clamp_mss, rekey_seconds=args.rekey_seconds,
         dns=not args.no_dns, dns_listen=dns_listen, dns_domain=check_dns_domain(args.dns_domain),

@@ -59,6 +59,8 @@ class Config:
     resume: bool = False  # also dial the peers remembered in state_dir/peers.json
     discovery: bool = True  # dial the peers learnt from gossip
     port_mapping: bool = True  # ask the NAT gateway for a UDP port mapping (NAT-PMP)
+    port_prediction: bool = True  # punch to a port-changing NAT's predicted ports (issue 24)
+    spray: bool = True  # birthday spray for a NAT that draws random ports (issue 24)
     conn_limit: int = DEFAULT_CONN_LIMIT
     fastdp: bool = True  # hand links to kernel VXLAN where policy allows (unencrypted/trusted)
     trusted_subnets: tuple[str, ...] = ()  # peers here may use the unencrypted fast datapath

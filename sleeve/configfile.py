@@ -14,6 +14,8 @@ uses the long option names with dashes or underscores::
     docker-plugin = true                          # env SLEEVE_DOCKER_PLUGIN=1
     docker-plugin-socket = "/run/docker/plugins/sleeve.sock"
     docker-api = "/var/run/docker.sock"           # "" : containers get no DNS name
+    no-port-prediction = true                     # env SLEEVE_NO_PORT_PREDICTION=1
+    no-spray = true                               # env SLEEVE_NO_SPRAY=1
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ OPTIONS: dict[str, type] = {
     "api_socket": str, "api_group": str,
     "log_level": str, "log_format": str, "peers": list, "resume": bool,
     "offload": bool, "clamp_mss": bool, "no_discovery": bool, "conn_limit": int, "no_fastdp": bool,
-    "no_port_mapping": bool,
+    "no_port_mapping": bool, "no_port_prediction": bool, "no_spray": bool,
     "trusted_subnets": str, "rekey_seconds": float,
     "no_dns": bool, "dns_listen": str, "dns_domain": str, "dns_ttl": int,
     "dns_one_address": bool, "dns_rate_limit": float,

@@ -121,7 +121,8 @@ class Node:
                                                            max_msg=MAX_FRAME)
         self.traversal = Traversal(self.id, self.table, self.mesh.topology, self.underlay,
                                    self.drops, self.stats, enabled=cfg.discovery,
-                                   run_connection=self.conns.run)
+                                   run_connection=self.conns.run,
+                                   prediction=cfg.port_prediction, spraying=cfg.spray)
         self.portmap = PortMapper(self.drops, self.stats,
                                   enabled=cfg.port_mapping and cfg.discovery)
         self.traversal.mapped = lambda: self.portmap.mapped
@@ -151,6 +152,7 @@ class Node:
         for kind, fn in (("udp_ok", self.table.on_control), ("udp_lost", self.table.on_control),
                          ("d", self.ingress.on_tcp_data), ("via", self.traversal.on_via),
                          ("cand", self.traversal.on_cand), ("seen", self.traversal.on_seen),
+                         ("hopq", self.traversal.meter.on_hopq),
                          ("topo", self.gossip.on_topo), ("g", self.gossip.on_message)):
             self.conns.handle(kind, fn)
         self._next_mesh = 0.0

@@ -26,6 +26,7 @@ from sleeve.lab import Host, Lab
 from sleeve.lab.probes import Capture
 from sleeve.lab.routers import Router, direct, link_to, workdir
 from sleeve.lab.traffic import expected_digest, tcp_transfer
+from sleeve.traversal import hops
 
 pytestmark = pytest.mark.lab
 
@@ -114,6 +115,10 @@ def test_adjacent_nats_premise() -> None:
         moved = mapped_port(gw2, "198.18.42.2", 5000)
         print(f"\nh2's mapping after h1's early datagram: port 5000 -> {moved}")
         assert moved is not None and moved != 5000, "the far NAT kept the port: no poisoning"
+        # the plan's wait for such an entry to expire (plan.ADJ_CROSS) assumes the
+        # kernel's default unreplied-UDP timeout: the router cannot read the far NAT's
+        timeout = gw2.run("sysctl", "-n", "net.netfilter.nf_conntrack_udp_timeout").stdout
+        assert float(timeout) == hops.UDP_UNREPLIED, timeout
 
 
 def test_adjacent_nats_punch_a_direct_link() -> None:
@@ -152,6 +157,20 @@ def test_adjacent_nats_punch_a_direct_link() -> None:
         trav = r1.status()["traversal"]
         (entry,) = [p for p in trav["peers"] if p["peer"] == n2]
         assert entry["state"] == "direct" and entry["tried"], entry
+        # measured (traversal.hops): TTL 2 crosses each side's NAT, and the far NAT is 2
+        # hops away too, so no TTL can avoid it: both sides say so, and the crosser
+        # waited for the stale entry to expire instead of crossing into it
+        plans = []
+        for r, peer in ((r1, n2), (r2, n1)):
+            (e,) = [p for p in r.status()["traversal"]["peers"] if p["peer"] == peer]
+            v = e["tried"][-1]["hops"]
+            print(r.host.name, e["tried"][-1])
+            assert v is not None and (v["k_min"], v["d_far"]) == (2, 2), e
+            assert v["why"].startswith("far NAT adjacent: low TTL cannot avoid it"), e
+            plans.append(e["tried"][-1]["plan"])
+        # the crosser's plan used it: no first crossing into the stale entry, one
+        # crossing right after it expired (plan.ADJ_CROSS)
+        assert any(p.startswith("crosser: far NAT adjacent") for p in plans), plans
 
 
 def test_two_peers_behind_one_nat_talk_over_the_lan() -> None:

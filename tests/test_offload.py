@@ -95,6 +95,9 @@ class _NoGso:
         self.gso_calls += 1
         raise OSError(errno.EIO, "Input/output error")
 
+    def getsockname(self) -> Any:  # the router reads its UDP port (traversal's NAT class)
+        return self.real.getsockname()
+
 
 def test_refused_gso_falls_back_to_one_send_per_datagram_and_is_remembered() -> None:
     async def body(a: Node, pa: MemoryPort, b: Node, pb: MemoryPort) -> None:

@@ -104,6 +104,10 @@ def rig() -> tuple[Traversal, FakeTable, FakeUnderlay, list[bytes]]:
     tr = Traversal(ME, cast(Any, table), cast(Any, topo), cast(Any, underlay), Counters(),
                    Counters(), enabled=True, run_connection=cast(Any, None))
     started: list[bytes] = []
+    # no real probe sockets here (they would send to the fake links' lab addresses
+    # from the test's own namespace): the hop meter never starts; tests set k_min
+    tr.meter.next_at = float("inf")
+    tr.meter.start_far = lambda host, now: None  # type: ignore[method-assign]
     tr.spawn = lambda coro: None
     tr._start_virtual = lambda peer, med, obs, out: started.append(peer)  # type: ignore
     return tr, table, underlay, started

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 
 from sleeve.lab.guard import UNDERLAY, check_ifname, check_ip
-from sleeve.lab.netns import Host
+from sleeve.lab.netns import Host, Lab, Switch
 
 
 def sequential_nat(gw: Host, inside_if: str, outside_if: str, public_ip: str,
@@ -77,3 +77,14 @@ def drop_unsolicited(gw: Host, outside_if: str) -> None:
         "add chain ip slv_nat_in input { type filter hook input priority 0; }\n"
         f'add rule ip slv_nat_in input iifname "{outside_if}" ct state new drop\n'
     )
+
+
+def two_segments(lab: Lab, net1: str, net2: str) -> tuple[Switch, Switch]:
+    """Two public /24 segments (``net1``, ``net2``: "198.18.N") joined by an ISP router
+    at .254 on each, as on the internet: a router between NATs on different segments
+    (where a low-TTL punch datagram can die)."""
+    isp = lab.router("isp")
+    pub1, pub2 = lab.switch("pub1"), lab.switch("pub2")
+    lab.connect(isp, pub1, f"{net1}.254/24")
+    lab.connect(isp, pub2, f"{net2}.254/24")
+    return pub1, pub2

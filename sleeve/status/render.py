@@ -33,11 +33,56 @@ def summary(s: dict[str, Any]) -> str:
         out.append("         DNS: " + _dns_line(s["dns"]))
     if s.get("ipam"):
         out.append("        IPAM: " + _ipam_line(s["ipam"]))
+    if s.get("traversal"):
+        out += ["   Traversal: " + _traversal_line(s["traversal"])]
     if s.get("drops"):
         out.append("       Drops: " + ", ".join(f"{k}={v}" for k, v in sorted(s["drops"].items())))
     if conns:
         out += ["", connections(s)]
+    if (s.get("traversal") or {}).get("peers"):
+        out += ["", punching(s)]
     return "\n".join(out)
+
+
+def _traversal_line(t: dict[str, Any]) -> str:
+    nat = t.get("nat") or {}
+    pm = t.get("port_mapping") or {}
+    hl = t.get("hop_limit") or {}
+    if not t.get("enabled", True):
+        return "hole punching off (--no-discovery)"
+    kind = f"NAT {nat.get('kind', 'unknown')}"
+    if nat.get("prediction"):
+        kind += f" (predicted {nat['prediction']})"
+    if not pm.get("enabled", False):
+        mapping = "port mapping off"
+    elif pm.get("mapped"):
+        mapping = f"port mapping {pm.get('mapped')} by {pm.get('protocol')}"
+    else:
+        mapping = f"no port mapping ({pm.get('error') or pm.get('asking') or 'none yet'})"
+    hop = (f"k_min {hl['k_min']}" if hl.get("k_min") is not None
+           else f"hop limit unmeasured: {hl.get('why', '?')}")
+    return f"{kind}; {mapping}; {hop}"
+
+
+def punching(s: dict[str, Any]) -> str:
+    """Per peer that needed hole punching: state, attempts, the last attempt's story."""
+    rows, why = [], []
+    for p in (s.get("traversal") or {}).get("peers", []):
+        last = p["tried"][-1] if p.get("tried") else {}
+        hv = last.get("hops") or {}
+        nxt = p.get("next_attempt_in_s")
+        rows.append([p["peer"], p["state"], f"{p.get('successes', 0)}/{p.get('attempts', 0)}",
+                     last.get("result", "-"),
+                     "-" if hv.get("ttl") is None else hv["ttl"],
+                     f"{nxt} s" if nxt is not None else f"by {p.get('next_attempt_by', '-')}"])
+        if last:
+            why.append(f"  {p['peer']}: {last.get('plan')}"
+                       + (f"; hop limit: {hv['why']}" if hv.get("why") else "")
+                       + (f"; {last['prediction']}" if last.get("prediction") else "")
+                       + (f"; {last['spray']}" if last.get("spray") else "")
+                       + (f"; {last['limit']}" if last.get("limit") else ""))
+    head = ["PUNCH PEER", "STATE", "OK/TRIED", "LAST RESULT", "TTL", "NEXT"]
+    return "\n".join([table(rows, head), *why])
 
 
 def _fastdp(f: dict[str, Any] | None) -> str:
@@ -141,6 +186,9 @@ def render(what: str, s: dict[str, Any]) -> str:
         return dns(s)
     if what == "ipam":
         return ipam(s)
+    if what == "traversal":
+        t = s.get("traversal") or {}
+        return "\n".join(["   Traversal: " + _traversal_line(t), "", punching(s)])
     if what == "peers":
         return table([[p["peer"], p["nickname"], p["uid"], "yes" if p["self"] else "",
                        "yes" if p.get("direct") else "", len(p.get("connections", []))]

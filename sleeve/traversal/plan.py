@@ -30,14 +30,22 @@ The crosser's own clashing mapping from the first crossing expires in the same q
 time, since the crosser sends nothing then. Once a side hears an authenticated
 datagram from the other, its link sends ordinary heartbeats and this plan is over.
 
-``h`` (hops from a host to its own NAT) is not known; attempts cycle it through
-``HOPS`` (1 first: a host directly behind its gateway is the common case), and the
-roles come from the session indexes, so over a few attempts each side opens.
+``h`` (hops from a host to its own NAT) is measured where it can be
+(``traversal.hops``: k_min = h + 1), and so is the far NAT's distance. Where it is
+not, attempts cycle it through ``HOPS`` (1 first: a host directly behind its gateway
+is the common case), and the roles come from the session indexes, so over a few
+attempts each side opens. Where the measurement says the far NAT is ``adjacent``
+(no TTL that crosses ours stops before it), the crosser skips the first crossing
+(it would only clash with the opener's stale entry) and crosses at ``ADJ_CROSS``,
+right after that entry expired; the opener's datagrams after ``OPEN_TIME`` carry
+hop limit h and never reach it, so nothing refreshes it meanwhile.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from sleeve.traversal import hops
 
 OPEN_TIME = 1.0  # s: the opener's h+1 datagrams, before the crosser's first crossing
 FIRST_CROSS_END = 3.0  # s: the crosser's first crossing lasts 2 s (8 ticks)
@@ -47,6 +55,9 @@ FIRST_CROSS_END = 3.0  # s: the crosser's first crossing lasts 2 s (8 ticks)
 SECOND_CROSS = 35.0
 ATTEMPT_TIME = 45.0  # s: then the attempt has failed; the mesh keeps relaying
 HOPS = (1, 2, 3)
+# measured adjacent NATs: the opener's last datagram that reached the crosser's NAT
+# left before OPEN_TIME; its unreplied entry is gone UDP_UNREPLIED later
+ADJ_CROSS = OPEN_TIME + hops.UDP_UNREPLIED + hops.MARGIN
 # Between attempts both sides stay quiet long enough for every entry an attempt left
 # on the NATs to expire (30 s, as above), then back off to at most one attempt per
 # BACKOFF_MAX per peer: bounded punch traffic for as long as the link is relayed.
@@ -59,21 +70,27 @@ class Plan:
     """What this side does in one attempt."""
 
     opener: bool
-    hops: int  # hops to our own NAT (the opener's guess; unused by the crosser)
+    hops: int  # hops to our own NAT (measured or guessed; unused by the crosser)
+    adjacent: bool = False  # measured: the far NAT is in reach of any TTL crossing ours
 
     def step(self, age: float) -> tuple[bool, int | None]:
         """(send now, hop limit or None for the default) at ``age`` s into the attempt."""
         if self.opener:
             return True, self.hops + 1 if age < OPEN_TIME else self.hops
+        if self.adjacent:
+            return age >= ADJ_CROSS, None
         if OPEN_TIME <= age < FIRST_CROSS_END or age >= SECOND_CROSS:
             return True, None
         return False, None
 
     def first_crossing(self, age: float) -> bool:
         """The crosser's first crossing (sent to the peer's announced port only)."""
-        return not self.opener and OPEN_TIME <= age < FIRST_CROSS_END
+        return not self.opener and not self.adjacent and OPEN_TIME <= age < FIRST_CROSS_END
 
     def describe(self) -> str:
+        if self.adjacent and not self.opener:
+            return f"crosser: far NAT adjacent, full TTL from {ADJ_CROSS:.0f} s (after its " \
+                   f"stale entry expired)"
         if self.opener:
             return f"opener: hop limit {self.hops + 1}, then {self.hops} to keep our NAT open"
         return f"crosser: full TTL at {OPEN_TIME:.0f}-{FIRST_CROSS_END:.0f} s and from " \

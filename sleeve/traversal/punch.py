@@ -29,7 +29,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sleeve.crypto.keys import format_peer_id
@@ -38,7 +38,8 @@ from sleeve.links.link import Link
 from sleeve.links.table import LinkTable
 from sleeve.proto.stats import Counters
 from sleeve.proto.topology import Topology
-from sleeve.traversal import candidates, plan, predict, spray
+from sleeve.traversal import candidates, hops, plan, predict, punchstatus, spray
+from sleeve.traversal.hopsock import FarProbe, HopMeter
 from sleeve.traversal.plan import Plan
 from sleeve.traversal.predict import Prediction
 from sleeve.traversal.relay import RelayWriter
@@ -74,6 +75,8 @@ class Attempt:
     sprayer: Sprayer | None = None  # our probes, when we spray
     spray_sockets: int = 0  # sockets we opened, when the peer sprays
     next_keep: float = 0.0  # age at which our spray sockets refresh their mappings
+    far: FarProbe | None = None  # measuring the far NAT's distance (traversal.hops)
+    verdict: hops.Verdict | None = None  # the measured hop limits, once decided
 
 
 @dataclass
@@ -94,7 +97,8 @@ class PeerPunch:
 class Traversal:
     def __init__(self, me: bytes, links: LinkTable, topology: Topology, underlay: Underlay,
                  drops: Counters, stats: Counters, *, enabled: bool,
-                 run_connection: RunConnection) -> None:
+                 run_connection: RunConnection, prediction: bool = True,
+                 spraying: bool = True) -> None:
         self.me = me
         self.links = links
         self.topology = topology
@@ -102,6 +106,8 @@ class Traversal:
         self.drops = drops
         self.stats = stats
         self.enabled = enabled  # --no-discovery turns punching off too
+        self.prediction = prediction  # --no-port-prediction: neither announce nor probe
+        self.spraying = spraying  # --no-spray: never open spray sockets nor spray probes
         self._run_connection = run_connection
         self.spawn: Spawn | None = None  # the node's task group, while running
         # our gateway's port mapping (traversal.portmap), announced to peers when there is one
@@ -119,6 +125,7 @@ class Traversal:
         # streams we relay as mediator, (from, to): told "fin" when either end leaves
         self._via_pairs: dict[tuple[bytes, bytes], None] = {}
         self.obs = predict.Observations()  # what peers see of our UDP endpoint
+        self.meter = HopMeter(drops, stats, lambda: underlay.udp)  # traversal.hops
 
     # ------------------------------------------------------------------ starting attempts
     def tick(self, now: float) -> None:
@@ -132,6 +139,8 @@ class Traversal:
                         peer) is cur.link:
                     self._send_candidates(cur.link, cur.ours)
         self.tell_seen()
+        if self.enabled:
+            self.meter.tick(now, lambda: self.nat().kind, self.links)
         for link in self.links:
             if not link.virtual:
                 continue
@@ -151,6 +160,7 @@ class Traversal:
                                    else ", at a sprayed port")
                     self.stats.inc("punch_spray_successes")
                 self.underlay.close_spray(link)
+                _close_far(att)
                 log.info("hole punched to %s: %s (%s)", link.name, att.result,
                          att.plan.describe())
                 continue
@@ -163,7 +173,7 @@ class Traversal:
 
     def attempting(self) -> bool:
         """An attempt is in progress (its punch steps need the node's 4 Hz tick)."""
-        return any(r.current is not None for r in self.peers.values())
+        return self.meter.measuring or any(r.current is not None for r in self.peers.values())
 
     def _attempt_for(self, link: Link, now: float) -> tuple[PeerPunch, Attempt]:
         """The attempt on relayed ``link``, begun now if it is new."""
@@ -180,12 +190,13 @@ class Traversal:
         p = plan.plan_for(self.me < link.peer, link.session.local_index,
                           link.session.remote_index, rec.attempts)
         att = Attempt(rec.attempts, now, p, link, index_plan=p)
-        att.ours = self.nat().prediction
+        att.far = self.meter.start_far(link.endpoint[0], now)
+        att.ours = self.nat().prediction if self.prediction else None
         if att.ours is not None:
             # Our NAT gives this attempt's flow a port no one saw: we open it first
             # (hop-limited: nothing reaches the far NAT), the peer crosses to the
             # predicted ports (traversal.predict).
-            att.plan = Plan(True, p.hops)
+            att.plan = replace(att.plan, opener=True)
             self.stats.inc("punch_predict_attempts")
         rec.tried.append(att)
         log.info("hole punching to %s: attempt %d, %s%s", link.name, att.n, att.plan.describe(),
@@ -248,6 +259,8 @@ class Traversal:
         mapped = self.mapped()
         m = candidates.encode(eps, [mapped] if mapped else None)
         m["nat"] = self.nat().kind  # the peer decides with it whether to spray
+        if not self.spraying:
+            m["spray"] = False  # --no-spray: the peer then takes no spray role either
         if ours is not None:
             m["pred"] = ours.encode()
         link.send_control(m)
@@ -257,7 +270,8 @@ class Traversal:
         eps, mapped = candidates.decode(m), candidates.decode_mapped(m)
         pred = predict.decode_pred(m)
         theirs = m.get("nat", "unknown")
-        if eps is None or mapped is None or pred is False or theirs not in spray.KINDS:
+        if (eps is None or mapped is None or pred is False or theirs not in spray.KINDS
+                or not isinstance(m.get("spray", True), bool)):
             self.drops.inc("bad_cand")
             return
         if not link.virtual or link.endpoint_learnt or self.links.get(link.peer) is not link:
@@ -273,16 +287,19 @@ class Traversal:
             # only the address the mediator saw the peer's NAT at: a member must not
             # aim our probes at any host it likes
             self.drops.inc("bad_pred_host")
+        elif isinstance(pred, Prediction) and not self.prediction:
+            self.stats.inc("punch_predict_declined")  # --no-port-prediction: no probes
         elif isinstance(pred, Prediction) and att.pred is None:
             att.pred = pred
             # the peer opens its NAT, we cross to its predicted ports; where both NATs
             # change ports the session indexes pick the roles, as without prediction
             assert att.index_plan is not None
-            att.plan = Plan(False, att.plan.hops) if att.ours is None else att.index_plan
+            att.plan = replace(att.plan, opener=False) if att.ours is None else att.index_plan
             self.stats.inc("punch_predict_attempts")
             log.info("hole punching to %s: its NAT changes ports; probing %s", link.name,
                      pred.describe())
-        elif att.ours is None and att.pred is None and not att.spray_role:
+        elif (att.ours is None and att.pred is None and not att.spray_role and self.spraying
+              and m.get("spray") is not False):
             self._spray_role(link, att, spray.role(self.nat().kind, theirs))
 
     def _spray_role(self, link: Link, att: Attempt, role: str) -> None:
@@ -299,7 +316,7 @@ class Traversal:
             att.sprayer = Sprayer(host[0][0])
         att.spray_role = role
         # the random side opens its mappings first, hop-limited; the other sprays
-        att.plan = Plan(role == "open", att.plan.hops)
+        att.plan = replace(att.plan, opener=role == "open")
         self.stats.inc("punch_spray_attempts")
         log.info("hole punching to %s: %s", link.name,
                  "our NAT draws random ports: opening spray sockets" if role == "open"
@@ -313,6 +330,7 @@ class Traversal:
         name = format_peer_id(att.link.peer) if att.link is not None else "?"
         if att.link is not None:
             self.underlay.close_spray(att.link)
+        _close_far(att)
         att.link = None
         log.info("hole punching to %s failed (%s; %s); next attempt in %.0f s", name,
                  result, att.plan.describe(), rec.next_at - now)
@@ -357,6 +375,8 @@ class Traversal:
             self._ended(rec, att, now, f"no datagram from the peer in {age:.0f} s")
             link.writer.close()
             return
+        if not self._hops_decided(link, att, age):
+            return  # the opener waits (at most hops.MEASURE_TIME) for the far NAT's distance
         send, ttl = att.plan.step(age)
         # the endpoint the mediator observed (the peer's NAT mapping) and the announced
         # port on the same address (a port-preserving NAT)
@@ -388,8 +408,8 @@ class Traversal:
             out.update(((att.sprayer.host, p), None) for p in ports)
             if ports and att.sprayer.sent in (len(ports), spray.PROBES):
                 log.info("hole punching to %s: %s", link.name, att.sprayer.describe())
-        for ep, hops in out.items():
-            self.underlay.send_ttl(link, ep, link.session.seal(link.heartbeat_record(now)), hops)
+        for ep, limit in out.items():
+            self.underlay.send_ttl(link, ep, link.session.seal(link.heartbeat_record(now)), limit)
         if att.spray_role == "open" and age >= att.next_keep:
             self._spray_open(link, att, age, sorted(eps), now)
 
@@ -542,46 +562,31 @@ class Traversal:
     # ------------------------------------------------------------------ status
     def status(self, now: float) -> dict[str, Any]:
         """Per peer: what was tried, how it ended, when the next attempt is."""
-        out = []
-        for peer, rec in sorted(self.peers.items()):
-            link = self.links.get(peer)
-            if link is not None and (not link.virtual or link.endpoint_learnt):
-                state = "direct"
-            elif rec.current is not None:
-                state = "punching"
-            elif rec.attempts:
-                state = "relayed"
-            else:
-                continue  # never needed punching (dialled directly)
-            starter = peer > self.me
-            out.append({
-                "peer": format_peer_id(peer), "state": state,
-                "attempts": rec.attempts, "successes": rec.successes,
-                "failures_in_a_row": rec.failures,
-                "tried": [{"attempt": a.n, "ago_s": round(now - a.started, 1),
-                           "plan": a.plan.describe(), "result": a.result or "punching",
-                           "prediction": _predicted(a), "spray": _sprayed(a)}
-                          for a in rec.tried],
-                "next_attempt_in_s": (round(max(0.0, rec.next_at - now), 1)
-                                      if starter and state == "relayed" else None),
-                "next_attempt_by": "us" if starter else "the peer",
-            })
-        return {"enabled": self.enabled, "nat": self.nat().status(), "peers": out}
+        return {"enabled": self.enabled, "nat": self.nat().status(),
+                "peers": punchstatus.peers(self, now), "hop_limit": self.meter.status()}
+
+    def _hops_decided(self, link: Link, att: Attempt, age: float) -> bool:
+        """Decide the attempt's hop limit from the measurements (once); False: wait."""
+        if att.verdict is not None:
+            return True
+        v = self.meter.decide(att.far, age)
+        if v is None:
+            return False
+        _close_far(att)
+        att.verdict = v
+        if v.k_min is not None:
+            # measured: h = k_min - 1 (the plan opens with h + 1 and keeps its own NAT
+            # open with h, which dies there); adjacent: the crosser waits for the far
+            # NAT's stale entry to expire instead of crossing into it
+            att.plan = replace(att.plan, hops=v.k_min - 1, adjacent=v.adjacent)
+            if att.index_plan is not None:
+                att.index_plan = replace(att.index_plan, hops=v.k_min - 1, adjacent=v.adjacent)
+        log.info("hole punching to %s: hop limit %s: %s; %s", link.name, v.ttl, v.why,
+                 att.plan.describe())
+        return True
 
 
-def _predicted(att: Attempt) -> str | None:
-    """What an attempt tried by port prediction, in words (None: nothing)."""
-    if att.pred is not None:
-        return f"probed the peer's predicted {att.pred.describe()}"
-    if att.ours is not None:
-        return f"announced ours: {att.ours.describe()}"
-    return None
-
-
-def _sprayed(att: Attempt) -> str | None:
-    """What an attempt tried by spraying, in words (None: nothing)."""
-    if att.sprayer is not None:
-        return att.sprayer.describe()
-    if att.spray_role == "open":
-        return f"opened {att.spray_sockets} spray sockets (our NAT draws random ports)"
-    return None
+def _close_far(att: Attempt) -> None:
+    if att.far is not None:
+        att.far.close()
+        att.far = None
