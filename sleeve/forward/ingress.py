@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 from sleeve.config import Target
-from sleeve.forward import superframe, udpruns
+from sleeve.forward import relayseg, superframe, udpruns
 from sleeve.forward.egress import Egress, relayed_mtu
 from sleeve.forward.reassembly import KIND_FRAGMENT
 from sleeve.forward.superframe import KIND_VNET, KIND_VNET_SEG, SALVAGE_AFTER
@@ -50,6 +50,9 @@ _KIND_FRAME = dg.KIND_FRAME
 # offloaded frames; offloaded ones with flags (relayed) are refused.
 _HOT_KINDS = frozenset((dg.KIND_FRAME, KIND_VNET, KIND_VNET_SEG))
 _VNET_HDR_LEN = vnet.HDR_LEN
+# Records a relay passes on unopened when their destination is another peer.
+_RELAYABLE = frozenset((dg.KIND_FRAME, KIND_VNET_SEG, relayseg.KIND_CAPS))
+_HOP = 1 << dg.HOPS_SHIFT
 
 
 class Ingress:
@@ -70,6 +73,7 @@ class Ingress:
         # off for good if our kernel refuses one (the frames then go one by one).
         self.join_udp = True
         self._runs = udpruns.UdpRuns()
+        self.relayed_sets = relayseg.RelayedSets()  # relayed super-frames, per proven source
 
     # ------------------------------------------------------------------ from the underlay
     def after_batch(self) -> None:
@@ -225,11 +229,12 @@ class Ingress:
                     else:
                         self.drops.inc("bad_vnet")
                     continue
+                at = off
                 rec, off = dg.parse_record(mv, off)
+                if rec.dst is not None and rec.dst != me and rec.kind in _RELAYABLE:
+                    self._relay(rec, mv[at:off])
+                    continue
                 if rec.kind == dg.KIND_FRAME:
-                    if rec.dst is not None and rec.dst != me:
-                        self._relay(link, rec)
-                        continue
                     src = rec.src or peer
                     if src == me:
                         self.drops.inc("loop")  # our own frame came back round
@@ -239,6 +244,8 @@ class Ingress:
                         if bad is not None:
                             self.drops.inc(bad)
                             continue
+                        if not rec.bcast:
+                            self._tell_caps(src, now)
                     elif rec.auth is not None:  # its broadcast, first hand: no replays later
                         self.origin.note_direct_broadcast(src, rec)
                     deliver(link, src, rec.payload, now)
@@ -248,8 +255,13 @@ class Ingress:
                     self._on_heartbeat(link, rec.payload, now)
                 elif rec.kind == dg.KIND_PROBE:
                     self._on_probe(link, rec, size, now)
+                elif rec.kind == KIND_VNET_SEG and rec.dst is not None:
+                    self._on_relayed_segment(link, rec, now)
+                elif rec.kind == relayseg.KIND_CAPS:
+                    self._on_caps(rec, now)
                 elif rec.kind in _HOT_KINDS:
-                    self.drops.inc("bad_offload_record")  # offloaded frames are one hop only
+                    # offloaded frames are one hop only, but for relayed segment sets
+                    self.drops.inc("bad_offload_record")
                 elif rec.kind == KIND_FRAGMENT and not reassembled:
                     whole = link.reasm.add(rec.payload, now)
                     if whole is not None:
@@ -259,12 +271,17 @@ class Ingress:
         except dg.DecodeError as e:
             self.drops.inc(e.reason)
 
-    def _relay(self, link: Link, rec: dg.Record) -> None:
-        """Pass a record on towards its destination, proof unchanged (only the
-        destination can check it; one without any is not worth the bandwidth)."""
+    def _relay(self, rec: dg.Record, raw: memoryview) -> None:
+        """Pass a record (``raw``, as it came) on towards its destination, proof and
+        payload unchanged: only the destination can check the proof, and one without
+        any is not worth the bandwidth. Only the hop limit goes down, in place of
+        re-encoding: one copy per record, whatever its kind or size."""
         assert rec.dst is not None
         if rec.src is None or rec.auth is None:
             self.drops.inc("origin_unauthenticated")
+            return
+        if rec.bcast:
+            self.drops.inc("bad_relayed_record")  # broadcasts follow trees, not routes
             return
         if rec.hops == 0:
             self.drops.inc("hop_limit")
@@ -273,10 +290,76 @@ class Ingress:
         if via is None:
             self.drops.inc("no_route")
             return
-        self.egress.queue(via, dg.encode_record(dg.KIND_FRAME, rec.payload, src=rec.src,
-                                                dst=rec.dst, hops=rec.hops - 1,
-                                                auth=rec.auth))
-        self.stats.inc("relayed_frames")
+        self.egress.queue(via, bytes((raw[0], raw[1], raw[2], raw[3] - _HOP)) + raw[4:])
+        if rec.kind != relayseg.KIND_CAPS:
+            self.stats.inc("relayed_frames")  # a super-frame's piece counts as one frame
+            if rec.kind == KIND_VNET_SEG:
+                self.stats.inc("relayed_segments")
+
+    def _on_relayed_segment(self, link: Link, rec: dg.Record, now: float) -> None:
+        """A piece of a relayed super-frame for us: proven by its source, then into that
+        source's segment sets; what completes is written (``forward.relayseg``)."""
+        src = self._proven(rec, link.peer, "bad_offload_record")
+        if src is None:
+            return
+        sets = self.relayed_sets.for_source(src)
+        writes = sets.add(rec.payload, now)  # the body is not reused: views may be kept
+        for hdr, frame in writes:
+            self._deliver_offloaded(link, src, hdr, frame, now)
+        self._count_set_drops(sets.drops)
+        self._tell_caps(src, now)
+        if not self._salvage_armed and sets:
+            self._salvage_armed = True
+            asyncio.get_running_loop().call_later(SALVAGE_AFTER, self._salvage)
+
+    def _proven(self, rec: dg.Record, not_from: bytes | None, reason: str) -> bytes | None:
+        """The source of a relayed unicast record that its source proved (tag, then
+        replay window), or None, counted: ``reason`` for a record no honest source
+        sends (no source or proof, a broadcast, from ``not_from``: the sending hop)."""
+        src = rec.src
+        if src is None or rec.auth is None or rec.bcast or src == not_from:
+            self.drops.inc(reason)
+            return None
+        if src == self.me:
+            self.drops.inc("loop")
+            return None
+        bad = self.origin.check(src, rec)
+        if bad is not None:
+            self.drops.inc(bad)
+            return None
+        return src
+
+    def _count_set_drops(self, drops: dict[str, int]) -> None:
+        if drops or self.relayed_sets.drops:
+            for d in (drops, self.relayed_sets.drops):
+                for k, v in d.items():
+                    self.drops.inc(k, v)
+                d.clear()
+
+    def _on_caps(self, rec: dg.Record, now: float) -> None:
+        """A peer's proven word on what it takes (``forward.relayseg``)."""
+        src = self._proven(rec, None, "bad_caps")
+        if src is None:
+            return
+        caps = relayseg.parse_caps(rec.payload)
+        if caps is None:
+            self.drops.inc("bad_caps")
+            return
+        self.egress.caps.learn(src, caps, now)
+
+    def _tell_caps(self, src: bytes, now: float) -> None:
+        """Tell ``src``, whose relayed records reach us, that we join relayed segment
+        sets (when our port takes super-frames), at most every ``CAPS_EVERY`` s."""
+        egress = self.egress
+        if not egress.vnet or not egress.caps.due(src, now):
+            return
+        via = egress.towards(src)
+        if via is None:
+            return
+        rec = egress.relayed_record(src, relayseg.caps_payload(relayseg.CAP_SETS),
+                                    relayseg.KIND_CAPS)
+        if rec is not None:
+            egress.queue(via, rec)
 
     def _pass_on_broadcast(self, link: Link, src: bytes, rec: dg.Record) -> None:
         children = self.egress.tree_links(src, link.peer)
@@ -358,6 +441,7 @@ class Ingress:
             if link.segsets:
                 self._write_offloaded(link, link.segsets.expire(now), now)
                 pending = pending or bool(link.segsets)
+        pending = self._expire_relayed(now) or pending
         if self._runs:
             self._write_run()
         if pending:
@@ -449,6 +533,25 @@ class Ingress:
         for link in self.links:
             link.reasm.expire(now)
             self._write_offloaded(link, link.segsets.expire(now), now)
+        self._expire_relayed(now)
+
+    def _expire_relayed(self, now: float) -> bool:
+        """Write out relayed sets left incomplete; True while some are still pending."""
+        pending = False
+        for src, sets in self.relayed_sets.items():
+            if not sets:
+                continue
+            writes = sets.expire(now)
+            if writes:
+                via = self.egress.towards(src)  # the link the pieces came by, most likely
+                if via is None:
+                    self.drops.inc("no_route", len(writes))
+                else:
+                    for hdr, frame in writes:
+                        self._deliver_offloaded(via, src, hdr, frame, now)
+            self._count_set_drops(sets.drops)
+            pending = pending or bool(sets)
+        return pending
 
 
 def _count_rx(link: Link, n: int, nbytes: int) -> None:

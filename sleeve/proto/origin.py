@@ -99,6 +99,22 @@ class OriginAuth:
         ctr = self._counter.to_bytes(8, "big")
         return ctr + oc.relay_tag(p.tx, ctr, kind, payload)
 
+    def seal_many(self, dst: bytes, kind: int, payloads: list[memoryview],
+                  ) -> list[bytes] | None:
+        """``seal`` for several records to ``dst`` (one key lookup): a counter each."""
+        p = self._pair(dst)
+        if isinstance(p, str):
+            return None
+        key = p.tx
+        out = []
+        ctr = self._counter
+        for payload in payloads:
+            ctr += 1
+            c = ctr.to_bytes(8, "big")
+            out.append(c + oc.relay_tag(key, c, kind, payload))
+        self._counter = ctr
+        return out
+
     def sign(self, kind: int, payload: bytes | memoryview) -> bytes:
         """The 72-byte auth of our broadcast record."""
         self._bcast_counter += 1
