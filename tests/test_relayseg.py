@@ -10,13 +10,17 @@ passes the pieces on without cutting or re-encoding them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import pathlib
 import tempfile
 import time
 
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
 from sleeve.capture.memory import MemoryPort
 from sleeve.config import Config, Target
 from sleeve.crypto.noise import KeyPair
+from sleeve.crypto.origin import PieceMac
 from sleeve.forward import relayseg, superframe
 from sleeve.node import Node
 from sleeve.proto import datagram as dg
@@ -60,7 +64,7 @@ def test_pieces_are_relayed_records_each_with_the_sources_proof() -> None:
         assert (rec.kind, rec.src, rec.dst, rec.hops, rec.bcast) == (
             superframe.KIND_VNET_SEG, a, c, dg.MAX_HOPS, False)
         assert rec.auth is not None and len(rec.auth) == dg.AUTH_MAC_LEN
-        assert m.auth["c"].check(a, rec) is None
+        assert m.auth["c"].check_piece(a, rec.auth, rec.payload) is None
         writes += sets.add(rec.payload, 0.0)
     assert writes == [(raw[:vnet.HDR_LEN], raw[vnet.HDR_LEN:])]  # the super-frame, whole
 
@@ -73,22 +77,28 @@ def test_a_relay_cannot_tamper_splice_or_replay_pieces() -> None:
     # one payload byte changed (here: the set id, so it would join another set)
     p = bytearray(first.payload)
     p[3] ^= 1
-    bad = dg.Record(first.kind, a, c, first.hops, memoryview(bytes(p)), False, first.auth)
-    assert m.auth["c"].check(a, bad) == "origin_forged"
+    check = m.auth["c"].check_piece
+    assert first.auth is not None
+    assert check(a, first.auth, bytes(p)) == "origin_forged"
     # EVIL's own pieces under A's name, or A's proof on EVIL's piece
     theirs = _pieces(m, "evil", "c", relayable(4000), set_id=7)[0]
-    as_a = dg.Record(theirs.kind, a, c, theirs.hops, theirs.payload, False, theirs.auth)
-    assert m.auth["c"].check(a, as_a) == "origin_forged"
-    spliced = dg.Record(first.kind, a, c, first.hops, theirs.payload, False, first.auth)
-    assert m.auth["c"].check(a, spliced) == "origin_forged"
-    # the kind is covered: a piece cannot pass as an ordinary frame
+    assert theirs.auth is not None
+    assert check(a, theirs.auth, theirs.payload) == "origin_forged"
+    assert check(a, first.auth, theirs.payload) == "origin_forged"
+    # another counter (a relay swapping the proofs of two pieces)
+    assert check(a, recs[1].auth or b"", first.payload) == "origin_forged"
+    # a piece's proof does not pass as an ordinary frame's, nor a frame's as a piece's
     as_frame = dg.Record(dg.KIND_FRAME, a, c, first.hops, first.payload, False, first.auth)
     assert m.auth["c"].check(a, as_frame) == "origin_forged"
+    frame_auth = m.auth["a"].seal(c, superframe.KIND_VNET_SEG, first.payload)
+    assert frame_auth is not None and check(a, frame_auth, first.payload) == "origin_forged"
     # accepted once; the same piece again is a replay
-    assert m.auth["c"].check(a, first) is None
-    assert m.auth["c"].check(a, first) == "origin_replay"
-    # pieces for C are not for EVIL
-    assert m.auth["evil"].check(a, recs[1]) == "origin_not_for_us"
+    assert check(a, first.auth, first.payload) is None
+    assert check(a, first.auth, first.payload) == "origin_replay"
+    # pieces for C do not prove anything to EVIL (another key), nor a short proof
+    assert m.auth["evil"].check_piece(a, recs[1].auth or b"", recs[1].payload) \
+        == "origin_forged"
+    assert check(a, first.auth[:20], first.payload) == "origin_unauthenticated"
     assert evil != c
 
 
@@ -170,3 +180,16 @@ def test_super_frames_cross_a_relay_whole() -> None:
             await asyncio.wait_for(asyncio.gather(ta, tc, tr), 10)
 
     asyncio.run(run())
+
+
+def test_piece_mac_is_chacha20_poly1305_over_the_piece_under_a_key_of_its_own() -> None:
+    k = bytes(range(32))
+    mac = PieceMac(k)
+    key = hashlib.blake2b(b"sleeve-relay-piece-key-v1", key=k, digest_size=32).digest()
+    assert key != k
+    ctr = (7).to_bytes(8, "big")
+    tag = mac.tag(ctr, b"piece")
+    assert tag == ChaCha20Poly1305(key).encrypt(bytes(4) + ctr, b"", b"piece")
+    assert mac.ok(ctr, b"piece", tag)
+    assert not mac.ok(ctr, b"piecf", tag) and not mac.ok((8).to_bytes(8, "big"), b"piece", tag)
+    assert "00" not in repr(mac)

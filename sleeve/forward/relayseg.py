@@ -5,8 +5,9 @@ A direct link carries a TCP super-frame as a set of KIND_VNET_SEG records
 in software at the source, and every ~1400-byte frame crossed all three routers as its
 own record, with its own TAP write at the destination. Here the source sends the set
 itself, each piece as a relayed record with the source's end-to-end proof
-(``proto.origin``: a keyed tag over kind and payload, its own counter in the
-destination's replay window), and the destination joins the pieces into the
+(``proto.origin``: a tag under the source-destination key over the payload, here
+ChaCha20-Poly1305's rather than keyed BLAKE2b's, ``crypto.origin``; its own counter in
+the destination's replay window), and the destination joins the pieces into the
 super-frame and writes it once::
 
     relayed KIND_VNET_SEG record (flags S, D, A; hop limit in the top four bits)
@@ -86,7 +87,7 @@ def cut(raw: bytes, set_id: int, max_body: int, origin: OriginAuth, me: bytes,
     if recs is None or recs[0][2] != superframe.KIND_VNET_SEG:
         return None
     payloads = [memoryview(r)[dg.REC_LEN:] for r in recs]
-    auths = origin.seal_many(dst, superframe.KIND_VNET_SEG, payloads)
+    auths = origin.seal_pieces(dst, payloads)
     if auths is None:
         return None
     pack = dg.REC.pack
