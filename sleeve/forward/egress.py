@@ -257,6 +257,19 @@ class Egress:
         return dg.encode_record(kind, frame, src=self.me, dst=dst, hops=dg.MAX_HOPS,
                                 auth=auth)
 
+    def tell_caps(self, src: bytes, now: float) -> None:
+        """Tell ``src``, whose relayed records reach us, that we join relayed segment
+        sets (when our port takes super-frames), at most every ``CAPS_EVERY`` s."""
+        if not self.vnet or not self.caps.due(src, now):
+            return
+        via = self.towards(src)
+        if via is None:
+            return
+        rec = self.relayed_record(src, relayseg.caps_payload(relayseg.CAP_SETS),
+                                  relayseg.KIND_CAPS)
+        if rec is not None:
+            self.queue(via, rec)
+
     def broadcast_record(self, frame: bytes | memoryview) -> bytes:
         """Our frame down our broadcast tree, signed: receivers further down the tree
         hear it from a relay and believe only the signature."""

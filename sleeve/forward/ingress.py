@@ -9,7 +9,10 @@ Pipeline, per datagram the underlay read (one UDP GRO run counts per datagram):
    with its source's own proof (``proto.origin``: tag or signature, then replay
    window); frames for us are learnt (src MAC -> source peer, a peer may not take an
    address another peer holds, ``proto.mactable``) and written to the port; frames
-   for another peer are relayed to its next hop (hop limit, proof copied); broadcasts
+   for another peer are relayed to its next hop (hop limit, proof copied; a body that
+   is one such record is passed on from its header bytes, ``_relayed_body``); pieces of
+   relayed super-frames for us are proven one by one and joined per source
+   (``forward.relayseg``); broadcasts
    are delivered and passed on to our children in the source's tree (a TCP SYN's MSS
    is clamped to the path it came by before delivery, ``proto.mss``); offloaded
    records (virtio header + super-frame pieces) join their segment sets and are
@@ -126,10 +129,8 @@ class Ingress:
             if (n > _REC_LEN and body[2] == KIND_VNET_SEG and not body[3]
                     and (body[0] << 8 | body[1]) + _REC_LEN == n and link.peer != me):
                 self._on_segment(link, memoryview(body)[_REC_LEN:], now)
-            elif not (n > _RELAYED_HEAD and body[3] & 0x0F == _SDA
-                      and (body[0] << 8 | body[1]) + _RELAYED_HEAD == n
-                      and self._relayed_body(link, body, now)):
-                self.on_body(link, body, len(d), now, False)
+            else:
+                self._body(link, body, len(d), now)
         if cur is not None:
             _count_rx(cur, count, nbytes)
         return total
@@ -160,7 +161,16 @@ class Ingress:
         now = time.monotonic()
         _count_rx(link, 1, len(data))
         self._heard(link, addr, now)
-        self.on_body(link, body, len(data), now, False)
+        self._body(link, body, len(data), now)
+
+    def _body(self, link: Link, body: bytes, size: int, now: float) -> None:
+        """An opened body: one relayed record with its proof takes ``_relayed_body``
+        (nearly every datagram of a relayed bulk flow), anything else ``on_body``."""
+        n = len(body)
+        if not (n > _RELAYED_HEAD and body[3] & 0x0F == _SDA
+                and (body[0] << 8 | body[1]) + _RELAYED_HEAD == n
+                and self._relayed_body(link, body, now)):
+            self.on_body(link, body, size, now, False)
 
     def _heard(self, link: Link, addr: tuple[Any, ...], now: float) -> None:
         """What an authenticated datagram from ``addr`` tells us about its link."""
@@ -250,7 +260,7 @@ class Ingress:
                             self.drops.inc(bad)
                             continue
                         if not rec.bcast:
-                            self._tell_caps(src, now)
+                            self.egress.tell_caps(src, now)
                     elif rec.auth is not None:  # its broadcast, first hand: no replays later
                         self.origin.note_direct_broadcast(src, rec)
                     deliver(link, src, rec.payload, now)
@@ -348,8 +358,8 @@ class Ingress:
         writes = sets.add(payload, now)  # the body is not reused: views may be kept
         for hdr, frame in writes:
             self._deliver_offloaded(link, src, hdr, frame, now)
-        self._count_set_drops(sets.drops)
-        self._tell_caps(src, now)
+        self.relayed_sets.move_drops(sets, self.drops)
+        self.egress.tell_caps(src, now)
         if not self._salvage_armed and sets:
             self._salvage_armed = True
             asyncio.get_running_loop().call_later(SALVAGE_AFTER, self._salvage)
@@ -374,12 +384,6 @@ class Ingress:
             return None
         return src
 
-    def _count_set_drops(self, drops: dict[str, int]) -> None:
-        if drops or self.relayed_sets.drops:
-            for d in (drops, self.relayed_sets.drops):
-                for k, v in d.items():
-                    self.drops.inc(k, v)
-                d.clear()
 
     def _on_caps(self, rec: dg.Record, now: float) -> None:
         """A peer's proven word on what it takes (``forward.relayseg``)."""
@@ -392,19 +396,7 @@ class Ingress:
             return
         self.egress.caps.learn(src, caps, now)
 
-    def _tell_caps(self, src: bytes, now: float) -> None:
-        """Tell ``src``, whose relayed records reach us, that we join relayed segment
-        sets (when our port takes super-frames), at most every ``CAPS_EVERY`` s."""
-        egress = self.egress
-        if not egress.vnet or not egress.caps.due(src, now):
-            return
-        via = egress.towards(src)
-        if via is None:
-            return
-        rec = egress.relayed_record(src, relayseg.caps_payload(relayseg.CAP_SETS),
-                                    relayseg.KIND_CAPS)
-        if rec is not None:
-            egress.queue(via, rec)
+
 
     def _pass_on_broadcast(self, link: Link, src: bytes, rec: dg.Record) -> None:
         children = self.egress.tree_links(src, link.peer)
@@ -594,7 +586,7 @@ class Ingress:
                 else:
                     for hdr, frame in writes:
                         self._deliver_offloaded(via, src, hdr, frame, now)
-            self._count_set_drops(sets.drops)
+            self.relayed_sets.move_drops(sets, self.drops)
             pending = pending or bool(sets)
         return pending
 

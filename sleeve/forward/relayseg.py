@@ -51,6 +51,7 @@ from typing import Final, TypeVar
 from sleeve.forward import superframe
 from sleeve.proto import datagram as dg
 from sleeve.proto.origin import OriginAuth
+from sleeve.proto.stats import Counters
 
 KIND_CAPS: Final = 6
 CAPS = struct.Struct("!I")
@@ -157,6 +158,14 @@ class RelayedSets:
 
     def items(self) -> list[tuple[bytes, superframe.SegmentSets]]:
         return list(self._by_src.items())
+
+    def move_drops(self, sets: superframe.SegmentSets, drops: Counters) -> None:
+        """Count ``sets``' drops and our own in ``drops`` (after each add or expiry)."""
+        for d in (sets.drops, self.drops):
+            if d:
+                for k, v in d.items():
+                    drops.inc(k, v)
+                d.clear()
 
     def pending(self) -> int:
         """Sets in progress, over all sources."""
