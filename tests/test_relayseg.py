@@ -25,6 +25,7 @@ from sleeve.forward import relayseg, superframe
 from sleeve.node import Node
 from sleeve.proto import datagram as dg
 from sleeve.proto import vnet
+from sleeve.proto.stats import Counters
 from tests.test_mesh_inproc import knows_all, mac, routes_complete
 from tests.test_node_inproc import BCAST, PSK, frame, wait_for
 from tests.test_origin import Mesh3
@@ -193,3 +194,26 @@ def test_piece_mac_is_chacha20_poly1305_over_the_piece_under_a_key_of_its_own() 
     assert mac.ok(ctr, b"piece", tag)
     assert not mac.ok(ctr, b"piecf", tag) and not mac.ok((8).to_bytes(8, "big"), b"piece", tag)
     assert "00" not in repr(mac)
+
+
+def test_two_sources_sets_never_mix_and_their_drops_are_counted() -> None:
+    m = Mesh3()
+    a, evil = m.ids["a"], m.ids["evil"]
+    mine, theirs = relayable(5000), relayable(4000)
+    rs = relayseg.RelayedSets()
+    from_a = _pieces(m, "a", "c", mine, set_id=3)
+    from_evil = _pieces(m, "evil", "c", theirs, set_id=3)  # the same set id
+    got: list[superframe.Write] = []
+    assert len(from_a) == len(from_evil) == 4
+    for ra, re in zip(from_a[:-1], from_evil[:-1], strict=True):  # interleaved
+        got += rs.for_source(a).add(ra.payload, 0.0)
+        got += rs.for_source(evil).add(re.payload, 0.0)
+    assert got == []
+    got += rs.for_source(evil).add(from_evil[-1].payload, 0.0)
+    got += rs.for_source(a).add(from_a[-1].payload, 0.0)
+    assert got == [(theirs[:10], theirs[10:]), (mine[:10], mine[10:])]
+    drops = Counters()
+    sets = rs.for_source(a)
+    sets.add(b"short", 0.0)  # a proven but malformed piece
+    rs.move_drops(sets, drops)
+    assert drops.snapshot() == {"bad_segment": 1} and sets.drops == {}
