@@ -331,6 +331,8 @@ def profile_sleeve(a: Host, b: Host, run: Running, seconds: int, out: pathlib.Pa
     test = TESTS[load]
     say(f"  profiling both routers with py-spy for {seconds} s under {test.label}")
     hosts = {"a": a, "b": b}
+    if run.relay is not None:  # "sleeve-relayed": the router in the middle too
+        hosts[run.relay.host.name] = run.relay.host
     files: dict[str, pathlib.Path] = {}
     spies: list[tuple[Host, subprocess.Popen[bytes], pathlib.Path]] = []
     server = b.popen("iperf3", "-s", "-1", "-B", run.dst, "-p", str(IPERF_PORT))
@@ -375,7 +377,7 @@ def profile_sleeve(a: Host, b: Host, run: Running, seconds: int, out: pathlib.Pa
             res["bits_per_second_while_profiled"] = got["bits_per_second"]
             res["rx_pps_while_profiled"] = got.get("rx_pps")
     for (_h, p, log), (host_name, f) in zip(spies, files.items(), strict=True):
-        role = "sender (encrypts)" if host_name == "a" else "receiver (decrypts)"
+        role = {"a": "sender (encrypts)", "b": "receiver (decrypts)"}.get(host_name, "relay")
         if not f.exists() or f.stat().st_size == 0:
             res["files"][host_name] = None
             res["summary"][host_name] = {
@@ -514,7 +516,7 @@ def _measure_subject(result: dict[str, Any], run: Running, a: Host, b: Host, sw:
         dead = run.dead()
         if dead:
             raise RuntimeError(f"{subject}: tunnel process on {dead} died during {name}")
-    if subject == "sleeve" and cfg.profile_seconds > 0:
+    if subject in ("sleeve", "sleeve-relayed") and cfg.profile_seconds > 0:
         try:
             result["profile"] = profile_sleeve(a, b, run, cfg.profile_seconds, cfg.out,
                                                cfg.stamp, cfg.profile_test)

@@ -59,6 +59,17 @@ def test_blocked_pair_is_relayed_then_goes_direct_when_unblocked() -> None:
         relayed = rb.status()["counters"].get("relayed_frames", 0)
         print(f"\n5 MB A->C relayed through B in {secs:.2f}s; B relayed {relayed} frames")
         assert relayed > n // 1500  # every segment went through B
+        # With offloads (the default), A's TCP super-frames go through B as relayed segment
+        # sets (forward.relayseg) and C proves every piece; with --no-offload, as frames.
+        segments = rb.status()["counters"].get("relayed_segments", 0)
+        if "--no-offload" in os.environ.get("SLEEVE_LAB_ROUTER_ARGS", "").split():
+            assert segments == 0
+        else:
+            assert segments > n // 2 // 1500, f"B relayed {segments} super-frame pieces"
+            assert ra.status()["counters"].get("tx_segmented", 0) < 50  # not cut in software
+        c_drops = rc.status()["drops"]
+        assert not any(k.startswith("origin_") or k == "bad_offload_record" for k in c_drops), \
+            c_drops
         # no link A-C carries data (a relayed control link for punching may be pending)
         assert not any(cn["peer"] == c_name and cn["state"] == "established"
                        for cn in ra.status()["connections"])

@@ -18,6 +18,17 @@ source's own proof, any relay could write any source there. Two proofs, one per 
   key instead (~20 us to sign, once per frame; ~60 us to verify per receiver). Broadcasts
   are ARP, ND, DHCP and unknown-unicast floods: a small share of traffic.
 
+- **pieces of a relayed super-frame** (``forward.relayseg``, bulk TCP through a relay):
+  the unicast proof with a faster MAC. Keyed BLAKE2b runs hashlib's reference C code,
+  ~2.3 us per 1400-byte piece, more than the hop's own AEAD; a piece's tag is instead
+  ChaCha20-Poly1305 (OpenSSL) sealing the empty message with the piece as associated
+  data, nonce = 4 zero bytes | the record's counter (BE), ~0.85 us: an AEAD over no
+  plaintext is a nonce-based MAC. Its key is ``BLAKE2b("sleeve-relay-piece-key-v1",
+  key=<the direction's unicast key>)``, so no key serves two constructions, and a
+  (key, nonce) pair never repeats: the counter is the sender's, one per record, never
+  reused within an incarnation. The counter shares the destination's replay window with
+  the other unicast records.
+
 Both carry a 64-bit counter, covered by the proof, for the receiver's replay window. The
 hop limit is not covered: relays must decrement it (a relay can only make a record die
 sooner, which it could by dropping it anyway).
@@ -35,14 +46,19 @@ import hashlib
 import hmac
 from typing import Final
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
 from sleeve.crypto.keys import Signer, verify
 
-__all__ = ["TAG_LEN", "bcast_message", "relay_key", "relay_tag", "sign_bcast", "tag_ok",
+__all__ = ["TAG_LEN", "PieceMac", "bcast_message", "relay_key", "relay_tag", "sign_bcast", "tag_ok",
            "verify_bcast"]
 
 TAG_LEN: Final = 16
 _KEY_LABEL: Final = b"sleeve-relay-key-v1"
 _BCAST_LABEL: Final = b"sleeve-bcast-v1"
+_PIECE_LABEL: Final = b"sleeve-relay-piece-key-v1"
+_NONCE_PAD: Final = bytes(4)
 
 
 def relay_key(signer: Signer, src: bytes, src_uid: int, dst: bytes, dst_uid: int,
@@ -85,3 +101,27 @@ def sign_bcast(signer: Signer, uid: int, counter: bytes, kind: int,
 def verify_bcast(sign_public: bytes, src: bytes, src_uid: int, counter: bytes, kind: int,
                  payload: bytes | memoryview, sig: bytes | memoryview) -> bool:
     return verify(sign_public, bcast_message(src, src_uid, counter, kind, payload), bytes(sig))
+
+
+class PieceMac:
+    """Tags of relayed super-frame pieces under one direction's unicast key (see above)."""
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, relay_key_: bytes) -> None:
+        self._aead = ChaCha20Poly1305(hashlib.blake2b(_PIECE_LABEL, key=relay_key_,
+                                                      digest_size=32).digest())
+
+    def __repr__(self) -> str:  # never show the key
+        return "PieceMac(...)"
+
+    def tag(self, counter: bytes, payload: bytes | memoryview) -> bytes:
+        """16-byte tag of ``payload`` under the 8-byte ``counter``."""
+        return self._aead.encrypt(_NONCE_PAD + counter, b"", payload)
+
+    def ok(self, counter: bytes, payload: bytes | memoryview, tag: bytes | memoryview) -> bool:
+        try:
+            self._aead.decrypt(_NONCE_PAD + counter, bytes(tag), payload)
+        except InvalidTag:
+            return False
+        return True

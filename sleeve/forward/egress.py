@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from sleeve.capture.base import BATCH, Port
-from sleeve.forward import superframe
+from sleeve.forward import relayseg, superframe
 from sleeve.forward.batcher import pack
 from sleeve.forward.oversize import record_source, shrink
 from sleeve.forward.reassembly import fragment
@@ -53,8 +54,10 @@ _NEEDS_CSUM = vnet.F_NEEDS_CSUM
 
 
 def relayed_mtu(datagram: int) -> int:
-    """``overlay_mtu`` for a relayed frame: two peer ids and the 24-byte origin tag."""
-    return overlay_mtu(datagram, 2) - dg.AUTH_MAC_LEN
+    """``overlay_mtu`` for a relayed frame: two peer ids, the 24-byte origin tag, and
+    room for a super-frame piece's 16-byte head (``forward.relayseg``), so that TCP
+    clamped to this MSS can go through a relay as whole segment sets."""
+    return overlay_mtu(datagram, 2) - dg.AUTH_MAC_LEN - superframe.SEG_HEAD
 
 
 class Egress:
@@ -73,6 +76,10 @@ class Egress:
         self.vnet = False  # our port hands us virtio headers and super-frames
         self.clamp_mss = True  # lower the MSS of TCP SYNs to the link's path (--no-clamp-mss)
         self._touched: list[Link] = []  # links with queued records, flushed per event
+        # What relayed peers take (relayed segment sets) and our own set ids for them:
+        # one counter for every destination, since their sets are kept per source.
+        self.caps = relayseg.PeerCaps()
+        self._relay_set_id = 0
         self._icmp_window = 0.0
         self._icmp_sent = 0
 
@@ -156,6 +163,8 @@ class Egress:
                                               else maybe_syn(f)):
                 raw, f = self._clamp(link, raw, f, off, relayed)
             if relayed:
+                if off and raw[1] and self._queue_relayed_offloaded(link, owner, raw, now):
+                    continue
                 for g in self._finish(raw) if off else (f,):
                     rrec = self.relayed_record(owner, g)
                     if rrec is not None:
@@ -177,10 +186,26 @@ class Egress:
         """
         if not (self.vnet and link.peer_vnet) or link.over_tcp:
             return False
-        gso = raw[1]
-        max_body = link.pmtu.current - dg.HEADER_LEN - dg.TAG_LEN
+        return self._queue_cut(link, lambda max_body: superframe.cut(
+            raw, link.next_frag_id(), max_body),
+            "tx_superframes" if raw[1] else "tx_offloaded_frames")
+
+    def _queue_relayed_offloaded(self, link: Link, dst: bytes, raw: bytes, now: float,
+                                 ) -> bool:
+        """Queue a super-frame for ``dst`` through ``link`` as a relayed segment set
+        (``forward.relayseg``); False when ``dst`` did not tell us it takes them or the
+        set does not fit the path (the caller then cuts ordinary frames)."""
+        if not self.vnet or link.over_tcp or not self.caps.takes_sets(dst, now):
+            return False
+        self._relay_set_id = set_id = (self._relay_set_id + 1) & 0xFFFFFFFF
+        return self._queue_cut(link, lambda max_body: relayseg.cut(
+            raw, set_id, max_body, self.origin, self.me, dst), "tx_relayed_superframes")
+
+    def _queue_cut(self, link: Link, cut: Callable[[int], list[bytes] | None],
+                   counter: str) -> bool:
+        """Queue the records ``cut(max_body)`` makes for ``link``; False if it made none."""
         try:
-            recs = superframe.cut(raw, link.next_frag_id(), max_body)
+            recs = cut(link.pmtu.current - dg.HEADER_LEN - dg.TAG_LEN)
         except vnet.VnetError:
             return False  # the software path counts it under its reason
         if recs is None:
@@ -188,7 +213,7 @@ class Egress:
         if not link.pending:
             self._touched.append(link)
         link.pending += recs
-        link.stats.inc("tx_superframes" if gso else "tx_offloaded_frames")
+        link.stats.inc(counter)
         return True
 
     def _clamp(self, link: Link, raw: bytes, f: bytes, off: int, relayed: bool,
@@ -220,15 +245,30 @@ class Egress:
         return out
 
     # ------------------------------------------------------------------ records we originate
-    def relayed_record(self, dst: bytes, frame: bytes | memoryview) -> bytes | None:
-        """Our frame for ``dst`` through a relay: ids and our tag for ``dst``, or None
-        (counted) when ``dst``'s topology record, hence its key, is not known yet."""
-        auth = self.origin.seal(dst, dg.KIND_FRAME, frame)
+    def relayed_record(self, dst: bytes, frame: bytes | memoryview,
+                       kind: int = dg.KIND_FRAME) -> bytes | None:
+        """Our frame (or ``kind`` record) for ``dst`` through a relay: ids and our tag for
+        ``dst``, or None (counted) when ``dst``'s topology record, hence its key, is not
+        known yet."""
+        auth = self.origin.seal(dst, kind, frame)
         if auth is None:
             self.drops.inc("origin_no_key")
             return None
-        return dg.encode_record(dg.KIND_FRAME, frame, src=self.me, dst=dst,
-                                hops=dg.MAX_HOPS, auth=auth)
+        return dg.encode_record(kind, frame, src=self.me, dst=dst, hops=dg.MAX_HOPS,
+                                auth=auth)
+
+    def tell_caps(self, src: bytes, now: float) -> None:
+        """Tell ``src``, whose relayed records reach us, that we join relayed segment
+        sets (when our port takes super-frames), at most every ``CAPS_EVERY`` s."""
+        if not self.vnet or not self.caps.due(src, now):
+            return
+        via = self.towards(src)
+        if via is None:
+            return
+        rec = self.relayed_record(src, relayseg.caps_payload(relayseg.CAP_SETS),
+                                  relayseg.KIND_CAPS)
+        if rec is not None:
+            self.queue(via, rec)
 
     def broadcast_record(self, frame: bytes | memoryview) -> bytes:
         """Our frame down our broadcast tree, signed: receivers further down the tree

@@ -9,7 +9,10 @@ Pipeline, per datagram the underlay read (one UDP GRO run counts per datagram):
    with its source's own proof (``proto.origin``: tag or signature, then replay
    window); frames for us are learnt (src MAC -> source peer, a peer may not take an
    address another peer holds, ``proto.mactable``) and written to the port; frames
-   for another peer are relayed to its next hop (hop limit, proof copied); broadcasts
+   for another peer are relayed to its next hop (hop limit, proof copied; a body that
+   is one such record is passed on from its header bytes, ``_relayed_body``); pieces of
+   relayed super-frames for us are proven one by one and joined per source
+   (``forward.relayseg``); broadcasts
    are delivered and passed on to our children in the source's tree (a TCP SYN's MSS
    is clamped to the path it came by before delivery, ``proto.mss``); offloaded
    records (virtio header + super-frame pieces) join their segment sets and are
@@ -28,7 +31,7 @@ import time
 from typing import Any
 
 from sleeve.config import Target
-from sleeve.forward import superframe, udpruns
+from sleeve.forward import relayseg, superframe, udpruns
 from sleeve.forward.egress import Egress, relayed_mtu
 from sleeve.forward.reassembly import KIND_FRAGMENT
 from sleeve.forward.superframe import KIND_VNET, KIND_VNET_SEG, SALVAGE_AFTER
@@ -50,6 +53,12 @@ _KIND_FRAME = dg.KIND_FRAME
 # offloaded frames; offloaded ones with flags (relayed) are refused.
 _HOT_KINDS = frozenset((dg.KIND_FRAME, KIND_VNET, KIND_VNET_SEG))
 _VNET_HDR_LEN = vnet.HDR_LEN
+# Records a relay passes on unopened when their destination is another peer.
+_RELAYABLE = frozenset((dg.KIND_FRAME, KIND_VNET_SEG, relayseg.KIND_CAPS))
+_HOP = 1 << dg.HOPS_SHIFT
+# A relayed unicast record with its source's proof: flags S, D, A and not B (low nibble).
+_SDA = dg.FLAG_SRC | dg.FLAG_DST | dg.FLAG_AUTH
+_RELAYED_HEAD = _REC_LEN + 2 * dg.PEER_ID_LEN + dg.AUTH_MAC_LEN  # 44
 
 
 class Ingress:
@@ -70,6 +79,7 @@ class Ingress:
         # off for good if our kernel refuses one (the frames then go one by one).
         self.join_udp = True
         self._runs = udpruns.UdpRuns()
+        self.relayed_sets = relayseg.RelayedSets()  # relayed super-frames, per proven source
 
     # ------------------------------------------------------------------ from the underlay
     def after_batch(self) -> None:
@@ -120,7 +130,7 @@ class Ingress:
                     and (body[0] << 8 | body[1]) + _REC_LEN == n and link.peer != me):
                 self._on_segment(link, memoryview(body)[_REC_LEN:], now)
             else:
-                self.on_body(link, body, len(d), now, False)
+                self._body(link, body, len(d), now)
         if cur is not None:
             _count_rx(cur, count, nbytes)
         return total
@@ -151,7 +161,16 @@ class Ingress:
         now = time.monotonic()
         _count_rx(link, 1, len(data))
         self._heard(link, addr, now)
-        self.on_body(link, body, len(data), now, False)
+        self._body(link, body, len(data), now)
+
+    def _body(self, link: Link, body: bytes, size: int, now: float) -> None:
+        """An opened body: one relayed record with its proof takes ``_relayed_body``
+        (nearly every datagram of a relayed bulk flow), anything else ``on_body``."""
+        n = len(body)
+        if not (n > _RELAYED_HEAD and body[3] & 0x0F == _SDA
+                and (body[0] << 8 | body[1]) + _RELAYED_HEAD == n
+                and self._relayed_body(link, body, now)):
+            self.on_body(link, body, size, now, False)
 
     def _heard(self, link: Link, addr: tuple[Any, ...], now: float) -> None:
         """What an authenticated datagram from ``addr`` tells us about its link."""
@@ -225,11 +244,12 @@ class Ingress:
                     else:
                         self.drops.inc("bad_vnet")
                     continue
+                at = off
                 rec, off = dg.parse_record(mv, off)
+                if rec.dst is not None and rec.dst != me and rec.kind in _RELAYABLE:
+                    self._relay(rec, mv[at:off])
+                    continue
                 if rec.kind == dg.KIND_FRAME:
-                    if rec.dst is not None and rec.dst != me:
-                        self._relay(link, rec)
-                        continue
                     src = rec.src or peer
                     if src == me:
                         self.drops.inc("loop")  # our own frame came back round
@@ -239,6 +259,8 @@ class Ingress:
                         if bad is not None:
                             self.drops.inc(bad)
                             continue
+                        if not rec.bcast:
+                            self.egress.tell_caps(src, now)
                     elif rec.auth is not None:  # its broadcast, first hand: no replays later
                         self.origin.note_direct_broadcast(src, rec)
                     deliver(link, src, rec.payload, now)
@@ -248,8 +270,13 @@ class Ingress:
                     self._on_heartbeat(link, rec.payload, now)
                 elif rec.kind == dg.KIND_PROBE:
                     self._on_probe(link, rec, size, now)
+                elif rec.kind == KIND_VNET_SEG and rec.dst is not None:
+                    self._on_relayed_segment(link, rec, now)
+                elif rec.kind == relayseg.KIND_CAPS:
+                    self._on_caps(rec, now)
                 elif rec.kind in _HOT_KINDS:
-                    self.drops.inc("bad_offload_record")  # offloaded frames are one hop only
+                    # offloaded frames are one hop only, but for relayed segment sets
+                    self.drops.inc("bad_offload_record")
                 elif rec.kind == KIND_FRAGMENT and not reassembled:
                     whole = link.reasm.add(rec.payload, now)
                     if whole is not None:
@@ -259,12 +286,17 @@ class Ingress:
         except dg.DecodeError as e:
             self.drops.inc(e.reason)
 
-    def _relay(self, link: Link, rec: dg.Record) -> None:
-        """Pass a record on towards its destination, proof unchanged (only the
-        destination can check it; one without any is not worth the bandwidth)."""
+    def _relay(self, rec: dg.Record, raw: memoryview) -> None:
+        """Pass a record (``raw``, as it came) on towards its destination, proof and
+        payload unchanged: only the destination can check the proof, and one without
+        any is not worth the bandwidth. Only the hop limit goes down, in place of
+        re-encoding: one copy per record, whatever its kind or size."""
         assert rec.dst is not None
         if rec.src is None or rec.auth is None:
             self.drops.inc("origin_unauthenticated")
+            return
+        if rec.bcast:
+            self.drops.inc("bad_relayed_record")  # broadcasts follow trees, not routes
             return
         if rec.hops == 0:
             self.drops.inc("hop_limit")
@@ -273,10 +305,98 @@ class Ingress:
         if via is None:
             self.drops.inc("no_route")
             return
-        self.egress.queue(via, dg.encode_record(dg.KIND_FRAME, rec.payload, src=rec.src,
-                                                dst=rec.dst, hops=rec.hops - 1,
-                                                auth=rec.auth))
-        self.stats.inc("relayed_frames")
+        self.egress.queue(via, bytes((raw[0], raw[1], raw[2], raw[3] - _HOP)) + raw[4:])
+        if rec.kind != relayseg.KIND_CAPS:
+            self.stats.inc("relayed_frames")  # a super-frame's piece counts as one frame
+            if rec.kind == KIND_VNET_SEG:
+                self.stats.inc("relayed_segments")
+
+    def _relayed_body(self, link: Link, body: bytes, now: float) -> bool:
+        """A body that is one relayed unicast record with its proof (nearly every datagram
+        of a relayed bulk flow): passed on, or proven and joined to its set, from its
+        fields, without a ``dg.Record``. False for what ``on_body`` must handle."""
+        kind = body[2]
+        if body[12:20] != self.me:  # the destination: S comes first, then D
+            if kind not in _RELAYABLE:
+                return False
+            flags = body[3]
+            if flags < _HOP:
+                self.drops.inc("hop_limit")
+                return True
+            via = self.egress.towards(body[12:20])
+            if via is None:
+                self.drops.inc("no_route")
+                return True
+            self.egress.queue(via, bytes((body[0], body[1], kind, flags - _HOP))
+                              + memoryview(body)[_REC_LEN:])
+            if kind != relayseg.KIND_CAPS:
+                self.stats.inc("relayed_frames")
+                if kind == KIND_VNET_SEG:
+                    self.stats.inc("relayed_segments")
+            return True
+        src = body[4:12]
+        if kind != KIND_VNET_SEG or src == link.peer or src == self.me:
+            return False  # the slow path counts what needs counting
+        mv = memoryview(body)
+        bad = self.origin.check_piece(src, mv[20:_RELAYED_HEAD], mv[_RELAYED_HEAD:])
+        if bad is not None:
+            self.drops.inc(bad)
+            return True
+        self._join_relayed(link, src, mv[_RELAYED_HEAD:], now)
+        return True
+
+    def _on_relayed_segment(self, link: Link, rec: dg.Record, now: float) -> None:
+        """A piece of a relayed super-frame for us: proven by its source, then into that
+        source's segment sets; what completes is written (``forward.relayseg``)."""
+        src = self._proven(rec, link.peer, "bad_offload_record", piece=True)
+        if src is not None:
+            self._join_relayed(link, src, rec.payload, now)
+
+    def _join_relayed(self, link: Link, src: bytes, payload: memoryview, now: float) -> None:
+        """A proven piece from ``src`` into its sets; write what that completes."""
+        sets = self.relayed_sets.for_source(src)
+        writes = sets.add(payload, now)  # the body is not reused: views may be kept
+        for hdr, frame in writes:
+            self._deliver_offloaded(link, src, hdr, frame, now)
+        self.relayed_sets.move_drops(sets, self.drops)
+        self.egress.tell_caps(src, now)
+        if not self._salvage_armed and sets:
+            self._salvage_armed = True
+            asyncio.get_running_loop().call_later(SALVAGE_AFTER, self._salvage)
+
+    def _proven(self, rec: dg.Record, not_from: bytes | None, reason: str,
+                piece: bool = False) -> bytes | None:
+        """The source of a relayed unicast record for us that its source proved (tag, or
+        a ``piece``'s MAC, then replay window), or None, counted: ``reason`` for a record
+        no honest source sends (no source or proof, a broadcast, from ``not_from``: the
+        sending hop)."""
+        src = rec.src
+        if src is None or rec.auth is None or rec.bcast or src == not_from:
+            self.drops.inc(reason)
+            return None
+        if src == self.me:
+            self.drops.inc("loop")
+            return None
+        bad = (self.origin.check_piece(src, rec.auth, rec.payload) if piece
+               else self.origin.check(src, rec))
+        if bad is not None:
+            self.drops.inc(bad)
+            return None
+        return src
+
+
+    def _on_caps(self, rec: dg.Record, now: float) -> None:
+        """A peer's proven word on what it takes (``forward.relayseg``)."""
+        src = self._proven(rec, None, "bad_caps")
+        if src is None:
+            return
+        caps = relayseg.parse_caps(rec.payload)
+        if caps is None:
+            self.drops.inc("bad_caps")
+            return
+        self.egress.caps.learn(src, caps, now)
+
+
 
     def _pass_on_broadcast(self, link: Link, src: bytes, rec: dg.Record) -> None:
         children = self.egress.tree_links(src, link.peer)
@@ -358,6 +478,7 @@ class Ingress:
             if link.segsets:
                 self._write_offloaded(link, link.segsets.expire(now), now)
                 pending = pending or bool(link.segsets)
+        pending = self._expire_relayed(now) or pending
         if self._runs:
             self._write_run()
         if pending:
@@ -449,6 +570,25 @@ class Ingress:
         for link in self.links:
             link.reasm.expire(now)
             self._write_offloaded(link, link.segsets.expire(now), now)
+        self._expire_relayed(now)
+
+    def _expire_relayed(self, now: float) -> bool:
+        """Write out relayed sets left incomplete; True while some are still pending."""
+        pending = False
+        for src, sets in self.relayed_sets.items():
+            if not sets:
+                continue
+            writes = sets.expire(now)
+            if writes:
+                via = self.egress.towards(src)  # the link the pieces came by, most likely
+                if via is None:
+                    self.drops.inc("no_route", len(writes))
+                else:
+                    for hdr, frame in writes:
+                        self._deliver_offloaded(via, src, hdr, frame, now)
+            self.relayed_sets.move_drops(sets, self.drops)
+            pending = pending or bool(sets)
+        return pending
 
 
 def _count_rx(link: Link, n: int, nbytes: int) -> None:

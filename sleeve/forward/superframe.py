@@ -44,7 +44,8 @@ stragglers of a set already written go on their own. The inner TCP sees only the
 lost segments missing and repairs them with SACK. Each datagram is authenticated
 before anything of it is kept.
 
-Peers without the capability, relayed paths and the TCP fallback get ordinary frames:
+Relayed paths carry the same sets, each piece with its source's proof
+(``forward.relayseg``). Peers without the capability and the TCP fallback get ordinary frames:
 the node segments in software (``sleeve.proto.vnet.to_frames``). So do super-frames
 whose segments do not fit the path's datagrams (the per-frame path then answers the
 sender's TCP with ICMP "too big", and its next super-frames have a smaller MSS).

@@ -37,7 +37,7 @@ Ident = Callable[[bytes], "tuple[bytes, int] | None"]
 
 
 class _Pair:
-    __slots__ = ("bwin", "key", "rx", "tx", "uid", "win")
+    __slots__ = ("bwin", "key", "piece_rx", "piece_tx", "rx", "tx", "uid", "win")
 
     def __init__(self, key: bytes, uid: int, tx: bytes, rx: bytes) -> None:
         self.key = key  # the peer's Ed25519 public key
@@ -46,6 +46,8 @@ class _Pair:
         self.rx = rx  # its records to us
         self.win: ReplayWindow | None = None  # made on first use
         self.bwin: ReplayWindow | None = None
+        self.piece_tx: oc.PieceMac | None = None  # made on first use too
+        self.piece_rx: oc.PieceMac | None = None
 
 
 class OriginAuth:
@@ -99,6 +101,23 @@ class OriginAuth:
         ctr = self._counter.to_bytes(8, "big")
         return ctr + oc.relay_tag(p.tx, ctr, kind, payload)
 
+    def seal_pieces(self, dst: bytes, payloads: list[memoryview]) -> list[bytes] | None:
+        """The 24-byte auths of relayed super-frame pieces to ``dst`` (``crypto.origin``:
+        the piece MAC), a counter each; None if we have no key for ``dst``."""
+        p = self._pair(dst)
+        if isinstance(p, str):
+            return None
+        mac = p.piece_tx = p.piece_tx or oc.PieceMac(p.tx)
+        tag = mac.tag
+        out = []
+        ctr = self._counter
+        for payload in payloads:
+            ctr += 1
+            c = ctr.to_bytes(8, "big")
+            out.append(c + tag(c, payload))
+        self._counter = ctr
+        return out
+
     def sign(self, kind: int, payload: bytes | memoryview) -> bytes:
         """The 72-byte auth of our broadcast record."""
         self._bcast_counter += 1
@@ -138,8 +157,34 @@ class OriginAuth:
         else:
             if rec.dst != self.me:
                 return "origin_not_for_us"
-            if not oc.tag_ok(p.rx, ctr, rec.kind, rec.payload, auth[dg.COUNTER_LEN:]):
-                return "origin_forged"
-            win = p.win = p.win or ReplayWindow(WINDOW)
+            return self._check_tag(p, ctr, rec.kind, rec.payload, auth[dg.COUNTER_LEN:])
         bad = win.accept(int.from_bytes(ctr, "big"))
         return None if bad is None else f"origin_{bad}"
+
+    def check_piece(self, src: bytes, auth: bytes | memoryview,
+                    payload: bytes | memoryview) -> str | None:
+        """``check`` for a relayed super-frame piece addressed to us (the caller read the
+        destination: us) from its fields: the piece MAC, then the unicast window."""
+        if len(auth) != dg.AUTH_MAC_LEN:
+            return "origin_unauthenticated"
+        p = self._pair(src)
+        if isinstance(p, str):
+            return p
+        mac = p.piece_rx = p.piece_rx or oc.PieceMac(p.rx)
+        ctr = bytes(auth[:dg.COUNTER_LEN])
+        if not mac.ok(ctr, payload, auth[dg.COUNTER_LEN:]):
+            return "origin_forged"
+        return self._fresh(p, ctr)
+
+    @staticmethod
+    def _fresh(p: _Pair, ctr: bytes) -> str | None:
+        win = p.win = p.win or ReplayWindow(WINDOW)
+        bad = win.accept(int.from_bytes(ctr, "big"))
+        return None if bad is None else f"origin_{bad}"
+
+    @staticmethod
+    def _check_tag(p: _Pair, ctr: bytes, kind: int, payload: bytes | memoryview,
+                   tag: bytes | memoryview) -> str | None:
+        if not oc.tag_ok(p.rx, ctr, kind, payload, tag):
+            return "origin_forged"
+        return OriginAuth._fresh(p, ctr)
