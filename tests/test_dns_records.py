@@ -149,6 +149,22 @@ def test_peer_gone_drops_its_records_and_holds_them_down() -> None:
     assert r.on_gossip(C, msg(B, [["web", IP1.packed, "c", 1, 0]]), 70.0) is not None  # later
 
 
+def test_a_neighbours_own_records_are_believed_before_the_topology_knows_it() -> None:
+    """The topology reaches a new link as a digest, its records a round trip after the
+    neighbour's DNS state: that neighbour's own names must not be lost meanwhile
+    (a restarted router lost its neighbours' names until the next anti-entropy)."""
+    known: set[bytes] = set()
+    r = Records(A, is_known_peer=known.__contains__)
+    assert r.on_gossip(B, msg(B, [["web", IP1.packed, "c", 1, 0]]), 0.0) is not None
+    assert r.lookup("web") == [IP1]
+    # a third party's records still wait until the topology knows their origin
+    assert r.on_gossip(B, msg(C, [["db", IP2.packed, "c", 1, 0]]), 0.0) is None
+    assert r.drops["unknown_origin"] == 1 and r.lookup("db") == []
+    known.add(C)
+    assert r.on_gossip(B, msg(C, [["db", IP2.packed, "c", 1, 0]]), 1.0) is not None
+    assert r.lookup("db") == [IP2]
+
+
 def test_reassert_our_records_when_contradicted() -> None:
     r = Records(A)
     r.add("web", IP1, "c", 0.0)

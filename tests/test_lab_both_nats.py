@@ -90,7 +90,11 @@ def test_two_counting_nats_stay_relayed_with_bounded_attempts() -> None:
             assert starter["next_attempt_in_s"] is not None
             assert 0 < starter["next_attempt_in_s"] <= plan.backoff(1)
         failed = [a for a in e1["tried"] if a["result"] != "punching"]
-        assert failed and failed[0]["result"].startswith("no datagram from the peer"), e1
+        # the relayed connection may also be replaced during the attempt (the route
+        # between the two public peers can change while their records arrive), which
+        # ends that attempt too; either way it failed and was not retried at once
+        assert failed and failed[0]["result"].startswith(
+            ("no datagram from the peer", "relayed connection closed")), e1
         # status says why: both NATs change ports
         assert all(a["limit"] and a["limit"].startswith("both NATs change ports")
                    for a in e1["tried"] + e2["tried"]), (e1, e2)

@@ -17,7 +17,8 @@ Trust rule (who may change a record of origin O):
   "not done" in the package docstring) with two limits: records of an origin we were
   told is gone (``peer_gone``) are refused for ``gone_holddown`` seconds unless they come
   from that peer itself (as gossip src or broadcast origin) or ``is_known_peer`` says it
-  is back; and nobody else can change **our** records: when gossip carries one of ours
+  is back; records of an origin ``is_known_peer`` does not know are refused
+  (``unknown_origin``) unless they come from that peer itself; and nobody else can change **our** records: when gossip carries one of ours
   at a version >= ours with another state, or one we do not hold (a former life of
   ours, before a restart), we re-assert our state (or a tombstone for the one we do not
   hold) at version+1 and gossip it, which outbids the contradiction everywhere.
@@ -299,7 +300,10 @@ class Records:
         return delta
 
     def _origin_ok(self, origin: bytes, src: bytes, now: float) -> bool:
-        if self.is_known_peer is not None and not self.is_known_peer(origin):
+        # A neighbour's own records are believed before the topology knows it: the
+        # topology now arrives as a digest whose records follow a round trip later
+        # (gossip.topology), after the neighbour's DNS state on a new link.
+        if origin != src and self.is_known_peer is not None and not self.is_known_peer(origin):
             self.drops["unknown_origin"] += 1
             return False
         until = self._gone.get(origin)
