@@ -19,8 +19,9 @@ Trust rule (who may change a record of origin O):
   from that peer itself (as gossip src or broadcast origin) or ``is_known_peer`` says it
   is back; records of an origin ``is_known_peer`` does not know are refused
   (``unknown_origin``) unless they come from that peer itself; and nobody else can
-  change **our** records: when gossip carries one of ours at a version >= ours with another state, or one we do not hold (a former life of
-  ours, before a restart), we re-assert our state (or a tombstone for the one we do not
+  change **our** records: when gossip carries one of ours at a version >= ours with
+  another state, or one we do not hold (a former life of ours, before a restart), we
+  re-assert our state (or a tombstone for the one we do not
   hold) at version+1 and gossip it, which outbids the contradiction everywhere.
 
 Tombstones are kept ``tombstone_ttl`` seconds (30 min) so a removal outlives stale
