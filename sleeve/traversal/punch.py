@@ -27,9 +27,8 @@ import asyncio
 import logging
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from sleeve.crypto.keys import format_peer_id
@@ -38,9 +37,9 @@ from sleeve.links.link import Link
 from sleeve.links.table import LinkTable
 from sleeve.proto.stats import Counters
 from sleeve.proto.topology import Topology
-from sleeve.traversal import candidates, hops, plan, predict, punchstatus, spray
-from sleeve.traversal.hopsock import FarProbe, HopMeter
-from sleeve.traversal.plan import Plan
+from sleeve.traversal import candidates, plan, predict, punchstatus, spray
+from sleeve.traversal.attempt import Attempt, PeerPunch
+from sleeve.traversal.hopsock import HopMeter
 from sleeve.traversal.predict import Prediction
 from sleeve.traversal.relay import RelayWriter
 from sleeve.traversal.spray import Sprayer
@@ -49,49 +48,11 @@ log = logging.getLogger("sleeve")
 
 PUNCH_GRACE = 2.0  # a newly seen peer gets this long to be dialled directly first
 MAX_VIRTUAL = 64  # relayed control connections in progress or up
-TRIED_KEPT = 4  # attempts per peer that status remembers
 
 # Runs a control connection over a relayed stream: Connections.run(reader, writer, outbound, ts)
 RunConnection = Callable[[asyncio.StreamReader, RelayWriter, bool, None],
                          Coroutine[Any, Any, str]]
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
-
-
-@dataclass
-class Attempt:
-    """One punching attempt as status shows it."""
-
-    n: int
-    started: float
-    plan: Plan
-    link: Link | None  # while punching and once punched; None once failed
-    result: str = ""  # "" while punching
-    lan: list[candidates.Endpoint] = field(default_factory=list)  # the peer's LAN endpoints
-    mapped: list[candidates.Endpoint] = field(default_factory=list)  # its gateway's mapping
-    ours: Prediction | None = None  # our NAT changes ports: where it goes next (announced)
-    pred: Prediction | None = None  # the peer's announced prediction: we probe it
-    index_plan: Plan | None = None  # the roles the session indexes give
-    spray_role: str = ""  # traversal.spray role: "open" (our NAT is random), "probe" or ""
-    sprayer: Sprayer | None = None  # our probes, when we spray
-    spray_sockets: int = 0  # sockets we opened, when the peer sprays
-    next_keep: float = 0.0  # age at which our spray sockets refresh their mappings
-    far: FarProbe | None = None  # measuring the far NAT's distance (traversal.hops)
-    verdict: hops.Verdict | None = None  # the measured hop limits, once decided
-
-
-@dataclass
-class PeerPunch:
-    """What traversal knows about one peer we are (or were) punching to."""
-
-    next_at: float  # the starter's next attempt (monotonic s)
-    attempts: int = 0
-    successes: int = 0
-    failures: int = 0  # in a row: the backoff grows with them
-    tried: deque[Attempt] = field(default_factory=lambda: deque(maxlen=TRIED_KEPT))
-
-    @property
-    def current(self) -> Attempt | None:
-        return self.tried[-1] if self.tried and not self.tried[-1].result else None
 
 
 class Traversal:
