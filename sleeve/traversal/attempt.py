@@ -36,6 +36,7 @@ class Attempt:
     next_keep: float = 0.0  # age at which our spray sockets refresh their mappings
     far: FarProbe | None = None  # measuring the far NAT's distance (traversal.hops)
     verdict: hops.Verdict | None = None  # the measured hop limits, once decided
+    open_now: bool = False  # k_min was known at the start: the opener need not wait
 
 
 @dataclass

@@ -101,7 +101,7 @@ class Traversal:
                     self._send_candidates(cur.link, cur.ours)
         self.tell_seen()
         if self.enabled:
-            self.meter.tick(now, lambda: self.nat().kind, self.links)
+            self.meter.tick(now, self.nat, self.links, self.obs.seen)
         for link in self.links:
             if not link.virtual:
                 continue
@@ -132,6 +132,13 @@ class Traversal:
                     cur.link.peer) is not cur.link:
                 self._ended(rec, cur, now, "relayed connection closed")
 
+    def close(self) -> None:
+        """The router stops: the hop meter's probe sockets close (traversal.hopsock)."""
+        for rec in self.peers.values():
+            if rec.current is not None:
+                _close_far(rec.current)
+        self.meter.close()
+
     def attempting(self) -> bool:
         """An attempt is in progress (its punch steps need the node's 4 Hz tick)."""
         return self.meter.measuring or any(r.current is not None for r in self.peers.values())
@@ -150,7 +157,12 @@ class Traversal:
         self.stats.inc("punch_attempts")
         p = plan.plan_for(self.me < link.peer, link.session.local_index,
                           link.session.remote_index, rec.attempts)
-        att = Attempt(rec.attempts, now, p, link, index_plan=p)
+        k = self.meter.k_min
+        if k is not None:
+            # measured already: the opener opens with TTL k_min from the first tick (only
+            # the crosser's adjacency waits for the far NAT's distance)
+            p = replace(p, hops=k - 1)
+        att = Attempt(rec.attempts, now, p, link, index_plan=p, open_now=k is not None)
         att.far = self.meter.start_far(link.endpoint[0], now)
         att.ours = self.nat().prediction if self.prediction else None
         if att.ours is not None:
@@ -325,6 +337,8 @@ class Traversal:
                 cur = self.peers[peer].current
                 if cur is not None and cur.link is not None:
                     self.underlay.close_spray(cur.link)  # a new attempt would open more
+                if cur is not None:
+                    _close_far(cur)
                 del self.peers[peer]
 
     def _punch_send(self, link: Link, rec: PeerPunch, att: Attempt, now: float) -> None:
@@ -336,8 +350,8 @@ class Traversal:
             self._ended(rec, att, now, f"no datagram from the peer in {age:.0f} s")
             link.writer.close()
             return
-        if not self._hops_decided(link, att, age):
-            return  # the opener waits (at most hops.MEASURE_TIME) for the far NAT's distance
+        if not self._hops_decided(link, att, age) and not (att.open_now and att.plan.opener):
+            return  # wait (at most hops.MEASURE_TIME) for the far NAT's distance
         send, ttl = att.plan.step(age)
         # the endpoint the mediator observed (the peer's NAT mapping) and the announced
         # port on the same address (a port-preserving NAT)
@@ -454,9 +468,12 @@ class Traversal:
             return
         ep = m.get("ep")
         observed = None
-        if (isinstance(ep, list) and len(ep) == 2 and isinstance(ep[0], str)
-                and type(ep[1]) is int and 0 < ep[1] < 65536):
-            observed = (ep[0], ep[1])
+        if ep is not None:
+            # the mediator's view of the peer's UDP source: an address literal only (a
+            # name would be resolved, blocking, wherever the endpoint is used)
+            observed = predict.decode_seen({"ep": ep})
+            if observed is None:
+                self.drops.inc("bad_via_ep")  # the stream's bytes still count
         if entry is None:
             # Only the smaller id starts, only peers we know, only while unconnected.
             if (frm >= self.me or frm in self.links or len(self.virtual) >= MAX_VIRTUAL
