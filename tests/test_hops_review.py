@@ -240,3 +240,35 @@ def test_the_router_closes_its_probe_sockets_at_stop() -> None:
 
     asyncio.run(pair(body))
     assert fars and not fars[0].open
+
+
+# ---- 7a. the opener's verdict reaches an unmeasured crosser
+class AnsweringFar(SilentFar):
+    answers = {2: ("198.18.40.12", 3)}  # the far NAT itself, 2 hops away: adjacent
+
+    def result(self, k_min: int | None) -> tuple[int | None, str]:
+        return hops.far_distance(self.answers, self.host, hops.MAX_FAR, k_min)
+
+
+def test_the_opener_sends_its_verdict_and_an_unmeasured_crosser_uses_it() -> None:
+    tr, table, _, _ = rig()
+    tr.meter.k_min = 2
+    tr.meter.start_far = lambda host, now: AnsweringFar()  # type: ignore[method-assign,assignment,return-value]
+    link = table.links[PEER] = FakeLink(PEER, virtual=True, li=6, ri=9)  # we open
+    tr.tick(10.0)
+    att = tr.peers[PEER].current
+    assert att is not None and att.plan.opener and att.verdict is not None
+    assert att.verdict.adjacent and {"t": "cand", "adj": True} in link.sent
+    # the crosser (session indexes 6 ^ 8: even), with nothing measured
+    tr, table, _, _ = rig()
+    link = table.links[PEER] = FakeLink(PEER, virtual=True, li=6, ri=8)
+    tr.tick(10.0)
+    att = tr.peers[PEER].current
+    assert att is not None and not att.plan.opener and att.verdict is not None
+    assert not att.plan.adjacent and att.plan.first_crossing(1.5)
+    for bad in ("yes", 1, None):
+        tr.on_cand(link, {"t": "cand", "adj": bad})  # type: ignore[arg-type]
+    assert tr.drops["bad_cand"] == 3 and not att.plan.adjacent
+    tr.on_cand(link, {"t": "cand", "adj": True})  # type: ignore[arg-type]
+    assert att.plan.adjacent and not att.plan.first_crossing(1.5)
+    assert att.plan.step(2.0) == (False, None)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sleeve.links.link import Link
 from sleeve.traversal import candidates, hops
@@ -37,6 +37,21 @@ class Attempt:
     far: FarProbe | None = None  # measuring the far NAT's distance (traversal.hops)
     verdict: hops.Verdict | None = None  # the measured hop limits, once decided
     open_now: bool = False  # k_min was known at the start: the opener need not wait
+    peer_adjacent: bool | None = None  # the opener's measured verdict (its cand "adj")
+
+    def use_peer_verdict(self) -> bool:
+        """A crosser that could not measure the far NAT's distance itself takes the
+        opener's adjacency verdict (its datagrams are the ones that would reach our
+        NAT); True when that changed the plan."""
+        v = self.verdict
+        if (self.peer_adjacent is None or self.plan.opener or v is None
+                or (v.k_min is not None and v.d_far is not None)
+                or self.plan.adjacent == self.peer_adjacent):
+            return False
+        self.plan = replace(self.plan, adjacent=self.peer_adjacent)
+        if self.index_plan is not None:
+            self.index_plan = replace(self.index_plan, adjacent=self.peer_adjacent)
+        return True
 
 
 @dataclass

@@ -240,6 +240,9 @@ class Traversal:
 
     def on_cand(self, link: Link, m: dict[str, Any]) -> None:
         """The peer's LAN endpoints for the attempt in progress (dropped otherwise)."""
+        if "adj" in m and "eps" not in m:  # the opener's measured verdict, alone
+            self._on_adj(link, m["adj"])
+            return
         eps, mapped = candidates.decode(m), candidates.decode_mapped(m)
         pred = predict.decode_pred(m)
         theirs = m.get("nat", "unknown")
@@ -274,6 +277,21 @@ class Traversal:
         elif (att.ours is None and att.pred is None and not att.spray_role and self.spraying
               and m.get("spray") is not False):
             self._spray_role(link, att, spray.role(self.nat().kind, theirs))
+
+    def _on_adj(self, link: Link, adj: Any) -> None:
+        """``{"t": "cand", "adj": bool}``: the opener measured whether its datagrams
+        reach our NAT (traversal.hops); an unmeasured crosser plans with it."""
+        rec = self.peers.get(link.peer)
+        att = rec.current if rec is not None else None
+        if not isinstance(adj, bool):
+            self.drops.inc("bad_cand")
+        elif att is None or att.link is not link or self.links.get(link.peer) is not link:
+            self.drops.inc("cand_no_attempt")
+        else:
+            att.peer_adjacent = adj
+            if att.use_peer_verdict():
+                log.info("hole punching to %s: the opener measured; %s", link.name,
+                         att.plan.describe())
 
     def _spray_role(self, link: Link, att: Attempt, role: str) -> None:
         """Take a spray role in this attempt (bounded: MAX_SPRAYS at once)."""
@@ -559,6 +577,9 @@ class Traversal:
             att.plan = replace(att.plan, hops=v.k_min - 1, adjacent=v.adjacent)
             if att.index_plan is not None:
                 att.index_plan = replace(att.index_plan, hops=v.k_min - 1, adjacent=v.adjacent)
+        if att.plan.opener and v.k_min is not None and v.d_far is not None:
+            link.send_control({"t": "cand", "adj": v.adjacent})  # for an unmeasured crosser
+        att.use_peer_verdict()  # we are that crosser, and its verdict came first
         log.info("hole punching to %s: hop limit %s: %s; %s", link.name, v.ttl, v.why,
                  att.plan.describe())
         return True
