@@ -231,6 +231,7 @@ class Node:
                 loop.remove_reader(s.fileno())
             self.underlay.unwatch = unwatch
             stack.callback(self.underlay.close_extras)
+            stack.callback(self.traversal.close)  # the hop meter's probe sockets
             stack.callback(self.table.close_all)
             if self.dialler.targets:
                 self.dialler.save()

@@ -13,6 +13,7 @@ import pytest
 from sleeve.proto.stats import Counters
 from sleeve.traversal import hops, plan
 from sleeve.traversal.hopsock import Echoer, HopMeter, KminProbe
+from sleeve.traversal.predict import NatKind
 
 NONCE = bytes(range(16))
 
@@ -51,11 +52,11 @@ def test_verdicts() -> None:
 def test_far_distance_from_icmp_answers() -> None:
     far = "198.18.70.12"
     te = {1: ("198.18.62.1", 11), 2: ("198.18.61.1", 11), 3: ("198.18.60.254", 11)}
-    assert hops.far_distance({**te, 5: (far, 3), 4: (far, 3)}, far, 8)[0] == 4
-    assert hops.far_distance(te, far, 8) == (4, "silent; one past the last router that "
-                                                "answered")
-    assert hops.far_distance({}, far, 8) == (None, "no answer")
-    assert hops.far_distance({8: ("198.18.1.1", 11)}, far, 8)[0] is None  # all routers
+    assert hops.far_distance({**te, 5: (far, 3), 4: (far, 3)}, far, 8, 3)[0] == 4
+    assert hops.far_distance(te, far, 8, 3) == (4, "silent; one past the last router that "
+                                                   "answered")
+    assert hops.far_distance({}, far, 8, 3) == (None, "no answer")
+    assert hops.far_distance({8: ("198.18.1.1", 11)}, far, 8, 3)[0] is None  # all routers
 
 
 def mediator(sock: socket.socket) -> Any:
@@ -107,11 +108,11 @@ def test_k_min_echo_on_loopback_and_bounds() -> None:
 
 def test_meter_measures_only_behind_a_port_keeping_nat() -> None:
     meter = HopMeter(Counters(), Counters())
-    meter.tick(0.0, lambda: "random", [])
+    meter.tick(0.0, lambda: NatKind("random"), [], {})
     assert not meter.measuring and "random" in meter.why
-    meter.tick(0.5, lambda: "preserving", [])
+    meter.tick(0.5, lambda: NatKind("preserving"), [], {})
     assert "random" in meter.why  # re-checked only every RECHECK
-    meter.tick(1.0, lambda: "preserving", [])
+    meter.tick(1.0, lambda: NatKind("preserving"), [], {})
     assert not meter.measuring and "no public peer" in meter.why
     assert meter.start_far("198.18.70.12", 0.0) is None  # no k_min: nothing to compare
     assert meter.decide(None, 0.0) is not None  # nothing measured: no wait

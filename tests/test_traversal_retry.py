@@ -106,7 +106,7 @@ def rig() -> tuple[Traversal, FakeTable, FakeUnderlay, list[bytes]]:
     started: list[bytes] = []
     # no real probe sockets here (they would send to the fake links' lab addresses
     # from the test's own namespace): the hop meter never starts; tests set k_min
-    tr.meter.next_at = float("inf")
+    tr.meter.next_at = tr.meter.check_at = float("inf")  # a k_min set by a test stays
     tr.meter.start_far = lambda host, now: None  # type: ignore[method-assign]
     tr.spawn = lambda coro: None
     tr._start_virtual = lambda peer, med, obs, out: started.append(peer)  # type: ignore

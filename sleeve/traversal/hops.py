@@ -22,7 +22,16 @@ traceroute-style from one more socket, to ports of the far NAT that are NOT the 
 port (``FAR_PORT`` + ttl: the punch tuple is never touched), with IP_RECVERR: routers
 before it say "time exceeded" (ICMP 11), the NAT itself says "port unreachable" (ICMP
 3) or nothing (a gateway that filters its input); d_far is the TTL of its answer, or
-one past the last router that answered when it stays silent.
+one past the last router that answered when it stays silent, provided a router beyond
+our own NAT (TTL >= k_min) answered at all: where ICMP from beyond is filtered or rate
+limited, silence says nothing about the far NAT's distance. A report is matched to its
+probe by the destination port it was about (``FAR_PORT`` + ttl, the address the error
+queue returns): routers that quote only the IP and UDP headers (RFC 792's minimum)
+carry no payload to read it from.
+
+A k_min of 1 (the echo crossed no NAT: a mediator on our own LAN, although the
+mediator is chosen among the peers that see our public address) is not a
+measurement: TTL 1 dies at a NAT, and the opener's TTL k_min - 1 would be 0.
 
 The opener's TTL is then k_min when k_min < d_far. When d_far <= k_min (two NAT
 gateways on one segment), no TTL that crosses our NAT stops before theirs: the plan
@@ -50,6 +59,7 @@ ECHO_LEN = 21
 NONCE_LEN = 16
 PROBE_TTLS = 4  # k_min probe sockets: our NAT within 3 hops (a deeper one is left unmeasured)
 MAX_FAR = 8  # d_far probes: TTL 1..MAX_FAR
+MAX_FAR_PROBES = 4  # d_far measurements (one socket each) at once; more attempts go unmeasured
 FAR_PORT = 33434  # traceroute's base port: d_far probes go to FAR_PORT + ttl, never the punch port
 MEASURE_TIME = 0.75  # s: answers later than this do not count (the opener waits this long)
 KMIN_TIME = 1.5  # s: the mediator's echo (one control message + one datagram each way)
@@ -110,6 +120,8 @@ class Verdict:
 
 
 def verdict(k_min: int | None, k_why: str, d_far: int | None, far_why: str) -> Verdict:
+    if k_min is not None and k_min <= 1:  # crossed no NAT: nothing to keep short of one
+        k_min, k_why = None, f"TTL {k_min} reached the mediator: no NAT between"
     if k_min is None:
         return Verdict(None, d_far, f"not measured ({k_why}): hop limit guessed")
     if d_far is None:
@@ -124,17 +136,21 @@ def verdict(k_min: int | None, k_why: str, d_far: int | None, far_why: str) -> V
 
 
 def far_distance(answers: dict[int, tuple[str, int]], host: str,
-                 sent: int) -> tuple[int | None, str]:
+                 sent: int, k_min: int | None) -> tuple[int | None, str]:
     """d_far from the ICMP answers to TTL 1..``sent`` probes: {ttl: (offender, type)}.
 
     The far NAT's own answer (any type: port unreachable, or a time exceeded sent by
     the NAT itself) gives it; else one past the last router that said time exceeded,
-    provided nothing answered beyond it (a silent, filtering NAT).
+    provided nothing answered beyond it (a silent, filtering NAT) and that router is
+    beyond our own NAT (TTL >= ``k_min``): answers from our side only say nothing
+    about where the far NAT is (ICMP beyond may be filtered or rate limited).
     """
     own = [t for t, (src, _) in answers.items() if src == host]
     if own:
         return min(own), "it answered"
     te = [t for t, (_, typ) in answers.items() if typ == 11]
-    if te and max(te) < sent:
+    if te and max(te) < sent and k_min is not None and max(te) >= k_min:
         return max(te) + 1, "silent; one past the last router that answered"
+    if te and (k_min is None or max(te) < k_min):
+        return None, "no answer from beyond our NAT"
     return None, "no answer" if not answers else "answers did not show it"

@@ -1,11 +1,15 @@
 """The sockets of the hop-limit measurement (``traversal.hops``): probes, echoes, ICMP.
 
-Everything here is bounded: ``hops.PROBE_TTLS`` + 1 sockets per router at a time, a
-fixed number of datagrams per measurement, each read drained only until EAGAIN and
-at most ``MAX_READS`` datagrams, every socket closed when its measurement ends. What
-arrives is untrusted: an echo without our nonce, or from elsewhere than the mediator,
-is dropped and counted (``hop_bad_echo``, ``hop_echo_wrong_source``); an ICMP report
-that is not about one of our probes is ignored (``hop_bad_icmp``).
+Everything here is bounded: ``hops.PROBE_TTLS`` k_min sockets and at most
+``hops.MAX_FAR_PROBES`` d_far sockets per router at a time, a fixed number of
+datagrams per measurement, each read drained only until EAGAIN and at most
+``MAX_READS`` datagrams, every socket closed when its measurement ends (or the
+router stops: ``HopMeter.close``). What arrives is untrusted: an echo without our
+nonce, or from elsewhere than the mediator, is dropped and counted (``hop_bad_echo``,
+``hop_echo_wrong_source``); an ICMP report that is not about one of our probes is
+ignored (``hop_bad_icmp``). A far host that is not an IPv4 literal (``relay``, or
+whatever a mediator put in a ``via`` message's ``ep``) is never probed: a name would
+be resolved on the loop (``hop_far_not_an_address``).
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from sleeve.forward.underlay import is_ip_literal
 from sleeve.proto.stats import Counters
 from sleeve.traversal import hops
+from sleeve.traversal.candidates import Endpoint
+from sleeve.traversal.predict import NatKind
 
 log = logging.getLogger("sleeve")
 
@@ -146,10 +153,13 @@ class FarProbe:
             return
         for _ in range(MAX_READS):
             try:
-                data, anc, _flags, _addr = self.sock.recvmsg(64, 512, MSG_ERRQUEUE)
+                _data, anc, _flags, addr = self.sock.recvmsg(64, 512, MSG_ERRQUEUE)
             except OSError:
                 break
-            t = data[4] if len(data) == 5 and data[:4] == FAR_MAGIC else 0
+            # the probe it is about, from the destination port the error queue returns:
+            # a router may quote only the IP and UDP headers (no payload to read it from)
+            t = addr[1] - hops.FAR_PORT if isinstance(addr, tuple) and len(addr) >= 2 \
+                and addr[0] == self.host else 0
             rep = next((d for lvl, typ, d in anc
                         if lvl == socket.IPPROTO_IP and typ == IP_RECVERR), b"")
             if not 1 <= t <= hops.MAX_FAR or len(rep) < _EE.size + 8:
@@ -166,8 +176,12 @@ class FarProbe:
             except OSError:
                 break
 
-    def result(self) -> tuple[int | None, str]:
-        return hops.far_distance(self.answers, self.host, hops.MAX_FAR)
+    def result(self, k_min: int | None) -> tuple[int | None, str]:
+        return hops.far_distance(self.answers, self.host, hops.MAX_FAR, k_min)
+
+    @property
+    def open(self) -> bool:
+        return self.sock.fileno() >= 0
 
     def close(self) -> None:
         self.sock.close()
@@ -209,10 +223,14 @@ class Echoer:
 class HopMeter:
     """Our k_min, measured now and then with a linked public peer; d_far per attempt.
 
-    Measures only behind a NAT that keeps ports (``predict``: "preserving"): the
-    mediator echoes to the probe sockets' own port numbers. Elsewhere (no public peer,
-    another NAT kind, an old mediator that does not echo) k_min stays unknown and the
-    punch keeps its guessed hop limits.
+    Measures only behind a NAT that keeps ports (``predict``: "preserving"), with a
+    mediator whose ``seen`` report shows our public NAT address (the one the NAT
+    classification goes by: a peer on our LAN sees us without the NAT, and its echo
+    would give k_min 1). The mediator echoes to the probe sockets' own port numbers.
+    Elsewhere (no such peer, another NAT kind, an old mediator that does not echo)
+    k_min stays unknown and the punch keeps its guessed hop limits. A k_min belongs to
+    the NAT it was measured on: when the NAT's kind or our public address changes, or
+    a re-measurement fails, it is forgotten (and measured again where it can be).
     """
 
     def __init__(self, drops: Counters, stats: Counters,
@@ -223,7 +241,11 @@ class HopMeter:
         self.k_min: int | None = None
         self.why = "no measurement yet"
         self.next_at = 0.0
+        self.check_at = 0.0  # when a measured k_min's NAT is next compared with ours
+        self.basis: tuple[str, str] | None = None  # (NAT kind, public address) of k_min
+        self._probe_basis: tuple[str, str] = ("", "")
         self.probe: KminProbe | None = None
+        self.fars: list[FarProbe] = []  # open d_far probes (at most hops.MAX_FAR_PROBES)
 
     @property
     def measuring(self) -> bool:
@@ -232,9 +254,11 @@ class HopMeter:
     def on_hopq(self, link: Any, m: dict[str, Any]) -> None:
         self.echoer.on_hopq(link, m, self._udp())
 
-    def tick(self, now: float, nat_kind: Callable[[], str], links: Any) -> None:
-        """Follow a measurement in progress; start one when due (``nat_kind`` is asked
-        only then: classifying our NAT walks the links)."""
+    def tick(self, now: float, nat: Callable[[], NatKind], links: Any,
+             seen: Mapping[bytes, tuple[str, Endpoint]]) -> None:
+        """Follow a measurement in progress; start one when due (``nat`` is asked only
+        then, or every RECHECK while a k_min is held: classifying walks the links).
+        ``seen``: peer -> (its address, where it sees our UDP endpoint)."""
         p = self.probe
         if p is not None:
             med = next((lk for lk in links if lk.peer == p.mediator), None)
@@ -247,15 +271,24 @@ class HopMeter:
                 if p.done(now):
                     self._finish(now, *p.result())
             return
-        if now < self.next_at:
+        if now < self.next_at and (self.k_min is None or now < self.check_at):
             return
-        kind = nat_kind()
-        if kind != "preserving":
-            self.why = f"our NAT is {kind}, not port-keeping"
+        kind = nat()
+        basis = (kind.kind, kind.observed[0][0] if kind.observed else "")
+        if self.k_min is not None:
+            self.check_at = now + RECHECK
+            if basis == self.basis and now < self.next_at:
+                return
+            if basis != self.basis:  # measured on another NAT (or address): not ours now
+                self.stats.inc("hop_nat_changed")
+                self.k_min, self.basis = None, None
+        if kind.kind != "preserving":
+            self.why = f"our NAT is {kind.kind}, not port-keeping"
             self.next_at = now + RECHECK
             return
         med = next((lk for lk in sorted(links, key=lambda lk: lk.peer) if not lk.virtual
-                    and lk.usable and lk.endpoint_learnt and ":" not in lk.endpoint[0]), None)
+                    and lk.usable and lk.endpoint_learnt and ":" not in lk.endpoint[0]
+                    and (s := seen.get(lk.peer)) is not None and s[1][0] == basis[1]), None)
         if med is None:
             self.why = "no public peer linked to echo our probes"
             self.next_at = now + RECHECK
@@ -266,14 +299,19 @@ class HopMeter:
             self.stats.inc("hop_socket_errors")
             self._finish(now, None, f"cannot open probe sockets: {e.strerror}")
             return
+        self._probe_basis = basis
         self.stats.inc("hop_measurements")
 
     def _finish(self, now: float, k: int | None, why: str) -> None:
         if self.probe is not None:
             self.probe.close()
             self.probe = None
-        if k is not None or self.k_min is None:
-            self.k_min, self.why = k, why  # a failed re-measurement keeps the last value
+        if k is not None and k <= 1:  # the echo crossed no NAT: not our NAT's distance
+            k, why = None, f"TTL {k} reached the mediator: no NAT between"
+        # a failed re-measurement forgets the last value: it may be another NAT's
+        self.k_min, self.why = k, why
+        self.basis = self._probe_basis if k is not None else None
+        self.check_at = now + RECHECK
         # a failure is retried sooner; both bounded: one probe set per REMEASURE / 60 s
         self.next_at = now + (hops.REMEASURE if k is not None else 60.0)
 
@@ -287,7 +325,8 @@ class HopMeter:
                 return None  # the far NAT may yet answer (or stay quiet: a filtering one)
         elif self.probe is not None and age < hops.MEASURE_TIME:
             return None
-        d, dwhy = far.result() if far is not None else (None, "no k_min to compare with")
+        d, dwhy = far.result(self.k_min) if far is not None else (
+            None, "no k_min to compare with")
         if far is not None:
             log.info("hop limit: far NAT %s answers %s", far.host, sorted(far.answers.items()))
         v = hops.verdict(self.k_min, self.why, d, dwhy)
@@ -299,18 +338,37 @@ class HopMeter:
 
     def start_far(self, host: str, now: float) -> FarProbe | None:
         """A d_far probe toward the far NAT, when there is a k_min to compare it with."""
-        if (self.k_min is None and self.probe is None) or ":" in host:
+        if self.k_min is None and self.probe is None:
+            return None
+        if ":" in host or not is_ip_literal(host):
+            # "relay" (the mediator never saw the peer's UDP) or whatever a mediator put
+            # in "ep": a name would be resolved (blocking the loop) and probed
+            self.drops.inc("hop_far_not_an_address")
+            return None
+        self.fars = [f for f in self.fars if f.open]
+        if len(self.fars) >= hops.MAX_FAR_PROBES:
+            self.stats.inc("hop_far_busy")  # this attempt goes without d_far
             return None
         try:
-            return FarProbe(host, now, self.drops)
+            far = FarProbe(host, now, self.drops)
         except OSError:
             self.stats.inc("hop_socket_errors")
             return None
+        except Exception as e:  # never out of the timer: every later per-tick job would stop
+            self.drops.inc("hop_far_failed")
+            log.warning("hop limit: cannot probe %r: %s", host, type(e).__name__)
+            return None
+        self.fars.append(far)
+        return far
 
     def close(self) -> None:
+        """The router stops: every probe socket closes."""
         if self.probe is not None:
             self.probe.close()
             self.probe = None
+        for f in self.fars:
+            f.close()
+        self.fars = []
 
     def status(self) -> dict[str, Any]:
         return {"k_min": self.k_min, "why": self.why, "measuring": self.measuring}

@@ -27,9 +27,8 @@ import asyncio
 import logging
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from sleeve.crypto.keys import format_peer_id
@@ -38,9 +37,9 @@ from sleeve.links.link import Link
 from sleeve.links.table import LinkTable
 from sleeve.proto.stats import Counters
 from sleeve.proto.topology import Topology
-from sleeve.traversal import candidates, hops, plan, predict, punchstatus, spray
-from sleeve.traversal.hopsock import FarProbe, HopMeter
-from sleeve.traversal.plan import Plan
+from sleeve.traversal import candidates, plan, predict, punchstatus, spray
+from sleeve.traversal.attempt import Attempt, PeerPunch
+from sleeve.traversal.hopsock import HopMeter
 from sleeve.traversal.predict import Prediction
 from sleeve.traversal.relay import RelayWriter
 from sleeve.traversal.spray import Sprayer
@@ -49,49 +48,11 @@ log = logging.getLogger("sleeve")
 
 PUNCH_GRACE = 2.0  # a newly seen peer gets this long to be dialled directly first
 MAX_VIRTUAL = 64  # relayed control connections in progress or up
-TRIED_KEPT = 4  # attempts per peer that status remembers
 
 # Runs a control connection over a relayed stream: Connections.run(reader, writer, outbound, ts)
 RunConnection = Callable[[asyncio.StreamReader, RelayWriter, bool, None],
                          Coroutine[Any, Any, str]]
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
-
-
-@dataclass
-class Attempt:
-    """One punching attempt as status shows it."""
-
-    n: int
-    started: float
-    plan: Plan
-    link: Link | None  # while punching and once punched; None once failed
-    result: str = ""  # "" while punching
-    lan: list[candidates.Endpoint] = field(default_factory=list)  # the peer's LAN endpoints
-    mapped: list[candidates.Endpoint] = field(default_factory=list)  # its gateway's mapping
-    ours: Prediction | None = None  # our NAT changes ports: where it goes next (announced)
-    pred: Prediction | None = None  # the peer's announced prediction: we probe it
-    index_plan: Plan | None = None  # the roles the session indexes give
-    spray_role: str = ""  # traversal.spray role: "open" (our NAT is random), "probe" or ""
-    sprayer: Sprayer | None = None  # our probes, when we spray
-    spray_sockets: int = 0  # sockets we opened, when the peer sprays
-    next_keep: float = 0.0  # age at which our spray sockets refresh their mappings
-    far: FarProbe | None = None  # measuring the far NAT's distance (traversal.hops)
-    verdict: hops.Verdict | None = None  # the measured hop limits, once decided
-
-
-@dataclass
-class PeerPunch:
-    """What traversal knows about one peer we are (or were) punching to."""
-
-    next_at: float  # the starter's next attempt (monotonic s)
-    attempts: int = 0
-    successes: int = 0
-    failures: int = 0  # in a row: the backoff grows with them
-    tried: deque[Attempt] = field(default_factory=lambda: deque(maxlen=TRIED_KEPT))
-
-    @property
-    def current(self) -> Attempt | None:
-        return self.tried[-1] if self.tried and not self.tried[-1].result else None
 
 
 class Traversal:
@@ -140,7 +101,7 @@ class Traversal:
                     self._send_candidates(cur.link, cur.ours)
         self.tell_seen()
         if self.enabled:
-            self.meter.tick(now, lambda: self.nat().kind, self.links)
+            self.meter.tick(now, self.nat, self.links, self.obs.seen)
         for link in self.links:
             if not link.virtual:
                 continue
@@ -171,6 +132,13 @@ class Traversal:
                     cur.link.peer) is not cur.link:
                 self._ended(rec, cur, now, "relayed connection closed")
 
+    def close(self) -> None:
+        """The router stops: the hop meter's probe sockets close (traversal.hopsock)."""
+        for rec in self.peers.values():
+            if rec.current is not None:
+                _close_far(rec.current)
+        self.meter.close()
+
     def attempting(self) -> bool:
         """An attempt is in progress (its punch steps need the node's 4 Hz tick)."""
         return self.meter.measuring or any(r.current is not None for r in self.peers.values())
@@ -189,7 +157,12 @@ class Traversal:
         self.stats.inc("punch_attempts")
         p = plan.plan_for(self.me < link.peer, link.session.local_index,
                           link.session.remote_index, rec.attempts)
-        att = Attempt(rec.attempts, now, p, link, index_plan=p)
+        k = self.meter.k_min
+        if k is not None:
+            # measured already: the opener opens with TTL k_min from the first tick (only
+            # the crosser's adjacency waits for the far NAT's distance)
+            p = replace(p, hops=k - 1)
+        att = Attempt(rec.attempts, now, p, link, index_plan=p, open_now=k is not None)
         att.far = self.meter.start_far(link.endpoint[0], now)
         att.ours = self.nat().prediction if self.prediction else None
         if att.ours is not None:
@@ -267,6 +240,9 @@ class Traversal:
 
     def on_cand(self, link: Link, m: dict[str, Any]) -> None:
         """The peer's LAN endpoints for the attempt in progress (dropped otherwise)."""
+        if "adj" in m and "eps" not in m:  # the opener's measured verdict, alone
+            self._on_adj(link, m["adj"])
+            return
         eps, mapped = candidates.decode(m), candidates.decode_mapped(m)
         pred = predict.decode_pred(m)
         theirs = m.get("nat", "unknown")
@@ -301,6 +277,21 @@ class Traversal:
         elif (att.ours is None and att.pred is None and not att.spray_role and self.spraying
               and m.get("spray") is not False):
             self._spray_role(link, att, spray.role(self.nat().kind, theirs))
+
+    def _on_adj(self, link: Link, adj: Any) -> None:
+        """``{"t": "cand", "adj": bool}``: the opener measured whether its datagrams
+        reach our NAT (traversal.hops); an unmeasured crosser plans with it."""
+        rec = self.peers.get(link.peer)
+        att = rec.current if rec is not None else None
+        if not isinstance(adj, bool):
+            self.drops.inc("bad_cand")
+        elif att is None or att.link is not link or self.links.get(link.peer) is not link:
+            self.drops.inc("cand_no_attempt")
+        else:
+            att.peer_adjacent = adj
+            if att.use_peer_verdict():
+                log.info("hole punching to %s: the opener measured; %s", link.name,
+                         att.plan.describe())
 
     def _spray_role(self, link: Link, att: Attempt, role: str) -> None:
         """Take a spray role in this attempt (bounded: MAX_SPRAYS at once)."""
@@ -364,6 +355,8 @@ class Traversal:
                 cur = self.peers[peer].current
                 if cur is not None and cur.link is not None:
                     self.underlay.close_spray(cur.link)  # a new attempt would open more
+                if cur is not None:
+                    _close_far(cur)
                 del self.peers[peer]
 
     def _punch_send(self, link: Link, rec: PeerPunch, att: Attempt, now: float) -> None:
@@ -375,8 +368,8 @@ class Traversal:
             self._ended(rec, att, now, f"no datagram from the peer in {age:.0f} s")
             link.writer.close()
             return
-        if not self._hops_decided(link, att, age):
-            return  # the opener waits (at most hops.MEASURE_TIME) for the far NAT's distance
+        if not self._hops_decided(link, att, age) and not (att.open_now and att.plan.opener):
+            return  # wait (at most hops.MEASURE_TIME) for the far NAT's distance
         send, ttl = att.plan.step(age)
         # the endpoint the mediator observed (the peer's NAT mapping) and the announced
         # port on the same address (a port-preserving NAT)
@@ -493,9 +486,12 @@ class Traversal:
             return
         ep = m.get("ep")
         observed = None
-        if (isinstance(ep, list) and len(ep) == 2 and isinstance(ep[0], str)
-                and type(ep[1]) is int and 0 < ep[1] < 65536):
-            observed = (ep[0], ep[1])
+        if ep is not None:
+            # the mediator's view of the peer's UDP source: an address literal only (a
+            # name would be resolved, blocking, wherever the endpoint is used)
+            observed = predict.decode_seen({"ep": ep})
+            if observed is None:
+                self.drops.inc("bad_via_ep")  # the stream's bytes still count
         if entry is None:
             # Only the smaller id starts, only peers we know, only while unconnected.
             if (frm >= self.me or frm in self.links or len(self.virtual) >= MAX_VIRTUAL
@@ -581,6 +577,9 @@ class Traversal:
             att.plan = replace(att.plan, hops=v.k_min - 1, adjacent=v.adjacent)
             if att.index_plan is not None:
                 att.index_plan = replace(att.index_plan, hops=v.k_min - 1, adjacent=v.adjacent)
+        if att.plan.opener and v.k_min is not None and v.d_far is not None:
+            link.send_control({"t": "cand", "adj": v.adjacent})  # for an unmeasured crosser
+        att.use_peer_verdict()  # we are that crosser, and its verdict came first
         log.info("hole punching to %s: hop limit %s: %s; %s", link.name, v.ttl, v.why,
                  att.plan.describe())
         return True

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 from sleeve.crypto.keys import format_peer_id
 
 if TYPE_CHECKING:  # only for annotations: punch imports this module
-    from sleeve.traversal.punch import Attempt, Traversal
+    from sleeve.traversal.attempt import Attempt
+    from sleeve.traversal.punch import Traversal
 
 
 def peers(tr: Traversal, now: float) -> list[dict[str, Any]]:
