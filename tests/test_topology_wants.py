@@ -63,6 +63,7 @@ class Setup:
         self.meshes = {s.peer_id: Mesh(s, f"n{i}", i + 1)
                        for i, s in enumerate((sv, sm, sb, sx))}
         self.m, self.b, self.x = sm.peer_id, sb.peer_id, sx.peer_id
+        self.restarted: dict[bytes, int] = {}  # neighbour -> the uid of its new incarnation
         self.v = TopologyChannel(self.meshes[sv.peer_id], self._nb)
         self.h = H()
         self.v.gossip_handle = self.h  # type: ignore[assignment]
@@ -76,7 +77,7 @@ class Setup:
 
     def _nb(self, p: bytes) -> tuple[int, bytes] | None:
         t = self.meshes[p].topology.own
-        return (t.uid, t.key)
+        return (self.restarted.get(p, t.uid), t.key)
 
     def digest_of(self, p: bytes) -> bytes:
         (d,) = encode_digest(self.meshes[p].topology.records(), False)
@@ -183,6 +184,9 @@ def test_repeated_wants_get_one_answer_per_window() -> None:
     assert len(s.h.sent) == 2
     v.on_gossip(m, w, 100.0 + WANT_TIMEOUT)  # the window passed: answered again
     assert len(s.h.sent) == 3
+    s.restarted[m] = 99  # m restarted and relinked before we saw its old link go
+    v.on_gossip(m, w, 100.0 + WANT_TIMEOUT)
+    assert len(s.h.sent) == 4
 
 
 def test_repeated_answer_digests_get_one_digest_per_window() -> None:
@@ -194,6 +198,9 @@ def test_repeated_answer_digests_get_one_digest_per_window() -> None:
     assert [[kind_of(x) for x in msgs] for _p, msgs in s.h.sent] == [[DIGEST]]
     v.on_gossip(m, ask, 100.0 + WANT_TIMEOUT)
     assert len(s.h.sent) == 2
+    s.restarted[m] = 99  # a new incarnation of m is answered at once
+    v.on_gossip(m, ask, 100.0 + WANT_TIMEOUT)
+    assert len(s.h.sent) == 3
 
 
 def test_the_want_table_keeps_deadline_order_and_its_bounds() -> None:

@@ -183,7 +183,7 @@ class TopologyChannel:
             raise GossipRefused("gossip_undecodable", "gossip from a peer with no link")
         kind = kind_of(msg)
         if kind == DIGEST:
-            self._on_digest(src, msg, now)
+            self._on_digest(src, who[0], msg, now)
             return None
         if kind == WANT:
             try:
@@ -191,7 +191,7 @@ class TopologyChannel:
             except TopologyDecodeError:
                 raise GossipRefused("gossip_bad_want") from None
             topo = self.mesh.topology
-            have = self._memo.fresh(src, ((p, r.version, r.uid) for p in ids
+            have = self._memo.fresh(src, who[0], ((p, r.version, r.uid) for p in ids
                                           if (r := topo.get(p)) is not None), now)
             if have:
                 self._reply(src, TopologyData(self.mesh, answers=have))
@@ -221,7 +221,7 @@ class TopologyChannel:
         # digest entries and pull what they lack.
         return TopologyData(self.mesh, digest=peers)
 
-    def _on_digest(self, src: bytes, msg: bytes, now: float) -> None:
+    def _on_digest(self, src: bytes, src_uid: int, msg: bytes, now: float) -> None:
         try:
             entries, answer = decode_digest(msg)
         except TopologyDecodeError:
@@ -231,10 +231,10 @@ class TopologyChannel:
         wants = {peer for peer, version, uid, tag in lacking(self.mesh.topology, entries)
                  if on_claim(src, peer, (version, uid, tag), now)}
         reply = TopologyData(self.mesh, wants=wants)
-        if answer and self._memo.digest_due(src, now) \
+        if answer and self._memo.digest_due(src, src_uid, now) \
                 and holds_newer(self.mesh.topology, entries):
             reply.full = True  # at most one per link per WANT_TIMEOUT
-            self._memo.digest_sent(src, now)
+            self._memo.digest_sent(src, src_uid, now)
         if reply:
             self._reply(src, reply)
 

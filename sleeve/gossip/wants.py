@@ -161,18 +161,25 @@ class WantTable:
 
 class AnswerMemo:
     """Per link: the (peer, version, uid) answered within ``window`` and when we last
-    answered an ANSWER-flagged digest. Bounded by MEMO_PER_LINK keys per link."""
+    answered an ANSWER-flagged digest. Bounded by MEMO_PER_LINK keys per link. Kept per
+    neighbour *incarnation* (``nb_uid``, as its handshake proved it): a neighbour that
+    restarted and relinked before we saw its old link go asks afresh and is answered."""
 
     def __init__(self, window: float = WANT_TIMEOUT) -> None:
         self._window = window
-        self._answered: dict[bytes, OrderedDict[tuple[bytes, int, int], float]] = {}
-        self._digest_at: dict[bytes, float] = {}
+        # neighbour -> (its uid, (peer, version, uid) -> until)
+        self._answered: dict[bytes, tuple[int, OrderedDict[tuple[bytes, int, int],
+                                                           float]]] = {}
+        self._digest_at: dict[bytes, tuple[int, float]] = {}  # neighbour -> (its uid, when)
 
-    def fresh(self, nb: bytes, keys: Iterable[tuple[bytes, int, int]],
+    def fresh(self, nb: bytes, nb_uid: int, keys: Iterable[tuple[bytes, int, int]],
               now: float) -> set[bytes]:
         """The peers of ``keys`` not answered to ``nb`` within the window; noted as
         answered now."""
-        memo = self._answered.setdefault(nb, OrderedDict())
+        held = self._answered.get(nb)
+        if held is None or held[0] != nb_uid:
+            held = self._answered[nb] = (nb_uid, OrderedDict())
+        memo = held[1]
         while memo and (next(iter(memo.values())) <= now or len(memo) >= MEMO_PER_LINK):
             memo.popitem(last=False)
         out = set()
@@ -187,12 +194,13 @@ class AnswerMemo:
             memo.popitem(last=False)
         return out
 
-    def digest_due(self, nb: bytes, now: float) -> bool:
+    def digest_due(self, nb: bytes, nb_uid: int, now: float) -> bool:
         """Whether an ANSWER-flagged digest from ``nb`` may be answered with ours now."""
-        return self._digest_at.get(nb, now - self._window) <= now - self._window
+        last = self._digest_at.get(nb)
+        return last is None or last[0] != nb_uid or last[1] <= now - self._window
 
-    def digest_sent(self, nb: bytes, now: float) -> None:
-        self._digest_at[nb] = now
+    def digest_sent(self, nb: bytes, nb_uid: int, now: float) -> None:
+        self._digest_at[nb] = (nb_uid, now)
 
     def forget(self, gone: Iterable[bytes]) -> None:
         for nb in gone:
