@@ -28,33 +28,64 @@ import threading
 import types
 from typing import Any
 
-_lock = threading.Lock()
+# Reentrant: a package's __init__ may look up its own names (or load another deferred
+# package) while its load holds the lock. Held around the load so that a thread asking
+# for a name while another thread's load is running waits for the whole module.
+_lock = threading.RLock()
+_LOADED = "_sleeve_loaded"
+_LOADING = "_sleeve_loading"
 
 
 class _DeferredPackage(types.ModuleType):
     """A package before its ``__init__`` ran: submodules import, other names load it."""
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
+        # dunders (tools probe __wrapped__, __test__...) do not load the package, except
+        # __all__ (``from pkg import *``): it is the package's to say
+        if name.startswith("__") and name != "__all__":
             raise AttributeError(name)
         full = f"{self.__name__}.{name}"
         if full in sys.modules:
             return sys.modules[full]
-        if not self.__dict__.get("_sleeve_loaded"):
+        d = self.__dict__
+        if not d.get(_LOADED):
             # a submodule (``from pyroute2 import config``) imports without the package
-            if importlib.util.find_spec(full) is not None:
+            if name != "__all__" and importlib.util.find_spec(full) is not None:
                 return importlib.import_module(full)
-            with _lock:
-                if not self.__dict__.get("_sleeve_loaded"):
-                    self.__dict__["_sleeve_loaded"] = True
-                    spec = self.__spec__
-                    assert spec is not None and spec.loader is not None
-                    spec.loader.exec_module(self)  # the real __init__, in this module object
+            self._sleeve_load()
         try:
-            return self.__dict__[name]
+            return d[name]
         except KeyError:
-            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}") \
-                from None
+            pass
+        hook = d.get("__getattr__")  # the package's own module __getattr__ (PEP 562)
+        if d.get(_LOADED) and callable(hook):
+            return hook(name)
+        raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+
+    def __dir__(self) -> list[str]:
+        self._sleeve_load()
+        return list(super().__dir__())
+
+    def _sleeve_load(self) -> None:
+        """Run the real ``__init__`` in this module object, once; marked loaded only
+        when it succeeded. A failing ``__init__`` leaves the deferred module as it was
+        (a later lookup tries again) and raises its error."""
+        d = self.__dict__
+        with _lock:
+            if d.get(_LOADED) or d.get(_LOADING):
+                return  # loaded meanwhile, or this thread's __init__ asking for a name
+            spec = self.__spec__
+            assert spec is not None and spec.loader is not None
+            before = dict(d)
+            d[_LOADING] = True
+            try:
+                spec.loader.exec_module(self)
+            except BaseException:
+                d.clear()
+                d.update(before)
+                raise
+            del d[_LOADING]
+            d[_LOADED] = True
 
 
 def defer_package(name: str, *, version: bool = False) -> None:

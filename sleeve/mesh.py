@@ -97,12 +97,15 @@ class Mesh:
         return (encode_records(delta) if delta else None), outcome
 
     def merge(self, sender: bytes, sender_uid: int, sender_key: bytes,
-              data: bytes, fmt: int = FORMAT) -> tuple[list[PeerRecord], str]:
+              data: bytes, fmt: int = FORMAT,
+              heard: set[bytes] | None = None) -> tuple[list[PeerRecord], str]:
         """Merge a gossip message from a direct neighbour; returns (delta, outcome).
 
         ``sender``, ``sender_uid`` and ``sender_key`` are what the neighbour's handshake
         established: its peer id, incarnation id (Hello) and Ed25519 key (certified in
-        its Hello). The delta is the records that improved our view. The outcome is
+        its Hello). The delta is the records that improved our view; ``heard`` gets the
+        peer ids of every record the message carried (the want table checks an answer
+        brought what was claimed). The outcome is
         "ok" or a drop reason, and nothing was merged unless it is "ok". A neighbour is
         the only source of its own record we accept directly: one about it with another
         incarnation id or key is a lie or a mix-up.
@@ -111,6 +114,8 @@ class Mesh:
             recs = decode_records(data, fmt)
         except TopologyDecodeError:
             return [], "gossip_undecodable"
+        if heard is not None:
+            heard.update(r.peer for r in recs)
         for r in recs:
             if r.peer == sender and (r.uid != sender_uid or r.key != sender_key):
                 return [], "gossip_bad_origin"

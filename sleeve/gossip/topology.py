@@ -20,17 +20,22 @@ set union, and a link that was backed up gets the newest record of each peer onc
   anti-entropy);
 - a new link and anti-entropy: a digest of every record we hold (32 bytes each, not the
   records: ``proto.topodigest``); the other side asks (want) for the records whose entry
-  beats its own and gets just those (an answer). Wants are not repeated to other
-  neighbours while one is in flight (``WANT_TIMEOUT``), so a router that restarts into
-  a mesh of N fetches the N records once, not once per link. What an answer teaches us
-  goes on as a digest of those peers (the neighbours pull what they lack); a periodic
-  digest asks for one in return (ANSWER), so both sides repair.
+  beats its own and gets just those (an answer). A want is not repeated to another
+  neighbour that claims the identical entry while one is in flight (``gossip.wants``:
+  claims are not trusted; the other claimants are asked next, at once, if it fails), so
+  a router that restarts into a mesh of N fetches the N records once, not once per
+  link. A repeated want or ANSWER digest within ``WANT_TIMEOUT`` is answered once.
+  What an answer teaches us goes on as a digest of those peers (the neighbours pull
+  what they lack); a periodic digest asks for one in return (ANSWER), so both sides
+  repair.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 
+from sleeve.gossip.wants import WANT_TIMEOUT, AnswerMemo, Asks, Claim, WantTable
 from sleeve.mesh import LinkInfo, Mesh, encode_chunked
 from sleeve.proto.gossip import Gossip, GossipData, GossipRefused
 from sleeve.proto.topodigest import (
@@ -44,11 +49,12 @@ from sleeve.proto.topodigest import (
     holds_newer,
     kind_of,
     lacking,
+    newer_than,
 )
-from sleeve.proto.topology import FORMAT, MAX_RECORDS, PeerRecord, TopologyDecodeError
+from sleeve.proto.topology import FORMAT, PeerRecord, TopologyDecodeError
 
 OWN_RECORD_INTERVAL = 1.0  # s between publications of our record for gained links
-WANT_TIMEOUT = 5.0  # s before a record asked of one neighbour may be asked of another
+__all__ = ["OWN_RECORD_INTERVAL", "WANT_TIMEOUT", "TopologyChannel", "TopologyData"]
 
 # A neighbour's (uid, Ed25519 key) as its handshake proved them; None: no such link.
 Neighbour = Callable[[bytes], tuple[int, bytes] | None]
@@ -132,10 +138,13 @@ class TopologyChannel:
         self.gossip_handle: Gossip | None = None  # set once registered
         self._published: dict[bytes, bool] = {}  # peer -> established, as last published
         self._next_gain = 0.0
-        # peer -> ((version, uid) asked for, when another neighbour may be asked, the
-        # neighbour asked): bounded by MAX_RECORDS, expired entries pruned at every
-        # digest, entries of a neighbour whose link went pruned by sync_links
-        self._asked: dict[bytes, tuple[tuple[int, int], float, bytes]] = {}
+        self._links: set[bytes] = set()  # neighbours as of the last sync_links
+        self.wants = WantTable(self._lacks)
+        self._memo = AnswerMemo()
+
+    def _lacks(self, peer: bytes, claim: Claim) -> bool:
+        return newer_than(claim, self.mesh.topology.get(peer))
+
     def sync_links(self, links: Iterable[LinkInfo], now: float) -> None:
         """Publish our links in our record; gossip it if it changed.
 
@@ -148,9 +157,12 @@ class TopologyChannel:
         """
         links = list(links)
         cur = {li.peer: li.established for li in links}
-        if self._asked:  # a want to a neighbour that is gone will not be answered
-            for p in [p for p, held in self._asked.items() if held[2] not in cur]:
-                del self._asked[p]
+        gone = self._links - cur.keys()
+        self._links = set(cur)
+        if gone:  # their wants will not be answered: ask the next claimants at once
+            self._memo.forget(gone)
+            self._ask(self.wants.links_gone(gone, now))
+        self._ask(self.wants.expire(now))
         lost = any(est and not cur.get(p, False) for p, est in self._published.items())
         if not lost and now < self._next_gain:
             return
@@ -171,21 +183,26 @@ class TopologyChannel:
             raise GossipRefused("gossip_undecodable", "gossip from a peer with no link")
         kind = kind_of(msg)
         if kind == DIGEST:
-            self._on_digest(src, msg, now)
+            self._on_digest(src, who[0], msg, now)
             return None
         if kind == WANT:
             try:
                 ids = decode_want(msg)
             except TopologyDecodeError:
                 raise GossipRefused("gossip_bad_want") from None
-            have = {p for p in ids if self.mesh.topology.get(p) is not None}
+            topo = self.mesh.topology
+            have = self._memo.fresh(src, who[0], ((p, r.version, r.uid) for p in ids
+                                          if (r := topo.get(p)) is not None), now)
             if have:
                 self._reply(src, TopologyData(self.mesh, answers=have))
             return None
         fmt = ANSWER_RECORDS if kind == ANSWER_RECORDS else FORMAT
-        delta, outcome = self.mesh.merge(src, who[0], who[1], msg, fmt)
+        heard: set[bytes] = set()
+        delta, outcome = self.mesh.merge(src, who[0], who[1], msg, fmt, heard)
         if outcome != "ok":
             raise GossipRefused(outcome)
+        if len(self.wants):
+            self._ask(self.wants.heard(src, heard, now))
         if not delta:
             return None
         peers = {r.peer for r in delta}
@@ -204,27 +221,32 @@ class TopologyChannel:
         # digest entries and pull what they lack.
         return TopologyData(self.mesh, digest=peers)
 
-    def _on_digest(self, src: bytes, msg: bytes, now: float) -> None:
+    def _on_digest(self, src: bytes, src_uid: int, msg: bytes, now: float) -> None:
         try:
             entries, answer = decode_digest(msg)
         except TopologyDecodeError:
             raise GossipRefused("gossip_bad_digest") from None
-        asked = self._asked
-        for p in [p for p, held in asked.items() if held[1] <= now]:
-            del asked[p]
-        wants = set()
-        for peer, version, uid, _tag in lacking(self.mesh.topology, entries):
-            held = asked.get(peer)
-            if held is not None and held[0] >= (version, uid):
-                continue  # in flight from another neighbour; asked again after the timeout
-            if held is None and len(asked) >= MAX_RECORDS:
-                continue  # full of claims not yet answered: the next digest asks again
-            asked[peer] = ((version, uid), now + WANT_TIMEOUT, src)
-            wants.add(peer)
+        self._ask(self.wants.expire(now))
+        on_claim = self.wants.on_claim
+        wants = {peer for peer, version, uid, tag in lacking(self.mesh.topology, entries)
+                 if on_claim(src, peer, (version, uid, tag), now)}
         reply = TopologyData(self.mesh, wants=wants)
-        reply.full = answer and holds_newer(self.mesh.topology, entries)
+        if answer and self._memo.digest_due(src, src_uid, now) \
+                and holds_newer(self.mesh.topology, entries):
+            reply.full = True  # at most one per link per WANT_TIMEOUT
+            self._memo.digest_sent(src, src_uid, now)
         if reply:
             self._reply(src, reply)
+
+    def _ask(self, asks: Asks) -> None:
+        """Send wants the want table decided on, one message per neighbour."""
+        if not asks:
+            return
+        by: defaultdict[bytes, set[bytes]] = defaultdict(set)
+        for nb, peer in asks:
+            by[nb].add(peer)
+        for nb, peers in by.items():
+            self._reply(nb, TopologyData(self.mesh, wants=peers))
 
     def _reply(self, dst: bytes, data: TopologyData) -> None:
         if self.gossip_handle is not None:

@@ -82,8 +82,12 @@ from sleeve.proto.rekey import MAX_ATTEMPTS, REKEY_TIMEOUT, DataKeys, Rekeyer, R
 
 MAGIC: Final = b"SLEEVE"
 # 2: Hello carries the signing key and its certificate; 3: rekey exchanges (rk/rk2/rk3),
-# which a version-2 peer would never answer (its link would close every interval)
-VERSION: Final = 3
+# which a version-2 peer would never answer (its link would close every interval);
+# 4: topology by digest (gossip kinds 3 digest, 4 want, 5 answer), which a version-3
+# peer refuses as undecodable while the handshake succeeds: in a rolling upgrade it
+# would learn only its direct neighbours' records. Both sides now refuse the link with
+# "peer speaks control protocol version 3, we speak 4".
+VERSION: Final = 4
 PREAMBLE_LEN: Final = 8
 PATTERN: Final = "XXpsk3"
 PROLOGUE_LABEL: Final = b"sleeve-control-v1"

@@ -125,25 +125,26 @@ def decode_want(data: bytes) -> set[bytes]:
     return {ids[i:i + PEER_ID_LEN] for i in range(0, len(ids), PEER_ID_LEN)}
 
 
-def _beats(e: Entry, rec: PeerRecord | None) -> bool:
-    """Whether a digest entry may name a record better than ``rec`` (worth fetching).
+def newer_than(claim: tuple[int, int, bytes], rec: PeerRecord | None) -> bool:
+    """Whether a digest entry's (version, uid, tag) may name a record better than
+    ``rec`` (worth fetching).
 
     Equal (version, uid) with another tag is worth fetching too: ``Topology.merge``
     decides which of the two wins; at most one fetch per digest that shows it."""
     if rec is None:
         return True
-    if e[1] != rec.version:
-        return e[1] > rec.version
-    if e[2] != rec.uid:
-        return e[2] > rec.uid
-    return e[3] != rec.sig[:TAG_LEN]
+    if claim[0] != rec.version:
+        return claim[0] > rec.version
+    if claim[1] != rec.uid:
+        return claim[1] > rec.uid
+    return claim[2] != rec.sig[:TAG_LEN]
 
 
 def lacking(topo: Topology, entries: list[Entry]) -> list[Entry]:
     """Peers whose digest entry beats what we hold. Us included: a record of an earlier
     incarnation of ours is fetched, verified and outbid (``Topology.merge``); a bare
     digest entry never moves our version (a liar could pin it at the top)."""
-    return [e for e in entries if _beats(e, topo.get(e[0]))]
+    return [e for e in entries if newer_than(e[1:], topo.get(e[0]))]
 
 
 def holds_newer(topo: Topology, entries: list[Entry]) -> bool:
