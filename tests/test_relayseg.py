@@ -10,10 +10,12 @@ passes the pieces on without cutting or re-encoding them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import pathlib
 import tempfile
 import time
+from collections.abc import AsyncIterator
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
@@ -118,25 +120,39 @@ def test_cut_gives_up_where_ordinary_frames_must_go() -> None:
 
 
 # ---------------------------------------------------------------- three nodes, one process
-def _make(peers: tuple[Target, ...]) -> tuple[Node, MemoryPort]:
+def _make(peers: tuple[Target, ...], kp: KeyPair | None = None) -> tuple[Node, MemoryPort]:
     port = MemoryPort(capacity=8192, vnet=True)
     cfg = Config(psk=PSK, port=0, listen="127.0.0.1", peers=peers, http=None, offload=True,
                  discovery=False,
                  state_dir=pathlib.Path(tempfile.mkdtemp(prefix="sleeve-test-")))
-    return Node(cfg, port, static=KeyPair.generate()), port
+    return Node(cfg, port, static=kp or KeyPair.generate()), port
+
+
+Chain = tuple[Node, MemoryPort, Node, MemoryPort, Node, MemoryPort]
+
+
+@contextlib.asynccontextmanager
+async def chain() -> AsyncIterator[Chain]:
+    """A - R - C running, routes complete: (a, port, r, port, c, port); stopped after."""
+    r, pr = _make(())
+    tr = asyncio.create_task(r.run())
+    await wait_for(lambda: r.udp is not None and r.port is not None)
+    a, pa = _make((Target("127.0.0.1", r.udp_port),))
+    c, pc = _make((Target("127.0.0.1", r.udp_port),))
+    ta, tc = asyncio.create_task(a.run()), asyncio.create_task(c.run())
+    nodes = [(r, pr), (a, pa), (c, pc)]
+    try:
+        await wait_for(lambda: knows_all(nodes) and routes_complete(nodes), 15)
+        yield a, pa, r, pr, c, pc
+    finally:
+        for n in (a, c, r):
+            n.stop()
+        await asyncio.wait_for(asyncio.gather(ta, tc, tr), 10)
 
 
 def test_super_frames_cross_a_relay_whole() -> None:
     async def run() -> None:
-        r, pr = _make(())
-        tr = asyncio.create_task(r.run())
-        await wait_for(lambda: r.udp is not None and r.port is not None)
-        a, pa = _make((Target("127.0.0.1", r.udp_port),))
-        c, pc = _make((Target("127.0.0.1", r.udp_port),))
-        ta, tc = asyncio.create_task(a.run()), asyncio.create_task(c.run())
-        nodes = [(r, pr), (a, pa), (c, pc)]
-        try:
-            await wait_for(lambda: knows_all(nodes) and routes_complete(nodes), 15)
+        async with chain() as (a, pa, r, _pr, c, pc):
             assert a.mesh.routes.next_hop(c.id) == r.id and c.id not in a.links
             z = vnet.ZERO_HDR
             pc.inject(z + frame(BCAST, mac(3), b"arp from c"))  # a learns C's MAC
@@ -155,10 +171,6 @@ def test_super_frames_cross_a_relay_whole() -> None:
             assert r.stats["relayed_segments"] == pieces
             bad = {k: v for k, v in c.drops.snapshot().items() if k != "unknown_session"}
             assert bad == {}, bad
-        finally:
-            for n in (a, c, r):
-                n.stop()
-            await asyncio.wait_for(asyncio.gather(ta, tc, tr), 10)
 
     asyncio.run(run())
 

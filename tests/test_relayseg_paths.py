@@ -9,14 +9,12 @@ least recently used first and write out what arrived when they go.
 from __future__ import annotations
 
 import asyncio
-import pathlib
-import tempfile
 import time
 
 from scapy.layers.inet import ICMP, IP, Ether
 
 from sleeve.capture.memory import MemoryPort
-from sleeve.config import Config, Target
+from sleeve.config import Target
 from sleeve.crypto.keys import Signer
 from sleeve.crypto.noise import KeyPair
 from sleeve.forward import relayseg, superframe
@@ -28,10 +26,10 @@ from sleeve.proto import vnet
 from sleeve.proto.routes import unicast_next_hops
 from sleeve.proto.stats import Counters
 from tests.test_mesh_inproc import knows_all, mac, routes_complete
-from tests.test_node_inproc import BCAST, PSK, frame, wait_for
+from tests.test_node_inproc import BCAST, frame, wait_for
 from tests.test_origin import Mesh3
-from tests.test_oversize import ipv4
-from tests.test_relayseg import MAX_BODY, _pieces, relayable
+from tests.test_oversize import MACS, ipv4
+from tests.test_relayseg import MAX_BODY, _make, _pieces, chain, relayable
 from tests.test_superframe import super_frame
 
 R2_HOP, R4_HOP = b"\x02" * 8, b"\x04" * 8
@@ -87,14 +85,6 @@ def test_caps_are_due_every_so_often_at_once_when_asked_or_the_hop_changed() -> 
     assert len(t._told) == relayseg.MAX_PEERS and p not in t._told
 
 
-def _node(peers: tuple[Target, ...], kp: KeyPair) -> tuple[Node, MemoryPort]:
-    port = MemoryPort(capacity=8192, vnet=True)
-    cfg = Config(psk=PSK, port=0, listen="127.0.0.1", peers=peers, http=None, offload=True,
-                 discovery=False,
-                 state_dir=pathlib.Path(tempfile.mkdtemp(prefix="sleeve-test-")))
-    return Node(cfg, port, static=kp), port
-
-
 def _make_old(node: Node) -> None:
     """What a pre-relayseg router does with relayed kinds 5 and 6 (38619e6 ingress)."""
     ing = node.ingress
@@ -131,7 +121,7 @@ def test_an_old_relay_on_the_way_there_only_keeps_ordinary_frames() -> None:
         tasks = []
 
         async def start(peers: tuple[int, ...], kp: KeyPair) -> tuple[Node, MemoryPort]:
-            n, p = _node(tuple(Target("127.0.0.1", nodes[j][0].udp_port) for j in peers), kp)
+            n, p = _make(tuple(Target("127.0.0.1", nodes[j][0].udp_port) for j in peers), kp)
             nodes.append((n, p))
             tasks.append(asyncio.create_task(n.run()))
             await wait_for(lambda: n.udp is not None and n.port is not None)
@@ -260,3 +250,44 @@ def test_caps_and_sets_tables_are_bounded() -> None:
     for i in range(relayseg.MAX_PEERS + 3):
         rs.for_source(i.to_bytes(8, "big"), 0.0)
     assert len(rs.items()) == relayseg.MAX_PEERS
+
+
+def test_a_relay_carries_a_piece_too_big_and_tells_its_source_by_icmp() -> None:
+    async def run() -> None:
+        async with chain() as (a, pa, r, _pr, c, pc):
+            pc.inject(vnet.ZERO_HDR + frame(BCAST, mac(3), b"arp from c"))  # A learns C's MAC
+            await wait_for(lambda: len(pa.delivered) == 1)
+            raw = _df(relayable(5000, dst=mac(3), src=mac(1)))
+            recs = relayseg.cut(raw, 5, MAX_BODY, a.origin, a.id, c.id)
+            assert recs is not None
+            smaller = len(recs[0]) + dg.HEADER_LEN + dg.TAG_LEN - 100  # R's next hop
+            lc = r.links[c.id]
+            frags = r.egress._too_big(lc, recs[0], smaller,
+                                      smaller - dg.HEADER_LEN - dg.TAG_LEN)
+            assert len(frags) >= 2  # the piece still goes, in sleeve fragments
+            assert lc.stats["piece_too_big_reply"] == 1
+            r.egress.flush_touched()  # the ICMP, relayed to A as R's own proven record
+            base = len(pa.delivered)
+            await wait_for(lambda: len(pa.delivered) > base, 5)
+            icmp = Ether(list(pa.delivered)[base][vnet.HDR_LEN:])
+            assert icmp[ICMP].type == 3 and icmp[ICMP].nexthopmtu == relayed_mtu(smaller)
+            assert icmp[IP].dst == "198.19.0.1" and bytes(icmp)[:6] == mac(1)
+            assert not any(k.startswith("origin_") for k in a.drops.snapshot())
+
+    asyncio.run(run())
+
+
+def test_is_too_big_knows_icmp_too_big_and_nothing_else() -> None:
+    from scapy.layers.inet6 import UDP, ICMPv6EchoRequest, IPv6
+
+    from sleeve.proto.icmp import is_too_big, too_big_reply
+
+    v4 = too_big_reply(ipv4(True, 1500), 1400)
+    v6 = too_big_reply(bytes(Ether(**MACS) / IPv6(src="2001:2::1", dst="2001:2::2") / UDP()
+                             / (b"y" * 1400)), 1300)
+    assert v4 is not None and v6 is not None and is_too_big(v4) and is_too_big(v6)
+    echo = bytes(Ether() / IP(src="198.19.0.1", dst="198.19.0.2") / ICMP())
+    port = bytes(Ether() / IP(src="198.19.0.1", dst="198.19.0.2") / ICMP(type=3, code=3))
+    echo6 = bytes(Ether() / IPv6(src="2001:2::1", dst="2001:2::2") / ICMPv6EchoRequest())
+    assert not any(is_too_big(f) for f in (echo, port, echo6, ipv4(True, 100), v4[:20], b"",
+                                           v6[:54]))

@@ -41,6 +41,7 @@ from sleeve.links.link import Link
 from sleeve.links.table import LinkTable
 from sleeve.proto import datagram as dg
 from sleeve.proto import mss, vnet
+from sleeve.proto.icmp import is_too_big
 from sleeve.proto.mactable import MacTable
 from sleeve.proto.pmtu import ack_record, overlay_mtu, parse_probe
 from sleeve.proto.stats import Counters
@@ -445,10 +446,12 @@ class Ingress:
             self.drops.inc("bad_src_mac")
             return False
         refused = self.macs.learn_remote(src, src_peer, now)
-        if refused is not None:
-            self.drops.inc(refused)  # mac_takeover, mac_peer_cap
-            return False
-        return True
+        if refused is None:
+            return True
+        if refused == "mac_takeover" and is_too_big(frame):  # a relay's, from the far
+            return True  # host's MAC (forward.oversize): delivered, and nothing learnt
+        self.drops.inc(refused)  # mac_takeover, mac_peer_cap
+        return False
 
     # ------------------------------------------------------------------ offloaded frames
     def _on_segment(self, link: Link, payload: memoryview, now: float) -> None:

@@ -16,7 +16,9 @@ For a frame too big for a datagram of ``datagram`` bytes:
   whose TCP segments still fit a relayed super-frame's piece; a relayed piece of one
   (KIND_VNET_SEG, S D A) too big for this hop is answered with ICMP built from the
   segment it carries (``relayseg.piece_too_big``), so that its sender lowers its MSS
-  instead of a relay sleeve-fragmenting every piece for the life of the flow;
+  instead of a relay sleeve-fragmenting every piece for the life of the flow (the
+  reply speaks for the far host's MAC: its receiver delivers it without learning that
+  MAC, ``icmp.is_too_big``);
 - anything else (broadcasts, ICMP errors, garbage, frames flooded down a broadcast
   tree): dropped; never a bogus ICMP.
 """
