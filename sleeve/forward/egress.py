@@ -252,8 +252,7 @@ class Egress:
         return dg.encode_record(kind, frame, src=self.me, dst=dst, hops=dg.MAX_HOPS,
                                 auth=auth)
 
-    def tell_caps(self, peer: bytes, now: float, asked: bool = False,
-                  via: Link | None = None) -> None:
+    def tell_caps(self, peer: bytes, now: float, via: Link | None = None) -> None:
         """Our caps record for ``peer`` (relayed traffic flows between us) when due: it
         says we join relayed segment sets (when our port takes super-frames) and echoes
         ``peer``'s last record, proving ``peer``'s way to us (``forward.relayseg``)."""
@@ -264,7 +263,7 @@ class Egress:
             via = self.towards(peer)
             if via is None:
                 return
-        if not caps.due(peer, now, via.peer, asked):
+        if not caps.due(peer, now, via.peer):
             return
         payload, rid = caps.record(peer, via.peer, now)
         rec = self.relayed_record(peer, payload, relayseg.KIND_CAPS)
@@ -280,7 +279,7 @@ class Egress:
             return
         bits, rid, echo = got
         self.caps.learn(src, bits, rid, echo, now)
-        self.tell_caps(src, now, asked=bits & relayseg.CAP_ASK != 0)
+        self.tell_caps(src, now)
 
     def broadcast_record(self, frame: bytes | memoryview) -> bytes:
         """Our frame down our broadcast tree, signed: receivers further down the tree

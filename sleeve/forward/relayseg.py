@@ -73,7 +73,7 @@ CAPS = struct.Struct("!III")  # bits, our record's id, the echo of theirs
 CAP_SETS: Final = 1  # we join relayed KIND_VNET_SEG records addressed to us
 CAP_ASK: Final = 2  # we have no proof of our way to you: answer now
 CAPS_EVERY: Final = 10.0  # s between our caps records to one peer
-ASK_GAP: Final = 1.0  # s between records to one peer at least, even when asked
+ASK_GAP: Final = 1.0  # s between our records to one peer at least, even when asked
 TOLD_KEEP: Final = 4  # our record ids (and the hop each went by) kept per peer for echoes
 CAPS_TTL: Final = 35.0  # s a peer's caps are believed without a fresh record (> 3 x EVERY)
 MAX_PEERS: Final = 256  # peers with caps or relayed segment sets kept at once; oldest first out
@@ -174,14 +174,21 @@ class PeerCaps:
         told = self._told.get(peer)
         return told is not None and now - told[0] < ASK_GAP
 
-    def due(self, peer: bytes, now: float, hop: bytes, asked: bool) -> bool:
+    def due(self, peer: bytes, now: float, hop: bytes) -> bool:
         """Our record to ``peer`` through ``hop`` is due: ``CAPS_EVERY`` passed, or
-        ``ASK_GAP`` and it asked or our next hop changed."""
+        ``ASK_GAP`` and our next hop changed or ``peer`` asked since our last record (an
+        ask that came while we were quiet is answered with the next chance)."""
         told = self._told.get(peer)
         if told is None:
             return True
         gap = now - told[0]
-        return gap >= CAPS_EVERY or (gap >= ASK_GAP and (asked or told[1] != hop))
+        if gap >= CAPS_EVERY:
+            return True
+        if gap < ASK_GAP:
+            return False
+        got = self._heard.get(peer)
+        return told[1] != hop or (got is not None and got[0] & CAP_ASK != 0
+                                  and got[1] >= told[0])
 
     def record(self, peer: bytes, hop: bytes, now: float) -> tuple[bytes, int]:
         """(our next record's payload for ``peer`` through ``hop``, its id); ``told``
