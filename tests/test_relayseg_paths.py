@@ -297,3 +297,32 @@ def test_is_too_big_knows_icmp_too_big_and_nothing_else() -> None:
     echo6 = bytes(Ether() / IPv6(src="2001:2::1", dst="2001:2::2") / ICMPv6EchoRequest())
     assert not any(is_too_big(f) for f in (echo, port, echo6, ipv4(True, 100), v4[:20], b"",
                                            v6[:54]))
+
+
+def test_a_new_source_past_the_bound_evicts_the_oldest_and_its_own_set_completes() -> None:
+    async def run() -> None:
+        async with chain() as (a, _pa, r, _pr, c, pc):
+            now = time.monotonic()
+            rs = c.ingress.relayed_sets
+            m = Mesh3()
+            old = _pieces(m, "a", "c", relayable(5000))
+            for i in range(relayseg.MAX_PEERS):
+                rs.for_source(i.to_bytes(8, "big"), now)
+            assert rs.for_source((0).to_bytes(8, "big"), now).add(old[0].payload, now) == []
+            for i in range(1, relayseg.MAX_PEERS):  # source 0 is the least recently used
+                rs.for_source(i.to_bytes(8, "big"), now)
+            raw = relayable(20000, dst=mac(3), src=mac(1))
+            recs = relayseg.cut(raw, 9, MAX_BODY, a.origin, a.id, c.id)
+            assert recs is not None
+            base = len(pc.delivered)
+            link = c.links[r.id]
+            for rec in recs:
+                (parsed,) = dg.iter_records(rec)
+                c.ingress._join_relayed(link, a.id, parsed.payload, now)
+            c.ingress.after_batch()
+            assert list(pc.delivered)[base:] == [raw]  # A's set, whole, despite the eviction
+            assert c.drops["relayed_sets_evicted"] == 1
+            assert c.drops["no_route"] == 1  # source 0's piece, written out: nowhere to learn
+            assert a.id in dict(rs.items())
+
+    asyncio.run(run())

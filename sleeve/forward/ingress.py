@@ -359,7 +359,7 @@ class Ingress:
         rs = self.relayed_sets
         sets = rs.for_source(src, now)
         if rs.evicted:  # what arrived of the least recently used source's sets
-            self._write_relayed(rs.expire(now, self.drops)[0], now)
+            self._write_relayed(rs.take_evicted(), now)
         writes = sets.add(payload, now)  # the body is not reused: views may be kept
         for hdr, frame in writes:
             self._deliver_offloaded(link, src, hdr, frame, now)

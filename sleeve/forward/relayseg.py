@@ -250,7 +250,7 @@ class RelayedSets:
         """(what to write: sets left incomplete, and evicted sources' sets; True while
         some are still pending), drops counted in ``drops``. A source with no set under
         way is let go (a straggler of its last set then waits in a set of its own)."""
-        out, self.evicted = self.evicted, []
+        out = self.take_evicted()
         pending = False
         for src, sets in list(self._by_src.items()):
             if sets:
@@ -261,6 +261,11 @@ class RelayedSets:
             else:
                 del self._by_src[src]
         return out, pending
+
+    def take_evicted(self) -> list[tuple[bytes, superframe.Write]]:
+        """What arrived of evicted sources' sets, to write (once)."""
+        out, self.evicted = self.evicted, []
+        return out
 
     def items(self) -> list[tuple[bytes, superframe.SegmentSets]]:
         return list(self._by_src.items())
