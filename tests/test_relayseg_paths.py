@@ -76,12 +76,13 @@ def test_caps_are_due_every_so_often_at_once_when_asked_or_the_hop_changed() -> 
     t.record(p, R2_HOP, 0.0)
     assert t.due(p, 0.0, R2_HOP) and not t.quiet(p, 0.0)
     t.told(p, 1, R2_HOP, 0.0)
-    assert t.quiet(p, 0.5) and not t.quiet(p, relayseg.ASK_GAP)
+    assert t.quiet(p, relayseg.ASK_GAP / 2) and not t.quiet(p, relayseg.ASK_GAP)
     assert not t.due(p, 2.0, R2_HOP) and t.due(p, 2.0, R4_HOP)  # a new hop: at once
     assert t.due(p, relayseg.CAPS_EVERY, R2_HOP)
     # p asks while we are quiet: answered with the next chance after ASK_GAP, once
-    t.learn(p, relayseg.CAP_SETS | relayseg.CAP_ASK, 7, 1, 0.5)
-    assert not t.due(p, 0.9, R2_HOP) and t.due(p, 2.0, R2_HOP)
+    gap = relayseg.ASK_GAP
+    t.learn(p, relayseg.CAP_SETS | relayseg.CAP_ASK, 7, 1, gap / 4)
+    assert not t.due(p, gap / 2, R2_HOP) and t.due(p, 2.0, R2_HOP)
     t.told(p, 2, R2_HOP, 2.0)
     assert not t.due(p, 3.5, R2_HOP)  # its ask is older than our answer
     t.learn(p, relayseg.CAP_SETS, 8, 2, 3.0)  # p no longer asks

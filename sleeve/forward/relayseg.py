@@ -73,7 +73,8 @@ CAPS = struct.Struct("!III")  # bits, our record's id, the echo of theirs
 CAP_SETS: Final = 1  # we join relayed KIND_VNET_SEG records addressed to us
 CAP_ASK: Final = 2  # we have no proof of our way to you: answer now
 CAPS_EVERY: Final = 10.0  # s between our caps records to one peer
-ASK_GAP: Final = 1.0  # s between our records to one peer at least, even when asked
+ASK_GAP: Final = 0.05  # s between our records to one peer at least, even when asked:
+# short, since an ask that comes while we are quiet waits for our next relayed frame
 TOLD_KEEP: Final = 4  # our record ids (and the hop each went by) kept per peer for echoes
 CAPS_TTL: Final = 35.0  # s a peer's caps are believed without a fresh record (> 3 x EVERY)
 MAX_PEERS: Final = 256  # peers with caps or relayed segment sets kept at once; oldest first out
