@@ -484,11 +484,13 @@ class Node:
             for gone in self.mesh.gc(now):
                 n = self.macs.forget_peer(gone)
                 self.gossip.peer_gone(gone)
+                self.egress.caps.forget((gone,))
                 log.info("peer %s left the mesh; forgot %d MACs", format_peer_id(gone), n)
             self.dialler.discover(self.mesh.topology.peers(), self.mesh.candidates(self.cfg.port))
             renewed = self.mesh.restarted_peers()  # dial them now, no backoff
             if renewed:
                 self.dialler.renewed(renewed, now)
+                self.egress.caps.forget(renewed)  # new keys: caps are proven anew
             self.traversal.start_attempts(now)
             if self.portmap.enabled:
                 self.portmap.tick(now, self._gateway(), self.udp_port)

@@ -10,10 +10,12 @@ passes the pieces on without cutting or re-encoding them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import pathlib
 import tempfile
 import time
+from collections.abc import AsyncIterator
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
@@ -117,52 +119,46 @@ def test_cut_gives_up_where_ordinary_frames_must_go() -> None:
     assert relayseg.cut(relayable(5000), 1, MAX_BODY, m.auth["a"], a, b"\x99" * 8) is None
 
 
-def test_caps_codec_and_table() -> None:
-    assert relayseg.parse_caps(relayseg.caps_payload(relayseg.CAP_SETS)) == relayseg.CAP_SETS
-    assert relayseg.parse_caps(b"\x00\x00\x01") is None
-    t = relayseg.PeerCaps()
-    p = b"p" * 8
-    assert not t.takes_sets(p, 0.0)
-    t.learn(p, 0, 0.0)
-    assert not t.takes_sets(p, 1.0)
-    t.learn(p, relayseg.CAP_SETS, 1.0)
-    assert t.takes_sets(p, 2.0) and not t.takes_sets(p, 1.0 + relayseg.CAPS_TTL)
-    assert t.due(p, 0.0) and not t.due(p, 5.0) and t.due(p, relayseg.CAPS_EVERY)
-    for i in range(relayseg.MAX_PEERS + 10):
-        t.learn(i.to_bytes(8, "big"), 1, 3.0)
-    assert not t.takes_sets(p, 3.0) and len(t._heard) == relayseg.MAX_PEERS
-    sets = relayseg.RelayedSets()
-    for i in range(relayseg.MAX_PEERS + 3):
-        sets.for_source(i.to_bytes(8, "big"))
-    assert len(sets.items()) == relayseg.MAX_PEERS
-
-
 # ---------------------------------------------------------------- three nodes, one process
-def _make(peers: tuple[Target, ...]) -> tuple[Node, MemoryPort]:
+def _make(peers: tuple[Target, ...], kp: KeyPair | None = None) -> tuple[Node, MemoryPort]:
     port = MemoryPort(capacity=8192, vnet=True)
     cfg = Config(psk=PSK, port=0, listen="127.0.0.1", peers=peers, http=None, offload=True,
                  discovery=False,
                  state_dir=pathlib.Path(tempfile.mkdtemp(prefix="sleeve-test-")))
-    return Node(cfg, port, static=KeyPair.generate()), port
+    return Node(cfg, port, static=kp or KeyPair.generate()), port
+
+
+Chain = tuple[Node, MemoryPort, Node, MemoryPort, Node, MemoryPort]
+
+
+@contextlib.asynccontextmanager
+async def chain() -> AsyncIterator[Chain]:
+    """A - R - C running, routes complete: (a, port, r, port, c, port); stopped after."""
+    r, pr = _make(())
+    tr = asyncio.create_task(r.run())
+    await wait_for(lambda: r.udp is not None and r.port is not None)
+    a, pa = _make((Target("127.0.0.1", r.udp_port),))
+    c, pc = _make((Target("127.0.0.1", r.udp_port),))
+    ta, tc = asyncio.create_task(a.run()), asyncio.create_task(c.run())
+    nodes = [(r, pr), (a, pa), (c, pc)]
+    try:
+        await wait_for(lambda: knows_all(nodes) and routes_complete(nodes), 15)
+        yield a, pa, r, pr, c, pc
+    finally:
+        for n in (a, c, r):
+            n.stop()
+        await asyncio.wait_for(asyncio.gather(ta, tc, tr), 10)
 
 
 def test_super_frames_cross_a_relay_whole() -> None:
     async def run() -> None:
-        r, pr = _make(())
-        tr = asyncio.create_task(r.run())
-        await wait_for(lambda: r.udp is not None and r.port is not None)
-        a, pa = _make((Target("127.0.0.1", r.udp_port),))
-        c, pc = _make((Target("127.0.0.1", r.udp_port),))
-        ta, tc = asyncio.create_task(a.run()), asyncio.create_task(c.run())
-        nodes = [(r, pr), (a, pa), (c, pc)]
-        try:
-            await wait_for(lambda: knows_all(nodes) and routes_complete(nodes), 15)
+        async with chain() as (a, pa, r, _pr, c, pc):
             assert a.mesh.routes.next_hop(c.id) == r.id and c.id not in a.links
             z = vnet.ZERO_HDR
             pc.inject(z + frame(BCAST, mac(3), b"arp from c"))  # a learns C's MAC
             await wait_for(lambda: len(pa.delivered) == 1)
             pa.inject(z + frame(mac(3), mac(1), b"hello c"))  # relayed: c answers with caps
-            await wait_for(lambda: a.egress.caps.takes_sets(c.id, time.monotonic()), 5)
+            await wait_for(lambda: a.egress.caps.takes_sets(c.id, time.monotonic(), r.id), 5)
             la = a.links[r.id]
             base = len(pc.delivered)
             sent = [relayable(n, dst=mac(3), src=mac(1)) for n in (20000, 64000, 3000)]
@@ -175,10 +171,6 @@ def test_super_frames_cross_a_relay_whole() -> None:
             assert r.stats["relayed_segments"] == pieces
             bad = {k: v for k, v in c.drops.snapshot().items() if k != "unknown_session"}
             assert bad == {}, bad
-        finally:
-            for n in (a, c, r):
-                n.stop()
-            await asyncio.wait_for(asyncio.gather(ta, tc, tr), 10)
 
     asyncio.run(run())
 
@@ -206,14 +198,14 @@ def test_two_sources_sets_never_mix_and_their_drops_are_counted() -> None:
     got: list[superframe.Write] = []
     assert len(from_a) == len(from_evil) == 4
     for ra, re in zip(from_a[:-1], from_evil[:-1], strict=True):  # interleaved
-        got += rs.for_source(a).add(ra.payload, 0.0)
-        got += rs.for_source(evil).add(re.payload, 0.0)
+        got += rs.for_source(a, 0.0).add(ra.payload, 0.0)
+        got += rs.for_source(evil, 0.0).add(re.payload, 0.0)
     assert got == []
-    got += rs.for_source(evil).add(from_evil[-1].payload, 0.0)
-    got += rs.for_source(a).add(from_a[-1].payload, 0.0)
+    got += rs.for_source(evil, 0.0).add(from_evil[-1].payload, 0.0)
+    got += rs.for_source(a, 0.0).add(from_a[-1].payload, 0.0)
     assert got == [(theirs[:10], theirs[10:]), (mine[:10], mine[10:])]
     drops = Counters()
-    sets = rs.for_source(a)
+    sets = rs.for_source(a, 0.0)
     sets.add(b"short", 0.0)  # a proven but malformed piece
     rs.move_drops(sets, drops)
     assert drops.snapshot() == {"bad_segment": 1} and sets.drops == {}

@@ -30,6 +30,7 @@ from sleeve.forward import relayseg, superframe
 from sleeve.forward.batcher import pack
 from sleeve.forward.oversize import record_source, shrink
 from sleeve.forward.reassembly import fragment
+from sleeve.forward.relayseg import relayed_mtu
 from sleeve.forward.underlay import Underlay
 from sleeve.links.link import Link
 from sleeve.links.table import LinkTable
@@ -51,13 +52,6 @@ STP_PREFIX = b"\x01\x80\xc2\x00\x00"  # IEEE 802.1D link-local group: never forw
 _VNET_HDR_LEN = vnet.HDR_LEN
 _VNET_MIN = vnet.HDR_LEN + 14
 _NEEDS_CSUM = vnet.F_NEEDS_CSUM
-
-
-def relayed_mtu(datagram: int) -> int:
-    """``overlay_mtu`` for a relayed frame: two peer ids, the 24-byte origin tag, and
-    room for a super-frame piece's 16-byte head (``forward.relayseg``), so that TCP
-    clamped to this MSS can go through a relay as whole segment sets."""
-    return overlay_mtu(datagram, 2) - dg.AUTH_MAC_LEN - superframe.SEG_HEAD
 
 
 class Egress:
@@ -163,6 +157,7 @@ class Egress:
                                               else maybe_syn(f)):
                 raw, f = self._clamp(link, raw, f, off, relayed)
             if relayed:
+                self.tell_caps(owner, now, via=link)
                 if off and raw[1] and self._queue_relayed_offloaded(link, owner, raw, now):
                     continue
                 for g in self._finish(raw) if off else (f,):
@@ -195,7 +190,7 @@ class Egress:
         """Queue a super-frame for ``dst`` through ``link`` as a relayed segment set
         (``forward.relayseg``); False when ``dst`` did not tell us it takes them or the
         set does not fit the path (the caller then cuts ordinary frames)."""
-        if not self.vnet or link.over_tcp or not self.caps.takes_sets(dst, now):
+        if not self.vnet or link.over_tcp or not self.caps.takes_sets(dst, now, link.peer):
             return False
         self._relay_set_id = set_id = (self._relay_set_id + 1) & 0xFFFFFFFF
         return self._queue_cut(link, lambda max_body: relayseg.cut(
@@ -257,18 +252,34 @@ class Egress:
         return dg.encode_record(kind, frame, src=self.me, dst=dst, hops=dg.MAX_HOPS,
                                 auth=auth)
 
-    def tell_caps(self, src: bytes, now: float) -> None:
-        """Tell ``src``, whose relayed records reach us, that we join relayed segment
-        sets (when our port takes super-frames), at most every ``CAPS_EVERY`` s."""
-        if not self.vnet or not self.caps.due(src, now):
+    def tell_caps(self, peer: bytes, now: float, via: Link | None = None) -> None:
+        """Our caps record for ``peer`` (relayed traffic flows between us) when due: it
+        says we join relayed segment sets (when our port takes super-frames) and echoes
+        ``peer``'s last record, proving ``peer``'s way to us (``forward.relayseg``)."""
+        caps = self.caps
+        if not self.vnet or caps.quiet(peer, now):
             return
-        via = self.towards(src)
         if via is None:
+            via = self.towards(peer)
+            if via is None:
+                return
+        if not caps.due(peer, now, via.peer):
             return
-        rec = self.relayed_record(src, relayseg.caps_payload(relayseg.CAP_SETS),
-                                  relayseg.KIND_CAPS)
-        if rec is not None:
+        payload, rid = caps.record(peer, via.peer, now)
+        rec = self.relayed_record(peer, payload, relayseg.KIND_CAPS)
+        if rec is not None:  # noted only once it goes: a record never sent proves nothing
+            caps.told(peer, rid, via.peer, now)
             self.queue(via, rec)
+
+    def on_caps(self, src: bytes, payload: memoryview, now: float) -> None:
+        """``src``'s proven caps record: learnt, and answered at once if it asks."""
+        got = relayseg.parse_caps(payload)
+        if got is None:
+            self.drops.inc("bad_caps")
+            return
+        bits, rid, echo = got
+        self.caps.learn(src, bits, rid, echo, now)
+        self.tell_caps(src, now)
 
     def broadcast_record(self, frame: bytes | memoryview) -> bytes:
         """Our frame down our broadcast tree, signed: receivers further down the tree
@@ -339,10 +350,12 @@ class Egress:
     def _too_big(self, link: Link, rec: bytes, datagram: int, max_body: int) -> list[bytes]:
         """Fragment (returned as records) or answer with ICMP; never a silent drop."""
         frags, reply, outcome = shrink(rec, datagram)
-        if reply is None and not frags:
+        if not frags and (reply is None or rec[2] != dg.KIND_FRAME):
             # No ICMP can help (IPv6 below 1280, not IP, a broadcast): carry it in pieces.
+            # A super-frame's piece goes so too: its sender's TCP meets the ICMP (if any)
+            # by lowering its MSS, and would resend the whole segment if it were dropped.
             frags = fragment(rec, link.next_frag_id(), max_body)
-            outcome = "sleeve_fragmented" if frags else outcome
+            outcome = "sleeve_fragmented" if frags and reply is None else outcome
         link.stats.inc(outcome)
         if reply is None:
             return frags

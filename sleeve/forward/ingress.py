@@ -32,14 +32,16 @@ from typing import Any
 
 from sleeve.config import Target
 from sleeve.forward import relayseg, superframe, udpruns
-from sleeve.forward.egress import Egress, relayed_mtu
+from sleeve.forward.egress import Egress
 from sleeve.forward.reassembly import KIND_FRAGMENT
+from sleeve.forward.relayseg import relayed_mtu
 from sleeve.forward.superframe import KIND_VNET, KIND_VNET_SEG, SALVAGE_AFTER
 from sleeve.forward.underlay import GSO_PROOF_ID, Underlay
 from sleeve.links.link import Link
 from sleeve.links.table import LinkTable
 from sleeve.proto import datagram as dg
 from sleeve.proto import mss, vnet
+from sleeve.proto.icmp import is_too_big
 from sleeve.proto.mactable import MacTable
 from sleeve.proto.pmtu import ack_record, overlay_mtu, parse_probe
 from sleeve.proto.stats import Counters
@@ -354,11 +356,14 @@ class Ingress:
 
     def _join_relayed(self, link: Link, src: bytes, payload: memoryview, now: float) -> None:
         """A proven piece from ``src`` into its sets; write what that completes."""
-        sets = self.relayed_sets.for_source(src)
+        rs = self.relayed_sets
+        sets = rs.for_source(src, now)
+        if rs.evicted:  # what arrived of the least recently used source's sets
+            self._write_relayed(rs.take_evicted(), now)
         writes = sets.add(payload, now)  # the body is not reused: views may be kept
         for hdr, frame in writes:
             self._deliver_offloaded(link, src, hdr, frame, now)
-        self.relayed_sets.move_drops(sets, self.drops)
+        rs.move_drops(sets, self.drops)
         self.egress.tell_caps(src, now)
         if not self._salvage_armed and sets:
             self._salvage_armed = True
@@ -384,19 +389,11 @@ class Ingress:
             return None
         return src
 
-
     def _on_caps(self, rec: dg.Record, now: float) -> None:
         """A peer's proven word on what it takes (``forward.relayseg``)."""
         src = self._proven(rec, None, "bad_caps")
-        if src is None:
-            return
-        caps = relayseg.parse_caps(rec.payload)
-        if caps is None:
-            self.drops.inc("bad_caps")
-            return
-        self.egress.caps.learn(src, caps, now)
-
-
+        if src is not None:
+            self.egress.on_caps(src, rec.payload, now)
 
     def _pass_on_broadcast(self, link: Link, src: bytes, rec: dg.Record) -> None:
         children = self.egress.tree_links(src, link.peer)
@@ -449,10 +446,12 @@ class Ingress:
             self.drops.inc("bad_src_mac")
             return False
         refused = self.macs.learn_remote(src, src_peer, now)
-        if refused is not None:
-            self.drops.inc(refused)  # mac_takeover, mac_peer_cap
-            return False
-        return True
+        if refused is None:
+            return True
+        if refused == "mac_takeover" and is_too_big(frame):  # a relay's, from the far
+            return True  # host's MAC (forward.oversize): delivered, and nothing learnt
+        self.drops.inc(refused)  # mac_takeover, mac_peer_cap
+        return False
 
     # ------------------------------------------------------------------ offloaded frames
     def _on_segment(self, link: Link, payload: memoryview, now: float) -> None:
@@ -574,21 +573,17 @@ class Ingress:
 
     def _expire_relayed(self, now: float) -> bool:
         """Write out relayed sets left incomplete; True while some are still pending."""
-        pending = False
-        for src, sets in self.relayed_sets.items():
-            if not sets:
-                continue
-            writes = sets.expire(now)
-            if writes:
-                via = self.egress.towards(src)  # the link the pieces came by, most likely
-                if via is None:
-                    self.drops.inc("no_route", len(writes))
-                else:
-                    for hdr, frame in writes:
-                        self._deliver_offloaded(via, src, hdr, frame, now)
-            self.relayed_sets.move_drops(sets, self.drops)
-            pending = pending or bool(sets)
+        writes, pending = self.relayed_sets.expire(now, self.drops)
+        self._write_relayed(writes, now)
         return pending
+
+    def _write_relayed(self, writes: list[tuple[bytes, superframe.Write]], now: float) -> None:
+        for src, (hdr, frame) in writes:
+            via = self.egress.towards(src)  # the link the pieces came by, most likely
+            if via is None:
+                self.drops.inc("no_route")
+            else:
+                self._deliver_offloaded(via, src, hdr, frame, now)
 
 
 def _count_rx(link: Link, n: int, nbytes: int) -> None:

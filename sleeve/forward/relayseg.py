@@ -30,15 +30,25 @@ Relays pass the record on as it is (only the hop limit goes down), without parsi
 payload: one record in, one record out, and a run of them goes out in one GSO send.
 
 Who takes them: an old router drops kind 5 with flags (``bad_offload_record``) and
-kind 6 as unknown, so a source sends sets only to a destination that said it takes
-them, in a relayed KIND_CAPS record with its own proof (sent when the source's relayed
-frames reach it, at most every ``CAPS_EVERY`` s). That record crossed the relays of the
-way back, so they forward relayed records of new kinds; a path whose relays do not is
-never told, and keeps ordinary frames::
+kind 6 as unknown, so a source sends sets only to a destination whose KIND_CAPS record
+(relayed, with its own proof) echoes a caps record of the source's that arrived through
+the next hop the source uses now. Routes are chosen at each end on its own, so the way
+back may cross other relays than the way there: the destination's own record proves only
+the way back, the echo proves the way there (a relay that drops new kinds drops the
+source's record, and nothing is echoed). A path whose relays drop new kinds is never
+proven, and keeps ordinary frames; a new next hop must be proven again. Each end sends
+its record when its relayed traffic flows (at most every ``CAPS_EVERY`` s), and answers
+a record that asks (flag ASK: no proof of its way yet) at once (at most every
+``ASK_GAP`` s)::
 
     KIND_CAPS payload (a relayed record: flags S, D, A)
     +--------+--------+--------+--------+
-    |      capability bits (BE 32)      |   bit 0: takes relayed segment sets
+    |      capability bits (BE 32)      |   bit 0 SETS: takes relayed segment sets
+    +--------+--------+--------+--------+   bit 1 ASK: answer now (no proof of my way)
+    |   this record's id (BE 32, != 0)  |
+    +--------+--------+--------+--------+
+    |  echo: the id of the last record  |   0: none heard from you within CAPS_TTL
+    |  I heard from you (BE 32)         |
     +--------+--------+--------+--------+
 """
 
@@ -46,34 +56,69 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Final, TypeVar
 
 from sleeve.forward import superframe
 from sleeve.proto import datagram as dg
+from sleeve.proto import vnet
+from sleeve.proto.icmp import too_big_reply
+from sleeve.proto.inet import ETHERTYPE_IPV4, ETHERTYPE_IPV6, FrameError, l2_header
 from sleeve.proto.origin import OriginAuth
+from sleeve.proto.pmtu import overlay_mtu
 from sleeve.proto.stats import Counters
 
 KIND_CAPS: Final = 6
-CAPS = struct.Struct("!I")
+CAPS = struct.Struct("!III")  # bits, our record's id, the echo of theirs
 CAP_SETS: Final = 1  # we join relayed KIND_VNET_SEG records addressed to us
+CAP_ASK: Final = 2  # we have no proof of our way to you: answer now
 CAPS_EVERY: Final = 10.0  # s between our caps records to one peer
+ASK_GAP: Final = 0.05  # s between our records to one peer at least, even when asked:
+# short, since an ask that comes while we are quiet waits for our next relayed frame
+TOLD_KEEP: Final = 4  # our record ids (and the hop each went by) kept per peer for echoes
 CAPS_TTL: Final = 35.0  # s a peer's caps are believed without a fresh record (> 3 x EVERY)
 MAX_PEERS: Final = 256  # peers with caps or relayed segment sets kept at once; oldest first out
 # Bytes a relayed record carries more than a direct one: two peer ids and the proof.
 EXTRA: Final = 2 * dg.PEER_ID_LEN + dg.AUTH_MAC_LEN  # 40
 _FLAGS: Final = dg.MAX_HOPS << dg.HOPS_SHIFT | dg.FLAG_SRC | dg.FLAG_DST | dg.FLAG_AUTH
-_SEG_FLAGS_SET: Final = dg.FLAG_SRC | dg.FLAG_DST | dg.FLAG_AUTH
-_BCAST_BIT: Final = dg.FLAG_BCAST
 _V = TypeVar("_V")
+_IP_LEN = struct.Struct("!H")
+FRAG_LEN: Final = superframe.SEG_HEAD - vnet.HDR_LEN  # set id, index, count
 
 
-def caps_payload(caps: int) -> bytes:
-    return CAPS.pack(caps)
+def relayed_mtu(datagram: int) -> int:
+    """``overlay_mtu`` for a relayed frame: two peer ids, the 24-byte origin tag, and
+    room for a super-frame piece's 16-byte head, so that TCP clamped to this MSS (or
+    lowered to it by our ICMP too-big) can go through a relay as whole segment sets."""
+    return overlay_mtu(datagram, 2) - dg.AUTH_MAC_LEN - superframe.SEG_HEAD
 
 
-def parse_caps(payload: bytes | memoryview) -> int | None:
-    """The capability bits, or None for a payload that is not 4 bytes."""
-    return CAPS.unpack(payload)[0] if len(payload) == CAPS.size else None
+def parse_caps(payload: bytes | memoryview) -> tuple[int, int, int] | None:
+    """(bits, record id, echo), or None for a payload that is not 12 bytes."""
+    if len(payload) != CAPS.size:
+        return None
+    bits, rid, echo = CAPS.unpack(payload)
+    return bits, rid, echo
+
+
+def piece_too_big(payload: bytes | memoryview, mtu: int) -> bytes | None:
+    """The ICMP too-big frame for the TCP segment a relayed piece's payload carries (its
+    headers with the IP length set for this one segment, checksums completed by
+    ``vnet.to_frames``), telling its sender to use at most ``mtu``; None when the piece
+    does not parse or no ICMP fits (``icmp.too_big_reply``)."""
+    if len(payload) < superframe.SEG_HEAD + 14:
+        return None
+    f = bytearray(payload[superframe.SEG_HEAD:])
+    try:
+        l2, ethertype = l2_header(bytes(f[:64]))  # Ethernet and VLAN tags
+        if ethertype == ETHERTYPE_IPV4 and len(f) >= l2 + 20:
+            _IP_LEN.pack_into(f, l2 + 2, len(f) - l2)
+        elif ethertype == ETHERTYPE_IPV6 and len(f) >= l2 + 40:
+            _IP_LEN.pack_into(f, l2 + 4, len(f) - l2 - 40)
+        frames = vnet.to_frames(payload[FRAG_LEN:superframe.SEG_HEAD], bytes(f))
+    except (vnet.VnetError, FrameError, struct.error):
+        return None
+    return too_big_reply(frames[0], mtu) if len(frames) == 1 else None
 
 
 def cut(raw: bytes, set_id: int, max_body: int, origin: OriginAuth, me: bytes,
@@ -98,63 +143,130 @@ def cut(raw: bytes, set_id: int, max_body: int, origin: OriginAuth, me: bytes,
                                                                             strict=True)]
 
 
-def is_relayed_segment(flags: int) -> bool:
-    """A KIND_VNET_SEG record's flags as a relayed piece has them (S, D, A; no B)."""
-    return flags & _SEG_FLAGS_SET == _SEG_FLAGS_SET and not flags & _BCAST_BIT
-
-
 class PeerCaps:
-    """What relayed peers told us they take, and when we last told them (bounded)."""
+    """What relayed peers proved they take, and our caps records to them (bounded).
 
-    __slots__ = ("_heard", "_told")
+    ``_heard``: peer -> (bits, when, the id of its record, the hop our echoed record
+    went by, or None); ``_told``: peer -> (when, hop, {our record id: the hop it went by},
+    the last ``TOLD_KEEP``)."""
+
+    __slots__ = ("_heard", "_last_id", "_told")
 
     def __init__(self) -> None:
-        self._heard: OrderedDict[bytes, tuple[int, float]] = OrderedDict()
-        self._told: OrderedDict[bytes, float] = OrderedDict()
+        self._heard: OrderedDict[bytes, tuple[int, float, int, bytes | None]] = OrderedDict()
+        self._told: OrderedDict[bytes, tuple[float, bytes, dict[int, bytes]]] = OrderedDict()
+        self._last_id = 0
 
-    def learn(self, peer: bytes, caps: int, now: float) -> None:
-        """``peer`` proved (origin tag, fresh counter) that it takes ``caps``."""
-        _put(self._heard, peer, (caps, now))
+    def learn(self, peer: bytes, bits: int, rid: int, echo: int, now: float) -> None:
+        """``peer`` proved (origin tag, fresh counter) its record ``rid`` with ``bits``,
+        echoing our record ``echo``: the way through that record's hop is proven."""
+        told = self._told.get(peer)
+        hop = told[2].get(echo) if told is not None and echo else None
+        _put(self._heard, peer, (bits, now, rid, hop))
 
-    def takes_sets(self, peer: bytes, now: float) -> bool:
+    def takes_sets(self, peer: bytes, now: float, hop: bytes) -> bool:
+        """``peer`` takes sets, and echoed our record that went through ``hop``."""
         got = self._heard.get(peer)
-        return got is not None and got[0] & CAP_SETS != 0 and now - got[1] < CAPS_TTL
+        return (got is not None and got[0] & CAP_SETS != 0 and now - got[1] < CAPS_TTL
+                and got[3] == hop)
 
-    def due(self, peer: bytes, now: float) -> bool:
-        """True (and noted) when our caps record to ``peer`` is due."""
-        last = self._told.get(peer)
-        if last is not None and now - last < CAPS_EVERY:
+    def quiet(self, peer: bytes, now: float) -> bool:
+        """We told ``peer`` within ``ASK_GAP``: nothing to do (the cheap check first)."""
+        told = self._told.get(peer)
+        return told is not None and now - told[0] < ASK_GAP
+
+    def due(self, peer: bytes, now: float, hop: bytes) -> bool:
+        """Our record to ``peer`` through ``hop`` is due: ``CAPS_EVERY`` passed, or
+        ``ASK_GAP`` and our next hop changed or ``peer`` asked since our last record (an
+        ask that came while we were quiet is answered with the next chance)."""
+        told = self._told.get(peer)
+        if told is None:
+            return True
+        gap = now - told[0]
+        if gap >= CAPS_EVERY:
+            return True
+        if gap < ASK_GAP:
             return False
-        _put(self._told, peer, now)
-        return True
+        got = self._heard.get(peer)
+        return told[1] != hop or (got is not None and got[0] & CAP_ASK != 0
+                                  and got[1] >= told[0])
 
-    def forget(self, peer: bytes) -> None:
-        self._heard.pop(peer, None)
-        self._told.pop(peer, None)
+    def record(self, peer: bytes, hop: bytes, now: float) -> tuple[bytes, int]:
+        """(our next record's payload for ``peer`` through ``hop``, its id); ``told``
+        notes it once it went out."""
+        got = self._heard.get(peer)
+        echo = got[2] if got is not None and now - got[1] < CAPS_TTL else 0
+        bits = CAP_SETS if self.takes_sets(peer, now, hop) else CAP_SETS | CAP_ASK
+        rid = self._last_id % 0xFFFFFFFF + 1  # never 0: 0 echoes nothing
+        return CAPS.pack(bits, rid, echo), rid
+
+    def told(self, peer: bytes, rid: int, hop: bytes, now: float) -> None:
+        self._last_id = rid
+        old = self._told.get(peer)
+        ids = {} if old is None else old[2]
+        ids[rid] = hop
+        while len(ids) > TOLD_KEEP:
+            del ids[next(iter(ids))]
+        _put(self._told, peer, (now, hop, ids))
+
+    def forget(self, peers: Iterable[bytes]) -> None:
+        """``peers`` left the mesh or restarted (new keys, new ids): prove them again."""
+        for peer in peers:
+            self._heard.pop(peer, None)
+            self._told.pop(peer, None)
 
 
 class RelayedSets:
     """Segment sets of relayed super-frames, one ``SegmentSets`` per proven source: set
-    ids are the source's own, and sets from two sources never mix (bounded)."""
+    ids are the source's own, and sets from two sources never mix (bounded; the least
+    recently used source goes first, with what arrived of its sets written out)."""
 
-    __slots__ = ("_by_src", "drops")
+    __slots__ = ("_by_src", "drops", "evicted")
 
     def __init__(self) -> None:
         self._by_src: OrderedDict[bytes, superframe.SegmentSets] = OrderedDict()
         self.drops: dict[str, int] = {}  # of sources dropped with their sets; the caller
         # moves these (and each SegmentSets' own) into its drop counters
+        self.evicted: list[tuple[bytes, superframe.Write]] = []  # to write: (src, write)
 
-    def for_source(self, src: bytes) -> superframe.SegmentSets:
+    def for_source(self, src: bytes, now: float) -> superframe.SegmentSets:
         sets = self._by_src.get(src)
-        if sets is None:
-            if len(self._by_src) >= MAX_PEERS:
-                _old, gone = self._by_src.popitem(last=False)
-                self.drops["relayed_sets_evicted"] = (self.drops.get("relayed_sets_evicted", 0)
-                                                      + len(gone))
-                for k, v in gone.drops.items():
-                    self.drops[k] = self.drops.get(k, 0) + v
-            sets = self._by_src[src] = superframe.SegmentSets()
+        if sets is not None:
+            self._by_src.move_to_end(src)
+            return sets
+        if len(self._by_src) >= MAX_PEERS:
+            old, gone = self._by_src.popitem(last=False)
+            n = len(gone)
+            if n:
+                self.drops["relayed_sets_evicted"] = self.drops.get("relayed_sets_evicted",
+                                                                    0) + n
+            self.evicted += [(old, w) for w in gone.expire(now, 0.0)]
+            for k, v in gone.drops.items():
+                self.drops[k] = self.drops.get(k, 0) + v
+        sets = self._by_src[src] = superframe.SegmentSets()
         return sets
+
+    def expire(self, now: float, drops: Counters,
+               ) -> tuple[list[tuple[bytes, superframe.Write]], bool]:
+        """(what to write: sets left incomplete, and evicted sources' sets; True while
+        some are still pending), drops counted in ``drops``. A source with no set under
+        way is let go (a straggler of its last set then waits in a set of its own)."""
+        out = self.take_evicted()
+        pending = False
+        for src, sets in list(self._by_src.items()):
+            if sets:
+                out += [(src, w) for w in sets.expire(now)]
+            self.move_drops(sets, drops)
+            if sets:
+                pending = True
+            else:
+                del self._by_src[src]
+        return out, pending
+
+    def take_evicted(self) -> list[tuple[bytes, superframe.Write]]:
+        """What arrived of evicted sources' sets, to write (once)."""
+        out, self.evicted = self.evicted, []
+        return out
 
     def items(self) -> list[tuple[bytes, superframe.SegmentSets]]:
         return list(self._by_src.items())
@@ -166,10 +278,6 @@ class RelayedSets:
                 for k, v in d.items():
                     drops.inc(k, v)
                 d.clear()
-
-    def pending(self) -> int:
-        """Sets in progress, over all sources."""
-        return sum(len(s) for s in self._by_src.values())
 
 
 def _put(d: OrderedDict[bytes, _V], key: bytes, value: _V) -> None:

@@ -140,3 +140,23 @@ def _icmp6(frame: bytes, off: int, limit: int) -> bytes | None:
     struct.pack_into("!H", icmp, 2, checksum(pseudo + bytes(icmp)))
     hdr = IPV6.pack(6 << 28, len(icmp), PROTO_ICMPV6, REPLY_TTL, ip.dst, ip.src)
     return hdr + bytes(icmp)
+
+
+def is_too_big(frame: bytes | memoryview) -> bool:
+    """``frame`` is an ICMP "fragmentation needed" or ICMPv6 "packet too big" message
+    (as ``too_big_reply`` makes them: the relay that could not carry a frame answers with
+    the far host's MAC and IP, so that the sender's stack matches it to the flow)."""
+    try:
+        b = bytes(frame[:ETH_HLEN + 8 + IPV6_HLEN])
+        l2len, ethertype = l2_header(b)
+    except FrameError:
+        return False
+    if ethertype == ETHERTYPE_IPV4:
+        if len(b) < l2len + IPV4_HLEN or b[l2len + 9] != PROTO_ICMP:
+            return False
+        at = l2len + (b[l2len] & 0x0F) * 4
+        return b[at:at + 2] == bytes((ICMP4_UNREACH, ICMP4_FRAG_NEEDED))
+    if ethertype == ETHERTYPE_IPV6:
+        return len(b) > l2len + IPV6_HLEN and b[l2len + 6] == PROTO_ICMPV6 \
+            and b[l2len + IPV6_HLEN] == ICMP6_PACKET_TOO_BIG
+    return False
