@@ -584,13 +584,11 @@ class Node:
             path, why = "tcp", "over TCP: UDP does not get through"
         else:
             path, why = self.fastdp.link_path(link)
-        return {**link.status(), "path": path, "path_reason": why,
-                "offload": "super-frames" if link.peer_vnet and self.egress.vnet
-                else "per frame"}
+        offload = "super-frames" if link.peer_vnet and self.egress.vnet else "per frame"
+        return {**link.status(), "path": path, "path_reason": why, "offload": offload}
 
 
-class _Stop(Exception):
-    pass
+class _Stop(Exception): ...
 
 
 def _listen_addresses(listen: str) -> tuple[str | None, str | None]:
