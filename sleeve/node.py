@@ -201,7 +201,7 @@ class Node:
                                 else self._port_factory)
             stack.callback(port.close)
             self.egress.port = port
-            self.egress.vnet = self.conns.vnet = port.vnet and self.cfg.offload
+            self.egress.vnet = self.conns.port_opened(port.vnet and self.cfg.offload)
             hwaddr = getattr(port, "hwaddr", None)  # a TAP: it can be a bridge port
             bridge = await self._start_bridge(stack, port, hwaddr)
             await self.fastdp.start(port.name, port.mtu, hwaddr, bridge)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -139,12 +140,27 @@ def test_small_udp_datagrams_reach_the_far_tap_joined_and_intact() -> None:
     super-frames (forward/udpruns.py); the receiving socket gets every datagram once, in
     order, with its payload, and the router counts the joined frames."""
     n = 3000
-    with lab_pair(0, [], []) as (a, b, _ra, rb):
+    with lab_pair(0, [], []) as (a, b, ra, rb):
         recv = b.popen(sys.executable, "-c", _UDP_RECV, B_OV, "5301",
                        stdout=subprocess.PIPE)
         assert recv.stdout is not None
         assert recv.stdout.readline().strip() == b"ready"
-        a.run(sys.executable, "-c", _UDP_SEND, B_OV, "5301", str(n), timeout=60)
+        # Runs form from datagrams that arrive in one read of the underlay. On a quiet
+        # machine b's router keeps up and reads them one at a time, so hold it stopped
+        # while a sends: the datagrams queue in its (forced 4 MB+) socket buffer and are
+        # read in batches, as they are under load. Bounded: a's send takes well under 1 s.
+        # Frames carry their virtio header (and so can be joined) once each side has seen
+        # the other's caps; ARP resolved before b's router stops.
+        for r in (ra, rb):
+            r.wait(lambda st: link_of(st)["offload"] == "super-frames", 15, "caps")
+        a.run("ping", "-c", "1", "-W", "5", B_OV)
+        assert rb.proc is not None
+        rb.proc.send_signal(signal.SIGSTOP)
+        try:
+            a.run(sys.executable, "-c", _UDP_SEND, B_OV, "5301", str(n), timeout=60)
+            time.sleep(0.2)  # a's router has sealed and sent the last of them
+        finally:
+            rb.proc.send_signal(signal.SIGCONT)
         out, _ = recv.communicate(timeout=30)
         got = json.loads(out.decode().strip().splitlines()[-1])
         seen = got["seen"]

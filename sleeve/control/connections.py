@@ -79,9 +79,20 @@ class Connections:
         self.stats = stats
         self.handlers: dict[str, Handler] = {"hb": lambda _link, _m: None}
         self.udp_port = cfg.port  # what our Hello announces (the node sets the bound port)
-        self.vnet = False  # we take offloaded frames (the node sets it once the port is open)
+        self.vnet = False  # we take offloaded frames (set by port_opened)
+        # The listening socket opens before the TAP (a busy port fails first), so an
+        # inbound connection can arrive before we know whether we take offloaded frames.
+        # Its Hello waits for the port: a Hello sent early said "no offloads" for the life
+        # of the link (the link stayed per frame; found by test_lab_offload).
+        self._port_open = asyncio.Event()
         self.stopping = False
         self.admission = Admission()  # inbound handshakes: per-source and global limits
+
+    def port_opened(self, vnet: bool) -> bool:
+        """The node's port is open; ``vnet``: it takes offloaded frames. Returns ``vnet``."""
+        self.vnet = vnet
+        self._port_open.set()
+        return vnet
 
     @property
     def handshaking(self) -> int:
@@ -119,6 +130,15 @@ class Connections:
             writer.close()
             return
         try:
+            if not self._port_open.is_set():
+                try:
+                    async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                        await self._port_open.wait()
+                except TimeoutError:
+                    self.admission.done(source)
+                    self.drops.inc("conn_before_port")
+                    writer.close()
+                    return
             await self.run(reader, writer, False, None, admitted=source)
         except asyncio.CancelledError:
             # Shutdown cancels the stream callbacks asyncio runs for accepted connections;
