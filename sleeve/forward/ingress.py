@@ -445,11 +445,17 @@ class Ingress:
         if src[0] & 1:
             self.drops.inc("bad_src_mac")
             return False
+        if self.macs.refresh(src, src_peer, now):
+            return True
+        # Only a frame that would teach or move the MAC pays for this check. A relay's
+        # ICMP "too big" carries the far host's MAC (forward.oversize): delivered, and
+        # nothing learnt, also once the far host's own entry is past its hold (learning
+        # it would move the far host's MAC to the relay until the host spoke again).
+        if is_too_big(frame):
+            return True
         refused = self.macs.learn_remote(src, src_peer, now)
         if refused is None:
             return True
-        if refused == "mac_takeover" and is_too_big(frame):  # a relay's, from the far
-            return True  # host's MAC (forward.oversize): delivered, and nothing learnt
         self.drops.inc(refused)  # mac_takeover, mac_peer_cap
         return False
 

@@ -109,6 +109,16 @@ class MacTable:
         self._insert(mac, LOCAL, now)
         return True
 
+    def refresh(self, mac: bytes, peer: bytes, now: float) -> bool:
+        """Whether ``mac`` is live and ``peer``'s already (then refreshed): the common
+        case of ``learn_remote``, answered without changing anything else."""
+        e = self._t.get(mac)
+        if e is None or e.owner != peer or now - e.seen > self.max_age:
+            return False
+        if now - e.seen > self._refresh:
+            e.seen = now
+        return True
+
     def learn_remote(self, mac: bytes, peer: bytes, now: float) -> str | None:
         """Learn ``mac`` as ``peer``'s from its authenticated frame.
 
