@@ -52,6 +52,7 @@ STP_PREFIX = b"\x01\x80\xc2\x00\x00"  # IEEE 802.1D link-local group: never forw
 _VNET_HDR_LEN = vnet.HDR_LEN
 _VNET_MIN = vnet.HDR_LEN + 14
 _NEEDS_CSUM = vnet.F_NEEDS_CSUM
+_LONE_OVERHEAD = dg.DATAGRAM_OVERHEAD  # a frame record alone in one datagram
 
 
 class Egress:
@@ -82,13 +83,67 @@ class Egress:
         port = self.port
         assert port is not None
         try:
-            frames = port.read_batch(BATCH)
+            # One frame first: a lone one (a ping, a request) goes out before the read
+            # that ends the batch (EAGAIN), off the round trip's critical path (``_lone``).
+            frames = port.read_batch(1)
+            if not frames:
+                return
+            if self._lone(frames[0], port.vnet):
+                frames = port.read_batch(BATCH - 1)
+                if not frames:
+                    return
+            else:
+                frames += port.read_batch(BATCH - 1)
         except OSError as e:
             self.drops.inc("port_read_error")
             log.warning("reading %s failed: %s", port.name, e)
             return
-        if not frames:
-            return
+        self._classify(frames)
+
+    def _lone(self, raw: bytes, vnet_on: bool) -> bool:
+        """Seal and send the batch's first frame at once if it takes the short path.
+
+        The short path: a finished frame (no offload work) to a unicast MAC whose peer
+        has a usable direct UDP link with nothing queued, not a TCP SYN (MSS clamping),
+        fitting one datagram. It is the per-frame path below cut to what such a frame
+        needs, so that a router woken cold by a lone frame runs (and fetches) less code
+        before its ``sendto``. False leaves the frame to ``_classify``, which counts
+        whatever it drops (a MAC conflict, a runt) as before.
+        """
+        if vnet_on:
+            if raw[0] & _NEEDS_CSUM or raw[1] or len(raw) < _VNET_MIN:  # unfinished, a runt
+                return False
+            f = raw[_VNET_HDR_LEN:]
+        else:
+            f = raw
+            if len(f) < 14:
+                return False
+        if f[0] & 1:
+            return False
+        now = time.monotonic()
+        macs = self.macs
+        owner = macs.lookup(f[0:6], now)
+        if owner is None or owner == LOCAL:
+            return False
+        link = self.links.links.get(owner)
+        if (link is None or not link.usable or link.over_tcp or link.pending
+                or len(f) + _LONE_OVERHEAD > link.pmtu.current):
+            return False
+        if self.clamp_mss and len(f) >= 58 and (
+                f[23] == 6 and f[47] & 2 if f[14] == 0x45 else mss.maybe_syn(f)):
+            return False
+        if not macs.learn_local(f[6:12], now):
+            return False
+        self.underlay.send(link, dg.frame_record(f))
+        c = self.stats.c  # no method calls: the point of this path
+        c["port_rx_frames"] += 1
+        c["tx_lone_frames"] += 1
+        return True
+
+    def _classify(self, frames: list[bytes]) -> None:
+        """Classify, queue and flush a batch of frames read from the port."""
+        port = self.port
+        assert port is not None
         now = time.monotonic()
         me = self.me
         macs = self.macs

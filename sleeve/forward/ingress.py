@@ -76,6 +76,7 @@ class Ingress:
         self.origin = egress.origin
         self._salvage_armed = False
         self._delivered = False  # frames written to the port in this event (see after_batch)
+        self._first = True  # no datagram handled yet in this read batch (see on_datagram)
         self.clamp_mss = True  # lower SYNs' MSS to the path they came by (--no-clamp-mss)
         # Small UDP frames of one flow written as one USO super-frame (forward.udpruns);
         # off for good if our kernel refuses one (the frames then go one by one).
@@ -93,6 +94,10 @@ class Ingress:
         without a round through epoll and the wake-up of a cold interpreter, a large
         part of a Python router's latency (see bench/results/perf-notes.md).
         """
+        self._answers()
+        self._first = True  # the next read starts a batch
+
+    def _answers(self) -> None:
         self.egress.flush_touched()  # relayed records, one aggregation per batch
         if self._runs:
             self._write_run()
@@ -109,6 +114,7 @@ class Ingress:
         nearly every datagram of a bulk flow) goes straight to its segment set.
         Returns how many datagrams the read held.
         """
+        self._first = False
         now = time.monotonic()
         me = self.me
         open_ = self._open
@@ -158,12 +164,27 @@ class Ingress:
     def on_datagram(self, data: bytes, addr: tuple[Any, ...]) -> None:
         link, body = self._open(data)
         if link is None or body is None:
+            self._first = False
             return
         # Authenticated and fresh: only now may the datagram teach us anything.
         now = time.monotonic()
         _count_rx(link, 1, len(data))
         self._heard(link, addr, now)
-        self._body(link, body, len(data), now)
+        n = len(body)
+        # One frame sent directly by the link's peer (a ping, a request, an ACK): to the
+        # port without on_body's record loop; anything else takes the general path.
+        if (n > _REC_LEN and body[2] == _KIND_FRAME and not body[3]
+                and (body[0] << 8 | body[1]) + _REC_LEN == n and link.peer != self.me):
+            self._deliver(link, link.peer, memoryview(body)[_REC_LEN:], now)
+        else:
+            self._body(link, body, len(data), now)
+        if self._first:
+            self._first = False
+            if self._delivered:
+                # The batch's first datagram wrote a frame: its answer (an echo reply)
+                # is read and sent now, before the read that ends the batch (EAGAIN),
+                # which would otherwise sit on the round trip's critical path.
+                self._answers()
 
     def _body(self, link: Link, body: bytes, size: int, now: float) -> None:
         """An opened body: one relayed record with its proof takes ``_relayed_body``
