@@ -546,28 +546,8 @@ class Ingress:
         """Write the gathered UDP run: one super-frame, or the frames one by one."""
         got = self._runs.take()
         port = self.egress.port
-        if got is None or port is None:
-            return
-        hdr, frames = got
-        if len(frames) > 1 and self.join_udp:
-            joined_hdr, joined = udpruns.join(frames)
-            before = port.tx_dropped
-            port.write_vnet(joined_hdr, joined)
-            if port.tx_dropped == before:
-                self.stats.inc("rx_udp_joined", len(frames))
-                self.stats.inc("rx_udp_joined_writes")
-                return
-            port.tx_dropped = before  # not lost: written again below, one by one
-            single = port.tx_dropped
-            for f in frames:
-                port.write_vnet(hdr, f)
-            if port.tx_dropped == single:  # the port takes frames but not the join
-                self.join_udp = False
-                log.warning("the TAP refused a UDP super-frame (GSO_UDP_L4): small UDP "
-                            "frames are written one by one from now on")
-            return
-        for f in frames:
-            port.write_vnet(hdr, f)
+        if got is not None and port is not None:
+            self.join_udp = udpruns.write(port, got[0], got[1], self.join_udp, self.stats)
 
     # ------------------------------------------------------------------ link upkeep
     def _on_probe(self, link: Link, rec: dg.Record, size: int, now: float) -> None:

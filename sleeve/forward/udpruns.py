@@ -31,9 +31,14 @@ The run key is Ethernet header + TOS + flags/TTL/protocol + addresses + ports.
 
 from __future__ import annotations
 
+import logging
 from typing import Final
 
+from sleeve.capture.base import Port
 from sleeve.proto import vnet
+from sleeve.proto.stats import Counters
+
+log = logging.getLogger("sleeve")
 
 ETH: Final = 14
 IP_END: Final = 34  # Ethernet + IPv4 without options
@@ -127,3 +132,30 @@ class UdpRuns:
         if not frames:
             return None
         return self._hdr, frames
+
+
+def write(port: Port, hdr: bytes | memoryview, frames: list[bytes | memoryview],
+          joining: bool, stats: Counters) -> bool:
+    """Write a gathered run (``hdr`` is its frames' virtio header) to ``port``: joined
+    into one super-frame when ``joining`` and there are several, else one by one.
+    Returns whether to keep joining: False once the port took the frames but not the
+    join."""
+    if len(frames) > 1 and joining:
+        joined_hdr, joined = join(frames)
+        before = port.tx_dropped
+        port.write_vnet(joined_hdr, joined)
+        if port.tx_dropped == before:
+            stats.inc("rx_udp_joined", len(frames))
+            stats.inc("rx_udp_joined_writes")
+            return True
+        port.tx_dropped = before  # not lost: written again below, one by one
+        for f in frames:
+            port.write_vnet(hdr, f)
+        if port.tx_dropped == before:
+            log.warning("the TAP refused a UDP super-frame (GSO_UDP_L4): small UDP "
+                        "frames are written one by one from now on")
+            return False
+        return True
+    for f in frames:
+        port.write_vnet(hdr, f)
+    return joining
