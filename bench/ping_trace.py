@@ -10,6 +10,9 @@ sendto; a: recvmsg -> TAP writev) and the median of each step is printed. Tracin
 costs ~10-20 us per system call, so the traced round trip is longer than the untraced
 one; the steps between system calls (Python) are what it is for.
 
+``--pieces`` times the lone-frame egress path's pieces (read, MAC lookup, link checks,
+learn, frame record, seal, sendto, the EAGAIN read) one by one on a cold CPU, no lab.
+
 ``--cold`` instead times, without a lab, the Python of one frame's whole path (classify,
 pack, seal, open) back to back and after 10 ms asleep: the cost of a lone packet on a
 cold CPU, which is what an idle router pays per ping.
@@ -37,12 +40,12 @@ CHAIN = (("a", "sendto", "134", "a_send"), ("b", "recvmsg", "134", "b_recv"),
          ("b", "sendto", "134", "b_send"), ("a", "recvmsg", "134", "a_recv"),
          ("a", "writev", "108", "a_write"))
 STEPS = (
-    ("a: TAP read -> sendto (classify, seal; + the EAGAIN read)", "a_read", "a_send"),
+    ("a: TAP read -> sendto (classify, seal)", "a_read", "a_send"),
     ("a: sendto (kernel path up to b's socket)", "a_send", "a_send_end"),
     ("wake b", "a_send_end", "b_recv"),
     ("b: recvmsg end -> TAP writev (open, deliver)", "b_recv_end", "b_write"),
     ("b: TAP writev (the echo reply is made inside)", "b_write", "b_write_end"),
-    ("b: writev end -> TAP read (+ the EAGAIN recvmsg)", "b_write_end", "b_read"),
+    ("b: writev end -> TAP read", "b_write_end", "b_read"),
     ("b: TAP read -> sendto (classify, seal)", "b_read", "b_send"),
     ("b: sendto", "b_send", "b_send_end"),
     ("wake a", "b_send_end", "a_recv"),
@@ -161,12 +164,91 @@ def cold() -> list[str]:
     return lines
 
 
+def pieces(rounds: int = 300) -> list[str]:
+    """The lone-frame egress path (``Egress._lone``) cut into its pieces, each timed on a
+    cold CPU: a 6 MB write (other work evicting the caches) and 5 ms asleep before each
+    round, as a router woken by one ping every 10 ms meets it. A floor for one Python
+    step of a ping: whatever the code around it, these calls remain."""
+    import os
+    import socket
+
+    from sleeve.links.fake import fake_link
+    from sleeve.proto import datagram as dg
+    from sleeve.proto.mactable import MacTable
+
+    pc = time.perf_counter_ns
+    link = fake_link(b"\x09" * 8)
+    link.usable = True
+    links = {link.peer: link}
+    macs = MacTable()
+    dst, src = bytes.fromhex("020000000002"), bytes.fromhex("020000000001")
+    macs.learn_remote(dst, link.peer, time.monotonic())
+    frame = dst + src + b"\x08\x00" + bytes(84)
+    tx, rx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    junk = [bytearray(1 << 20) for _ in range(6)]
+    names = ("read", "MAC lookup", "link checks", "learn source MAC", "frame record", "seal",
+             "sendto", "EAGAIN read")
+    took: dict[str, list[int]] = {n: [] for n in names}
+    try:
+        for _ in range(rounds):
+            os.write(w, frame)
+            for j in junk:
+                j[::64] = bytes(len(j) // 64)
+            time.sleep(0.005)
+            t = [pc()]
+            raw = os.read(r, 2000)
+            t.append(pc())
+            now = time.monotonic()
+            owner = macs.lookup(raw[0:6], now)
+            t.append(pc())
+            lk = links[owner] if owner is not None else link
+            assert lk.usable and not lk.over_tcp and not lk.pending
+            assert len(raw) + dg.DATAGRAM_OVERHEAD <= lk.pmtu.current
+            t.append(pc())
+            macs.learn_local(raw[6:12], now)
+            t.append(pc())
+            body = dg.frame_record(raw)
+            t.append(pc())
+            data = lk.session.seal(body)
+            t.append(pc())
+            tx.send(data)
+            t.append(pc())
+            try:
+                os.read(r, 2000)
+            except BlockingIOError:
+                pass
+            t.append(pc())
+            rx.recv(2000)
+            for i, n in enumerate(names):
+                took[n].append(t[i + 1] - t[i])
+    finally:
+        for fd in (r, w):
+            os.close(fd)
+        tx.close()
+        rx.close()
+    lines, total = [], 0.0
+    for n in names:
+        v = sorted(took[n])
+        total += v[len(v) // 2] / 1000
+        lines.append(f"{n:18s} cold median {v[len(v) // 2] / 1000:6.1f} us, "
+                     f"p75 {v[3 * len(v) // 4] / 1000:6.1f} us")
+    lines.append(f"sum of medians {total:.1f} us")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m bench.ping_trace",
                                 description=(__doc__ or "").split("\n")[0])
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("/tmp/sleeve-ping-trace"))
     p.add_argument("--cold", action="store_true", help="the cold-CPU timing only (no lab)")
+    p.add_argument("--pieces", action="store_true",
+                   help="the lone-frame egress path's pieces, each timed cold (no lab)")
     args = p.parse_args(argv)
+    if args.pieces:
+        print("\n".join(pieces()))
+        return 0
     if args.cold:
         print("\n".join(cold()))
         return 0

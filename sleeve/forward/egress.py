@@ -14,6 +14,11 @@ Pipeline, per readiness event on the port:
    when UDP does not get through; a record too big for the path is fragmented (IPv4
    without DF), answered with ICMP too-big, or carried as sleeve fragments.
 
+A lone frame goes first (``_lone``): the batch's first frame, when it is a finished
+unicast frame for a usable direct UDP link with nothing queued, is sealed and sent before
+the read that ends the batch (EAGAIN), on a short path that touches little code (a router
+woken by one frame runs cold: the less it runs before ``sendto``, the shorter a round trip).
+
 Ingress queues relayed records here too, so one aggregation serves both. Per tick:
 UDP heartbeats, the route MTU as the PMTU search's limit, PMTU probes and GSO proofs
 for every link.

@@ -18,7 +18,8 @@ Pipeline, per datagram the underlay read (one UDP GRO run counts per datagram):
    records (virtio header + super-frame pieces) join their segment sets and are
    written whole; heartbeats and PMTU probes are answered;
 3. after the batch: relayed records are flushed through egress, and the port is
-   read at once for the answers our kernel queued while we wrote (``after_batch``).
+   read at once for the answers our kernel queued while we wrote (``after_batch``);
+   when the batch's first datagram wrote a frame (a ping), before the next read.
 
 Untrusted input is counted in ``drops`` with a reason and never raises.
 """
