@@ -41,11 +41,11 @@ EXTRA = {
 
 
 def run_once(tree: pathlib.Path, tests: str, seconds: float, out: pathlib.Path,
-             subject: str) -> dict[str, Any]:
+             subject: str, ping_count: int = 200) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     cmd = [sys.executable, "-m", "bench.e2e", "--subjects", subject, "--tests", tests,
            "--seconds", str(seconds), "--out", str(out), "--no-latest",
-           "--profile-seconds", "0"]
+           "--profile-seconds", "0", "--ping-count", str(ping_count)]
     # Run from the tree itself: ``-m`` puts the working directory first on sys.path, and
     # the routers (``python3 -m sleeve`` in the lab hosts) inherit it. Both trees must
     # have the bench (any checkout since the bench landed does).
@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--tests", default="tcp1,udp64")
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--subject", default="sleeve")
+    ap.add_argument("--ping-count", type=int, default=200, help="pings 10 ms apart (200)")
     ap.add_argument("--report", type=pathlib.Path, required=True, help="markdown file to write")
     args = ap.parse_args()
     if args.repeats < 1 or args.repeats > 20:
@@ -100,23 +101,30 @@ def main() -> None:
             for name in ("A", "B"):
                 t0 = time.monotonic()
                 runs[name].append(run_once(trees[name], args.tests, args.seconds, out,
-                                           args.subject))
+                                           args.subject, args.ping_count))
                 order.append(name)
                 print(f"run {i + 1}/{args.repeats} {name}: {time.monotonic() - t0:.0f} s",
                       flush=True)
     lines = [f"# A/B: {args.subject}, {args.repeats} interleaved repeats, {args.seconds} s each",
              "", f"- A: `{trees['A']}`", f"- B: `{trees['B']}`",
              f"- order: {' '.join(order)}", "",
-             "| test | unit | A median (min..max) | B median (min..max) | B/A |",
-             "| --- | --- | --- | --- | --- |"]
+             "B/A is the ratio of the medians; per pair, the median (min..max) of B_i / A_i over"
+             " the interleaved pairs (robust to the machine's load drifting during the series).",
+             "",
+             "| test | unit | A median (min..max) | B median (min..max) | B/A | B/A per pair |",
+             "| --- | --- | --- | --- | --- | --- |"]
     rows = tests + [k for k, v in EXTRA.items() if v[0] in tests]
     for t in rows:
         a, b = summary(runs["A"], t), summary(runs["B"], t)
         if not a or not b:
             continue
         ma, mb = statistics.median(a), statistics.median(b)
+        pairs = [y[0] / x[0] for ra, rb in zip(runs["A"], runs["B"], strict=True)
+                 if (x := summary([ra], t)) and (y := summary([rb], t)) and x[0]]
+        per_pair = (f"{statistics.median(pairs):.3f} ({min(pairs):.3f}..{max(pairs):.3f})"
+                    if pairs else "-")
         lines.append(f"| {t} | {unit(t)} | {ma:.3f} ({min(a):.3f}..{max(a):.3f}) | "
-                     f"{mb:.3f} ({min(b):.3f}..{max(b):.3f}) | {mb / ma:.3f} |")
+                     f"{mb:.3f} ({min(b):.3f}..{max(b):.3f}) | {mb / ma:.3f} | {per_pair} |")
     lines += ["", f"Load average before / after: {load0} / {_loadavg()}", "",
               "Raw per-run values:", ""]
     for t in rows:
