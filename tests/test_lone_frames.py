@@ -208,3 +208,28 @@ def test_a_body_of_several_records_takes_the_general_path() -> None:
     bad = r.link.session.seal(dg.frame_record(a)[:-1])
     r.ingress.on_datagram(bad, ADDR)
     assert r.drops["truncated_record"] == 1
+
+
+def test_a_raw_socket_ports_own_outgoing_frames_do_not_end_a_read_of_one() -> None:
+    """pcap mode on a kernel without PACKET_IGNORE_OUTGOING: our own written frame comes
+    back first as outgoing; egress's read of one frame must still return the next one."""
+    from sleeve.capture import afpacket
+
+    class Sock:
+        def __init__(self, queue: list[tuple[bytes, int]]) -> None:
+            self.queue = queue
+
+        def recvfrom(self, n: int) -> tuple[bytes, tuple[str, int, int]]:
+            if not self.queue:
+                raise BlockingIOError
+            data, kind = self.queue.pop(0)
+            return data, ("veth0", 3, kind)
+
+    port = afpacket.AfPacketPort.__new__(afpacket.AfPacketPort)
+    port._s = Sock([(b"ours", afpacket.PACKET_OUTGOING), (b"echo", 0),  # type: ignore[assignment]
+                    (b"more", 0)])
+    assert port.read_batch(1) == [b"echo"]
+    assert port.read_batch(63) == [b"more"]
+    port._s = Sock([(b"ours", afpacket.PACKET_OUTGOING)] * 500)  # type: ignore[assignment]
+    assert port.read_batch(1) == []  # bounded: max_frames + BATCH reads at most
+    assert len(port._s.queue) == 500 - 65  # type: ignore[attr-defined]

@@ -65,7 +65,10 @@ class AfPacketPort:
     def read_batch(self, max_frames: int = BATCH) -> list[bytes]:
         out: list[bytes] = []
         recv = self._s.recvfrom
-        for _ in range(max_frames):
+        # Our own frames seen again (kernels without PACKET_IGNORE_OUTGOING) do not count
+        # towards ``max_frames``: a read of one (egress's lone frame) must not come back
+        # empty while a frame waits behind one. Bounded all the same.
+        for _ in range(max_frames + BATCH):
             try:
                 data, addr = recv(READ_SIZE)
             except BlockingIOError:
@@ -73,6 +76,8 @@ class AfPacketPort:
             if addr[2] == PACKET_OUTGOING:
                 continue
             out.append(data)
+            if len(out) >= max_frames:
+                break
         return out
 
     def write(self, frame: bytes | memoryview) -> None:
