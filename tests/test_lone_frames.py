@@ -233,3 +233,25 @@ def test_a_raw_socket_ports_own_outgoing_frames_do_not_end_a_read_of_one() -> No
     port._s = Sock([(b"ours", afpacket.PACKET_OUTGOING)] * 500)  # type: ignore[assignment]
     assert port.read_batch(1) == []  # bounded: max_frames + BATCH reads at most
     assert len(port._s.queue) == 500 - 65  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------ review of the merge
+def test_a_vnet_runt_is_counted_not_raised() -> None:
+    """A read shorter than the virtio header is a runt (as _classify counts it)."""
+    for raw in (b"", b"\x00"):
+        r = Rig()
+        r.port.vnet = True
+        r.port.inject(raw)
+        r.egress.on_port_readable()
+        assert r.drops["runt"] == 1
+
+
+def test_a_self_addressed_frame_of_a_moved_mac_is_not_sent_to_the_old_owner() -> None:
+    """The short path looked the destination up before learning the source: a host that
+    moved here (its MAC past the hold at a peer) sending to itself went to that peer."""
+    r = Rig()
+    r.macs._t[REMOTE_MAC].seen -= r.macs.hold + 1
+    r.port.inject(icmp_like(REMOTE_MAC, REMOTE_MAC))
+    r.egress.on_port_readable()
+    assert not r.sends, r.sends
+    assert r.drops["local_dst"] == 1

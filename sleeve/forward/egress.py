@@ -116,14 +116,14 @@ class Egress:
         whatever it drops (a MAC conflict, a runt) as before.
         """
         if vnet_on:
-            if raw[0] & _NEEDS_CSUM or raw[1] or len(raw) < _VNET_MIN:  # unfinished, a runt
+            if len(raw) < _VNET_MIN or raw[0] & _NEEDS_CSUM or raw[1]:  # a runt, unfinished
                 return False
             f = raw[_VNET_HDR_LEN:]
         else:
             f = raw
             if len(f) < 14:
                 return False
-        if f[0] & 1:
+        if f[0] & 1 or f[0:6] == f[6:12]:  # multicast; to itself (_classify: local_dst)
             return False
         now = time.monotonic()
         macs = self.macs
