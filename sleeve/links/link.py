@@ -122,7 +122,8 @@ class Link:
         self.next_hb = 0.0
         self.rtt: float | None = None
         self._hb_token = 0
-        self._hb_sent_at = 0.0
+        self.hb_sent_at = 0.0  # our last UDP heartbeat (proto.liveness.heartbeat)
+        self.hb_answered_at = 0.0  # our last answer to the peer's (forward.ingress)
         self.pending: list[bytes] = []  # records waiting for this event's flush
         # UDP GSO for this link (see forward.underlay): proven for (endpoint, datagram size)
         self.gso_ok = False
@@ -232,12 +233,12 @@ class Link:
 
     def heartbeat_record(self, now: float) -> bytes:
         self._hb_token = random.getrandbits(64)
-        self._hb_sent_at = now
+        self.hb_sent_at = now
         return dg.encode_record(dg.KIND_HEARTBEAT, self._hb_token.to_bytes(8, "big") + b"\x00")
 
     def on_heartbeat_reply(self, token: bytes, now: float) -> None:
-        if int.from_bytes(token, "big") == self._hb_token and self._hb_sent_at:
-            self.rtt = now - self._hb_sent_at
+        if int.from_bytes(token, "big") == self._hb_token and self.hb_sent_at:
+            self.rtt = now - self.hb_sent_at
 
     def status(self) -> dict[str, Any]:
         """This link's own view; the parts that know more (path, offload) add to it."""
