@@ -118,6 +118,11 @@ class Link:
         self.virtual = mediator is not None
         self.tcp_heard_at = time.monotonic()  # last control message from the peer
         self.next_tcp_hb = 0.0
+        # control.connections: the kernel watches this TCP connection (keepalive, user
+        # timeout), so control heartbeats are needed only without UDP (proto.liveness)
+        self.tcp_keepalive = False
+        self.hb_asked_at = 0.0  # the peer's last control heartbeat marked "need"
+        self.silenced = False  # links.table closed it: nothing over UDP or TCP for long
         self.usable = False  # state == established, refreshed every tick (hot path reads it)
         self.next_hb = 0.0
         self.rtt: float | None = None

@@ -27,6 +27,15 @@ What a link knows about its two directions, and the decisions made from it::
   asks every ``SUSPECT_PERIOD`` until ``dead_after``, so a lost datagram costs ~1 s of
   doubt, not a round. Dead-link detection (``dead_after`` since the last datagram heard)
   is unchanged.
+- ``control_heartbeat``: whether the control connection needs a heartbeat message. It
+  used to carry one each way every 5 s, so that 20 s of silence (``CONTROL_SILENCE``)
+  meant a dead connection. Where the kernel watches the TCP connection (keepalive and
+  ``TCP_USER_TIMEOUT`` of ``CONTROL_SILENCE``: dead in the same 20 s, with no wake-up of
+  the router) and UDP heartbeats are heard both ways, the messages are waste: a peer
+  that hangs is found by ``CONTROL_SILENCE`` without UDP or TCP. A side that lacks that
+  (UDP not heard for ``HB_GRACE``, not confirmed, data over TCP, a relayed control
+  stream) sends them, marked "need", and its peer answers in kind while it asks, so
+  neither side's silence rule ever sees a quiet connection whose UDP is gone.
 """
 
 from __future__ import annotations
@@ -42,6 +51,9 @@ SLOW_HEARTBEAT = 5.0  # s; also keeps NAT mappings open (UDP timeouts are >= 30 
 HB_GRACE = SLOW_HEARTBEAT + 2.0
 SUSPECT_PERIOD = 1.0  # s between heartbeats while the peer's datagrams are overdue
 RTT_REFRESH = 30.0  # s: a follower's own heartbeat at least this often (status rtt_ms)
+CONTROL_SILENCE = 20.0  # s without a control message or a datagram: the connection is dead
+CONTROL_HEARTBEAT = 5.0  # s between control heartbeats while one is needed
+ANSWER_NEED = 2 * CONTROL_HEARTBEAT  # s we keep answering a peer's "need" heartbeats
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +113,19 @@ def heartbeat(now: float, *, leads: bool, confirmed: bool, heard_at: float, over
         # the leader's heartbeat and our answer carried a datagram each way: ours is waste
         return Heartbeat(False, min(answered_at + HB_GRACE, sent_at + RTT_REFRESH))
     return Heartbeat(True, now + SLOW_HEARTBEAT)
+
+
+@dataclass(frozen=True, slots=True)
+class ControlBeat:
+    send: bool  # a control heartbeat now
+    need: bool  # marked "need": the peer should send its own while we ask
+
+
+def control_heartbeat(now: float, *, kernel_keepalive: bool, heard_at: float,
+                      confirmed: bool, over_tcp: bool, asked_at: float) -> ControlBeat:
+    """The control heartbeat due at ``now`` (see the module doc); ``asked_at``: when the
+    peer last sent one marked "need"."""
+    need = over_tcp or not confirmed or now - heard_at >= HB_GRACE
+    if not kernel_keepalive:
+        return ControlBeat(True, need)
+    return ControlBeat(need or (asked_at > 0 and now - asked_at < ANSWER_NEED), need)
