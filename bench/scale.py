@@ -132,6 +132,22 @@ def profile(pids: dict[int, int], n: int, seconds: int, out: pathlib.Path,
     return res
 
 
+RATE_KEYS = ("ticks", "ticks_idle", "rx_packets", "tx_packets", "control_tx_msgs",
+             "rx_frames", "heartbeats_skipped")
+
+
+def _rates_snapshot(sl: ScaleLab, live: set[int]) -> dict[int, dict[str, float]]:
+    """Per router: node tick counters and link counters summed over its links, and when."""
+    out: dict[int, dict[str, float]] = {}
+    for i, st in sl.poll(live, "/status", timeout=30).items():
+        row: dict[str, float] = {k: st["counters"].get(k, 0) for k in ("ticks", "ticks_idle")}
+        for k in RATE_KEYS[2:]:
+            row[k] = sum(c["counters"].get(k, 0) for c in st["connections"])
+        row["t"] = time.monotonic()
+        out[i] = row
+    return out
+
+
 def per_change(sl: ScaleLab, live: set[int], action: Any, done: Any, timeout: float,
                settle: float) -> dict[str, Any]:
     """Bytes each live router sent from ``action()`` until ``done()`` + ``settle`` s."""
@@ -203,16 +219,22 @@ def run(args: argparse.Namespace, stamp: str) -> dict[str, Any]:
                 res["quiet"] = {"error": str(e), "quiet_s": args.quiet}
             say(f"quiet: {res['quiet']}")
             pids = sl.pids(everyone)
+            r0 = _rates_snapshot(sl, everyone)
             b0 = sl.control_bytes(everyone)
             say(f"idle: {args.idle}s with nothing polling")
             use = idle_usage(pids, args.idle)
             d = delta_bytes(b0, sl.control_bytes(everyone))
+            r1 = _rates_snapshot(sl, everyone)
             res["idle"] = {
                 "seconds": args.idle, "loadavg": os.getloadavg(),
                 "cpu_pct_of_core": spread([u[0] for u in use.values()]),
                 "rss_mb": spread([u[1] / 1024 for u in use.values()]),
                 "hwm_mb": spread([u[2] / 1024 for u in use.values()]),
                 "control_bytes_per_s": spread([v["control"] / args.idle for v in d.values()]),
+                # what an idle router does each second (over the window and the polls
+                # around it: the polls' own ticks count too)
+                "per_s": {k: spread([(r1[i][k] - r0[i][k]) / (r1[i]["t"] - r0[i]["t"])
+                                     for i in r1 if i in r0]) for k in RATE_KEYS},
             }
             say(f"idle: {json.dumps(res['idle'])}")
             if args.profile:
@@ -329,6 +351,8 @@ def markdown(res: dict[str, Any], ok: dict[str, bool]) -> str:
         f"| idle control bytes sent per router per second | "
         f"{_fmt(idle['control_bytes_per_s'], '', 0)} | |",
     ]
+    for k, v in idle.get("per_s", {}).items():
+        lines.append(f"| idle, per router per second: `{k}` | {_fmt(v)} | |")
     for key, what in (("dns_add", "one DNS name added"), ("leave", "one router leaves")):
         ch = res.get(key, {"error": "not run (an earlier phase failed)"})
         if "error" in ch:

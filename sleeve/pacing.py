@@ -12,6 +12,12 @@ handshakes, fastdp probing, frames waiting in a reassembly, data flowing through
 port, IPAM and DNS deadlines) keeps the 4 Hz tick, because any one of them makes the
 router "busy" (``settled`` is False).
 
+Data counts as flowing (``DataWatch``) from ``DATA_RATE`` frames a second, not from any
+frame: in an idle mesh of 50 a router received ~1.3 frames a second from its links (hosts'
+ARP, neighbour discovery, MLD: broadcasts reach every router), and each one kept it at 4 Hz
+for ``DATA_QUIET``. A trickle needs no faster tick: what waits for
+one (reassembly, segment sets, PMTU, GSO proofs) makes its link unsettled by itself.
+
 The check itself is O(links) once per tick, the same order as one part's tick.
 """
 
@@ -22,6 +28,8 @@ from typing import Protocol
 
 TICK = 0.25  # s, while anything is in motion
 IDLE_TICK = 1.0  # s, when every link is settled and nothing else is due
+DATA_QUIET = 5.0  # s after a flow before the ticker may slow down
+DATA_RATE = 8.0  # frames/s through the router that make a flow; fewer is a trickle
 
 
 class _Pmtu(Protocol):
@@ -77,3 +85,20 @@ def period(links: Iterable[SettledLink], now: float, *, gso: bool, busy: bool) -
     if busy:
         return TICK
     return IDLE_TICK if all(link_settled(lk, now, gso) for lk in links) else TICK
+
+
+class DataWatch:
+    """Whether data flows, from the router's running count of frames (see the module doc)."""
+
+    def __init__(self) -> None:
+        self._seen = 0
+        self._at = 0.0
+        self._until = 0.0
+
+    def flowing(self, frames: int, now: float) -> bool:
+        """``frames``: the count so far; True while a flow was seen within ``DATA_QUIET``."""
+        n, dt = frames - self._seen, now - self._at
+        if n > 0 and n >= DATA_RATE * max(dt, TICK):
+            self._until = now + DATA_QUIET
+        self._seen, self._at = frames, now
+        return now < self._until

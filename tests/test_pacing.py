@@ -8,7 +8,7 @@ from typing import Any
 
 from sleeve.capture.memory import MemoryPort
 from sleeve.node import Node
-from sleeve.pacing import IDLE_TICK, TICK, link_settled, period
+from sleeve.pacing import DATA_QUIET, DATA_RATE, IDLE_TICK, TICK, DataWatch, link_settled, period
 from tests.test_node_inproc import frame, pair, wait_for
 
 NOW = 100.0
@@ -48,10 +48,34 @@ def test_a_settled_pair_ticks_slowly_and_traffic_speeds_it_up() -> None:
         assert all(lk.state == "established" for lk in a.links.values())
         mac_a, mac_b = b"\x02\x00\x00\x00\x00\x0a", b"\x02\x00\x00\x00\x00\x0b"
         fast = b.stats["ticks"]
-        for _ in range(6):  # a frame every 0.3 s: b's ticks must follow at 4 Hz
-            pa.inject(frame(mac_b, mac_a))
+        for _ in range(6):  # 5 frames every 0.3 s (a flow, DATA_RATE): b ticks at 4 Hz
+            for _ in range(5):
+                pa.inject(frame(mac_b, mac_a))
             await asyncio.sleep(0.3)
         assert pb.delivered
         assert b.stats["ticks"] - fast >= 4
 
     asyncio.run(pair(body))
+
+
+def test_a_trickle_of_frames_is_no_flow_and_a_flow_keeps_4_hz_for_data_quiet() -> None:
+    """In an idle mesh of 50 each router receives ~1.3 broadcast frames a second (hosts'
+    ARP, ND, MLD): that must not hold it at 4 Hz. A flow does, until DATA_QUIET."""
+    w, frames, now = DataWatch(), 0, NOW
+    for _ in range(60):  # a frame or two a second, ticked at 1 Hz, for a minute
+        frames += 2
+        now += IDLE_TICK
+        assert not w.flowing(frames, now)
+    frames += int(DATA_RATE)  # a flow: DATA_RATE frames within a second
+    now += IDLE_TICK
+    assert w.flowing(frames, now)
+    t0 = now
+    while now < t0 + DATA_QUIET - TICK:  # then quiet: 4 Hz until DATA_QUIET
+        now += TICK
+        assert w.flowing(frames, now)
+    now += 2 * TICK
+    assert not w.flowing(frames, now)
+    # at 4 Hz, a burst within one quarter second is a flow too
+    frames += 2
+    now += TICK
+    assert w.flowing(frames, now)
