@@ -185,12 +185,17 @@ class Connections:
                 raise ControlError("name_clash", f"the peer at {where} has our identity "
                                    f"{me.name} (a copied state dir?); refusing it")
             link = self._new_link(est, writer, ch, outbound, remote, index, ts)
+            if ts is not None:
+                # who the target is, known even when this connection loses to one already
+                # up: the dialler then leaves it alone while that link lasts, instead of
+                # a full handshake and "duplicate" every backoff, for ever (issue 23: idle
+                # routers of 50 redialled their initial peers and ticked at 4 Hz meanwhile)
+                ts.peer = link.peer
             if not self.links.register(link):
                 link.send_control({"t": "bye", "why": "duplicate"})  # not an error: say so
                 return "duplicate"
             self.stats.inc("handshake_ok")
             if ts is not None:
-                ts.peer = link.peer
                 ts.attempts = 0
             await self._serve(link, reader, ch)
         except ControlError as e:
