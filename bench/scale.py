@@ -132,16 +132,22 @@ def profile(pids: dict[int, int], n: int, seconds: int, out: pathlib.Path,
     return res
 
 
-RATE_KEYS = ("ticks", "ticks_idle", "rx_packets", "tx_packets", "control_tx_msgs",
-             "rx_frames", "heartbeats_skipped")
+# node counters first (4), then link counters summed over the links
+RATE_KEYS = ("ticks", "ticks_idle", "port_rx_frames", "handshake_ok", "rx_packets",
+             "tx_packets", "control_tx_msgs", "rx_frames", "heartbeats_skipped")
+# why a router ticked at 4 Hz (node counters ticks_busy_<why>, sleeve.node._busy)
+BUSY_KEYS = tuple(f"ticks_busy_{w}" for w in ("data", "handshakes", "dials", "traversal",
+                                                "fastdp", "deadlines", "links", "error"))
 
 
 def _rates_snapshot(sl: ScaleLab, live: set[int]) -> dict[int, dict[str, float]]:
     """Per router: node tick counters and link counters summed over its links, and when."""
     out: dict[int, dict[str, float]] = {}
     for i, st in sl.poll(live, "/status", timeout=30).items():
-        row: dict[str, float] = {k: st["counters"].get(k, 0) for k in ("ticks", "ticks_idle")}
-        for k in RATE_KEYS[2:]:
+        row: dict[str, float] = {k: st["counters"].get(k, 0) for k in RATE_KEYS[:4]}
+        busy = {k: v for k, v in st["counters"].items() if k.startswith("ticks_busy_")}
+        row.update({k: busy.get(k, 0) for k in BUSY_KEYS})
+        for k in RATE_KEYS[4:]:
             row[k] = sum(c["counters"].get(k, 0) for c in st["connections"])
         row["t"] = time.monotonic()
         out[i] = row
@@ -234,7 +240,7 @@ def run(args: argparse.Namespace, stamp: str) -> dict[str, Any]:
                 # what an idle router does each second (over the window and the polls
                 # around it: the polls' own ticks count too)
                 "per_s": {k: spread([(r1[i][k] - r0[i][k]) / (r1[i]["t"] - r0[i]["t"])
-                                     for i in r1 if i in r0]) for k in RATE_KEYS},
+                                     for i in r1 if i in r0]) for k in RATE_KEYS + BUSY_KEYS},
             }
             say(f"idle: {json.dumps(res['idle'])}")
             if args.profile:

@@ -439,15 +439,17 @@ class Node:
         a link coming or going, or a new dial target, wakes it at once."""
         wake = self._wake = asyncio.Event()
         while True:
-            delay = TICK  # after an internal error too: never slower than before
+            delay, why = TICK, "error"  # after an internal error too: never slower than before
             try:
                 now = time.monotonic()
                 self.on_timer(now)
-                delay = period(self.table, now, gso=self.underlay.offload,
-                               busy=self._busy(now))
+                why = self._busy(now)
+                delay = period(self.table, now, gso=self.underlay.offload, busy=bool(why))
             except Exception:
                 log.exception("internal error in timer")
             self.stats.inc("ticks_idle" if delay == IDLE_TICK else "ticks")
+            if delay != IDLE_TICK:  # why not 1 Hz (an idle mesh should show none)
+                self.stats.inc(f"ticks_busy_{why or 'links'}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), delay)
             wake.clear()
@@ -456,14 +458,16 @@ class Node:
         if self._wake is not None:
             self._wake.set()
 
-    def _busy(self, now: float) -> bool:
-        """Something outside the links' own state needs the 4 Hz tick (sleeve.pacing)."""
+    def _busy(self, now: float) -> str:
+        """What outside the links' own state needs the 4 Hz tick, "" if nothing (pacing)."""
         soon = now + IDLE_TICK
         rx = self.stats["port_rx_frames"] + sum(lk.stats.c["rx_frames"] for lk in self.table)
-        return (self._data.flowing(rx, now) or self.conns.handshaking > 0
-                or self.dialler.busy(now, soon) or self.traversal.attempting()
-                or bool(self.fastdp.links) or any(dl is not None and dl < soon
-                       for dl in (self.ipam.next_deadline(), self.dns.next_deadline())))
+        due = any(dl is not None and dl < soon
+                  for dl in (self.ipam.next_deadline(), self.dns.next_deadline()))
+        return next((why for why, yes in (
+            ("data", self._data.flowing(rx, now)), ("handshakes", self.conns.handshaking > 0),
+            ("dials", self.dialler.busy(now, soon)), ("traversal", self.traversal.attempting()),
+            ("fastdp", bool(self.fastdp.links)), ("deadlines", due)) if yes), "")
 
     def on_timer(self, now: float) -> None:
         self.traversal.tick(now)

@@ -54,6 +54,7 @@ def test_a_settled_pair_ticks_slowly_and_traffic_speeds_it_up() -> None:
             await asyncio.sleep(0.3)
         assert pb.delivered
         assert b.stats["ticks"] - fast >= 4
+        assert b.stats["ticks_busy_data"] >= 4  # each 4 Hz tick says why (status counters)
 
     asyncio.run(pair(body))
 
