@@ -460,14 +460,14 @@ class Node:
 
     def _busy(self, now: float) -> str:
         """What outside the links' own state needs the 4 Hz tick, "" if nothing (pacing)."""
-        soon = now + IDLE_TICK
+        soon, dls = now + IDLE_TICK, (self.ipam.next_deadline(), self.dns.next_deadline())
         rx = self.stats["port_rx_frames"] + sum(lk.stats.c["rx_frames"] for lk in self.table)
-        due = any(dl is not None and dl < soon
-                  for dl in (self.ipam.next_deadline(), self.dns.next_deadline()))
+        due = any(dl is not None and dl < soon for dl in dls)
         return next((why for why, yes in (
             ("data", self._data.flowing(rx, now)), ("handshakes", self.conns.handshaking > 0),
             ("dials", self.dialler.busy(now, soon)), ("traversal", self.traversal.attempting()),
-            ("fastdp", bool(self.fastdp.links)), ("deadlines", due)) if yes), "")
+            ("fastdp", bool(self.fastdp.links)), ("deadlines", due),
+            ("topology", self._data.moving(self.mesh.topology.generation, now))) if yes), "")
 
     def on_timer(self, now: float) -> None:
         self.traversal.tick(now)

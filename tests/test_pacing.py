@@ -8,7 +8,15 @@ from typing import Any
 
 from sleeve.capture.memory import MemoryPort
 from sleeve.node import Node
-from sleeve.pacing import DATA_QUIET, DATA_RATE, IDLE_TICK, TICK, DataWatch, link_settled, period
+from sleeve.pacing import (
+    DATA_QUIET,
+    DATA_RATE,
+    IDLE_TICK,
+    TICK,
+    DataWatch,
+    link_settled,
+    period,
+)
 from tests.test_node_inproc import frame, pair, wait_for
 
 NOW = 100.0
@@ -76,7 +84,22 @@ def test_a_trickle_of_frames_is_no_flow_and_a_flow_keeps_4_hz_for_data_quiet() -
         assert w.flowing(frames, now)
     now += 2 * TICK
     assert not w.flowing(frames, now)
-    # at 4 Hz, a burst within one quarter second is a flow too
-    frames += 2
+    # at 4 Hz (busy for another reason) two broadcasts in a quarter second are no flow:
+    # the rate is counted over at least a second; DATA_RATE frames within it are
+    for _ in range(40):
+        frames += 2 if _ % 4 == 0 else 0
+        now += TICK
+        assert not w.flowing(frames, now)
+    frames += int(DATA_RATE)
     now += TICK
     assert w.flowing(frames, now)
+
+
+def test_a_topology_change_keeps_4_hz_for_data_quiet() -> None:
+    """A mesh forming or healing converges at the 4 Hz pace it had before the trickle
+    rule (its records go on at the tick); a quiet topology lets the ticker slow down."""
+    w = DataWatch()
+    assert w.moving(0, NOW) is False
+    assert w.moving(1, NOW + 1)  # a record changed
+    assert w.moving(1, NOW + 1 + DATA_QUIET - 0.01)
+    assert not w.moving(1, NOW + 1 + DATA_QUIET)
