@@ -55,7 +55,7 @@ from sleeve.links.link import Link
 from sleeve.links.table import LinkTable
 from sleeve.memtrim import Trimmer
 from sleeve.mesh import LinkInfo, Mesh
-from sleeve.pacing import IDLE_TICK, TICK, period
+from sleeve.pacing import IDLE_TICK, TICK, DataWatch, period
 from sleeve.proto.control import MAX_FRAME
 from sleeve.proto.mactable import LOCAL, MacTable
 from sleeve.proto.origin import OriginAuth
@@ -80,7 +80,6 @@ if TYPE_CHECKING:  # imported when used: a plain router never loads them (RSS, i
 
 log = logging.getLogger("sleeve")
 
-DATA_QUIET = 5.0  # s without frames before the ticker may slow down (sleeve.pacing)
 MESH_PERIOD = 1.0  # topology GC, discovery, punching attempts, MAC expiry
 
 
@@ -158,8 +157,7 @@ class Node:
         self._next_mesh = 0.0
         self.trimmer = Trimmer(time.monotonic())
         self._wake: asyncio.Event | None = None  # the ticker's, while running
-        self._rx_seen = 0  # frames through the port and from links, at the last tick
-        self._data_until = 0.0
+        self._data = DataWatch()  # frames through the port and from links (sleeve.pacing)
         self._metrics_route: Route | None = None
         self._tcp_port = cfg.port
         self._tg: asyncio.TaskGroup | None = None
@@ -441,15 +439,17 @@ class Node:
         a link coming or going, or a new dial target, wakes it at once."""
         wake = self._wake = asyncio.Event()
         while True:
-            delay = TICK  # after an internal error too: never slower than before
+            delay, why = TICK, "error"  # after an internal error too: never slower than before
             try:
                 now = time.monotonic()
                 self.on_timer(now)
-                delay = period(self.table, now, gso=self.underlay.offload,
-                               busy=self._busy(now))
+                why = self._busy(now)
+                delay = period(self.table, now, gso=self.underlay.offload, busy=bool(why))
             except Exception:
                 log.exception("internal error in timer")
             self.stats.inc("ticks_idle" if delay == IDLE_TICK else "ticks")
+            if delay != IDLE_TICK:  # why not 1 Hz (an idle mesh should show none)
+                self.stats.inc(f"ticks_busy_{why or 'links'}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), delay)
             wake.clear()
@@ -458,16 +458,16 @@ class Node:
         if self._wake is not None:
             self._wake.set()
 
-    def _busy(self, now: float) -> bool:
-        """Something outside the links' own state needs the 4 Hz tick (sleeve.pacing)."""
-        soon = now + IDLE_TICK
+    def _busy(self, now: float) -> str:
+        """What outside the links' own state needs the 4 Hz tick, "" if nothing (pacing)."""
+        soon, dls = now + IDLE_TICK, (self.ipam.next_deadline(), self.dns.next_deadline())
         rx = self.stats["port_rx_frames"] + sum(lk.stats.c["rx_frames"] for lk in self.table)
-        if rx != self._rx_seen:  # data flows: 4 Hz until it has been quiet a while
-            self._rx_seen, self._data_until = rx, now + DATA_QUIET
-        return (now < self._data_until or self.conns.handshaking > 0 or self.dialler.busy(now, soon)
-                or self.traversal.attempting() or bool(self.fastdp.links)
-                or any(dl is not None and dl < soon
-                       for dl in (self.ipam.next_deadline(), self.dns.next_deadline())))
+        due = any(dl is not None and dl < soon for dl in dls)
+        return next((why for why, yes in (
+            ("data", self._data.flowing(rx, now)), ("handshakes", self.conns.handshaking > 0),
+            ("dials", self.dialler.busy(now, soon)), ("traversal", self.traversal.attempting()),
+            ("fastdp", bool(self.fastdp.links)), ("deadlines", due),
+            ("topology", self._data.moving(self.mesh.topology.generation, now))) if yes), "")
 
     def on_timer(self, now: float) -> None:
         self.traversal.tick(now)

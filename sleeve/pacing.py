@@ -12,6 +12,15 @@ handshakes, fastdp probing, frames waiting in a reassembly, data flowing through
 port, IPAM and DNS deadlines) keeps the 4 Hz tick, because any one of them makes the
 router "busy" (``settled`` is False).
 
+Data counts as flowing (``DataWatch``) from ``DATA_RATE`` frames a second, not from any
+frame: in an idle mesh of 50 a router received 1.3-3 frames a second from its links (hosts'
+ARP, neighbour discovery, MLD: broadcasts reach every router), and each one kept it at 4 Hz
+for ``DATA_QUIET``. A trickle needs no faster tick: what waits for
+one (reassembly, segment sets, PMTU, GSO proofs) makes its link unsettled by itself. The
+rate is counted over at least ``IDLE_TICK`` whatever the tick: at 4 Hz two broadcasts in a
+quarter second must not look like 8 a second. A topology change also keeps 4 Hz for
+``DATA_QUIET`` (``moving``): a forming mesh converges at the pace it had.
+
 The check itself is O(links) once per tick, the same order as one part's tick.
 """
 
@@ -22,6 +31,11 @@ from typing import Protocol
 
 TICK = 0.25  # s, while anything is in motion
 IDLE_TICK = 1.0  # s, when every link is settled and nothing else is due
+DATA_QUIET = 5.0  # s after a flow before the ticker may slow down
+# frames/s through the router that make a flow; fewer is a trickle. A real flow is
+# hundreds to thousands; the lab's 50 hosts sent bursts of 8+ broadcasts (IPv6 router
+# solicitations and the like, in step since they started together) every ~13 s.
+DATA_RATE = 100.0
 
 
 class _Pmtu(Protocol):
@@ -77,3 +91,31 @@ def period(links: Iterable[SettledLink], now: float, *, gso: bool, busy: bool) -
     if busy:
         return TICK
     return IDLE_TICK if all(link_settled(lk, now, gso) for lk in links) else TICK
+
+
+class DataWatch:
+    """Whether data flows, from the router's running count of frames, and whether the
+    mesh is in motion, from the topology's generation (see the module doc)."""
+
+    def __init__(self) -> None:
+        self._seen = 0
+        self._at = 0.0  # start of the counting window: at least IDLE_TICK, whatever the tick
+        self._until = 0.0
+        self._gen = 0
+        self._gen_until = 0.0
+
+    def flowing(self, frames: int, now: float) -> bool:
+        """``frames``: the count so far; True while a flow was seen within ``DATA_QUIET``."""
+        n, dt = frames - self._seen, now - self._at
+        if n > 0 and n >= DATA_RATE * max(dt, IDLE_TICK):
+            self._until = now + DATA_QUIET
+        if dt >= IDLE_TICK:
+            self._seen, self._at = frames, now
+        return now < self._until
+
+    def moving(self, generation: int, now: float) -> bool:
+        """True within ``DATA_QUIET`` of a change of the topology (a mesh forming or
+        healing: records go on at the tick, so it keeps the 4 Hz it had before)."""
+        if generation != self._gen:
+            self._gen, self._gen_until = generation, now + DATA_QUIET
+        return now < self._gen_until

@@ -514,5 +514,6 @@ def test_preamble_of_the_previous_version_is_refused_by_version() -> None:
     ch = at("r_fresh")
     with pytest.raises(ControlError) as ei:
         ch.feed(ctl.MAGIC + bytes((ctl.VERSION - 1, 1)))
-    assert ei.value.reason == "version" and ctl.VERSION == 4  # 4: topology by digest
-    assert ei.value.detail == "peer speaks control protocol version 3, we speak 4"
+    # 4: topology by digest; 5: control heartbeats only while needed
+    assert ei.value.reason == "version" and ctl.VERSION == 5
+    assert ei.value.detail == "peer speaks control protocol version 4, we speak 5"

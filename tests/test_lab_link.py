@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import struct
 import subprocess
 import sys
@@ -257,3 +258,27 @@ def test_pcap_mode_attaches_to_an_existing_bridge(pair: Pair) -> None:
         assert st["drops"].get("mac_conflict", 0) == 0, st["drops"]
     finally:
         r.stop()
+
+
+def test_a_hung_peer_is_cut_off_after_20s_though_its_kernel_answers_keepalives(
+        pair: Pair) -> None:
+    """Idle, the control connection carries no heartbeats: the kernel's keepalive watches
+    it (proto.liveness.control_heartbeat). A router that hangs (SIGSTOP) still has a kernel
+    that answers keepalive probes, so only the silence rule (no UDP, no control message
+    for 20 s) finds it: a closes the connection after ~20 s, and the link comes back once
+    b runs again. Last in this module: the pair is whole again when it ends."""
+    before = pair.ra.status()["counters"].get("control_silent", 0)
+    assert pair.rb.proc is not None
+    pair.rb.proc.send_signal(signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        pair.ra.wait(lambda st: st["counters"].get("control_silent", 0) > before, 40,
+                     "a closes the silent connection")
+        took = time.monotonic() - t0
+    finally:
+        pair.rb.proc.send_signal(signal.SIGCONT)
+    # UDP last heard <= 5 s before the stop: closed 15-21 s after it (1 s ticks)
+    assert 14.0 <= took <= 26.0, took
+    assert "nothing over UDP or TCP for 20s" in pair.ra.log()
+    pair.ra.wait(established_with(1), 40, "link a-b again")
+    pair.rb.wait(established_with(1), 40, "link b-a again")

@@ -8,7 +8,15 @@ from typing import Any
 
 from sleeve.capture.memory import MemoryPort
 from sleeve.node import Node
-from sleeve.pacing import IDLE_TICK, TICK, link_settled, period
+from sleeve.pacing import (
+    DATA_QUIET,
+    DATA_RATE,
+    IDLE_TICK,
+    TICK,
+    DataWatch,
+    link_settled,
+    period,
+)
 from tests.test_node_inproc import frame, pair, wait_for
 
 NOW = 100.0
@@ -48,10 +56,51 @@ def test_a_settled_pair_ticks_slowly_and_traffic_speeds_it_up() -> None:
         assert all(lk.state == "established" for lk in a.links.values())
         mac_a, mac_b = b"\x02\x00\x00\x00\x00\x0a", b"\x02\x00\x00\x00\x00\x0b"
         fast = b.stats["ticks"]
-        for _ in range(6):  # a frame every 0.3 s: b's ticks must follow at 4 Hz
-            pa.inject(frame(mac_b, mac_a))
+        for _ in range(6):  # 40 frames every 0.3 s (a flow, DATA_RATE): b ticks at 4 Hz
+            for _ in range(40):
+                pa.inject(frame(mac_b, mac_a))
             await asyncio.sleep(0.3)
         assert pb.delivered
         assert b.stats["ticks"] - fast >= 4
+        assert b.stats["ticks_busy_data"] >= 4  # each 4 Hz tick says why (status counters)
 
     asyncio.run(pair(body))
+
+
+def test_a_trickle_of_frames_is_no_flow_and_a_flow_keeps_4_hz_for_data_quiet() -> None:
+    """In an idle mesh of 50 each router receives 1.3-3 broadcast frames a second (hosts'
+    ARP, ND, MLD), some in bursts: that must not hold it at 4 Hz. A flow does, until
+    DATA_QUIET."""
+    w, frames, now = DataWatch(), 0, NOW
+    for k in range(60):  # a few frames a second, a burst of 50 now and then, at 1 Hz
+        frames += 50 if k % 13 == 0 else 3
+        now += IDLE_TICK
+        assert not w.flowing(frames, now)
+    frames += int(DATA_RATE)  # a flow: DATA_RATE frames within a second
+    now += IDLE_TICK
+    assert w.flowing(frames, now)
+    t0 = now
+    while now < t0 + DATA_QUIET - TICK:  # then quiet: 4 Hz until DATA_QUIET
+        now += TICK
+        assert w.flowing(frames, now)
+    now += 2 * TICK
+    assert not w.flowing(frames, now)
+    # at 4 Hz (busy for another reason) two broadcasts in a quarter second are no flow:
+    # the rate is counted over at least a second; DATA_RATE frames within it are
+    for _ in range(40):
+        frames += 2 if _ % 4 == 0 else 0
+        now += TICK
+        assert not w.flowing(frames, now)
+    frames += int(DATA_RATE)
+    now += TICK
+    assert w.flowing(frames, now)
+
+
+def test_a_topology_change_keeps_4_hz_for_data_quiet() -> None:
+    """A mesh forming or healing converges at the 4 Hz pace it had before the trickle
+    rule (its records go on at the tick); a quiet topology lets the ticker slow down."""
+    w = DataWatch()
+    assert w.moving(0, NOW) is False
+    assert w.moving(1, NOW + 1)  # a record changed
+    assert w.moving(1, NOW + 1 + DATA_QUIET - 0.01)
+    assert not w.moving(1, NOW + 1 + DATA_QUIET)

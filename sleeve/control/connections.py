@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from sleeve.links.link import ControlWriter, Link
 from sleeve.links.table import LinkTable
 from sleeve.proto.admission import ACCEPT_BURST, MAX_HANDSHAKES, Admission
 from sleeve.proto.control import ControlChannel, ControlError, Established, Hello, error_frame
+from sleeve.proto.liveness import CONTROL_SILENCE
 from sleeve.proto.stats import Counters
 from sleeve.traversal.relay import RelayWriter
 
@@ -41,7 +43,11 @@ log = logging.getLogger("sleeve")
 __all__ = ["ACCEPT_BURST", "MAX_HANDSHAKES", "Connections", "Identity", "TargetState"]
 
 HANDSHAKE_TIMEOUT = 10.0
-TCP_READ_TIMEOUT = 20.0  # four missed control heartbeats: the connection is dead
+# four missed control heartbeats: the connection is dead (on a connection the kernel
+# does not watch; the others: links.table, proto.liveness.control_heartbeat)
+TCP_READ_TIMEOUT = CONTROL_SILENCE
+KEEPALIVE_IDLE = 10  # s of TCP silence before the kernel's first keepalive probe
+KEEPALIVE_INTERVAL = 5  # s between probes; TCP_USER_TIMEOUT ends it at CONTROL_SILENCE
 
 Handler = Callable[[Link, dict[str, Any]], None]
 
@@ -77,7 +83,7 @@ class Connections:
         self.links = links
         self.drops = drops
         self.stats = stats
-        self.handlers: dict[str, Handler] = {"hb": lambda _link, _m: None}
+        self.handlers: dict[str, Handler] = {"hb": _on_heartbeat}
         self.udp_port = cfg.port  # what our Hello announces (the node sets the bound port)
         self.vnet = False  # we take offloaded frames (set by port_opened)
         # The listening socket opens before the TAP (a busy port fails first), so an
@@ -179,12 +185,17 @@ class Connections:
                 raise ControlError("name_clash", f"the peer at {where} has our identity "
                                    f"{me.name} (a copied state dir?); refusing it")
             link = self._new_link(est, writer, ch, outbound, remote, index, ts)
+            if ts is not None:
+                # who the target is, known even when this connection loses to one already
+                # up: the dialler then leaves it alone while that link lasts, instead of
+                # a full handshake and "duplicate" every backoff, for ever (issue 23: idle
+                # routers of 50 redialled their initial peers and ticked at 4 Hz meanwhile)
+                ts.peer = link.peer
             if not self.links.register(link):
                 link.send_control({"t": "bye", "why": "duplicate"})  # not an error: say so
                 return "duplicate"
             self.stats.inc("handshake_ok")
             if ts is not None:
-                ts.peer = link.peer
                 ts.attempts = 0
             await self._serve(link, reader, ch)
         except ControlError as e:
@@ -249,14 +260,21 @@ class Connections:
         log.info("connected to %s (%r) at %s:%d, %s", link.name, link.nickname,
                  *link.remote_tcp, "outbound" if link.outbound else "inbound")
         data = b""  # first what followed the handshake in its last read (ch.feed keeps it)
+        link.tcp_keepalive = kernel_keepalive(link.writer)
         while True:
             out, msgs, _ = ch.feed(data)
             if out:  # rekey answers: written before anything the handlers seal next
                 link.writer.write(out)
             for m in msgs:
                 self.on_control(link, m)
-            data = await asyncio.wait_for(reader.read(65536), TCP_READ_TIMEOUT)
+            # a connection the kernel watches needs no timer per read (links.table closes
+            # it after CONTROL_SILENCE without UDP or TCP)
+            data = await (reader.read(65536) if link.tcp_keepalive else
+                          asyncio.wait_for(reader.read(65536), TCP_READ_TIMEOUT))
             if not data:
+                if link.silenced:
+                    raise ControlError("silent", f"nothing from {link.name} over UDP or TCP "
+                                       f"for {CONTROL_SILENCE:.0f}s")
                 raise ControlError("closed", f"{link.name} closed the control connection")
 
     def on_control(self, link: Link, m: dict[str, Any]) -> None:
@@ -270,6 +288,32 @@ class Connections:
             raise ControlError("duplicate", f"{link.name} keeps another connection to us")
         else:
             self.drops.inc("unknown_control")
+
+
+def _on_heartbeat(link: Link, m: dict[str, Any]) -> None:
+    """Its arrival is what counts (``on_control``); "need" asks for ours (proto.liveness)."""
+    if m.get("n"):
+        link.hb_asked_at = time.monotonic()
+
+
+def kernel_keepalive(writer: Any) -> bool:
+    """Let the kernel watch a TCP control connection: keepalive probes while it is
+    quiet and TCP_USER_TIMEOUT, so that it is found dead after CONTROL_SILENCE (as the
+    heartbeats did) without waking the router. False for a relayed control stream (no
+    socket) or if the socket refuses."""
+    sock = writer.get_extra_info("socket")
+    if sock is None or getattr(sock, "type", None) != socket.SOCK_STREAM:
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+                        int(CONTROL_SILENCE * 1000))
+    except OSError:
+        return False
+    return True
 
 
 def oserror_text(e: BaseException) -> str:

@@ -37,10 +37,10 @@ from sleeve.forward.oversize import record_source, shrink
 from sleeve.forward.reassembly import fragment
 from sleeve.forward.relayseg import relayed_mtu
 from sleeve.forward.underlay import Underlay
-from sleeve.links.link import Link
+from sleeve.links.link import UDP_DEAD, Link
 from sleeve.links.table import LinkTable
 from sleeve.proto import datagram as dg
-from sleeve.proto import mss, vnet
+from sleeve.proto import liveness, mss, vnet
 from sleeve.proto.mactable import LOCAL, MacTable
 from sleeve.proto.origin import OriginAuth
 from sleeve.proto.pmtu import overlay_mtu, probe_record
@@ -51,8 +51,6 @@ log = logging.getLogger("sleeve")
 
 TCP_MAX_BODY = 65000  # records per control message when data goes over TCP
 ICMP_PER_SECOND = 100  # too-big replies we generate, like the kernel's icmp_ratelimit
-UDP_FAST_HEARTBEAT = 0.5  # until the peer confirmed it hears us
-UDP_SLOW_HEARTBEAT = 5.0  # also keeps NAT mappings open (UDP timeouts are >= 30 s)
 STP_PREFIX = b"\x01\x80\xc2\x00\x00"  # IEEE 802.1D link-local group: never forwarded by a bridge
 _VNET_HDR_LEN = vnet.HDR_LEN
 _VNET_MIN = vnet.HDR_LEN + 14
@@ -448,10 +446,17 @@ class Egress:
             if link.holding_guess(now):
                 continue  # the dialler's datagram comes first (links.link.GUESS_HOLD)
             if now >= link.next_hb:
-                # fast until the peer hears us; over TCP, slow probes notice UDP coming back
-                fast = not (link.confirmed and link.heard_at) and not link.over_tcp
-                link.next_hb = now + (UDP_FAST_HEARTBEAT if fast else UDP_SLOW_HEARTBEAT)
-                self.underlay.send(link, link.heartbeat_record(now))
+                # fast until the peer hears us; over TCP, slow probes notice UDP coming back;
+                # on a settled link only the leader's (proto.liveness.heartbeat)
+                hb = liveness.heartbeat(now, leads=self.me < link.peer, confirmed=link.confirmed,
+                                        heard_at=link.heard_at, over_tcp=link.over_tcp,
+                                        answered_at=link.hb_answered_at,
+                                        sent_at=link.hb_sent_at, dead_after=UDP_DEAD)
+                link.next_hb = hb.next_at
+                if hb.send:
+                    self.underlay.send(link, link.heartbeat_record(now))
+                else:
+                    link.stats.inc("heartbeats_skipped")
         for link in self.links:
             self.underlay.path_limit(link, now)
             self.probe(link, now)

@@ -567,6 +567,7 @@ class Ingress:
             self.drops.inc("bad_heartbeat")
             return
         if payload[8] == 0:
+            link.hb_answered_at = now  # a datagram each way: the follower's own can wait
             self.underlay.send(link, dg.encode_record(dg.KIND_HEARTBEAT,
                                                       bytes(payload[:8]) + b"\x01"))
         else:

@@ -21,6 +21,10 @@ from sleeve.proto.stats import Counters
 class _Transport:
     def __init__(self) -> None:
         self.backlog = 0
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
 
     def get_write_buffer_size(self) -> int:
         return self.backlog

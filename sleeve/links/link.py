@@ -118,11 +118,17 @@ class Link:
         self.virtual = mediator is not None
         self.tcp_heard_at = time.monotonic()  # last control message from the peer
         self.next_tcp_hb = 0.0
+        # control.connections: the kernel watches this TCP connection (keepalive, user
+        # timeout), so control heartbeats are needed only without UDP (proto.liveness)
+        self.tcp_keepalive = False
+        self.hb_asked_at = 0.0  # the peer's last control heartbeat marked "need"
+        self.silenced = False  # links.table closed it: nothing over UDP or TCP for long
         self.usable = False  # state == established, refreshed every tick (hot path reads it)
         self.next_hb = 0.0
         self.rtt: float | None = None
         self._hb_token = 0
-        self._hb_sent_at = 0.0
+        self.hb_sent_at = 0.0  # our last UDP heartbeat (proto.liveness.heartbeat)
+        self.hb_answered_at = 0.0  # our last answer to the peer's (forward.ingress)
         self.pending: list[bytes] = []  # records waiting for this event's flush
         # UDP GSO for this link (see forward.underlay): proven for (endpoint, datagram size)
         self.gso_ok = False
@@ -232,12 +238,12 @@ class Link:
 
     def heartbeat_record(self, now: float) -> bytes:
         self._hb_token = random.getrandbits(64)
-        self._hb_sent_at = now
+        self.hb_sent_at = now
         return dg.encode_record(dg.KIND_HEARTBEAT, self._hb_token.to_bytes(8, "big") + b"\x00")
 
     def on_heartbeat_reply(self, token: bytes, now: float) -> None:
-        if int.from_bytes(token, "big") == self._hb_token and self._hb_sent_at:
-            self.rtt = now - self._hb_sent_at
+        if int.from_bytes(token, "big") == self._hb_token and self.hb_sent_at:
+            self.rtt = now - self.hb_sent_at
 
     def status(self) -> dict[str, Any]:
         """This link's own view; the parts that know more (path, offload) add to it."""

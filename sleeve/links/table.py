@@ -8,7 +8,10 @@ back, keeps a control heartbeat going and refreshes ``link.usable`` (which the h
 path reads instead of computing the state per frame).
 
 Control messages it handles: ``udp_ok`` / ``udp_lost`` (the peer does / no longer does
-hear our datagrams) and ``hb`` (control heartbeat; its arrival is what counts).
+hear our datagrams) and ``hb`` (control heartbeat; its arrival is what counts, and
+``"n": 1`` asks for ours while the sender lacks UDP, ``proto.liveness``). A connection the
+kernel watches (``link.tcp_keepalive``) is closed here after ``CONTROL_SILENCE`` without a
+datagram or a control message; the others by control.connections' read timeout.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from sleeve.proto.stats import Counters
 
 log = logging.getLogger("sleeve")
 
-TCP_HEARTBEAT = 5.0  # a control message at least this often, so silence means dead
+TCP_HEARTBEAT = liveness.CONTROL_HEARTBEAT  # while needed (proto.liveness.control_heartbeat)
 TCP_FALLBACK_AFTER = 3.0  # peer still hears no UDP from us: carry data over TCP
 
 LinkEvent = Callable[[Link], None]
@@ -120,6 +123,14 @@ class LinkTable:
         for link in list(self.links.values()):
             self._udp_or_tcp(link, now)
             link.usable = link.state == "established"
+            if (link.tcp_keepalive and not link.silenced and now - max(
+                    link.heard_at, link.tcp_heard_at) >= liveness.CONTROL_SILENCE):
+                # without a kernel-watched connection, control.connections' read timeout does this
+                log.warning("closing the connection to %s: nothing over UDP or TCP for %.0fs",
+                            link.name, liveness.CONTROL_SILENCE)
+                self.stats.inc("control_silent")
+                link.silenced = True
+                link.writer.transport.abort()  # close() would wait for a peer that hangs
 
     def _udp_or_tcp(self, link: Link, now: float) -> None:
         """Tell the peer whether we hear its UDP; fall back to TCP while it hears none of ours."""
@@ -135,9 +146,13 @@ class LinkTable:
             link.over_tcp = fallback
             log.info("link to %s: data now over %s", link.name, "TCP" if fallback else "UDP")
             self.stats.inc("tcp_fallbacks" if fallback else "udp_recoveries")
-        if now >= link.next_tcp_hb:
-            link.next_tcp_hb = now + TCP_HEARTBEAT
-            link.send_control({"t": "hb"})
+        if now >= link.next_tcp_hb:  # then re-asked each tick until one is sent
+            beat = liveness.control_heartbeat(now, kernel_keepalive=link.tcp_keepalive,
+                                              heard_at=link.heard_at, confirmed=link.confirmed,
+                                              over_tcp=link.over_tcp, asked_at=link.hb_asked_at)
+            if beat.send:
+                link.next_tcp_hb = now + TCP_HEARTBEAT
+                link.send_control({"t": "hb", "n": 1} if beat.need else {"t": "hb"})
         link.rekey_tick(now)
 
     def heard(self, link: Link, now: float) -> None:

@@ -87,7 +87,9 @@ MAGIC: Final = b"SLEEVE"
 # peer refuses as undecodable while the handshake succeeds: in a rolling upgrade it
 # would learn only its direct neighbours' records. Both sides now refuse the link with
 # "peer speaks control protocol version 3, we speak 4".
-VERSION: Final = 4
+# 5: control heartbeats only while needed (proto.liveness.control_heartbeat): a
+# version-4 peer would close every idle connection after its 20 s read timeout.
+VERSION: Final = 5
 PREAMBLE_LEN: Final = 8
 PATTERN: Final = "XXpsk3"
 PROLOGUE_LABEL: Final = b"sleeve-control-v1"

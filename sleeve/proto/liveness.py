@@ -15,6 +15,27 @@ What a link knows about its two directions, and the decisions made from it::
   describes our sending direction (what the peer sends us is its own link's state);
   silence on UDP and TCP for ``dead_after`` means the link is dead, so the mesh
   routes around it.
+- ``heartbeat``: when to send the next UDP heartbeat (an echo request the peer answers).
+  Each side used to send its own every ``SLOW_HEARTBEAT`` and answer the other's: four
+  datagrams per link per 5 s, most of the idle cost of a router with 49 links (issue 23).
+  Now the side with the smaller peer id leads: it sends every ``SLOW_HEARTBEAT``; the
+  other follows, answering, and sends its own only when the leader's is overdue
+  (``HB_GRACE`` after the last it answered) or every ``RTT_REFRESH`` to measure its
+  round trip. An answer is an authenticated datagram each way, so both ends still hear
+  each other, and keep their NAT mappings open, every 5 s: two datagrams instead of four.
+  Loss is covered the other way: a side that has not heard the peer for ``HB_GRACE``
+  asks every ``SUSPECT_PERIOD`` until ``dead_after``, so a lost datagram costs ~1 s of
+  doubt, not a round. Dead-link detection (``dead_after`` since the last datagram heard)
+  is unchanged.
+- ``control_heartbeat``: whether the control connection needs a heartbeat message. It
+  used to carry one each way every 5 s, so that 20 s of silence (``CONTROL_SILENCE``)
+  meant a dead connection. Where the kernel watches the TCP connection (keepalive and
+  ``TCP_USER_TIMEOUT`` of ``CONTROL_SILENCE``: dead in the same 20 s, with no wake-up of
+  the router) and UDP heartbeats are heard both ways, the messages are waste: a peer
+  that hangs is found by ``CONTROL_SILENCE`` without UDP or TCP. A side that lacks that
+  (UDP not heard for ``HB_GRACE``, not confirmed, data over TCP, a relayed control
+  stream) sends them, marked "need", and its peer answers in kind while it asks, so
+  neither side's silence rule ever sees a quiet connection whose UDP is gone.
 """
 
 from __future__ import annotations
@@ -23,6 +44,16 @@ from dataclasses import dataclass
 
 DEAD_AFTER = 15.0
 TCP_AFTER = 3.0
+FAST_HEARTBEAT = 0.5  # s, until the peer confirmed it hears us
+SLOW_HEARTBEAT = 5.0  # s; also keeps NAT mappings open (UDP timeouts are >= 30 s)
+# The leader's heartbeat is overdue this long after the last: its ticks and ours may
+# each run up to 1 s late (sleeve.pacing IDLE_TICK).
+HB_GRACE = SLOW_HEARTBEAT + 2.0
+SUSPECT_PERIOD = 1.0  # s between heartbeats while the peer's datagrams are overdue
+RTT_REFRESH = 30.0  # s: a follower's own heartbeat at least this often (status rtt_ms)
+CONTROL_SILENCE = 20.0  # s without a control message or a datagram: the connection is dead
+CONTROL_HEARTBEAT = 5.0  # s between control heartbeats while one is needed
+ANSWER_NEED = 2 * CONTROL_HEARTBEAT  # s we keep answering a peer's "need" heartbeats
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,3 +88,44 @@ def state(now: float, *, heard_at: float, tcp_heard_at: float, over_tcp: bool,
         return "pending", f"path MTU: {pmtu_reason}"
     return "established", ("UDP heartbeats both ways" if hears else
                            "UDP to the peer; its datagrams reach us over TCP")
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    send: bool  # send one now
+    next_at: float  # when to ask again
+
+
+def heartbeat(now: float, *, leads: bool, confirmed: bool, heard_at: float, over_tcp: bool,
+              answered_at: float, sent_at: float,
+              dead_after: float = DEAD_AFTER) -> Heartbeat:
+    """The UDP heartbeat due at ``now`` (see the module doc).
+
+    ``leads``: our peer id is the smaller; ``answered_at``: when we last answered the
+    peer's heartbeat; ``sent_at``: when we last sent our own (0: never).
+    """
+    if not (confirmed and heard_at) and not over_tcp:
+        return Heartbeat(True, now + FAST_HEARTBEAT)  # until the peer hears us
+    if not over_tcp and HB_GRACE <= now - heard_at < dead_after:
+        return Heartbeat(True, now + SUSPECT_PERIOD)  # the peer is overdue: ask, don't wait
+    if (not leads and not over_tcp and now - answered_at < HB_GRACE
+            and now - sent_at < RTT_REFRESH):
+        # the leader's heartbeat and our answer carried a datagram each way: ours is waste
+        return Heartbeat(False, min(answered_at + HB_GRACE, sent_at + RTT_REFRESH))
+    return Heartbeat(True, now + SLOW_HEARTBEAT)
+
+
+@dataclass(frozen=True, slots=True)
+class ControlBeat:
+    send: bool  # a control heartbeat now
+    need: bool  # marked "need": the peer should send its own while we ask
+
+
+def control_heartbeat(now: float, *, kernel_keepalive: bool, heard_at: float,
+                      confirmed: bool, over_tcp: bool, asked_at: float) -> ControlBeat:
+    """The control heartbeat due at ``now`` (see the module doc); ``asked_at``: when the
+    peer last sent one marked "need"."""
+    need = over_tcp or not confirmed or now - heard_at >= HB_GRACE
+    if not kernel_keepalive:
+        return ControlBeat(True, need)
+    return ControlBeat(need or (asked_at > 0 and now - asked_at < ANSWER_NEED), need)
