@@ -103,8 +103,9 @@ class Ingress:
         Each datagram is checked and opened on its own, exactly as ``on_datagram``
         does; what is per read (the clock, the endpoint, counters) is done once per
         link, and a body that is a single KIND_VNET_SEG record (a super-frame's piece,
-        nearly every datagram of a bulk flow) goes straight to its segment set.
-        Returns how many datagrams the read held.
+        nearly every datagram of a bulk flow) goes straight to its segment set; one
+        relayed record goes to the read's ``relayrun.RelayedRun`` (passed on, or proven
+        with the other pieces of its run). Returns how many datagrams the read held.
         """
         now = time.monotonic()
         me = self.me
@@ -126,15 +127,17 @@ class Ingress:
             count += 1
             nbytes += len(d)
             n = len(body)
+            if (n > _REC_LEN and body[2] == KIND_VNET_SEG and not body[3]
+                    and (body[0] << 8 | body[1]) + _REC_LEN == n and link.peer != me):
+                if run.pieces:
+                    run.join(now)  # frames keep their order
+                self._on_segment(link, memoryview(body)[_REC_LEN:], now)
+                continue
             if relayrun.one_relayed(body) and run.take(link, body, now):
                 continue
             if run.pieces:
-                run.join(now)  # frames keep their order
-            if (n > _REC_LEN and body[2] == KIND_VNET_SEG and not body[3]
-                    and (body[0] << 8 | body[1]) + _REC_LEN == n and link.peer != me):
-                self._on_segment(link, memoryview(body)[_REC_LEN:], now)
-            else:
-                self.on_body(link, body, len(d), now, False)
+                run.join(now)
+            self.on_body(link, body, len(d), now, False)
         run.end(now)
         if cur is not None:
             _count_rx(cur, count, nbytes)
