@@ -143,3 +143,20 @@ def test_a_destination_joins_proven_pieces_by_source_and_link_before_anything_el
     as_caps = caps[0][:2] + bytes((relayseg.KIND_CAPS,)) + caps[0][3:]
     assert not run.take(relay, as_caps, 0.0)
     assert mine[0][2] == superframe.KIND_VNET_SEG
+
+
+def test_a_new_read_looks_the_next_hop_up_again() -> None:
+    m = Mesh3()
+    to_c = _pieces(m, "a", "c", 3000, set_id=1)
+    first, second = _Link(m.ids["c"]), _Link(b"\x44" * 8)
+    eg = _Egress({m.ids["c"]: first})
+    run, _drops, stats, _joined = _run(m, "evil", eg)
+    from_a = cast(Link, _Link(m.ids["a"]))
+    assert run.take(from_a, to_c[0], 0.0)
+    run.end(0.0)
+    eg.hops[m.ids["c"]] = second  # the route changed between two reads
+    run.begin()
+    assert run.take(from_a, to_c[1], 0.0)
+    run.end(0.0)
+    assert [link for link, _ in eg.queued] == [first, second]
+    assert stats["relayed_segments"] == 2  # each read's count added once

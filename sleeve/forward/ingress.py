@@ -79,6 +79,7 @@ class Ingress:
         self.join_udp = True
         self._runs = udpruns.UdpRuns()
         self.relayed_sets = relayseg.RelayedSets()  # relayed super-frames, per proven source
+        self._run: relayrun.RelayedRun | None = None  # see _relayed_run
 
     # ------------------------------------------------------------------ from the underlay
     def after_batch(self) -> None:
@@ -182,8 +183,13 @@ class Ingress:
         self.on_body(link, body, size, now, False)
 
     def _relayed_run(self) -> relayrun.RelayedRun:
-        return relayrun.RelayedRun(self.me, self.egress, self.origin, self.drops, self.stats,
-                                   self._join_proven)
+        """The run for one read (or one datagram), made once and begun afresh."""
+        run = self._run
+        if run is None:
+            run = self._run = relayrun.RelayedRun(self.me, self.egress, self.origin,
+                                                  self.drops, self.stats, self._join_proven)
+        run.begin()
+        return run
 
     def _heard(self, link: Link, addr: tuple[Any, ...], now: float) -> None:
         """What an authenticated datagram from ``addr`` tells us about its link."""

@@ -58,7 +58,8 @@ def one_relayed(body: bytes) -> bool:
 
 class RelayedRun:
     """What one read's relayed records (each alone in a body, ``one_relayed``) come to;
-    ``take`` each, ``join`` before anything else of the read, ``end`` after the read."""
+    ``begin`` a read, ``take`` each, ``join`` before anything else of the read, ``end``
+    after the read. One is made per ``Ingress`` and begun afresh for each read."""
 
     __slots__ = ("_drops", "_dst", "_egress", "_join_proven", "_me", "_origin", "_relayed",
                  "_segments", "_stats", "_via", "link", "pieces", "src")
@@ -77,6 +78,13 @@ class RelayedRun:
         self.pieces: list[bytes] = []  # gathered, not yet proven: from ``src`` by ``link``
         self.src = b""
         self.link: Link | None = None
+
+    def begin(self) -> None:
+        """A new read: the next hops looked up in the last one may have changed since."""
+        self._dst, self._via = b"", None
+        self._relayed = self._segments = 0
+        self.pieces = []
+        self.link = None
 
     def take(self, link: Link, body: bytes, now: float) -> bool:
         """Pass ``body`` on, or gather it as a piece for us; False to leave it to
