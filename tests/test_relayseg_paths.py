@@ -17,7 +17,7 @@ from sleeve.capture.memory import MemoryPort
 from sleeve.config import Target
 from sleeve.crypto.keys import Signer
 from sleeve.crypto.noise import KeyPair
-from sleeve.forward import relayseg, superframe
+from sleeve.forward import relayrun, relayseg, superframe
 from sleeve.forward.egress import relayed_mtu
 from sleeve.forward.oversize import shrink
 from sleeve.node import Node
@@ -92,16 +92,27 @@ def test_caps_are_due_every_so_often_at_once_when_asked_or_the_hop_changed() -> 
     assert len(t._told) == relayseg.MAX_PEERS and p not in t._told
 
 
+class _OldRun(relayrun.RelayedRun):
+    """A pre-relayseg router's fast path: relayed kinds 5 and 6 for others are dropped."""
+
+    __slots__ = ("node",)
+
+    def take(self, link, body, now):  # type: ignore[no-untyped-def]
+        if body[2] != dg.KIND_FRAME and bytes(body[12:20]) != self.node.id:
+            self.node.drops.inc("bad_offload_record" if body[2] == 5 else "unknown_record")
+            return True
+        return super().take(link, body, now)
+
+
 def _make_old(node: Node) -> None:
     """What a pre-relayseg router does with relayed kinds 5 and 6 (38619e6 ingress)."""
     ing = node.ingress
-    orig_fast, orig_relay = ing._relayed_body, ing._relay
+    orig_relay = ing._relay
 
-    def fast(link, body, now):  # type: ignore[no-untyped-def]
-        if body[2] != dg.KIND_FRAME and bytes(body[12:20]) != node.id:
-            node.drops.inc("bad_offload_record" if body[2] == 5 else "unknown_record")
-            return True
-        return orig_fast(link, body, now)
+    def old_run() -> relayrun.RelayedRun:
+        run = _OldRun(node.id, ing.egress, ing.origin, ing.drops, ing.stats, ing._join_proven)
+        run.node = node
+        return run
 
     def relay(rec, raw):  # type: ignore[no-untyped-def]
         if rec.kind != dg.KIND_FRAME:
@@ -109,7 +120,7 @@ def _make_old(node: Node) -> None:
             return
         orig_relay(rec, raw)
 
-    ing._relayed_body = fast  # type: ignore[method-assign]
+    ing._relayed_run = old_run  # type: ignore[method-assign]
     ing._relay = relay  # type: ignore[method-assign]
 
 

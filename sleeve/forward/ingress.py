@@ -10,7 +10,7 @@ Pipeline, per datagram the underlay read (one UDP GRO run counts per datagram):
    window); frames for us are learnt (src MAC -> source peer, a peer may not take an
    address another peer holds, ``proto.mactable``) and written to the port; frames
    for another peer are relayed to its next hop (hop limit, proof copied; a body that
-   is one such record is passed on from its header bytes, ``_relayed_body``); pieces of
+   is one such record is passed on from its header bytes, ``forward.relayrun``); pieces of
    relayed super-frames for us are proven one by one and joined per source
    (``forward.relayseg``); broadcasts
    are delivered and passed on to our children in the source's tree (a TCP SYN's MSS
@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 from sleeve.config import Target
-from sleeve.forward import relayseg, superframe, udpruns
+from sleeve.forward import relayrun, relayseg, superframe, udpruns
 from sleeve.forward.egress import Egress
 from sleeve.forward.reassembly import KIND_FRAGMENT
 from sleeve.forward.relayseg import relayed_mtu
@@ -57,11 +57,8 @@ _KIND_FRAME = dg.KIND_FRAME
 _HOT_KINDS = frozenset((dg.KIND_FRAME, KIND_VNET, KIND_VNET_SEG))
 _VNET_HDR_LEN = vnet.HDR_LEN
 # Records a relay passes on unopened when their destination is another peer.
-_RELAYABLE = frozenset((dg.KIND_FRAME, KIND_VNET_SEG, relayseg.KIND_CAPS))
-_HOP = 1 << dg.HOPS_SHIFT
-# A relayed unicast record with its source's proof: flags S, D, A and not B (low nibble).
-_SDA = dg.FLAG_SRC | dg.FLAG_DST | dg.FLAG_AUTH
-_RELAYED_HEAD = _REC_LEN + 2 * dg.PEER_ID_LEN + dg.AUTH_MAC_LEN  # 44
+_RELAYABLE = relayrun.RELAYABLE
+_HOP = relayrun.HOP
 
 
 class Ingress:
@@ -84,6 +81,7 @@ class Ingress:
         self.join_udp = True
         self._runs = udpruns.UdpRuns()
         self.relayed_sets = relayseg.RelayedSets()  # relayed super-frames, per proven source
+        self._run: relayrun.RelayedRun | None = None  # see _relayed_run
 
     # ------------------------------------------------------------------ from the underlay
     def after_batch(self) -> None:
@@ -112,8 +110,9 @@ class Ingress:
         Each datagram is checked and opened on its own, exactly as ``on_datagram``
         does; what is per read (the clock, the endpoint, counters) is done once per
         link, and a body that is a single KIND_VNET_SEG record (a super-frame's piece,
-        nearly every datagram of a bulk flow) goes straight to its segment set.
-        Returns how many datagrams the read held.
+        nearly every datagram of a bulk flow) goes straight to its segment set; one
+        relayed record goes to the read's ``relayrun.RelayedRun`` (passed on, or proven
+        with the other pieces of its run). Returns how many datagrams the read held.
         """
         self._first = False
         now = time.monotonic()
@@ -121,6 +120,7 @@ class Ingress:
         open_ = self._open
         cur: Link | None = None
         count = nbytes = total = 0
+        run = self._relayed_run()  # relayed records of this read: passed on, or proven in runs
         for off in range(0, len(data), seg):
             total += 1
             d = data[off:off + seg]
@@ -137,9 +137,16 @@ class Ingress:
             n = len(body)
             if (n > _REC_LEN and body[2] == KIND_VNET_SEG and not body[3]
                     and (body[0] << 8 | body[1]) + _REC_LEN == n and link.peer != me):
+                if run.pieces:
+                    run.join(now)  # frames keep their order
                 self._on_segment(link, memoryview(body)[_REC_LEN:], now)
-            else:
-                self._body(link, body, len(d), now)
+                continue
+            if relayrun.one_relayed(body) and run.take(link, body, now):
+                continue
+            if run.pieces:
+                run.join(now)
+            self.on_body(link, body, len(d), now, False)
+        run.end(now)
         if cur is not None:
             _count_rx(cur, count, nbytes)
         return total
@@ -188,13 +195,23 @@ class Ingress:
                 self._answers()
 
     def _body(self, link: Link, body: bytes, size: int, now: float) -> None:
-        """An opened body: one relayed record with its proof takes ``_relayed_body``
+        """An opened body: one relayed record with its proof takes ``forward.relayrun``
         (nearly every datagram of a relayed bulk flow), anything else ``on_body``."""
-        n = len(body)
-        if not (n > _RELAYED_HEAD and body[3] & 0x0F == _SDA
-                and (body[0] << 8 | body[1]) + _RELAYED_HEAD == n
-                and self._relayed_body(link, body, now)):
-            self.on_body(link, body, size, now, False)
+        if relayrun.one_relayed(body):
+            run = self._relayed_run()
+            if run.take(link, body, now):
+                run.end(now)
+                return
+        self.on_body(link, body, size, now, False)
+
+    def _relayed_run(self) -> relayrun.RelayedRun:
+        """The run for one read (or one datagram), made once and begun afresh."""
+        run = self._run
+        if run is None:
+            run = self._run = relayrun.RelayedRun(self.me, self.egress, self.origin,
+                                                  self.drops, self.stats, self._join_proven)
+        run.begin()
+        return run
 
     def _heard(self, link: Link, addr: tuple[Any, ...], now: float) -> None:
         """What an authenticated datagram from ``addr`` tells us about its link."""
@@ -335,40 +352,6 @@ class Ingress:
             if rec.kind == KIND_VNET_SEG:
                 self.stats.inc("relayed_segments")
 
-    def _relayed_body(self, link: Link, body: bytes, now: float) -> bool:
-        """A body that is one relayed unicast record with its proof (nearly every datagram
-        of a relayed bulk flow): passed on, or proven and joined to its set, from its
-        fields, without a ``dg.Record``. False for what ``on_body`` must handle."""
-        kind = body[2]
-        if body[12:20] != self.me:  # the destination: S comes first, then D
-            if kind not in _RELAYABLE:
-                return False
-            flags = body[3]
-            if flags < _HOP:
-                self.drops.inc("hop_limit")
-                return True
-            via = self.egress.towards(body[12:20])
-            if via is None:
-                self.drops.inc("no_route")
-                return True
-            self.egress.queue(via, bytes((body[0], body[1], kind, flags - _HOP))
-                              + memoryview(body)[_REC_LEN:])
-            if kind != relayseg.KIND_CAPS:
-                self.stats.inc("relayed_frames")
-                if kind == KIND_VNET_SEG:
-                    self.stats.inc("relayed_segments")
-            return True
-        src = body[4:12]
-        if kind != KIND_VNET_SEG or src == link.peer or src == self.me:
-            return False  # the slow path counts what needs counting
-        mv = memoryview(body)
-        bad = self.origin.check_piece(src, mv[20:_RELAYED_HEAD], mv[_RELAYED_HEAD:])
-        if bad is not None:
-            self.drops.inc(bad)
-            return True
-        self._join_relayed(link, src, mv[_RELAYED_HEAD:], now)
-        return True
-
     def _on_relayed_segment(self, link: Link, rec: dg.Record, now: float) -> None:
         """A piece of a relayed super-frame for us: proven by its source, then into that
         source's segment sets; what completes is written (``forward.relayseg``)."""
@@ -378,13 +361,20 @@ class Ingress:
 
     def _join_relayed(self, link: Link, src: bytes, payload: memoryview, now: float) -> None:
         """A proven piece from ``src`` into its sets; write what that completes."""
+        self._join_proven(link, src, [payload], now)
+
+    def _join_proven(self, link: Link, src: bytes, payloads: list[memoryview], now: float,
+                     ) -> None:
+        """Proven pieces from ``src`` (in order) into its sets; write what they complete."""
         rs = self.relayed_sets
         sets = rs.for_source(src, now)
         if rs.evicted:  # what arrived of the least recently used source's sets
             self._write_relayed(rs.take_evicted(), now)
-        writes = sets.add(payload, now)  # the body is not reused: views may be kept
-        for hdr, frame in writes:
-            self._deliver_offloaded(link, src, hdr, frame, now)
+        add = sets.add
+        for payload in payloads:
+            writes = add(payload, now)  # the body is not reused: views may be kept
+            for hdr, frame in writes:
+                self._deliver_offloaded(link, src, hdr, frame, now)
         rs.move_drops(sets, self.drops)
         self.egress.tell_caps(src, now)
         if not self._salvage_armed and sets:

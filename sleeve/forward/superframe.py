@@ -56,7 +56,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Final
 
-from sleeve.forward.reassembly import FRAG_HEAD
+from sleeve.forward.reassembly import FRAG_HEAD as FRAG_HEAD
 from sleeve.proto import datagram as dg
 from sleeve.proto import vnet
 
@@ -75,16 +75,11 @@ _NOTHING: Final[list[Write]] = []  # returned when there is nothing to write; ne
 _HDR_LEN_AT: Final = FRAG_HEAD.size + 2  # the virtio header's hdr_len, little-endian
 
 
-def cut(raw: bytes, set_id: int, max_body: int) -> list[bytes] | None:
-    """Records carrying ``raw`` (virtio header + frame) in bodies of ``max_body`` bytes.
-
-    None when it cannot go offloaded (a single frame or a segment too big for the
-    path, or more than 255 segments): the caller finishes it in software instead.
-    Raises ``vnet.VnetError`` for a super-frame that does not parse.
-    """
-    if not raw[1]:  # not a super-frame: one record, header and frame as they are
-        n = len(raw)
-        return [dg.REC.pack(n, KIND_VNET, 0) + raw] if n + dg.REC_LEN <= max_body else None
+def plan(raw: bytes, max_body: int) -> tuple[bytes, int, int, int] | None:
+    """(prefix: virtio header + headers, where the TCP payload begins, gso_size, count)
+    of super-frame ``raw`` cut into pieces whose records fit ``max_body``; None when it
+    cannot go so (a segment too big for the path, or more than 255 segments). Raises
+    ``vnet.VnetError`` for a super-frame that does not parse."""
     h = vnet.parse(raw)
     hl = vnet.tcp_headers(h, memoryview(raw)[vnet.HDR_LEN:])
     mss = h.gso_size
@@ -96,6 +91,23 @@ def cut(raw: bytes, set_id: int, max_body: int) -> list[bytes] | None:
     if count > MAX_SEGMENTS or dg.REC_LEN + FRAG_HEAD.size + len(prefix) + min(mss, size) \
             > max_body:
         return None
+    return prefix, base, mss, count
+
+
+def cut(raw: bytes, set_id: int, max_body: int) -> list[bytes] | None:
+    """Records carrying ``raw`` (virtio header + frame) in bodies of ``max_body`` bytes.
+
+    None when it cannot go offloaded (a single frame or a segment too big for the
+    path, or more than 255 segments): the caller finishes it in software instead.
+    Raises ``vnet.VnetError`` for a super-frame that does not parse.
+    """
+    if not raw[1]:  # not a super-frame: one record, header and frame as they are
+        n = len(raw)
+        return [dg.REC.pack(n, KIND_VNET, 0) + raw] if n + dg.REC_LEN <= max_body else None
+    got = plan(raw, max_body)
+    if got is None:
+        return None
+    prefix, base, mss, count = got
     pack_rec = dg.REC.pack
     pack_head = FRAG_HEAD.pack
     head = FRAG_HEAD.size + len(prefix)
