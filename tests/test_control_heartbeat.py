@@ -39,8 +39,10 @@ def beat(now: float, **kw: object) -> tuple[bool, bool]:
 
 def test_udp_both_ways_and_a_watched_connection_need_no_control_heartbeat() -> None:
     assert beat(100.0) == (False, False)
-    # without the kernel watching (a relayed control stream): every one, as before
-    assert beat(100.0, kernel_keepalive=False) == (True, False)
+    # without the kernel watching (a relayed control stream, a socket that refused the
+    # options): every one, as before, and marked "need": a watched peer with UDP both
+    # ways sends none unless asked, and our read timeout needs its messages
+    assert beat(100.0, kernel_keepalive=False) == (True, True)
     # no UDP from the peer, the peer does not hear ours, or data over TCP: needed
     for kw in ({"heard_at": 100 - HB_GRACE}, {"confirmed": False}, {"over_tcp": True},
                {"heard_at": 0.0}):
@@ -88,7 +90,7 @@ def test_a_link_without_kernel_keepalive_keeps_its_heartbeats_and_its_read_timeo
     for s in range(0, 11):
         lk.heard_at = 100.0 + s
         t.tick(100.0 + s)
-    assert [m for m in sent(lk) if m["t"] == "hb"] == [{"t": "hb"}] * 3  # 0, 5, 10 s
+    assert [m for m in sent(lk) if m["t"] == "hb"] == [{"t": "hb", "n": 1}] * 3  # 0, 5, 10 s
     t.tick(100.0 + 2 * CONTROL_SILENCE)
     w = lk.writer
     assert isinstance(w, FakeWriter) and not w.transport.aborted  # connections' timeout
@@ -140,3 +142,31 @@ def test_kernel_keepalive_is_set_on_a_tcp_connection_and_not_on_a_relayed_stream
     asyncio.run(body())
     relay = RelayWriter(b"\x01" * 8, lambda m: True, lambda: 0, None, b"\x02" * 8)
     assert not kernel_keepalive(relay)
+
+
+def test_a_watched_peer_answers_an_unwatched_side_so_an_idle_link_lives() -> None:
+    """One side's socket refused TCP_USER_TIMEOUT (unwatched: read timeout), the other
+    is watched and hears UDP both ways: the unwatched side must still hear a control
+    message within every CONTROL_SILENCE (review of the idle merge: it closed the link
+    every 20 s)."""
+    ta, la = settled(b"\x09" * 8)
+    tb, lb = settled(b"\x01" * 8)
+    lb.tcp_keepalive = False
+    last_b_heard = 100.0
+    worst = 0.0
+    for s in range(0, 61):
+        now = 100.0 + s
+        la.heard_at = lb.heard_at = now  # UDP both ways
+        for table, me, other in ((ta, la, lb), (tb, lb, la)):
+            before = len(sent(me))
+            table.tick(now)
+            for m in sent(me)[before:]:
+                if m["t"] == "hb":
+                    if m.get("n"):  # as _on_heartbeat does, on this clock
+                        other.hb_asked_at = now
+                    other.tcp_heard_at = now
+                    if other is lb:
+                        worst = max(worst, now - last_b_heard)
+                        last_b_heard = now
+    worst = max(worst, 160.0 - last_b_heard)
+    assert worst < CONTROL_SILENCE, worst

@@ -107,10 +107,22 @@ def test_the_follower_measures_its_round_trip_every_rtt_refresh() -> None:
 def test_a_lost_leader_heartbeat_makes_the_follower_ask_within_the_grace() -> None:
     drop = {100 + 20 + 0.3}  # one of the leader's, at its tick 20 s in
     a, b = run(60, lost=lambda t, who: who == "a" and round(t, 1) in drop)
-    assert b.own is not None
-    late = [t for t in b.own if 120 < t < 130]
-    assert late and late[0] <= 115.3 + HB_GRACE + 1.01  # last answered 115.3
+    assert a.own is not None and b.own is not None
+    # whichever end notices first asks: the follower (last answered 115.3) or, since
+    # the review of the merge, the leader (last heard 115.3) looking again at HB_GRACE
+    late = sorted(t for t in a.own + b.own if 120.3 < t < 130)
+    assert late and late[0] <= 115.3 + HB_GRACE + 1.01
     assert b.max_quiet <= HB_GRACE + 1.01 and a.max_quiet <= HB_GRACE + 1.01
+
+
+def test_the_leader_asks_when_its_answers_are_overdue_not_a_beat_later() -> None:
+    """Answers lost from 120 s: the leader last heard the follower at 115.3 and must
+    start asking at HB_GRACE after that (122.3, its next tick), not at its next
+    heartbeat after the grace (125.3; review of the idle merge)."""
+    a, _ = run(30, lost=lambda t, who: who == "answer" and t >= 120)
+    assert a.own is not None
+    after = [t for t in a.own if t > 120.31]
+    assert after and after[0] <= 115.3 + HB_GRACE + 1.01, a.own
 
 
 def test_a_peer_not_heard_for_the_grace_is_asked_every_second() -> None:

@@ -112,7 +112,14 @@ def heartbeat(now: float, *, leads: bool, confirmed: bool, heard_at: float, over
             and now - sent_at < RTT_REFRESH):
         # the leader's heartbeat and our answer carried a datagram each way: ours is waste
         return Heartbeat(False, min(answered_at + HB_GRACE, sent_at + RTT_REFRESH))
-    return Heartbeat(True, now + SLOW_HEARTBEAT)
+    # Look again when the peer would be overdue (HB_GRACE after the last datagram heard),
+    # not only at our next heartbeat: the suspect asks then start at HB_GRACE, not at
+    # the first beat after it (10 s; review of the idle merge).
+    overdue_at = heard_at + HB_GRACE if not over_tcp and now - heard_at < HB_GRACE else None
+    if overdue_at is not None and sent_at and now < sent_at + SLOW_HEARTBEAT:
+        return Heartbeat(False, min(sent_at + SLOW_HEARTBEAT, overdue_at))  # a look only
+    nxt = now + SLOW_HEARTBEAT
+    return Heartbeat(True, nxt if overdue_at is None else min(nxt, overdue_at))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,5 +134,8 @@ def control_heartbeat(now: float, *, kernel_keepalive: bool, heard_at: float,
     peer last sent one marked "need"."""
     need = over_tcp or not confirmed or now - heard_at >= HB_GRACE
     if not kernel_keepalive:
-        return ControlBeat(True, need)
+        # Unwatched, our silence rule needs the peer's messages, and a watched peer with
+        # UDP heard both ways sends none unless asked: always ask (review of the idle
+        # merge: a side whose socket refused TCP_USER_TIMEOUT closed the link every 20 s).
+        return ControlBeat(True, True)
     return ControlBeat(need or (asked_at > 0 and now - asked_at < ANSWER_NEED), need)
