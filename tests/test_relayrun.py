@@ -160,3 +160,43 @@ def test_a_new_read_looks_the_next_hop_up_again() -> None:
     run.end(0.0)
     assert [link for link, _ in eg.queued] == [first, second]
     assert stats["relayed_segments"] == 2  # each read's count added once
+
+
+def test_a_read_that_raises_still_ends_its_run() -> None:
+    """Review of the merge: a datagram that raises later in a read (the underlay counts
+    it as internal_error) must not lose the run's count of what it already forwarded,
+    nor its gathered pieces (the next read's begin() would clear them)."""
+    import pytest
+
+    from sleeve.forward.ingress import Ingress
+
+    m = Mesh3()
+    recs = _pieces(m, "a", "c", 6000, set_id=2)
+    ended: list[float] = []
+
+    class Run:
+        pieces: list[bytes] = []
+
+        def take(self, link: Any, body: bytes, now: float) -> bool:
+            return True
+
+        def end(self, now: float) -> None:
+            ended.append(now)
+
+    ing = object.__new__(Ingress)
+    ing.me = m.ids["evil"]
+    ing._relayed_run = Run  # type: ignore[method-assign,assignment]
+    ing._heard = lambda *a: None  # type: ignore[method-assign]
+    link = _Link(m.ids["a"])
+    bodies = iter(recs[:2])
+
+    def open_(d: bytes) -> tuple[Any, bytes]:
+        body = next(bodies, None)
+        if body is None:
+            raise RuntimeError("a later datagram's bug")
+        return link, body
+
+    ing._open = open_  # type: ignore[method-assign,assignment]
+    with pytest.raises(RuntimeError):
+        ing.on_run(b"x" * 30, 10, ("198.18.0.1", 6783))
+    assert len(ended) == 1

@@ -121,32 +121,36 @@ class Ingress:
         cur: Link | None = None
         count = nbytes = total = 0
         run = self._relayed_run()  # relayed records of this read: passed on, or proven in runs
-        for off in range(0, len(data), seg):
-            total += 1
-            d = data[off:off + seg]
-            link, body = open_(d)
-            if link is None or body is None:
-                continue
-            if link is not cur:  # learn from the first authenticated datagram, before its body
-                if cur is not None:
-                    _count_rx(cur, count, nbytes)
-                cur, count, nbytes = link, 0, 0
-                self._heard(link, addr, now)
-            count += 1
-            nbytes += len(d)
-            n = len(body)
-            if (n > _REC_LEN and body[2] == KIND_VNET_SEG and not body[3]
-                    and (body[0] << 8 | body[1]) + _REC_LEN == n and link.peer != me):
+        # end() in a finally: what this read forwarded is counted, and pieces gathered
+        # are proven, even if a later datagram raised (counted internal_error upstream)
+        try:
+            for off in range(0, len(data), seg):
+                total += 1
+                d = data[off:off + seg]
+                link, body = open_(d)
+                if link is None or body is None:
+                    continue
+                if link is not cur:  # learn from the first authenticated datagram, before its body
+                    if cur is not None:
+                        _count_rx(cur, count, nbytes)
+                    cur, count, nbytes = link, 0, 0
+                    self._heard(link, addr, now)
+                count += 1
+                nbytes += len(d)
+                n = len(body)
+                if (n > _REC_LEN and body[2] == KIND_VNET_SEG and not body[3]
+                        and (body[0] << 8 | body[1]) + _REC_LEN == n and link.peer != me):
+                    if run.pieces:
+                        run.join(now)  # frames keep their order
+                    self._on_segment(link, memoryview(body)[_REC_LEN:], now)
+                    continue
+                if relayrun.one_relayed(body) and run.take(link, body, now):
+                    continue
                 if run.pieces:
-                    run.join(now)  # frames keep their order
-                self._on_segment(link, memoryview(body)[_REC_LEN:], now)
-                continue
-            if relayrun.one_relayed(body) and run.take(link, body, now):
-                continue
-            if run.pieces:
-                run.join(now)
-            self.on_body(link, body, len(d), now, False)
-        run.end(now)
+                    run.join(now)
+                self.on_body(link, body, len(d), now, False)
+        finally:
+            run.end(now)
         if cur is not None:
             _count_rx(cur, count, nbytes)
         return total
