@@ -8,9 +8,9 @@ heartbeats, 15 s liveness, minutes for rekeying, PMTU re-searches and anti-entro
 Ticking at 1 Hz then makes those deadlines up to 1 s late instead of 0.25 s, which
 none of them minds; everything with a sub-second step (fast heartbeats until the peer
 hears us, PMTU probes, GSO proofs, TCP fallback after 3 s, punching, dialling,
-handshakes, fastdp probing, frames waiting in a reassembly, data flowing through the
-port, IPAM and DNS deadlines) keeps the 4 Hz tick, because any one of them makes the
-router "busy" (``settled`` is False).
+handshakes, fastdp probing, frames waiting in a reassembly, a key exchange due, data
+flowing through the port, IPAM and DNS deadlines) keeps the 4 Hz tick, because any one
+of them makes the router "busy" (``settled`` is False).
 
 Data counts as flowing (``DataWatch``) from ``DATA_RATE`` frames a second, not from any
 frame: in an idle mesh of 50 a router received 1.3-3 frames a second from its links (hosts'
@@ -36,6 +36,7 @@ DATA_QUIET = 5.0  # s after a flow before the ticker may slow down
 # hundreds to thousands; the lab's 50 hosts sent bursts of 8+ broadcasts (IPv6 router
 # solicitations and the like, in step since they started together) every ~13 s.
 DATA_RATE = 100.0
+SHORT_REKEY = 30.0  # s: a rekey interval this short keeps its exchanges on time (4 Hz)
 
 
 class _Pmtu(Protocol):
@@ -45,6 +46,13 @@ class _Pmtu(Protocol):
 
 class _Sized(Protocol):
     def __len__(self) -> int: ...
+
+
+class _Rekey(Protocol):
+    @property
+    def period(self) -> float | None: ...
+
+    def next_deadline(self) -> float | None: ...
 
 
 class SettledLink(Protocol):
@@ -72,12 +80,23 @@ class SettledLink(Protocol):
     @property
     def gossip_pending(self) -> object: ...
 
+    @property
+    def rekey(self) -> _Rekey: ...
+
 
 def link_settled(link: SettledLink, now: float, gso: bool) -> bool:
     """Nothing about this link needs a step within ``IDLE_TICK``."""
     soon = now + IDLE_TICK
+    # A key exchange due within the second, on a short interval (--rekey-interval 0.5 in
+    # test_lab_rekey: at 1 Hz it rotated 11 times in 10 s, not 20). The default 120 s
+    # minds no second, and 49 links' exchanges would hold an idle router at 4 Hz for a
+    # second each, 40% of the time.
+    rk = link.rekey
+    rekey_soon = (rk.period is not None and rk.period < SHORT_REKEY
+                  and (rekey_at := rk.next_deadline()) is not None and rekey_at < soon)
     # a punched (relayed-control) link is settled like any other once its UDP is heard
-    return (link.usable and (not link.virtual or link.endpoint_learnt)
+    return (not rekey_soon
+            and link.usable and (not link.virtual or link.endpoint_learnt)
             and not link.over_tcp and link.confirmed
             and link.told_ok and link.heard_at > 0
             and link.pmtu.next_deadline >= soon

@@ -27,7 +27,8 @@ def settled(**kw: Any) -> Any:
                  confirmed=True, told_ok=True,
                  heard_at=NOW - 1, gso_ok=True, gso_next_proof=0.0,
                  pmtu=SimpleNamespace(next_deadline=NOW + 600), reasm=[], segsets=[],
-                 gossip_pending={})
+                 gossip_pending={},
+                 rekey=SimpleNamespace(period=0.5, next_deadline=lambda: NOW + 60))
     attrs.update(kw)
     return SimpleNamespace(**attrs)
 
@@ -40,10 +41,15 @@ def test_only_a_settled_link_lets_the_ticker_slow_down() -> None:
                    dict(confirmed=False), dict(told_ok=False), dict(heard_at=0.0),
                    dict(pmtu=SimpleNamespace(next_deadline=NOW + 0.5)),  # probing
                    dict(gso_ok=False, gso_next_proof=NOW + 0.3),  # a GSO proof due
-                   dict(reasm=[1]), dict(segsets=[1]), dict(gossip_pending={"dns": 1})):
+                   dict(reasm=[1]), dict(segsets=[1]), dict(gossip_pending={"dns": 1}),
+                   dict(rekey=SimpleNamespace(period=0.5, next_deadline=lambda: NOW + 0.4))):  # CI
+    # failure: rekeying every 0.5 s at 1 Hz did 11 exchanges in 10 s, not 20
         lk = settled(**change)
         assert not link_settled(lk, NOW, gso=True), change
         assert period([settled(), lk], NOW, gso=True, busy=False) == TICK, change
+    for rk in (SimpleNamespace(period=None, next_deadline=lambda: None),  # only answers
+               SimpleNamespace(period=120.0, next_deadline=lambda: NOW + 0.4)):  # default
+        assert link_settled(settled(rekey=rk), NOW, gso=True)
     # without offload, a GSO proof is never due
     assert link_settled(settled(gso_ok=False, gso_next_proof=NOW), NOW, gso=False)
     assert period([settled()], NOW, gso=True, busy=True) == TICK  # e.g. a handshake

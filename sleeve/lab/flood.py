@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -29,7 +30,9 @@ from sleeve.lab.netns import Host
 TICK = 0.02
 
 _FLOOD = r"""
-import ctypes, os, socket, sys, time
+import ctypes, os, signal, socket, sys, time
+stop = []  # SIGTERM (flood.stop): end early, and still print the counts
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 host, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 udp_rate, conn_rate = float(sys.argv[4]), float(sys.argv[5])
 slow_max, conn_max, gen, tick = int(sys.argv[6]), int(sys.argv[7]), sys.argv[8], float(sys.argv[9])
@@ -80,7 +83,7 @@ def connect():
     except OSError:
         s.close(); return None
     return s
-while (now := time.monotonic()) < t0 + secs and sent < 5_000_000:
+while (now := time.monotonic()) < t0 + secs and sent < 5_000_000 and not stop:
     due = int((now - t0) * udp_rate) - sent
     if due > 0:
         sent += send_junk(due)
@@ -125,6 +128,12 @@ def start(host: Host, dst: str, secs: float, udp_rate: float, conn_rate: float,
     return host.popen("nice", "-n", "19", sys.executable, "-c", _FLOOD, dst, str(port),
                       str(secs), str(udp_rate), str(conn_rate), str(slow_max), str(conn_max),
                       gen, str(TICK), stdout=subprocess.PIPE)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """End a flood ``start`` began before its time is up; it still prints its counts."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
 
 
 def cpu_seconds(pid: int) -> float:

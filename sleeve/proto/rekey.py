@@ -154,6 +154,11 @@ class Rekeyer:
 
     # ------------------------------------------------------------------ time
 
+    @property
+    def period(self) -> float | None:
+        """Seconds between the exchanges we start (None: we only answer)."""
+        return self._period
+
     def next_deadline(self) -> float | None:
         if self.state is State.IDLE:
             return self._due
