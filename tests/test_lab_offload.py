@@ -83,8 +83,12 @@ def test_lost_datagrams_of_super_frames_do_not_stall_the_flow() -> None:
               f"({cb.get('drop_segments_lost', 0)} segments lost), the rest of them written")
         assert sent > 100 and cb["rx_superframes"] > 100
         assert hit > 0  # the loss did hit super-frames
-        # a stall would be back-to-back retransmission timeouts (0.2 s, 0.4 s, 0.8 s, ...)
-        assert gap < 1.0, f"the flow paused {gap:.2f}s"
+        # A stall (whole super-frames lost, the bug this guards against) is seconds of
+        # back-to-back retransmission timeouts. One segment's retransmissions lost
+        # twice more in a row costs 0.2 + 0.4 (+ 0.8) s legitimately: with 3% loss and
+        # ~750 lost segments a run that happens about once in 40 (a CI run paused
+        # 1.19 s, with the VM loaded, and had lost nothing else unusual).
+        assert gap < 2.0, f"the flow paused {gap:.2f}s"
 
 
 @pytest.mark.parametrize("plain", ["a", "b"])
