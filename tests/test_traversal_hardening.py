@@ -92,7 +92,7 @@ def test_a_punched_link_lets_the_ticker_slow_down() -> None:
         virtual=True, endpoint_learnt=True, usable=True, over_tcp=False, confirmed=True,
         told_ok=True, heard_at=now - 1, gso_ok=True, gso_next_proof=0.0,
         pmtu=SimpleNamespace(next_deadline=now + 600), reasm=[], segsets=[],
-        gossip_pending={})
+        gossip_pending={}, rekey=SimpleNamespace(period=120.0, next_deadline=lambda: now + 60))
     assert link_settled(punched, now, gso=True)
     punched.endpoint_learnt = False  # still punching: 4 Hz
     assert not link_settled(punched, now, gso=True)
