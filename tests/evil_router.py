@@ -33,7 +33,9 @@ def main() -> int:
             return
         forge_round(self, sent)
         state["done"] += 1
-        if state["done"] % 40 == 0 or state["done"] == rounds:
+        # the first round too: an idle router ticks at 1 Hz (sleeve.pacing), and a ping
+        # window may end before round 40 (a CI run found no log line, "did not forge")
+        if state["done"] % 40 in (0, 1) or state["done"] == rounds:
             log.warning("EVIL round %d: sent %s", state["done"], sent)
 
     Node.on_timer = on_timer  # type: ignore[method-assign]
