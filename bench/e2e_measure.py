@@ -60,19 +60,39 @@ def measure_ping(a: Host, dst: str, count: int) -> dict[str, Any]:
     return res
 
 
-def check_mtu(a: Host, b: Host, dst: str, mtu: int | None) -> dict[str, Any]:
+def check_mtu(a: Host, b: Host, dst: str, mtu: int | None,
+              relayed: bool = False) -> dict[str, Any]:
     """A don't-fragment ping filling the tunnel MTU must pass without any underlay IP
-    fragmentation (IpFragCreates of both hosts unchanged)."""
+    fragmentation (IpFragCreates of both hosts unchanged).
+
+    A relayed path carries less than the interface MTU (each relayed record names its source
+    and destination), so there the first ping must instead teach ``a`` the path MTU (the
+    router answers ICMP "too big"), and a DF ping filling the learnt MTU must pass."""
     if mtu is None:
         return {"mtu": None, "ok": None, "note": "MTU unknown"}
     size = mtu - 28
     before = [nstat(h, ("IpFragCreates",)) for h in (a, b)]
     ok = a.ping(dst, count=3, size=size, dont_fragment=True, timeout=15)
+    out: dict[str, Any] = {"mtu": mtu, "df_ping_payload": size, "df_ping_ok": ok}
+    if relayed and not ok:
+        learnt = _route_mtu(a, dst)
+        out["learnt_pmtu"] = learnt
+        if learnt is not None and learnt < mtu:
+            out["learnt_df_ping_payload"] = learnt - 28
+            ok = a.ping(dst, count=3, size=learnt - 28, dont_fragment=True, timeout=15)
+            out["learnt_df_ping_ok"] = ok
     after = [nstat(h, ("IpFragCreates",)) for h in (a, b)]
     frags = sum(x["IpFragCreates"] - y["IpFragCreates"] for x, y in zip(after, before,
                                                                         strict=True))
-    return {"mtu": mtu, "df_ping_payload": size, "df_ping_ok": ok,
-            "underlay_frag_creates": frags, "ok": bool(ok and frags == 0)}
+    out.update(underlay_frag_creates=frags, ok=bool(ok and frags == 0))
+    return out
+
+
+def _route_mtu(h: Host, dst: str) -> int | None:
+    """The path MTU the kernel of ``h`` learnt for ``dst`` (its route cache), if any."""
+    r = h.run("ip", "-o", "route", "get", dst, check=False)
+    m = re.search(r"\bmtu (\d+)", r.stdout)
+    return int(m.group(1)) if m else None
 
 
 def check_leak(sw: Switch, a: Host, dst: str, wd: pathlib.Path) -> dict[str, Any]:
