@@ -238,3 +238,30 @@ def test_the_want_table_keeps_deadline_order_and_its_bounds() -> None:
         assert loads == t._load and max(loads.values(), default=0) <= 6
     t.expire(now)
     assert all(w.deadline > now for w in t._wants.values())
+
+
+def test_skipped_claims_are_shown_in_status_and_metrics() -> None:
+    """Claims not asked for (a neighbour over its quota) were counted but shown nowhere."""
+    from sleeve.gossip.router import GossipRouter
+    from sleeve.links.table import LinkTable
+    from sleeve.proto.stats import Counters
+    from sleeve.status.metrics import metrics_route
+    s = Setup()
+    v, m = s.v, s.m
+    fake = sorted(os.urandom(8) for _ in range(MAX_RECORDS))
+    v.on_gossip(m, _pack([DIGEST, 0, b"".join(ENTRY.pack(p, 1, 1, b"\0" * 8)
+                                              for p in fake)]), 100.0)
+    sg = signer(9)
+    r = GossipRouter(sg.peer_id, 1, sg, LinkTable(sg.peer_id, Counters()),
+                     Mesh(sg, "x", 1).topology, lambda o, f: [], lambda p: None,
+                     Counters(), Counters())
+    r.register("topology", v)
+    topo = r.status()["topology"]
+    assert topo["wants_skipped"] == {"want_quota": MAX_RECORDS - WANT_QUOTA}
+    assert topo["wants_pending"] == WANT_QUOTA
+    st = {"connections": [], "drops": {}, "mac_count": 0, "peer_count": 1, "counters": {},
+          "gossip": r.status()}
+    text = metrics_route(lambda: st)({})[1].decode()
+    n = MAX_RECORDS - WANT_QUOTA
+    assert f'sleeve_gossip_wants_skipped_total{{reason="want_quota"}} {n}.0' in text
+    assert f"sleeve_gossip_wants_pending {WANT_QUOTA}.0" in text

@@ -370,9 +370,14 @@ class GossipRouter:
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
-        return {name: {**ch.counters.snapshot(),
-                       "drops": ch.drops.snapshot(), "max_msg": ch.max_msg}
-                for name, ch in self.channels.items()}
+        """Per channel: its counters, drops and size bound, and what the channel itself
+        reports (a gossiper with a ``status()`` method, e.g. topology's wanted records)."""
+        out: dict[str, Any] = {}
+        for name, ch in self.channels.items():
+            own = getattr(ch.gossiper, "status", None)
+            out[name] = {**ch.counters.snapshot(), "drops": ch.drops.snapshot(),
+                         "max_msg": ch.max_msg, **(own() if callable(own) else {})}
+        return out
 
 
 def _signed_bytes(m: dict[str, Any]) -> bytes:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from sleeve.gossip.wants import WANT_TIMEOUT, AnswerMemo, Asks, Claim, WantTable
 from sleeve.mesh import LinkInfo, Mesh, encode_chunked
@@ -141,6 +142,12 @@ class TopologyChannel:
         self._links: set[bytes] = set()  # neighbours as of the last sync_links
         self.wants = WantTable(self._lacks)
         self._memo = AnswerMemo()
+
+    def status(self) -> dict[str, Any]:
+        """Records asked for and not yet come, and claims not asked by reason (a neighbour
+        over its quota, the table full): shown in ``status`` and as a metric."""
+        return {"wants_pending": len(self.wants),
+                "wants_skipped": dict(self.wants.skipped)}
 
     def _lacks(self, peer: bytes, claim: Claim) -> bool:
         return newer_than(claim, self.mesh.topology.get(peer))

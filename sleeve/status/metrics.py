@@ -99,6 +99,16 @@ class _NodeCollector(Collector):
             gossip.add_metric([d, "messages"], c.get(f"gossip_{d}_msgs", 0))
             gossip.add_metric([d, "bytes"], c.get(f"gossip_{d}_bytes", 0))
         yield gossip
+        topo = (st.get("gossip") or {}).get("topology") or {}
+        skipped = CounterMetricFamily(
+            "sleeve_gossip_wants_skipped", "topology records a neighbour claimed newer and we "
+            "did not ask for, by reason (its quota, our table full)", labels=["reason"])
+        for why, v in sorted((topo.get("wants_skipped") or {}).items()):
+            skipped.add_metric([why], v)
+        yield skipped
+        yield GaugeMetricFamily("sleeve_gossip_wants_pending",
+                                "topology records asked for and not yet received",
+                                value=topo.get("wants_pending", 0))
         events = CounterMetricFamily(
             "sleeve_events", "router events: relayed frames, TCP fallbacks, hole punching, "
             "fast datapath switches, ...", labels=["event"])
