@@ -2,8 +2,11 @@
 
 The pristine root is what ``debootstrap --variant=minbase SUITE`` gives, nothing added. It is
 built once and kept as a tarball in CACHE_DIR (``/var/cache/sleeve-test/``, one file per
-suite/variant/architecture; delete it to rebuild); every test run extracts it into a fresh
-directory under /var/tmp, so each run starts from the same untouched root. The mirror is the one
+suite/variant/architecture, with the sha256 recorded beside it when it was built; delete it to
+rebuild); every test run checks that sum and extracts it into a fresh directory under /var/tmp,
+so each run starts from the same untouched root. A tarball that is missing, has no recorded sum
+or does not match it (an interrupted copy, a disk error, a hand edit) is built again, which
+needs debootstrap (installed from apt if missing) and fails loudly without it. The mirror is the one
 this machine's apt already uses (its sources), so no host name is written into the project.
 
 Mounts: the root is bind-mounted onto itself (``ip netns exec`` makes "/" an rslave mount, which
@@ -15,6 +18,7 @@ removes every mount under the root, then the root, even when the test fails.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pathlib
 import re
@@ -180,11 +184,35 @@ def _arch() -> str:
     return run(["dpkg", "--print-architecture"], timeout=30).stdout.strip()
 
 
+def sha256_of(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sum_file(tar: pathlib.Path) -> pathlib.Path:
+    return tar.with_name(f"{tar.name}.sha256")
+
+
+def cached_whole(tar: pathlib.Path) -> bool:
+    """True if ``tar`` is there and its sha256 is the one recorded when it was built."""
+    try:
+        want = sum_file(tar).read_text().split()[0]
+    except (OSError, IndexError):
+        return False
+    return tar.is_file() and sha256_of(tar) == want
+
+
 def pristine_tarball(suite: str, variant: str) -> tuple[pathlib.Path, float | None]:
     """The cached pristine root's tarball and, if it had to be built now, debootstrap's seconds."""
     tar = CACHE_DIR / f"debian-{suite}-{variant}-{_arch()}.tar"
-    if tar.is_file():
+    if cached_whole(tar):
         return tar, None
+    # missing, never summed or damaged: build it again (never extract a root we cannot vouch for)
+    sum_file(tar).unlink(missing_ok=True)
+    tar.unlink(missing_ok=True)
     debootstrap = ensure_tool("debootstrap", "debootstrap")
     mirror = host_mirror(suite)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
@@ -198,9 +226,14 @@ def pristine_tarball(suite: str, variant: str) -> tuple[pathlib.Path, float | No
         try:
             run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-cpf", str(part),
                  "-C", str(build / "root"), "."], timeout=600)
+            digest = sha256_of(part)
             part.replace(tar)  # atomic: a concurrent or interrupted run never sees half a root
+            sums = sum_file(part)
+            sums.write_text(f"{digest}  {tar.name}\n")
+            sums.replace(sum_file(tar))  # last: a tarball without its sum is rebuilt
         finally:
             part.unlink(missing_ok=True)
+            sum_file(part).unlink(missing_ok=True)
     finally:
         remove_tree(build)  # debootstrap mounts proc/sys in the target, and may leave them
     return tar, seconds

@@ -23,14 +23,19 @@ import time
 
 import pytest
 
+from tests import freshroot
 from tests.freshroot import (
     ROOT_PATH,
     FreshRoot,
+    FreshRootError,
+    cached_whole,
     ensure_tool,
     mirror_for,
     mounts_under,
     pristine_tarball,
     processes_in,
+    sha256_of,
+    sum_file,
 )
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -68,6 +73,31 @@ def test_mirror_from_apt_sources() -> None:
     disabled = ["Enabled: no\nTypes: deb\nURIs: http://c.invalid/x\nSuites: bookworm\n"]
     assert mirror_for("bookworm", [], disabled) is None
     assert mirror_for("trixie", one_line, deb822) is None
+
+
+def test_cached_root_is_used_only_when_its_recorded_sum_matches(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A damaged or unsummed cache is never extracted: it is deleted and built again, and
+    without debootstrap that build fails loudly instead of falling back to the cache."""
+    tar = tmp_path / "debian-bookworm-minbase-amd64.tar"
+    tar.write_bytes(b"a stock root " * 1000)
+    assert not cached_whole(tar)  # no sum recorded
+    sum_file(tar).write_text(f"{sha256_of(tar)}  {tar.name}\n")
+    assert cached_whole(tar)
+    tar.write_bytes(b"a stock root " * 999)  # cut short
+    assert not cached_whole(tar)
+
+    def no_debootstrap(tool: str, package: str) -> str:
+        raise FreshRootError(f"{tool} missing and apt-get install {package} failed")
+
+    monkeypatch.setattr(freshroot, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(freshroot, "_arch", lambda: "amd64")
+    monkeypatch.setattr(freshroot, "ensure_tool", no_debootstrap)
+    with pytest.raises(FreshRootError, match="debootstrap missing"):
+        pristine_tarball("bookworm", "minbase")
+    assert not tar.exists() and not sum_file(tar).exists()
+    with pytest.raises(FreshRootError, match="debootstrap missing"):  # missing: the same
+        pristine_tarball("bookworm", "minbase")
 
 
 def _install_sh(argv: list[str], env: dict[str, str], user: int | None = None
@@ -153,7 +183,9 @@ def test_readme_commands_on_a_fresh_debian_root(capsys: pytest.CaptureFixture[st
     t0 = time.monotonic()
     tarball, built = pristine_tarball("bookworm", "minbase")
     times.append((f"debootstrap --variant=minbase bookworm, cached as {tarball}", built)
-                 if built is not None else (f"pristine root from the cache {tarball}", 0.0))
+                 if built is not None else
+                 (f"pristine root from the cache {tarball} (sha256 checked)",
+                  time.monotonic() - t0))
     ns_before, links_before = _netns(), _links()
     fr = FreshRoot(tarball)
     try:

@@ -7,7 +7,6 @@ Needs root and network namespaces; fails (never skips) without them.
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
@@ -40,7 +39,10 @@ def test_clear_text_members_use_the_kernel_and_strangers_stay_out() -> None:
         assert st["membership"].startswith("password") and st["fastdp"]["active"]
         assert st["encryption"].startswith("DISABLED")
         assert a.ping(OV[1], count=3)
-        time.sleep(3)  # the stranger has tried several times by now
+        # the stranger has been refused by both members, twice each (it retries after 1-3 s)
+        rx.wait(lambda s: len(s["targets"]) == 2
+                and all(t["attempts"] >= 2 and not t["connected"] for t in s["targets"]),
+                20, "two refused attempts at each member")
         for r in (ra, rb):
             st = r.status()
             assert [c["nickname"] for c in st["connections"]] == [

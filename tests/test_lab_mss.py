@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -72,13 +73,22 @@ def test_tcp_through_a_small_path_without_icmp(clamp: bool) -> None:
             router.wait(established_with(1), 30, "link")
             st = router.wait(lambda st: link_of(st)["pmtu_state"] == "complete", 60, "PMTU")
             assert link_of(st)["pmtu"] == PATH_MTU - 28, link_of(st)
-        results = {}
-        for name, src, dst, ip, port in (("a->b", a, b, B_OV, 5301),
-                                         ("b->a", b, a, A_OV, 5302)):
+        # both directions at once (own ports, own connections): without clamping each must
+        # stall for STALL_AFTER, and they do so side by side instead of one after the other
+        def one_way(src: Host, dst: Host, ip: str, port: int) -> tuple[bool, float]:
             t = time.monotonic()
-            results[name] = transfer(src, dst, ip, port, 120 if clamp else STALL_AFTER)
+            ok = transfer(src, dst, ip, port, 120 if clamp else STALL_AFTER)
+            return ok, time.monotonic() - t
+
+        with ThreadPoolExecutor(2) as pool:
+            jobs = {name: pool.submit(one_way, *args)
+                    for name, args in (("a->b", (a, b, B_OV, 5301)),
+                                       ("b->a", (b, a, A_OV, 5302)))}
+        results = {}
+        for name, job in jobs.items():
+            results[name], secs = job.result()
             print(f"\nclamp={clamp} {name}: {'complete' if results[name] else 'stalled'} "
-                  f"after {time.monotonic() - t:.1f}s")
+                  f"after {secs:.1f}s")
         ca = link_of(ra.status())["counters"]
         cb = link_of(rb.status())["counters"]
         print(f"mss_clamped a={ca.get('mss_clamped', 0)} b={cb.get('mss_clamped', 0)}; "
