@@ -137,36 +137,3 @@ def test_a_plain_router_does_not_import_what_it_does_not_use() -> None:
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                        text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
-
-
-def test_at_most_a_bounded_number_of_dials_shake_hands_at_once() -> None:
-    """Issue 23: a router that discovered ~45 peers started every handshake together; on a
-    loaded 2-core host many then timed out (10 s) and were redialled. Dials now wait for a
-    slot; a finished handshake (a link) or a failed dial frees one."""
-    from sleeve.control.dialler import MAX_DIALS_HANDSHAKING
-
-    d, links = _dialler(me=b"\x00" * 8)  # the smaller id: no deferral of discovered peers
-    peers = [bytes([0, 0, 0, 0, 0, 0, 1, i]) for i in range(MAX_DIALS_HANDSHAKING + 5)]
-    d.discover(set(peers), {p: {Target(f"198.18.0.{i + 2}", 6783)}
-                            for i, p in enumerate(peers)})
-    started: list[object] = []
-
-    def spawn(coro: object) -> None:
-        started.append(coro)
-        coro.close()  # type: ignore[attr-defined]  # never run: the test plays the dials
-
-    now = time.monotonic() + 1
-    d.tick(now, spawn)
-    assert len(started) == MAX_DIALS_HANDSHAKING
-    d.tick(now + 1, spawn)
-    assert len(started) == MAX_DIALS_HANDSHAKING  # all slots taken: nothing more
-    # one handshake done (its connection lasts: still ``connecting``, now with a link)
-    done = next(ts for ts in d.targets.values() if ts.connecting)
-    done.peer = peers[0] if done.peer is None else done.peer
-    links[done.peer] = object()
-    # one dial failed (the dialler clears ``connecting`` when it ends)
-    failed = next(ts for ts in d.targets.values() if ts.connecting and ts is not done)
-    failed.connecting, failed.next_try = False, now + 60
-    d.tick(now + 2, spawn)
-    assert len(started) == MAX_DIALS_HANDSHAKING + 2
-    assert sum(ts.connecting for ts in d.targets.values()) == MAX_DIALS_HANDSHAKING + 1

@@ -40,13 +40,6 @@ log = logging.getLogger("sleeve")
 BACKOFF_START = 2.0
 BACKOFF_MAX = 60.0
 DISCOVERED_DEFER = 4.0  # s the larger id waits before dialling a peer it discovered
-# Dials in their handshake at once; the rest wait for a tick. Why (issue 23): a router of a
-# forming 50-mesh discovered ~45 peers at once and started every handshake together; on 2
-# loaded cores many then missed HANDSHAKE_TIMEOUT (10 s), wasting the work of both sides
-# and coming back as redials (300-1,078 timed-out handshakes per 50-router start, main
-# 454fd48). A handshake takes ~10 ms of CPU: 8 at a time still forms 45 links in under a
-# second on an idle host.
-MAX_DIALS_HANDSHAKING = 8
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
@@ -73,18 +66,13 @@ class Dialler:
         links = self.conns.links
         dialling: set[bytes] = {ts.peer for ts in self.targets.values()
                                 if ts.connecting and ts.peer is not None}
-        # ``connecting`` lasts as long as the connection: the ones without a link yet are
-        # the dials still connecting or shaking hands
-        handshaking = sum(1 for ts in self.targets.values()
-                          if ts.connecting and (ts.peer is None or ts.peer not in links))
         for ts in self.targets.values():
             if ts.dead or ts.connecting or now < ts.next_try:
                 continue
             if ts.peer is not None and (ts.peer in links or ts.peer in dialling):
                 continue
-            if len(links) >= self.cfg.conn_limit or handshaking >= MAX_DIALS_HANDSHAKING:
+            if len(links) >= self.cfg.conn_limit:
                 break
-            handshaking += 1
             ts.connecting = True
             ts.attempts += 1
             if ts.peer is not None:
