@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--password-file", metavar="F",
                     help="file holding the network password (or env SLEEVE_PASSWORD): only "
                          "routers that know it can join")
+    la.add_argument("--psk-file", metavar="F",
+                    help="file holding the network key derived from the password (`sleeve "
+                         "psk`), instead of --password-file: the same network, without the "
+                         "64 MiB Argon2id derivation at every start")
     la.add_argument("--no-encryption", action="store_true",
                     help="carry data and control in clear text; with a password, members are "
                          "still authenticated (and the fast datapath may be used)")
@@ -171,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("peers", nargs="*", metavar="PEER", help="host[:port] to connect to")
 
     sub.add_parser("keygen", help="print a random secret usable as the network password")
+    pk = sub.add_parser("psk", help="print the network key derived from the password, for "
+                                    "launch --psk-file")
+    pk.add_argument("--password-file", metavar="F",
+                    help="file holding the network password (or env SLEEVE_PASSWORD)")
 
     st = sub.add_parser("status", help="show a running router's status")
     st.add_argument("what", nargs="?", default="summary",
@@ -251,8 +259,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _read_psk_file(path: str) -> bytes:
+    from sleeve.crypto.kdf import parse_psk
+
+    try:
+        return parse_psk(pathlib.Path(path).read_text(errors="replace"))
+    except OSError as e:
+        raise ConfigError(f"cannot read PSK file {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise ConfigError(f"PSK file {path}: {e}") from None
+
+
+def _network_psk(args: argparse.Namespace) -> bytes | None:
+    """The network PSK from --psk-file, or derived from the password (None: --open)."""
+    if getattr(args, "psk_file", None):
+        if args.open or args.password_file or os.environ.get("SLEEVE_PASSWORD"):
+            raise ConfigError("--psk-file replaces the password: give one of --psk-file, "
+                              "--password-file / SLEEVE_PASSWORD, --open")
+        return _read_psk_file(args.psk_file)
+    from sleeve.crypto.kdf import psk_from_password
+
+    pw = _read_password(args)
+    return None if pw is None else psk_from_password(pw)
+
+
 def _read_password(args: argparse.Namespace) -> bytes | None:
-    if args.open:
+    if getattr(args, "open", False):
         if args.password_file or os.environ.get("SLEEVE_PASSWORD"):
             raise ConfigError("--open means no password, but a password is given")
         if not args.no_encryption:
@@ -271,14 +303,12 @@ def _read_password(args: argparse.Namespace) -> bytes | None:
     env = os.environ.get("SLEEVE_PASSWORD", "")
     if env:
         return env.encode()
-    raise ConfigError("no password: give --password-file F or SLEEVE_PASSWORD (or, for a "
-                      "network anyone can join, --open --no-encryption)")
+    raise ConfigError("no password: give --password-file F, SLEEVE_PASSWORD or --psk-file F "
+                      "(or, for a network anyone can join, --open --no-encryption)")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    from sleeve.crypto.kdf import psk_from_password
-
-    pw = _read_password(args)
+    psk = _network_psk(args)
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port out of range: {args.port}")
     if not 576 <= args.mtu <= 65535 - 100:
@@ -313,7 +343,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         check_host_port(http, "--http")
     api_socket, api_group = _api_socket_options(args)
     cfg = Config(
-        psk=None if pw is None else psk_from_password(pw), encrypt=not args.no_encryption,
+        psk=psk, encrypt=not args.no_encryption,
         port=args.port, listen=args.listen, iface=args.iface, attach=args.attach, ip=args.ip,
         bridge=bridge,
         mtu=args.mtu, state_dir=pathlib.Path(args.state_dir), nickname=args.nickname,
@@ -456,6 +486,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "keygen":
         from sleeve.crypto.kdf import random_secret
         print(random_secret())
+        return 0
+    if args.cmd == "psk":
+        from sleeve.crypto.kdf import format_psk, psk_from_password
+
+        try:
+            pw = _read_password(args)
+        except ConfigError as e:
+            fail(str(e), 2)
+        assert pw is not None  # without --open, _read_password returns one or raises
+        print(format_psk(psk_from_password(pw)))
         return 0
     if args.cmd == "launch":
         return launch(args)

@@ -29,8 +29,8 @@ from sleeve.config import ConfigError
 
 # option -> type; the argparse dest names of `sleeve launch`
 OPTIONS: dict[str, type] = {
-    "password_file": str, "no_encryption": bool, "open": bool, "port": int, "listen": str,
-    "iface": str,
+    "password_file": str, "psk_file": str, "no_encryption": bool, "open": bool, "port": int,
+    "listen": str, "iface": str,
     "attach": str, "ip": str, "mtu": int, "state_dir": str, "nickname": str, "http": str,
     "api_socket": str, "api_group": str,
     "log_level": str, "log_format": str, "peers": list, "resume": bool,

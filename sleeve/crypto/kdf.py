@@ -26,6 +26,9 @@ __all__ = [
     "PSK_MEMLIMIT",
     "PSK_OPSLIMIT",
     "PSK_SALT",
+    "PSK_TEXT_PREFIX",
+    "format_psk",
+    "parse_psk",
     "psk_from_password",
     "random_secret",
 ]
@@ -50,6 +53,40 @@ def psk_from_password(password: bytes) -> bytes:
     except _nacl_exc.CryptoError as exc:
         # Typically an allocation failure for the 64 MiB work area; never echo the password.
         raise RuntimeError(f"argon2id key derivation failed: {type(exc).__name__}") from None
+
+
+# ``sleeve psk`` writes the derived key as this prefix + unpadded URL-safe base64. The prefix
+# is why a ``sleeve keygen`` secret (also 43 base64 characters) given to --psk-file by mistake
+# is refused instead of silently becoming a different network key than the password's.
+PSK_TEXT_PREFIX: Final = "sleeve-psk-v1:"
+
+
+def format_psk(psk: bytes) -> str:
+    """The text of a PSK file: what ``--psk-file`` reads back with :func:`parse_psk`."""
+    if len(psk) != PSK_LEN:
+        raise ValueError(f"a PSK is {PSK_LEN} bytes, not {len(psk)}")
+    return PSK_TEXT_PREFIX + base64.urlsafe_b64encode(psk).rstrip(b"=").decode("ascii")
+
+
+def parse_psk(text: str) -> bytes:
+    """The 32-byte PSK from a PSK file's text; ValueError (never showing the text) if it is
+    not one. Why a file of the derived key exists at all: Argon2id costs every router start
+    ~0.06 s of CPU and 64 MiB alone, several seconds when 50 start on 2 cores (issue 23);
+    deriving once (``sleeve psk``) gives the same key, so the routers interoperate with
+    those given the password, and the file grants exactly what the password grants while
+    never revealing the password itself."""
+    text = text.strip()
+    if not text.startswith(PSK_TEXT_PREFIX):
+        raise ValueError(f"not a sleeve PSK (it starts with {PSK_TEXT_PREFIX!r}; make one with "
+                         "`sleeve psk`)")
+    body = text[len(PSK_TEXT_PREFIX):]
+    try:
+        psk = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    except ValueError:
+        raise ValueError("the PSK is not valid base64") from None
+    if len(psk) != PSK_LEN or format_psk(psk) != text:
+        raise ValueError(f"the PSK is not {PSK_LEN} bytes of canonical base64")
+    return psk
 
 
 def random_secret() -> str:

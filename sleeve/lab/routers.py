@@ -86,12 +86,13 @@ def ns_get_json(netns: str, path: str, addr: str = STATUS_ADDR,
 class Router:
     def __init__(self, host: Host, args: list[str], workdir: pathlib.Path,
                  password: str | None, env: dict[str, str] | None = None,
-                 module: str = "sleeve") -> None:
+                 module: str = "sleeve", psk: str | None = None) -> None:
         self.host = host
         self.module = module  # tests run altered routers (e.g. tests.evil_router)
         self.args = args
         self.workdir = workdir
         self.password = password
+        self.psk = psk  # `sleeve psk` text: given, the router gets --psk-file, not the password
         self.env = env or {}
         self.log_path = workdir / f"{host.name}.log"
         self.state_dir = workdir / f"{host.name}.state"
@@ -106,7 +107,12 @@ class Router:
         argv = [sys.executable, "-m", self.module, "launch", "--state-dir", str(self.state_dir),
                 "--api-socket", str(self.api_socket), "--nickname", self.host.name, *self.args,
                 *extra]
-        if self.password is None:
+        if self.psk is not None:
+            key = self.workdir / f"{self.host.name}.psk"
+            key.write_text(self.psk)
+            key.chmod(0o600)
+            argv += ["--psk-file", str(key)]
+        elif self.password is None:
             argv += ["--no-encryption", "--open"]  # the lab's old default: an open network
         else:
             pw = self.workdir / f"{self.host.name}.password"

@@ -17,6 +17,7 @@ process per poll, O(peers) bytes), so watching 50 routers costs them little.
 
 from __future__ import annotations
 
+import compileall
 import concurrent.futures
 import json
 import os
@@ -26,6 +27,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import sleeve
+from sleeve.crypto.kdf import format_psk, psk_from_password
 from sleeve.lab.netns import Host, Lab
 from sleeve.lab.routers import Router, workdir
 
@@ -85,6 +88,7 @@ class ScaleLab:
     n: int
     peers: int = 3
     password: str = "scale lab password"
+    psk_file: bool = True  # routers get `sleeve psk` of the password (see the module doc)
     extra: list[str] = field(default_factory=list)
     members: list[Member] = field(default_factory=list)
     up_at: dict[int, float] = field(default_factory=dict)  # first answer since (re)start
@@ -97,6 +101,8 @@ class ScaleLab:
             self.members.append(Member(i, h, h.ipv4(ifname)[0].split("/")[0],
                                        f"198.19.0.{i + 1}", ifname))
         self._static_arp()
+        self.psk = format_psk(psk_from_password(self.password.encode())) if self.psk_file else None
+        compileall.compile_dir(pathlib.Path(sleeve.__file__).parent, quiet=2)
         self.wd = workdir("sleeve-scale-")
         self.pool = concurrent.futures.ThreadPoolExecutor(POLL_WORKERS)
 
@@ -130,7 +136,7 @@ class ScaleLab:
             if m.router is None:
                 args = ["--ip", f"{m.ov}/24", "--ipalloc-range", IPAM_RANGE, *self.extra,
                         *(self.members[j].ul for j in initial_peers(i, self.n, self.peers))]
-                m.router = Router(m.host, args, self.wd, self.password)
+                m.router = Router(m.host, args, self.wd, self.password, psk=self.psk)
             else:
                 m.router.start()
             m.pid = None
