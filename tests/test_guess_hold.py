@@ -62,3 +62,53 @@ def test_heard_endpoint_and_outbound_links_send_at_once() -> None:
     finally:
         peer.close()
         u.close()
+
+
+def test_no_path_mtu_probe_is_lost_to_the_hold_and_the_search_starts_on_the_first_datagram(
+) -> None:
+    """Two nodes in one process: the accepting side's first tick came while it held its
+    guess, so its first PMTU probe went into the hold's drop and the search waited the
+    probe timeout (1 s) before trying again: the link stayed "pending" for a second. Now
+    nothing is probed during the hold, and the dialler's first datagram starts the search."""
+    import asyncio
+
+    from sleeve.config import Target
+    from tests.test_node_inproc import established, make, wait_for
+
+    async def run() -> None:
+        b, _ = make()
+        tb = asyncio.create_task(b.run())
+        await wait_for(lambda: b.udp is not None and b.port is not None)
+        a, _ = make(peers=(Target("127.0.0.1", b.udp_port),))
+        started: list[tuple[bool, bool, bool]] = []  # (holding, learnt, in a tick) per start
+        probe, tick, in_tick = b.egress.probe, b.egress.tick, [False]
+
+        def ticking(now: float) -> None:
+            in_tick[0] = True
+            try:
+                tick(now)
+            finally:
+                in_tick[0] = False
+
+        def watch(link: object, now: float) -> None:
+            before = link.pmtu.status()["pmtu_probing"]  # type: ignore[attr-defined]
+            probe(link, now)  # type: ignore[arg-type]
+            if link.pmtu.status()["pmtu_probing"] not in (None, before):  # type: ignore
+                started.append((link.holding_guess(now), link.endpoint_learnt,  # type: ignore
+                                in_tick[0]))
+        b.egress.probe = watch  # type: ignore[method-assign]
+        b.egress.tick = ticking  # type: ignore[method-assign]
+        ta = asyncio.create_task(a.run())
+        try:
+            await wait_for(lambda: established(a) and established(b))
+            (link,) = b.links.values()
+            assert link.stats["drop_guess_hold"] == 0, "a probe went into the hold's drop"
+            # the search starts with the first datagram, not at the next tick (up to 250 ms)
+            assert started and started[0] == (False, True, False), started
+            assert link.pmtu.status()["pmtu_state"] == "complete"
+        finally:
+            a.stop()
+            b.stop()
+            await asyncio.wait_for(asyncio.gather(ta, tb), 5)
+
+    asyncio.run(run())

@@ -440,11 +440,15 @@ class Egress:
     # ------------------------------------------------------------------ per tick
     def tick(self, now: float) -> None:
         """Heartbeats, PMTU probes and GSO proofs on every link that is not punching."""
-        for link in self.links:
-            if link.virtual and not link.endpoint_learnt:
-                continue  # the traversal part sends its punch datagrams instead
-            if link.holding_guess(now):
-                continue  # the dialler's datagram comes first (links.link.GUESS_HOLD)
+        ready = [link for link in self.links
+                 # punching: the traversal part sends its punch datagrams instead; holding:
+                 # the dialler's datagram comes first (links.link.GUESS_HOLD). Nothing of
+                 # ours would leave (Underlay.send drops it), so no probe may start either:
+                 # a PMTU probe sent into that drop waited PROBE_TIMEOUT (1 s) for its ack,
+                 # and the inbound side of every new link stayed "pending" that long.
+                 if not (link.virtual and not link.endpoint_learnt)
+                 and not link.holding_guess(now)]
+        for link in ready:
             if now >= link.next_hb:
                 # fast until the peer hears us; over TCP, slow probes notice UDP coming back;
                 # on a settled link only the leader's (proto.liveness.heartbeat)
@@ -457,7 +461,7 @@ class Egress:
                     self.underlay.send(link, link.heartbeat_record(now))
                 else:
                     link.stats.inc("heartbeats_skipped")
-        for link in self.links:
+        for link in ready:
             self.underlay.path_limit(link, now)
             self.probe(link, now)
             self.underlay.gso_proof(link, now)

@@ -235,8 +235,13 @@ class Ingress:
             self.underlay.set_source(link, src)
         if self.underlay.rx_extra is not None:  # a spray socket (traversal.spray)
             self.underlay.pin(link)
+        first = not link.endpoint_learnt
         link.endpoint_learnt = True
         self.links.heard(link, now)
+        if first and not link.outbound:
+            # the hold on our guess ends (links.link.GUESS_HOLD): start the path MTU search
+            # now rather than at the next tick, up to 250 ms away, while the link is pending
+            self.egress.probe(link, now)
 
     def on_tcp_data(self, link: Link, m: dict[str, Any]) -> None:
         """Records that came over the control connection (UDP does not get through)."""
