@@ -18,6 +18,7 @@ removes every mount under the root, then the root, even when the test fails.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import pathlib
@@ -208,14 +209,22 @@ def cached_whole(tar: pathlib.Path) -> bool:
 def pristine_tarball(suite: str, variant: str) -> tuple[pathlib.Path, float | None]:
     """The cached pristine root's tarball and, if it had to be built now, debootstrap's seconds."""
     tar = CACHE_DIR / f"debian-{suite}-{variant}-{_arch()}.tar"
-    if cached_whole(tar):
-        return tar, None
-    # missing, never summed or damaged: build it again (never extract a root we cannot vouch for)
-    sum_file(tar).unlink(missing_ok=True)
-    tar.unlink(missing_ok=True)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    # one run at a time checks or builds the cache: another run's build between our check
+    # and our use could otherwise pair its tarball with our sum
+    with open(CACHE_DIR / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if cached_whole(tar):
+            return tar, None
+        # missing, never summed or damaged: build it again (never extract a root we cannot
+        # vouch for). Nothing is deleted first: a good but unsummed root stays until a new
+        # one replaces it, so a machine that cannot build keeps what it had.
+        return tar, _build(tar, suite, variant)
+
+
+def _build(tar: pathlib.Path, suite: str, variant: str) -> float:
     debootstrap = ensure_tool("debootstrap", "debootstrap")
     mirror = host_mirror(suite)
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
     build = pathlib.Path(tempfile.mkdtemp(prefix="sleeve-debootstrap-", dir="/var/tmp"))
     t0 = time.monotonic()
     try:
@@ -236,7 +245,7 @@ def pristine_tarball(suite: str, variant: str) -> tuple[pathlib.Path, float | No
             sum_file(part).unlink(missing_ok=True)
     finally:
         remove_tree(build)  # debootstrap mounts proc/sys in the target, and may leave them
-    return tar, seconds
+    return seconds
 
 
 class FreshRoot:

@@ -77,8 +77,9 @@ def test_mirror_from_apt_sources() -> None:
 
 def test_cached_root_is_used_only_when_its_recorded_sum_matches(
         tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A damaged or unsummed cache is never extracted: it is deleted and built again, and
-    without debootstrap that build fails loudly instead of falling back to the cache."""
+    """A damaged or unsummed cache is never used: it is built again, and without
+    debootstrap that build fails loudly instead of falling back to the cache. A whole one
+    is used as it is, with no build."""
     tar = tmp_path / "debian-bookworm-minbase-amd64.tar"
     tar.write_bytes(b"a stock root " * 1000)
     assert not cached_whole(tar)  # no sum recorded
@@ -95,9 +96,15 @@ def test_cached_root_is_used_only_when_its_recorded_sum_matches(
     monkeypatch.setattr(freshroot, "ensure_tool", no_debootstrap)
     with pytest.raises(FreshRootError, match="debootstrap missing"):
         pristine_tarball("bookworm", "minbase")
-    assert not tar.exists() and not sum_file(tar).exists()
+    sum_file(tar).unlink()
+    with pytest.raises(FreshRootError, match="debootstrap missing"):  # unsummed: the same
+        pristine_tarball("bookworm", "minbase")
+    tar.unlink()
     with pytest.raises(FreshRootError, match="debootstrap missing"):  # missing: the same
         pristine_tarball("bookworm", "minbase")
+    tar.write_bytes(b"a stock root " * 1000)
+    sum_file(tar).write_text(f"{sha256_of(tar)}  {tar.name}\n")
+    assert pristine_tarball("bookworm", "minbase") == (tar, None)  # whole: used, no build
 
 
 def _install_sh(argv: list[str], env: dict[str, str], user: int | None = None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
 import pytest
 
@@ -29,7 +28,7 @@ pytestmark = pytest.mark.lab
 S1_UL, S2_UL = "198.18.84.1", "198.18.84.2"
 NAT1, NAT2 = "198.18.84.11", "198.18.94.12"
 H1_OV, H2_OV = "198.19.84.11", "198.19.84.12"
-WATCH = 60.0  # s: deadline for one whole attempt (plan.ATTEMPT_TIME) to end
+WATCH = 60.0  # s: one whole attempt (plan.ATTEMPT_TIME) and the backoff after it
 
 
 def test_two_counting_nats_stay_relayed_with_bounded_attempts() -> None:
@@ -76,19 +75,12 @@ def test_two_counting_nats_stay_relayed_with_bounded_attempts() -> None:
         n = 1_000_000
         assert tcp_transfer(h1, h2, H2_OV, n)[:2] == (n, expected_digest(n, "sleeve"))
         assert relayed() - before > n // 1500, "not relayed: direct after all?"
-        # the first attempt ends ATTEMPT_TIME after it began (or sooner, see below): wait for
-        # that, within the same WATCH, instead of sleeping out WATCH. Everything asserted
-        # below holds from then on until the next attempt, QUIET_MIN later at the earliest.
-        def ended(st: dict[str, Any]) -> bool:
-            return any(a["result"] != "punching" for p in st["traversal"]["peers"]
-                       if p["peer"] == n2 for a in p["tried"])
-
-        r1.wait(ended, max(1.0, t + WATCH - time.monotonic()), "the first attempt's end")
+        time.sleep(max(0.0, t + WATCH - time.monotonic()))
         st1, st2 = r1.status(), r2.status()
         assert not direct(st1, n2) and not direct(st2, n1)
         (e1,) = [p for p in st1["traversal"]["peers"] if p["peer"] == n2]
         (e2,) = [p for p in st2["traversal"]["peers"] if p["peer"] == n1]
-        print(f"\nafter {time.monotonic() - t:.0f}s: h1 {e1}\nh2 {e2}")
+        print(f"\nafter {WATCH:.0f}s: h1 {e1}\nh2 {e2}")
         # bounded: one attempt per ATTEMPT_TIME + backoff at most (the first failed
         # at ~45 s, the next waits QUIET_MIN after it)
         assert 1 <= e1["attempts"] <= 2 and e1["successes"] == 0
