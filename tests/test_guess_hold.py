@@ -105,7 +105,11 @@ def test_no_path_mtu_probe_is_lost_to_the_hold_and_the_search_starts_on_the_firs
             assert link.stats["drop_guess_hold"] == 0, "a probe went into the hold's drop"
             # the search starts with the first datagram, not at the next tick (up to 250 ms)
             assert started and started[0] == (False, True, False), started
-            assert link.pmtu.status()["pmtu_state"] == "complete"
+            # and it searched up to the route's MTU (read first), as the dialler's did
+            a_link = a.links[b.id]
+            await wait_for(lambda: a_link.pmtu.status()["pmtu_state"] == "complete"
+                           and link.pmtu.status()["pmtu_state"] == "complete")
+            assert link.pmtu.current == a_link.pmtu.current > 1472
         finally:
             a.stop()
             b.stop()

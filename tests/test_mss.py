@@ -127,8 +127,11 @@ def test_two_nodes_clamp_syn_and_synack_on_the_way_through() -> None:
     mac_b = bytes.fromhex(MACS["dst"].replace(":", ""))
 
     async def body(a: Node, pa: MemoryPort, b: Node, pb: MemoryPort) -> None:
+        # both searches complete, not just known: each end clamps to its own link's current
+        # MTU, and a search still climbing on one side clamps below the other's
         await wait_for(lambda: established(a) and established(b)
-                       and a.links[b.id].pmtu_known() and b.links[a.id].pmtu_known())
+                       and a.links[b.id].pmtu.status()["pmtu_state"] == "complete"
+                       and b.links[a.id].pmtu.status()["pmtu_state"] == "complete")
         pa.inject(frame(BCAST, mac_a, b"arp"))  # b learns a's MAC, a learns b's below
         pb.inject(frame(BCAST, mac_b, b"arp"))
         await wait_for(lambda: len(pa.delivered) == 1 and len(pb.delivered) == 1)

@@ -239,8 +239,9 @@ class Ingress:
         link.endpoint_learnt = True
         self.links.heard(link, now)
         if first and not link.outbound:
-            # the hold on our guess ends (links.link.GUESS_HOLD): start the path MTU search
-            # now rather than at the next tick, up to 250 ms away, while the link is pending
+            # our hold ends (GUESS_HOLD): search the path MTU now, not at the next tick (the
+            # link is pending till then); the route's MTU first, or it stops at 1500's limit
+            self.underlay.path_limit(link, now)
             self.egress.probe(link, now)
 
     def on_tcp_data(self, link: Link, m: dict[str, Any]) -> None:
