@@ -65,7 +65,11 @@ def one_start(cwd: pathlib.Path, auth: list[str], state: pathlib.Path,
             return cpu, wall, hwm / 1024
         finally:
             p.terminate()
-            p.wait(10)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()  # never leave a router behind
+                p.wait(10)
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
 
@@ -96,8 +100,9 @@ def main() -> int:
         }
         res: dict[str, list[tuple[float, float, float]]] = {k: [] for k in variants}
         for rep in range(args.repeats):
-            for k, (cwd, auth) in variants.items():
-                res[k].append(one_start(cwd, auth, wd / f"state-{rep}"))
+            for i, (k, (cwd, auth)) in enumerate(variants.items()):
+                # a state dir of its own: the first start in a dir also makes its static key
+                res[k].append(one_start(cwd, auth, wd / f"state-{rep}-{i}"))
         for k, v in res.items():
             cpu, wall, hwm = ([x[i] for x in v] for i in range(3))
             print(f"{k}: CPU to first answer median {statistics.median(cpu):.2f} s "

@@ -263,6 +263,12 @@ def _read_psk_file(path: str) -> bytes:
     from sleeve.crypto.kdf import parse_psk
 
     try:
+        mode = pathlib.Path(path).stat().st_mode
+        if mode & 0o077:
+            # it grants what the password grants: like ssh's private keys, refuse it when
+            # others may read it, rather than run on a key every local user can copy
+            raise ConfigError(f"PSK file {path} is open to others (mode {mode & 0o777:o}): "
+                              f"chmod 600 {path}")
         return parse_psk(pathlib.Path(path).read_text(errors="replace"))
     except OSError as e:
         raise ConfigError(f"cannot read PSK file {path}: {e.strerror}") from None
@@ -283,7 +289,8 @@ def _network_psk(args: argparse.Namespace) -> bytes | None:
     return None if pw is None else psk_from_password(pw)
 
 
-def _read_password(args: argparse.Namespace) -> bytes | None:
+def _read_password(args: argparse.Namespace, hint: str = " or --psk-file F (or, for a "
+                   "network anyone can join, --open --no-encryption)") -> bytes | None:
     if getattr(args, "open", False):
         if args.password_file or os.environ.get("SLEEVE_PASSWORD"):
             raise ConfigError("--open means no password, but a password is given")
@@ -303,8 +310,7 @@ def _read_password(args: argparse.Namespace) -> bytes | None:
     env = os.environ.get("SLEEVE_PASSWORD", "")
     if env:
         return env.encode()
-    raise ConfigError("no password: give --password-file F, SLEEVE_PASSWORD or --psk-file F "
-                      "(or, for a network anyone can join, --open --no-encryption)")
+    raise ConfigError(f"no password: give --password-file F or SLEEVE_PASSWORD{hint}")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -491,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         from sleeve.crypto.kdf import format_psk, psk_from_password
 
         try:
-            pw = _read_password(args)
+            pw = _read_password(args, hint="")
         except ConfigError as e:
             fail(str(e), 2)
         assert pw is not None  # without --open, _read_password returns one or raises

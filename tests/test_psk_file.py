@@ -42,6 +42,7 @@ def files(tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
     assert r.returncode == 0, r.stderr
     psk = tmp_path / "psk"
     psk.write_text(r.stdout)
+    psk.chmod(0o600)
     return pw, psk
 
 
@@ -98,17 +99,19 @@ def test_bad_psk_files_are_one_clear_line_without_their_content(
     key = format_psk(bytes(range(32)))
     cases = {"keygen": (secret, "not a sleeve PSK"),
              "short": (key[:-4], "not 32 bytes"),
-             "junk": (PSK_TEXT_PREFIX + "!!!not*base64!!!", "PSK"),
+             "junk": (PSK_TEXT_PREFIX + "!!!not*base64!!!", "not valid base64"),
              "empty": ("", "not a sleeve PSK")}
     for name, (text, needle) in cases.items():
         f = tmp_path / name
         f.write_text(text)
+        f.chmod(0o600)
         r = subprocess.run([*SLEEVE, "launch", "--psk-file", str(f)], capture_output=True,
                            text=True, env=_env(), timeout=30)
         line = one_line_error(r)
         assert r.returncode == 2 and needle in line, (name, line)
-        if text[len(PSK_TEXT_PREFIX):]:
-            assert text[len(PSK_TEXT_PREFIX):] not in line, (name, line)
+        shown = text[len(PSK_TEXT_PREFIX):] if text.startswith(PSK_TEXT_PREFIX) else text
+        if shown:
+            assert shown not in line, (name, line)
     r = subprocess.run([*SLEEVE, "launch", "--psk-file", str(tmp_path / "none")],
                        capture_output=True, text=True, env=_env(), timeout=30)
     assert "cannot read PSK file" in one_line_error(r)
@@ -117,7 +120,22 @@ def test_bad_psk_files_are_one_clear_line_without_their_content(
 def test_sleeve_psk_without_a_password_is_one_clear_line() -> None:
     r = subprocess.run([*SLEEVE, "psk"], capture_output=True, text=True, env=_env(),
                        timeout=30)
-    assert r.returncode == 2 and "no password" in one_line_error(r)
+    line = one_line_error(r)
+    assert r.returncode == 2 and "no password" in line
+    assert "--psk-file" not in line and "--open" not in line  # not options of `sleeve psk`
+
+
+def test_a_psk_file_others_may_read_is_refused(files: tuple[pathlib.Path, pathlib.Path]
+                                               ) -> None:
+    """It grants what the password grants: `sleeve psk > F` under umask 022 makes it 0644."""
+    _, psk = files
+    for mode in (0o644, 0o640, 0o604):
+        psk.chmod(mode)
+        r = subprocess.run([*SLEEVE, "launch", "--psk-file", str(psk)], capture_output=True,
+                           text=True, env=_env(), timeout=30)
+        line = one_line_error(r)
+        assert r.returncode == 2 and f"open to others (mode {mode:o})" in line, line
+        assert psk.read_text().strip()[len(PSK_TEXT_PREFIX):] not in line
 
 
 def test_format_and_parse_round_trip_and_are_strict() -> None:

@@ -73,8 +73,8 @@ def parse_psk(text: str) -> bytes:
     not one. Why a file of the derived key exists at all: Argon2id costs every router start
     ~0.06 s of CPU and 64 MiB alone, several seconds when 50 start on 2 cores (issue 23);
     deriving once (``sleeve psk``) gives the same key, so the routers interoperate with
-    those given the password, and the file grants exactly what the password grants while
-    never revealing the password itself."""
+    those given the password, and the file grants exactly what the password grants; it shows
+    the password only to offline guessing, one Argon2id per guess (the salt is fixed)."""
     text = text.strip()
     if not text.startswith(PSK_TEXT_PREFIX):
         raise ValueError(f"not a sleeve PSK (it starts with {PSK_TEXT_PREFIX!r}; make one with "

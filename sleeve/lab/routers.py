@@ -112,6 +112,9 @@ class Router:
             key.write_text(self.psk)
             key.chmod(0o600)
             argv += ["--psk-file", str(key)]
+            # a password in the caller's environment would make the router refuse the file
+            env = {**(self.env or {}), "SLEEVE_PASSWORD": "", "SLEEVE_PASSWORD_FILE": "",
+                   "SLEEVE_OPEN": ""}
         elif self.password is None:
             argv += ["--no-encryption", "--open"]  # the lab's old default: an open network
         else:
@@ -120,7 +123,8 @@ class Router:
             pw.chmod(0o600)
             argv += ["--password-file", str(pw)]
         with open(self.log_path, "ab") as log:
-            self.proc = self.host.popen(*argv, stdout=log, stderr=log, env=self.env)
+            self.proc = self.host.popen(*argv, stdout=log, stderr=log,
+                                        env=env if self.psk is not None else self.env)
 
     def stop(self) -> int:
         assert self.proc is not None

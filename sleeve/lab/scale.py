@@ -88,7 +88,7 @@ class ScaleLab:
     n: int
     peers: int = 3
     password: str = "scale lab password"
-    psk_file: bool = True  # routers get `sleeve psk` of the password (see the module doc)
+    psk_file: bool = True  # routers get `sleeve psk` of the password: no Argon2id per start
     extra: list[str] = field(default_factory=list)
     members: list[Member] = field(default_factory=list)
     up_at: dict[int, float] = field(default_factory=dict)  # first answer since (re)start
