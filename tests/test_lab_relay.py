@@ -82,6 +82,12 @@ def test_blocked_pair_is_relayed_then_goes_direct_when_unblocked() -> None:
                                for cn in st["connections"]), 120, "direct link A-C")
         ra.wait(lambda st: {r["destination"]: r for r in st["routes"]}[c_name]["via"]
                 == c_name, 10, "direct route A-C")
+        # and C's way back (the transfer's ACKs): each end picks its routes on its own, and
+        # C's link may settle a moment after A's (a run with offloads off saw 2570 ACKs
+        # still relayed by B)
+        a_name = ra.status()["name"]
+        rc.wait(lambda st: {r["destination"]: r for r in st["routes"]}[a_name]["via"]
+                == a_name, 10, "direct route C-A")
         print(f"block lifted: A-C direct after {time.monotonic() - t:.1f}s")
         before = rb.status()["counters"].get("relayed_frames", 0)
         got, digest, _ = tcp_transfer(a, c, C_OV, n, timeout=60)
