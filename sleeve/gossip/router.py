@@ -282,7 +282,10 @@ class GossipRouter:
             delta = ch.gossiper.on_gossip(link.peer, data, time.monotonic())
         except GossipRefused as e:
             self._drop(ch, e.reason)
-            log.warning("%s gossip from %s refused: %s", ch.name, link.name, e.reason)
+            # counted either way; a forming mesh's duplicate connections gave hundreds of
+            # warnings for the benign no-link case
+            (log.debug if e.reason == "gossip_no_link" else log.warning)(
+                "%s gossip from %s refused: %s", ch.name, link.name, e.reason)
             return
         if delta is not None:
             ch.counters.inc("updates")
