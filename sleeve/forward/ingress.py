@@ -239,8 +239,7 @@ class Ingress:
         link.endpoint_learnt = True
         self.links.heard(link, now)
         if first and not link.outbound:
-            # our hold ends (GUESS_HOLD): search the path MTU now, not at the next tick (the
-            # link is pending till then); the route's MTU first, or it stops at 1500's limit
+            # hold over (GUESS_HOLD): search the path MTU now, the route's limit read first
             self.underlay.path_limit(link, now)
             self.egress.probe(link, now)
 
