@@ -236,6 +236,9 @@ def run(args: argparse.Namespace, stamp: str) -> dict[str, Any]:
                 "cpu_pct_of_core": spread([u[0] for u in use.values()]),
                 "rss_mb": spread([u[1] / 1024 for u in use.values()]),
                 "hwm_mb": spread([u[2] / 1024 for u in use.values()]),
+                # which routers are largest (is the largest always the same one?)
+                "rss_top": [(f"s{i + 1}", round(use[i][1] / 1024, 2)) for i in
+                            sorted(use, key=lambda i: use[i][1], reverse=True)[:3]],
                 "control_bytes_per_s": spread([v["control"] / args.idle for v in d.values()]),
                 # what an idle router does each second (over the window and the polls
                 # around it: the polls' own ticks count too)
