@@ -450,11 +450,8 @@ class Node:
             self.stats.inc("ticks_idle" if delay == IDLE_TICK else "ticks")
             if delay != IDLE_TICK:  # why not 1 Hz (an idle mesh should show none)
                 self.stats.inc(f"ticks_busy_{why or 'links'}")
-            due = time.monotonic() + delay
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), delay)
-            if not wake.is_set():  # timed out: how late the loop ran it (dialler._admit)
-                self.dialler.lag = max(0.0, time.monotonic() - due)
             wake.clear()
 
     def _poke(self, _link: Link | None = None) -> None:
@@ -514,16 +511,19 @@ class Node:
 
         from sleeve import __version__
 
-        return {"version": __version__, "python": platform.python_version(),
-                "kernel": platform.release(), "config": self.cfg.summary(),
-                "status": self.status()}
+        return {
+            "version": __version__, "python": platform.python_version(),
+            "kernel": platform.release(), "config": self.cfg.summary(),
+            "status": self.status(),
+        }
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
         return {
             "name": self.name, "nickname": self.cfg.nickname,
             "encryption": "enabled" if self.cfg.encrypted else "DISABLED (--no-encryption)",
-            "membership": self.cfg.membership, "port": self.udp_port,
+            "membership": self.cfg.membership,
+            "port": self.udp_port,
             "interface": None if self.port is None else self.port.name,
             "mtu": None if self.port is None else self.port.mtu,
             "uptime_s": round(now - self.started, 1),

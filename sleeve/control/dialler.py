@@ -11,14 +11,6 @@ A peer whose first direct dial is still untried or in flight is not hole-punched
 a relayed attempt to a peer that the direct dial is about to reach is pure load. A peer
 that comes back with a new incarnation (it restarted) is dialled at once, without the
 backoff its refused attempts built up while it was down (``renewed``).
-Discovered targets are admitted, not all dialled at once (``_admit``): at most
-``DISCOVERED_INFLIGHT`` handshakes (ours and inbound) at a time, and only one new one
-per ``LAG_SPACING`` while the event loop runs late (``lag``, measured by the node's
-ticker: our process waits for a CPU or has a backlog). A host joining a mesh of N
-otherwise starts N handshakes at once, and where many routers share few cores (50 on 2
-in bench.scale) each of them answers late: handshakes time out after 10 s of waiting
-(821 in one 50-router run), are redialled, and the load feeds itself (issue 23).
-Targets the user gave are never held back.
 Connection tasks (ours and traversal's relayed ones) run in the node's task group
 through ``task_spawner``, which isolates them: an exception nobody expected is counted
 as an ``internal_error`` drop and logged once with its traceback, and the attempt is
@@ -48,9 +40,6 @@ log = logging.getLogger("sleeve")
 BACKOFF_START = 2.0
 BACKOFF_MAX = 60.0
 DISCOVERED_DEFER = 4.0  # s the larger id waits before dialling a peer it discovered
-DISCOVERED_INFLIGHT = 6  # handshakes in progress (both ways) past which none is added
-LAG_LIMIT = 0.1  # s late: the event loop is behind, the host (or this process) busy
-LAG_SPACING = 1.0  # s between discovered dials while the loop is late
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
@@ -61,8 +50,6 @@ class Dialler:
         self.conns = conns
         self.targets: dict[Target, TargetState] = {t: TargetState(t) for t in cfg.peers}
         self.on_added: Callable[[], None] = lambda: None  # the node's ticker: dial soon
-        self.lag = 0.0  # how late the node's last timed tick ran, s (``_admit``)
-        self._lag_next = 0.0  # while late: no discovered dial before this
         if cfg.resume:
             self._load()
 
@@ -79,10 +66,6 @@ class Dialler:
         links = self.conns.links
         dialling: set[bytes] = {ts.peer for ts in self.targets.values()
                                 if ts.connecting and ts.peer is not None}
-        inflight = self.conns.handshaking + sum(
-            1 for ts in self.targets.values()
-            if ts.connecting and (ts.peer is None or ts.peer not in links))
-        held = False
         for ts in self.targets.values():
             if ts.dead or ts.connecting or now < ts.next_try:
                 continue
@@ -90,28 +73,11 @@ class Dialler:
                 continue
             if len(links) >= self.cfg.conn_limit:
                 break
-            if ts.discovered:
-                if held or not self._admit(now, inflight):
-                    held = True  # stays due, and untried (not punched: ``direct_first``)
-                    continue
-                inflight += 1
             ts.connecting = True
             ts.attempts += 1
             if ts.peer is not None:
                 dialling.add(ts.peer)
             spawn(self._dial(ts))
-        if held:
-            self.conns.stats.inc("dials_held")  # ticks that left a discovered dial waiting
-
-    def _admit(self, now: float, inflight: int) -> bool:
-        """Whether one more discovered target may be dialled now (see the module doc)."""
-        if inflight >= DISCOVERED_INFLIGHT:
-            return False
-        if self.lag > LAG_LIMIT:
-            if now < self._lag_next:
-                return False
-            self._lag_next = now + LAG_SPACING
-        return True
 
     async def _dial(self, ts: TargetState) -> None:
         try:
