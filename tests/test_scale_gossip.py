@@ -24,7 +24,13 @@ from sleeve.config import Config, Target
 from sleeve.control.dialler import DISCOVERED_DEFER, Dialler
 from sleeve.crypto.keys import Signer
 from sleeve.gossip.router import ANTI_ENTROPY_FANOUT, GossipRouter
-from sleeve.gossip.topology import OWN_RECORD_INTERVAL, TopologyChannel, TopologyData
+from sleeve.gossip.topology import (
+    GAIN_FANOUT,
+    OWN_RECORD_INTERVAL,
+    TopologyChannel,
+    TopologyData,
+    gain_interval,
+)
 from sleeve.mesh import ANTI_ENTROPY, LinkInfo, Mesh
 from sleeve.node import Node
 from sleeve.proto.gossip import PerNeighbour
@@ -87,6 +93,28 @@ def test_own_record_gains_wait_losses_do_not() -> None:
     assert len(h.sent) == 4, "a link no longer established must be published at once"
 
 
+def test_gains_wait_longer_on_a_router_with_many_links() -> None:
+    """Past GAIN_FANOUT links the interval grows with them (a 49-link router: 3 s)."""
+    assert gain_interval(1) == gain_interval(GAIN_FANOUT) == OWN_RECORD_INTERVAL
+    assert gain_interval(49) == OWN_RECORD_INTERVAL * 49 / GAIN_FANOUT
+    me = signer(0)
+    peers = [signer(i) for i in range(1, 50)]
+    mesh = Mesh(me, "me", 1)
+    ch = TopologyChannel(mesh, lambda p: None)
+    h = Handle()
+    ch.gossip_handle = h  # type: ignore[assignment]
+    infos = [LinkInfo(s.peer_id, f"198.18.1.{i}:6783", True, True)
+             for i, s in enumerate(peers, start=1)]
+    ch.sync_links(infos[:48], 100.0)
+    assert len(h.sent) == 1
+    ch.sync_links(infos, 100.0 + 2 * OWN_RECORD_INTERVAL)
+    assert len(h.sent) == 1, "a gain 2 s after a publication by a 48-link router"
+    ch.sync_links(infos, 100.0 + gain_interval(48))
+    assert len(h.sent) == 2
+    ch.sync_links(infos[1:], 100.0 + gain_interval(48) + 0.1)
+    assert len(h.sent) == 3, "a lost link must be published at once, whatever the links"
+
+
 def test_anti_entropy_period_is_stretched_past_fanout_links() -> None:
     def period(n_links: int) -> float:
         r = GossipRouter(b"\x01" * 8, 1, signer(1), [object()] * n_links,  # type: ignore[arg-type]
@@ -143,4 +171,4 @@ def test_routes_view_and_control_byte_counters_on_two_nodes() -> None:
         assert c["counters"]["control_tx_msgs"] >= 1  # at least the topology gossip
         assert c["counters"]["control_tx_bytes"] > c["counters"]["control_tx_msgs"]
 
-    asyncio.run(pair(body))  # type: ignore[arg-type]
+    asyncio.run(pair(body))
