@@ -26,6 +26,7 @@ from sleeve.crypto.keys import Signer
 from sleeve.gossip.router import ANTI_ENTROPY_FANOUT, GossipRouter
 from sleeve.gossip.topology import (
     GAIN_FANOUT,
+    LOSS_HOLD,
     OWN_RECORD_INTERVAL,
     TopologyChannel,
     TopologyData,
@@ -86,11 +87,35 @@ def test_own_record_gains_wait_losses_do_not() -> None:
     ch.sync_links([lx, ly], 100.0 + OWN_RECORD_INTERVAL)
     assert len(h.sent) == 2  # held back, then out with the next call past the interval
     assert {c.peer for c in mesh.topology.own.conns} == {x.peer_id, y.peer_id}
-    ch.sync_links([ly], 100.0 + OWN_RECORD_INTERVAL + 0.1)
+    ch.sync_links([ly], 100.0 + OWN_RECORD_INTERVAL + LOSS_HOLD)
     assert len(h.sent) == 3, "a lost link must be published at once"
     ch.sync_links([LinkInfo(y.peer_id, ly.addr, True, False)],
-                  100.0 + OWN_RECORD_INTERVAL + 0.2)
+                  100.0 + OWN_RECORD_INTERVAL + 2 * LOSS_HOLD)
     assert len(h.sent) == 4, "a link no longer established must be published at once"
+
+
+def test_losses_right_after_a_publication_go_out_together() -> None:
+    """Neighbours that stop together are lost one after the other: the first loss goes
+    out at once, those within LOSS_HOLD of it together, at the first call past it."""
+    me = signer(0)
+    peers = [signer(i) for i in range(1, 11)]
+    mesh = Mesh(me, "me", 1)
+    ch = TopologyChannel(mesh, lambda p: None)
+    h = Handle()
+    ch.gossip_handle = h  # type: ignore[assignment]
+    infos = [LinkInfo(s.peer_id, f"198.18.1.{i}:6783", True, True)
+             for i, s in enumerate(peers, start=1)]
+    ch.sync_links(infos, 100.0)
+    assert len(h.sent) == 1
+    t = 200.0
+    ch.sync_links(infos[1:], t)
+    assert len(h.sent) == 2, "the first loss waits for nothing"
+    for k in range(2, 6):  # four more, 0.05 s apart
+        ch.sync_links(infos[k:], t + 0.05 * k)
+    assert len(h.sent) == 2
+    ch.sync_links(infos[5:], t + LOSS_HOLD)
+    assert len(h.sent) == 3
+    assert {c.peer for c in mesh.topology.own.conns} == {s.peer_id for s in peers[5:]}
 
 
 def test_gains_wait_longer_on_a_router_with_many_links() -> None:
@@ -111,7 +136,7 @@ def test_gains_wait_longer_on_a_router_with_many_links() -> None:
     assert len(h.sent) == 1, "a gain 2 s after a publication by a 48-link router"
     ch.sync_links(infos, 100.0 + gain_interval(48))
     assert len(h.sent) == 2
-    ch.sync_links(infos[1:], 100.0 + gain_interval(48) + 0.1)
+    ch.sync_links(infos[1:], 100.0 + gain_interval(48) + LOSS_HOLD)
     assert len(h.sent) == 3, "a lost link must be published at once, whatever the links"
 
 

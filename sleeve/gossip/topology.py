@@ -56,8 +56,9 @@ from sleeve.proto.topology import FORMAT, PeerRecord, TopologyDecodeError
 
 OWN_RECORD_INTERVAL = 1.0  # s between publications of our record for gained links...
 GAIN_FANOUT = 16  # ...up to this many links; beyond, the interval grows with them
-__all__ = ["GAIN_FANOUT", "OWN_RECORD_INTERVAL", "WANT_TIMEOUT", "TopologyChannel", "TopologyData",
-           "gain_interval"]
+LOSS_HOLD = 0.5  # s a loss waits after a publication, to go out with the losses after it
+__all__ = ["GAIN_FANOUT", "LOSS_HOLD", "OWN_RECORD_INTERVAL", "WANT_TIMEOUT",
+           "TopologyChannel", "TopologyData", "gain_interval"]
 
 # A neighbour's (uid, Ed25519 key) as its handshake proved them; None: no such link.
 Neighbour = Callable[[bytes], tuple[int, bytes] | None]
@@ -152,6 +153,7 @@ class TopologyChannel:
         self.gossip_handle: Gossip | None = None  # set once registered
         self._published: dict[bytes, bool] = {}  # peer -> established, as last published
         self._next_gain = 0.0
+        self._published_at = -LOSS_HOLD  # when our record last changed here
         self._links: set[bytes] = set()  # neighbours as of the last sync_links
         self.wants = WantTable(self._lacks)
         self._memo = AnswerMemo()
@@ -168,11 +170,16 @@ class TopologyChannel:
     def sync_links(self, links: Iterable[LinkInfo], now: float) -> None:
         """Publish our links in our record; gossip it if it changed.
 
-        A lost link (gone, or no longer established) is published at once: the mesh
-        must route around it. Gains (a new or newly established link) are published at
-        most once per ``gain_interval``: each publication is a record of O(links)
-        bytes to every link, verified and merged by every peer, and a router joining a
-        mesh of N gains 2N link states within seconds. The node calls this every tick,
+        A lost link (gone, or no longer established) is published at once (the mesh
+        must route around it), or, within ``LOSS_HOLD`` of our last publication, at
+        the first call past it: routers that stop together (a host's restart, a rack's
+        power) are lost by each neighbour one after the other, within a fraction of a
+        second, and each loss a record to every link (10 of 50 routers restarted: 10
+        publications by each of the 40 others). The topology just changed, so the node
+        ticks at 4 Hz meanwhile (``pacing``). Gains (a new or newly established link)
+        are published at most once per ``gain_interval``: each publication is a record
+        of O(links) bytes to every link, verified and merged by every peer, and a router
+        joining a mesh of N gains 2N link states within seconds. The node calls this every tick,
         so a held-back gain goes out within the interval.
         """
         links = list(links)
@@ -184,10 +191,11 @@ class TopologyChannel:
             self._ask(self.wants.links_gone(gone, now))
         self._ask(self.wants.expire(now))
         lost = any(est and not cur.get(p, False) for p, est in self._published.items())
-        if not lost and now < self._next_gain:
+        if now < (self._published_at + LOSS_HOLD if lost else self._next_gain):
             return
         if self.mesh.set_links(links) is not None:
             self._next_gain = now + gain_interval(len(links))
+            self._published_at = now
             if self.gossip_handle is not None:
                 self.gossip_handle.neighbours(TopologyData(self.mesh, {self.mesh.me}))
         self._published = cur
