@@ -215,7 +215,8 @@ class Connections:
                 self.stats.inc(f"conn_end_{reason}")
                 self.links.unregister(link)
             with contextlib.suppress(Exception):
-                writer.close()
+                # the link's writer first sends what it gathered (a "bye", links.corked)
+                (writer if link is None else link.writer).close()
         return reason
 
     def _new_link(self, est: Established, writer: Any, ch: ControlChannel, outbound: bool,

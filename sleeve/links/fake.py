@@ -70,12 +70,13 @@ class FakeChannel:
 
 def fake_link(peer: bytes | None = None, *, uid: int = 1, outbound: bool = True,
               mediator: bytes | None = None, index: int | None = None,
-              drops: Counters | None = None) -> Link:
+              drops: Counters | None = None, writer: Any = None) -> Link:
     peer = peer or secrets.token_bytes(8)
     key = secrets.token_bytes(32)
     hello = Hello("fake", uid, secrets.randbits(31) | 1, 6783)
     est = Established(secrets.token_bytes(32), b"k" * 32, peer, hello, b"h" * 32, key, key)
-    return Link(est, FakeWriter(), FakeChannel(), outbound=outbound,  # type: ignore[arg-type]
+    return Link(est, writer or FakeWriter(), FakeChannel(),  # type: ignore[arg-type]
+                outbound=outbound,
                 remote=("198.18.0.9", 40000), local_index=index or secrets.randbits(31) | 1,
                 encrypt=True, addr="198.18.0.9:6783", rekey_seconds=120.0,
                 drops=drops or Counters(), mediator=mediator)

@@ -13,6 +13,7 @@ except writing control messages to its connection (``send_control``). Who writes
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import socket
@@ -24,6 +25,7 @@ from sleeve.crypto.keys import format_peer_id
 from sleeve.forward import superframe
 from sleeve.forward.reassembly import Reassembler
 from sleeve.forward.superframe import CAP_VNET
+from sleeve.links.corked import CorkedWriter
 from sleeve.proto import datagram as dg
 from sleeve.proto import liveness
 from sleeve.proto.control import ControlChannel, ControlError, Established, MessageTooLarge
@@ -81,7 +83,9 @@ class Link:
         self.outbound = outbound
         self.addr = addr  # how the mesh can reach this peer (see mesh.LinkInfo)
         self.remote_tcp = remote
-        self.writer = writer
+        # real connections gather a loop pass's writes into one send (links.corked)
+        self.writer: ControlWriter = (CorkedWriter(writer) if isinstance(
+            writer, asyncio.StreamWriter) else writer)
         self.channel = channel
         self.encrypted = encrypt
         self._drops = drops
