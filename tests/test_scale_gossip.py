@@ -72,6 +72,29 @@ def test_relayed_record_skips_the_owners_own_links() -> None:
     assert isinstance(to_d, TopologyData) and to_d.digest == {b.peer_id} and not to_d.peers
 
 
+def test_relayed_record_skips_neighbours_linked_to_its_owner() -> None:
+    """A neighbour whose own record lists the owner as an established link gets the
+    owner's changes from the owner: no digest entry is relayed to it."""
+    a, b, e, f = signer(0), signer(1), signer(4), signer(5)
+    keys = {b.peer_id: (2, b.public), e.peer_id: (5, e.public), f.peer_id: (6, f.public)}
+    mesh = Mesh(a, "a", 1)
+    ch = TopologyChannel(mesh, keys.get)
+    for s, uid, est in ((e, 5, True), (f, 6, False)):  # E is linked to B; F is dialling it
+        t = Topology(s, "x", uid)
+        r = t.set_local_connections([ConnRecord(b.peer_id, "198.18.0.2:6783", True, est),
+                                     ConnRecord(a.peer_id, "198.18.0.1:6783", True, True)])
+        assert r is not None
+        ch.on_gossip(s.peer_id, encode_records([r]), 0.0)
+    tb = Topology(b, "b", 2)  # B, just started, lists only A
+    rec = tb.set_local_connections([ConnRecord(a.peer_id, "198.18.0.1:6783", False, True)])
+    assert rec is not None
+    delta = ch.on_gossip(b.peer_id, encode_records([rec]), 0.0)
+    assert delta is not None and isinstance(delta, PerNeighbour)
+    assert delta.for_neighbour(e.peer_id) is None
+    to_f = delta.for_neighbour(f.peer_id)
+    assert isinstance(to_f, TopologyData) and to_f.digest == {b.peer_id}
+
+
 def test_own_record_gains_wait_losses_do_not() -> None:
     me, x, y = signer(0), signer(1), signer(2)
     mesh = Mesh(me, "me", 1)

@@ -130,7 +130,17 @@ class TopologyData:
 
 class RelayedTopology(TopologyData):
     """A delta to pass on, as digest entries (the neighbours pull what they lack): each
-    neighbour gets the entries of the peers whose records do not list it."""
+    neighbour gets the entries of the peers whose records do not list it, and that its
+    own record does not list as an established link either.
+
+    The second condition: a record's owner sends each change of it to all its links,
+    and a new link starts with a full exchange, so a neighbour that says it is linked
+    to the owner has it or is about to. While a mesh forms or re-forms, the records of
+    the routers that just started list few of their links (gains are published at most
+    every ``gain_interval``); without it each of their publications was relayed by every
+    router to nearly every link: ~N^2 digest messages for a record the N had from its
+    owner already (issue 23: in a py-spy of a router while 10 of 50 restarted, relaying
+    was a quarter of its event loop's time, receiving those relays a tenth more)."""
 
     __slots__ = ("_listed",)
 
@@ -141,7 +151,10 @@ class RelayedTopology(TopologyData):
                         for p in peers if (r := mesh.topology.get(p)) is not None}
 
     def for_neighbour(self, peer: bytes) -> GossipData | None:
-        need = {p for p, listed in self._listed.items() if p != peer and peer not in listed}
+        rec = self._mesh.topology.get(peer)
+        linked = {c.peer for c in rec.conns if c.established} if rec is not None else ()
+        need = {p for p, listed in self._listed.items()
+                if p != peer and peer not in listed and p not in linked}
         # a plain TopologyData: merged with what waits for the link, sent as it is
         return TopologyData(self._mesh, digest=need) if need else None
 
