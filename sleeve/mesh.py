@@ -98,15 +98,15 @@ class Mesh:
 
     def merge(self, sender: bytes, sender_uid: int, sender_key: bytes,
               data: bytes, fmt: int = FORMAT, heard: set[bytes] | None = None,
-              fresh: set[bytes] | None = None) -> tuple[list[PeerRecord], str]:
+              renewed: set[bytes] | None = None) -> tuple[list[PeerRecord], str]:
         """Merge a gossip message from a direct neighbour; returns (delta, outcome).
 
         ``sender``, ``sender_uid`` and ``sender_key`` are what the neighbour's handshake
         established: its peer id, incarnation id (Hello) and Ed25519 key (certified in
         its Hello). The delta is the records that improved our view; ``heard`` gets the
         peer ids of every record the message carried (the want table checks an answer
-        brought what was claimed); ``fresh`` the peer ids of the delta's records that
-        begin an incarnation (a new peer, or a restarted one). The outcome is
+        brought what was claimed); ``renewed`` the peer ids of the delta's records that
+        begin another incarnation of a peer we knew (it restarted). The outcome is
         "ok" or a drop reason, and nothing was merged unless it is "ok". A neighbour is
         the only source of its own record we accept directly: one about it with another
         incarnation id or key is a lie or a mix-up.
@@ -120,14 +120,14 @@ class Mesh:
         for r in recs:
             if r.peer == sender and (r.uid != sender_uid or r.key != sender_key):
                 return [], "gossip_bad_origin"
-        uids = {r.peer: old.uid if (old := self.topology.get(r.peer)) else None
-                for r in recs} if fresh is not None else {}
+        uids = {r.peer: old.uid for r in recs
+                if (old := self.topology.get(r.peer)) is not None} if renewed is not None else {}
         try:
             delta = self.topology.merge(recs)
         except TopologyAuthError:
             return [], "gossip_bad_signature"
-        if fresh is not None:
-            fresh.update(r.peer for r in delta if uids.get(r.peer) != r.uid)
+        if renewed is not None:
+            renewed.update(r.peer for r in delta if uids.get(r.peer, r.uid) != r.uid)
         return delta, "ok"
 
     def gc(self, now: float) -> list[bytes]:

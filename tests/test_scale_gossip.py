@@ -74,37 +74,46 @@ def test_relayed_record_skips_the_owners_own_links() -> None:
 
 def test_relayed_record_skips_neighbours_linked_to_its_owner() -> None:
     """A neighbour whose own record lists the owner as an established link gets the
-    owner's changes from the owner: no digest entry is relayed to it, but for the first
-    record of the owner's incarnation."""
+    owner's changes from the owner: no digest entry is relayed to it -- but for the
+    first record of a restarted owner, whose earlier incarnation the link may be to."""
     a, b, e, f = signer(0), signer(1), signer(4), signer(5)
     keys = {b.peer_id: (2, b.public), e.peer_id: (5, e.public), f.peer_id: (6, f.public)}
     mesh = Mesh(a, "a", 1)
-    ch = TopologyChannel(mesh, keys.get)
+    ch = TopologyChannel(mesh, lambda p: keys.get(p))
     for s, uid, est in ((e, 5, True), (f, 6, False)):  # E is linked to B; F is dialling it
         t = Topology(s, "x", uid)
         r = t.set_local_connections([ConnRecord(b.peer_id, "198.18.0.2:6783", True, est),
                                      ConnRecord(a.peer_id, "198.18.0.1:6783", True, True)])
         assert r is not None
         ch.on_gossip(s.peer_id, encode_records([r]), 0.0)
-    tb = Topology(b, "b", 2)  # B, just started, lists only A
-    rec = tb.set_local_connections([ConnRecord(a.peer_id, "198.18.0.1:6783", False, True)])
-    assert rec is not None
-    first = ch.on_gossip(b.peer_id, encode_records([rec]), 0.0)
-    # the first record of an incarnation goes to every neighbour not listed in it: E's
-    # listed link may be to an earlier B, dead and not yet noticed
-    assert first is not None and isinstance(first, PerNeighbour)
-    for n in (e, f):
-        to_n = first.for_neighbour(n.peer_id)
-        assert isinstance(to_n, TopologyData) and to_n.digest == {b.peer_id}
-    rec = tb.set_local_connections([ConnRecord(a.peer_id, "198.18.0.1:6783", False, True),
-                                    ConnRecord(signer(9).peer_id, "198.18.0.9:6783", True,
-                                               True)])
-    assert rec is not None  # B's next version, a link more: E has it from B
-    delta = ch.on_gossip(b.peer_id, encode_records([rec]), 1.0)
-    assert delta is not None and isinstance(delta, PerNeighbour)
-    assert delta.for_neighbour(e.peer_id) is None
-    to_f = delta.for_neighbour(f.peer_id)
-    assert isinstance(to_f, TopologyData) and to_f.digest == {b.peer_id}
+
+    def publish(tb: Topology, n: int, t: float) -> PerNeighbour:
+        """B's record listing A and n-1 others; what A passes on."""
+        conns = [ConnRecord(a.peer_id, "198.18.0.1:6783", False, True)]
+        conns += [ConnRecord(signer(20 + i).peer_id, f"198.18.0.{20 + i}:6783", True, True)
+                  for i in range(n - 1)]
+        rec = tb.set_local_connections(conns)
+        assert rec is not None
+        delta = ch.on_gossip(b.peer_id, encode_records([rec]), t)
+        assert delta is not None and isinstance(delta, PerNeighbour)
+        return delta
+
+    def to(delta: PerNeighbour, n: Signer) -> set[bytes] | None:
+        d = delta.for_neighbour(n.peer_id)
+        return d.digest if isinstance(d, TopologyData) else None
+
+    tb = Topology(b, "b", 2)  # B, new to A, lists only A
+    for k, delta in enumerate((publish(tb, 1, 0.0), publish(tb, 2, 1.0))):
+        assert to(delta, e) is None, k  # E has it from B
+        assert to(delta, f) == {b.peer_id}, k
+    keys[b.peer_id] = (3, b.public)  # B restarts: a new incarnation, known to A by its link
+    tb = Topology(b, "b", 3)
+    for n in (3, 4):  # past the old versions, as a restarted router outbids its last record
+        assert tb.set_local_connections(
+            [ConnRecord(signer(40 + n).peer_id, "198.18.0.40:6783", True, True)]) is not None
+    first = publish(tb, 1, 2.0)
+    assert to(first, e) == to(first, f) == {b.peer_id}  # E's link may be to the old B
+    assert to(publish(tb, 2, 3.0), e) is None  # the next one E gets from B again
 
 
 def test_own_record_gains_wait_losses_do_not() -> None:

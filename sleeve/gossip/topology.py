@@ -131,14 +131,16 @@ class TopologyData:
 class RelayedTopology(TopologyData):
     """A delta to pass on, as digest entries (the neighbours pull what they lack): each
     neighbour gets the entries of the peers whose records do not list it, and that its
-    own record does not list as an established link either -- unless the record begins
-    an incarnation (``fresh``).
+    own record does not list as an established link either -- unless the record is the
+    first of a restarted owner's new incarnation (``renewed``).
 
     The second condition: a record's owner sends each change of it to all its links,
     and a new link starts with a full exchange, so a neighbour that says it is linked
     to the owner has it or is about to. Not so for the first record of a restarted
     owner: the neighbour's listed link may be to the earlier incarnation, dead and not
-    yet noticed, and nothing else would bring it the new one before anti-entropy. While
+    yet noticed, and nothing else would bring it the new one before anti-entropy. (A
+    peer new to us is taken as new to the mesh: the link its neighbour lists is to it.)
+    While
     a mesh forms or re-forms, the records of
     the routers that just started list few of their links (gains are published at most
     every ``gain_interval``); without it each of their publications was relayed by every
@@ -146,20 +148,21 @@ class RelayedTopology(TopologyData):
     owner already (issue 23: in a py-spy of a router while 10 of 50 restarted, relaying
     was a quarter of its event loop's time, receiving those relays a tenth more)."""
 
-    __slots__ = ("_fresh", "_listed")
+    __slots__ = ("_listed", "_renewed")
 
-    def __init__(self, mesh: Mesh, peers: set[bytes], fresh: set[bytes] | None = None) -> None:
+    def __init__(self, mesh: Mesh, peers: set[bytes],
+                 renewed: set[bytes] | None = None) -> None:
         super().__init__(mesh, digest=peers)
         # who each record lists, once (for_neighbour runs for every link)
         self._listed = {p: {c.peer for c in r.conns}
                         for p in peers if (r := mesh.topology.get(p)) is not None}
-        self._fresh = fresh or set()
+        self._renewed = renewed or set()
 
     def for_neighbour(self, peer: bytes) -> GossipData | None:
         rec = self._mesh.topology.get(peer)
         linked = {c.peer for c in rec.conns if c.established} if rec is not None else ()
         need = {p for p, listed in self._listed.items() if p != peer and peer not in listed
-                and (p not in linked or p in self._fresh)}
+                and (p not in linked or p in self._renewed)}
         # a plain TopologyData: merged with what waits for the link, sent as it is
         return TopologyData(self._mesh, digest=need) if need else None
 
@@ -246,8 +249,8 @@ class TopologyChannel:
             return None
         fmt = ANSWER_RECORDS if kind == ANSWER_RECORDS else FORMAT
         heard: set[bytes] = set()
-        fresh: set[bytes] = set()
-        delta, outcome = self.mesh.merge(src, who[0], who[1], msg, fmt, heard, fresh)
+        renewed: set[bytes] = set()
+        delta, outcome = self.mesh.merge(src, who[0], who[1], msg, fmt, heard, renewed)
         if outcome != "ok":
             raise GossipRefused(outcome)
         if len(self.wants):
@@ -265,7 +268,7 @@ class TopologyChannel:
             if not peers:
                 return None
         if fmt == FORMAT:
-            return RelayedTopology(self.mesh, peers, fresh)
+            return RelayedTopology(self.mesh, peers, renewed)
         # Catch-up the sender already had: the others likely hold it too, so they get
         # digest entries and pull what they lack.
         return TopologyData(self.mesh, digest=peers)
