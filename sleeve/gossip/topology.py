@@ -140,13 +140,12 @@ class RelayedTopology(TopologyData):
     owner: the neighbour's listed link may be to the earlier incarnation, dead and not
     yet noticed, and nothing else would bring it the new one before anti-entropy. (A
     peer new to us is taken as new to the mesh: the link its neighbour lists is to it.)
-    While
-    a mesh forms or re-forms, the records of
-    the routers that just started list few of their links (gains are published at most
-    every ``gain_interval``); without it each of their publications was relayed by every
-    router to nearly every link: ~N^2 digest messages for a record the N had from its
-    owner already (issue 23: in a py-spy of a router while 10 of 50 restarted, relaying
-    was a quarter of its event loop's time, receiving those relays a tenth more)."""
+    While a mesh forms or re-forms, the records of the routers that just started list
+    few of their links (gains are published at most every ``gain_interval``); without
+    the condition each of their publications was relayed by every router to nearly
+    every link: ~N^2 digest messages for a record the N had from its owner already
+    (issue 23: in a py-spy of a router while 10 of 50 restarted, relaying was a quarter
+    of its event loop's time, receiving those relays a tenth more)."""
 
     __slots__ = ("_listed", "_renewed")
 
@@ -200,8 +199,8 @@ class TopologyChannel:
         ticks at 4 Hz meanwhile (``pacing``). Gains (a new or newly established link)
         are published at most once per ``gain_interval``: each publication is a record
         of O(links) bytes to every link, verified and merged by every peer, and a router
-        joining a mesh of N gains 2N link states within seconds. The node calls this every tick,
-        so a held-back gain goes out within the interval.
+        joining a mesh of N gains 2N link states within seconds. The node calls this
+        every tick, so a held-back gain goes out within the interval.
         """
         links = list(links)
         cur = {li.peer: li.established for li in links}
