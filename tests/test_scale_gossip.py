@@ -138,17 +138,23 @@ def test_own_record_gains_wait_losses_do_not() -> None:
     assert len(h.sent) == 4, "a link no longer established must be published at once"
 
 
-def test_losses_right_after_a_publication_go_out_together() -> None:
-    """Neighbours that stop together are lost one after the other: the first loss goes
-    out at once, those within LOSS_HOLD of it together, at the first call past it."""
-    me = signer(0)
-    peers = [signer(i) for i in range(1, 11)]
-    mesh = Mesh(me, "me", 1)
+def _router_with_links(n: int) -> tuple[list[Signer], Mesh, TopologyChannel, Handle,
+                                         list[LinkInfo]]:
+    """A topology channel recording its publications, and n neighbours' link states."""
+    peers = [signer(i) for i in range(1, n + 1)]
+    mesh = Mesh(signer(0), "me", 1)
     ch = TopologyChannel(mesh, lambda p: None)
     h = Handle()
     ch.gossip_handle = h  # type: ignore[assignment]
     infos = [LinkInfo(s.peer_id, f"198.18.1.{i}:6783", True, True)
              for i, s in enumerate(peers, start=1)]
+    return peers, mesh, ch, h, infos
+
+
+def test_losses_right_after_a_publication_go_out_together() -> None:
+    """Neighbours that stop together are lost one after the other: the first loss goes
+    out at once, those within LOSS_HOLD of it together, at the first call past it."""
+    peers, mesh, ch, h, infos = _router_with_links(10)
     ch.sync_links(infos, 100.0)
     assert len(h.sent) == 1
     t = 200.0
@@ -166,14 +172,7 @@ def test_gains_wait_longer_on_a_router_with_many_links() -> None:
     """Past GAIN_FANOUT links the interval grows with them (a 49-link router: 3 s)."""
     assert gain_interval(1) == gain_interval(GAIN_FANOUT) == OWN_RECORD_INTERVAL
     assert gain_interval(49) == OWN_RECORD_INTERVAL * 49 / GAIN_FANOUT
-    me = signer(0)
-    peers = [signer(i) for i in range(1, 50)]
-    mesh = Mesh(me, "me", 1)
-    ch = TopologyChannel(mesh, lambda p: None)
-    h = Handle()
-    ch.gossip_handle = h  # type: ignore[assignment]
-    infos = [LinkInfo(s.peer_id, f"198.18.1.{i}:6783", True, True)
-             for i, s in enumerate(peers, start=1)]
+    _, _, ch, h, infos = _router_with_links(49)
     ch.sync_links(infos[:48], 100.0)
     assert len(h.sent) == 1
     ch.sync_links(infos, 100.0 + 2 * OWN_RECORD_INTERVAL)
