@@ -46,7 +46,6 @@ from sleeve.crypto.noise import KeyPair
 from sleeve.dns.service import DnsService
 from sleeve.fastdp.agent import FastdpAgent
 from sleeve.forward.egress import Egress
-from sleeve.forward.warm import Warmer
 from sleeve.forward.ingress import Ingress
 from sleeve.forward.underlay import Underlay
 from sleeve.gossip.router import TOPOLOGY, GossipRouter
@@ -110,9 +109,6 @@ class Node:
         self.ingress = Ingress(self.id, self.table, self.macs, self.egress, self.underlay,
                                self.drops, self.stats)
         self.egress.clamp_mss = self.ingress.clamp_mss = cfg.clamp_mss
-        _warm = float(os.environ.get("SLEEVE_WARM_US", "1000")) / 1e6
-        if _warm > 0:
-            self.egress.warmer = Warmer(self.macs, self.stats, _warm)
         self.conns = Connections(cfg, Identity(self.static, self.signer, self.id, self.name,
                                                self.uid), self.table, self.drops, self.stats)
         self.dialler = Dialler(cfg, self.conns)
@@ -221,15 +217,10 @@ class Node:
                 await self.docker.start()
                 stack.push_async_callback(self.docker.aclose)
             loop.add_reader(port.fileno(), self.egress.on_port_readable)
-            if self.egress.warmer is not None and os.environ.get("SLEEVE_WARM_POLL"):
-                self.egress.warmer.polls.append(self.egress.on_port_readable)
             stack.callback(loop.remove_reader, port.fileno())
             for sock in self.underlay.sockets():
                 loop.add_reader(sock.fileno(), self.underlay.on_readable, sock, self.ingress)
                 stack.callback(loop.remove_reader, sock.fileno())
-                if self.egress.warmer is not None and os.environ.get("SLEEVE_WARM_POLL"):
-                    self.egress.warmer.polls.append(
-                        lambda s=sock: self.underlay.on_readable(s, self.ingress))
             # spray sockets (traversal.spray) come and go while running
             self.underlay.watch = lambda s: loop.add_reader(
                 s.fileno(), self.underlay.on_readable, s, self.ingress)

@@ -31,7 +31,6 @@ import time
 from collections.abc import Callable
 
 from sleeve.capture.base import BATCH, Port
-from sleeve.forward.warm import Warmer
 from sleeve.forward import relayseg, superframe
 from sleeve.forward.batcher import pack
 from sleeve.forward.oversize import record_source, shrink
@@ -81,7 +80,6 @@ class Egress:
         self._relay_set_id = 0
         self._icmp_window = 0.0
         self._icmp_sent = 0
-        self.warmer: Warmer | None = None
 
     # ------------------------------------------------------------------ port -> links
     def on_port_readable(self) -> None:
@@ -143,9 +141,6 @@ class Egress:
         c = self.stats.c  # no method calls: the point of this path
         c["port_rx_frames"] += 1
         c["tx_lone_frames"] += 1
-        w = self.warmer
-        if w is not None and not w.armed:
-            w.arm()
         return True
 
     def _classify(self, frames: list[bytes]) -> None:
