@@ -413,7 +413,7 @@ def _measure_subject(result: dict[str, Any], run: Running, a: Host, b: Host, sw:
             else:
                 tests[name] = measure_iperf(a, b, run.dst, test, cfg.seconds, run.daemons)
             if relayed0 is not None:
-                _check_relayed(tests[name], name, _relayed_frames(run) - relayed0)
+                _check_relayed(tests[name], name, (_relayed_frames(run) or 0) - relayed0)
         except Exception as e:
             say(f"{subject}: {name} FAILED: {e!r}")
             tests[name] = {"error": f"{type(e).__name__}: {e}"}
