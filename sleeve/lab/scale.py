@@ -53,6 +53,14 @@ def initial_peers(i: int, n: int, k: int) -> list[int]:
     return out[:k]
 
 
+def poll_pool(n: int) -> concurrent.futures.ThreadPoolExecutor:
+    """The threads that poll ``n`` routers: one per router, so that a round of polls lasts
+    as long as its slowest answer (at most the timeout). With 8 workers for 50 routers a
+    round under the forming mesh's load took 19-20 s (seven waves of slow answers), and
+    the convergence times were quantized by that."""
+    return concurrent.futures.ThreadPoolExecutor(max(POLL_WORKERS, n))
+
+
 @dataclass
 class Member:
     idx: int
@@ -104,7 +112,7 @@ class ScaleLab:
         self.psk = format_psk(psk_from_password(self.password.encode())) if self.psk_file else None
         compileall.compile_dir(pathlib.Path(sleeve.__file__).parent, quiet=2)
         self.wd = workdir("sleeve-scale-")
-        self.pool = concurrent.futures.ThreadPoolExecutor(POLL_WORKERS)
+        self.pool = poll_pool(self.n)
 
     def _static_arp(self) -> None:
         """Permanent ARP entries for every other member, in every namespace.
@@ -156,16 +164,22 @@ class ScaleLab:
     def poll(self, idxs: Iterable[int], path: str = "/routes",
              timeout: float = 5.0) -> dict[int, Any]:
         """GET ``path`` from these routers concurrently; failures are left out."""
+        return {i: v for i, (_t, v) in self.poll_timed(idxs, path, timeout).items()}
+
+    def poll_timed(self, idxs: Iterable[int], path: str = "/routes",
+                   timeout: float = 5.0) -> dict[int, tuple[float, Any]]:
+        """Like ``poll``, each answer with the monotonic time it arrived."""
         idxs = list(idxs)
 
-        def one(i: int) -> Any:
+        def one(i: int) -> tuple[float, Any] | None:
             try:
-                return self.get(i, path, timeout)
+                v = self.get(i, path, timeout)
             except (OSError, RuntimeError, ValueError):
                 return None
+            return time.monotonic(), v
 
-        return {i: v for i, v in zip(idxs, self.pool.map(one, idxs), strict=True)
-                if v is not None}
+        return {i: r for i, r in zip(idxs, self.pool.map(one, idxs), strict=True)
+                if r is not None}
 
     def routes_to_all(self, i: int, view: dict[str, Any], live: set[int]) -> bool:
         """Router i has a usable route to every other live router (see the module doc)."""
@@ -188,17 +202,19 @@ class ScaleLab:
                 r = self.members[i].router
                 if r is None or not r.running:
                     raise RuntimeError(f"router s{i + 1} exited:\n{r.log()[-2000:] if r else ''}")
-            views = self.poll(sorted(live))
-            for i, v in views.items():
+            timed = self.poll_timed(sorted(live))
+            for i, (at, v) in timed.items():
                 m = self.members[i]
                 m.name, m.pid = v["name"], v["pid"]
                 last[i] = v
-                self.up_at.setdefault(i, now)
-            for i, v in views.items():
+                self.up_at.setdefault(i, at)
+            for i, (at, v) in timed.items():
                 dests = {r["destination"] for r in v["routes"]}
                 ok = self.routes_to_all(i, v, live) and not (dests & gone_names)
                 if ok:
-                    done.setdefault(i, now)
+                    # when its answer came: a router shown done had its routes by then
+                    # (an upper bound; the round's start was a bound on neither side)
+                    done.setdefault(i, at)
                 else:
                     done.pop(i, None)  # a route can go away again while the mesh settles
             if len(done) == len(live):
