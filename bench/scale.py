@@ -8,7 +8,9 @@ namespace) on one lab bridge, each given 3 initial peers (ring neighbours + a ch
 
 1. start all N at once; convergence time = from the last process started to the moment
    every router has a usable route to every other (``ScaleLab.routes_to_all``, polled
-   each 0.5 s over ``GET /routes``); also from the first start, for the record;
+   each 0.5 s over ``GET /routes``, every router at once, one thread each; a router
+   counts from the arrival of its answer that shows routes to all); also from the first
+   start, for the record;
 2. idle: once no router's count of established links changed for ``--quiet`` s (discovery
    goes on adding direct links after routes to all exist; the wait is reported, bounded
    by ``--quiet-timeout``), nothing polls for ``--idle`` s; CPU per router from
