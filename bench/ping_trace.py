@@ -15,7 +15,9 @@ learn, frame record, seal, sendto, the EAGAIN read) one by one on a cold CPU, no
 
 ``--cold`` instead times, without a lab, the Python of one frame's whole path (classify,
 pack, seal, open) back to back and after 10 ms asleep: the cost of a lone packet on a
-cold CPU, which is what an idle router pays per ping.
+cold CPU, which is what an idle router pays per ping. ``--ticks`` times the same after
+10 ms in which a timer kept rehearsing it (or only its AEAD, or other Python) every
+1, 2 or 5 ms: how fast the path goes cold, and what keeps it warm.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 SYSCALLS = "epoll_wait,epoll_pwait,read,write,readv,writev,recvmsg,recvfrom,sendto,sendmsg"
@@ -132,23 +135,30 @@ def lab(out: pathlib.Path) -> list[str]:
     return [*lines, "", *report(parse(trace.read_text(), pids["a"], pids["b"]))]
 
 
-def cold() -> list[str]:
-    """One 98-byte frame's classify + pack + seal + open, warm and after 10 ms asleep."""
+def _frame_path() -> tuple[Callable[[Any, Any], None], tuple[Any, Any], tuple[Any, Any]]:
+    """One 98-byte frame's classify + pack + seal + open as a call, with the session pair
+    it runs on and a second pair under other keys (a rehearsal's, in ``ticks``)."""
     from bench.test_micro import K1, K2, MAX_BODY, _classify, _setup_node
     from sleeve.forward.batcher import pack
     from sleeve.proto import datagram as dg
     from sleeve.proto.session import DataSession
 
     frames, macs, links = _setup_node(98)
-    tx, rx = DataSession(7, 9, K1, K2, True), DataSession(9, 7, K2, K1, True)
 
-    def one() -> None:
+    def one(tx: Any, rx: Any) -> None:
         for link in _classify(frames[:1], macs, links):
             records, link.pending = link.pending, []
             for body in pack(records, MAX_BODY)[0]:
                 d = tx.seal(body)
                 rx.open(dg.decode_header(d)[1], d)
 
+    return (one, (DataSession(7, 9, K1, K2, True), DataSession(9, 7, K2, K1, True)),
+            (DataSession(7, 9, K2, K1, True), DataSession(9, 7, K1, K2, True)))
+
+
+def cold() -> list[str]:
+    """One 98-byte frame's classify + pack + seal + open, warm and after 10 ms asleep."""
+    one, (tx, rx), _ = _frame_path()
     lines = []
     for gap in (0.0, 0.01, 0.0, 0.01):
         took = []
@@ -156,12 +166,55 @@ def cold() -> list[str]:
             if gap:
                 time.sleep(gap)
             t = time.perf_counter_ns()
-            one()
+            one(tx, rx)
             took.append(time.perf_counter_ns() - t)
         took.sort()
         lines.append(f"asleep {gap * 1000:4.0f} ms before each: median {took[100] / 1000:6.1f}"
                      f" us, p90 {took[180] / 1000:6.1f} us")
     return lines
+
+
+def ticks(rounds: int = 3, frames: int = 200) -> list[str]:
+    """What keeps the frame path warm over the 10 ms between pings: the same frame's
+    Python timed after 10 ms in which a timer every 1, 2 or 5 ms rehearsed it (other
+    keys), only its AEAD, or unrelated Python, or nothing (asleep). Modes interleaved
+    per round (results/issue23/warm-notes.md)."""
+    from sleeve.proto import datagram as dg
+
+    one, (tx, rx), (wtx, wrx) = _frame_path()
+
+    def aead() -> None:
+        d = wtx.seal(b"x" * 120)
+        wrx.open(dg.decode_header(d)[1], d)
+
+    def other() -> None:
+        sum(i for i in range(300))
+        str(12345).encode()
+
+    modes: dict[str, tuple[float, Callable[[], None] | None]] = {
+        "asleep 10 ms": (0.01, None),
+        "rehearsal every 1 ms": (0.001, lambda: one(wtx, wrx)),
+        "rehearsal every 2 ms": (0.002, lambda: one(wtx, wrx)),
+        "rehearsal every 5 ms": (0.005, lambda: one(wtx, wrx)),
+        "its AEAD every 1 ms": (0.001, aead),
+        "other Python every 1 ms": (0.001, other),
+    }
+    got: dict[str, list[float]] = {m: [] for m in modes}
+    for _ in range(rounds):
+        for mode, (every, rehearse) in modes.items():
+            took = []
+            for _ in range(frames):
+                end = time.monotonic() + 0.01
+                while (left := end - time.monotonic()) > 0:
+                    time.sleep(min(every, left))
+                    if rehearse is not None and end - time.monotonic() > 0:
+                        rehearse()
+                t = time.perf_counter_ns()
+                one(tx, rx)
+                took.append(time.perf_counter_ns() - t)
+            got[mode].append(statistics.median(took) / 1000)
+    return [f"{mode:24s} median us per frame, per round: "
+            + ", ".join(f"{v:.1f}" for v in vals) for mode, vals in got.items()]
 
 
 def pieces(rounds: int = 300) -> list[str]:
@@ -243,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                                 description=(__doc__ or "").split("\n")[0])
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("/tmp/sleeve-ping-trace"))
     p.add_argument("--cold", action="store_true", help="the cold-CPU timing only (no lab)")
+    p.add_argument("--ticks", action="store_true",
+                   help="what keeps the frame path warm between pings (no lab)")
     p.add_argument("--pieces", action="store_true",
                    help="the lone-frame egress path's pieces, each timed cold (no lab)")
     args = p.parse_args(argv)
@@ -251,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cold:
         print("\n".join(cold()))
+        return 0
+    if args.ticks:
+        print("\n".join(ticks()))
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     print("\n".join(lab(args.out)))

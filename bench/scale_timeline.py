@@ -7,7 +7,8 @@ once; every 0.5 s (or as soon as the previous round of ``GET /routes`` came back
 round takes as long as the slowest router takes to answer, up to the 5 s timeout) one
 line: seconds since the last start, routers that answered, routers with routes to all,
 and the (router, destination) pairs still lacking a route or having one whose next hop
-is not an established link. Stops at routes to all (or ``--seconds``); then the most
+is not an established link; under it the routers that did not answer (silent) and the
+routers the others most lack routes to. Stops at routes to all (or ``--seconds``); then the most
 frequent lines of the routers' logs, with ids, names and numbers masked (handshake
 timeouts, duplicates, switches to TCP...). Prints only; nothing written.
 
@@ -52,6 +53,7 @@ def timeline(sl: ScaleLab, n: int, t0: float, seconds: float, names: dict[int, s
         names.update({i: v["name"] for i, v in views.items()})
         ok: collections.Counter[str] = collections.Counter()
         lacking: collections.Counter[str] = collections.Counter()
+        lacked: collections.Counter[str] = collections.Counter()  # routers others lack
         absent = unusable = 0
         index = {name: j for j, name in names.items()}
         for i, v in views.items():
@@ -64,12 +66,20 @@ def timeline(sl: ScaleLab, n: int, t0: float, seconds: float, names: dict[int, s
             ok[kind(i)] += not lack and all(routes.values())
             for j in lack:
                 lacking[f"{kind(i)}->{kind(index.get(names[j], j))}"] += 1
+                lacked[f"s{j + 1}"] += 1
         split = (f"  R {ok['R']:2d}/{len(restarted)} O {ok['O']:2d}/{n - len(restarted)}  "
                  + " ".join(f"{k} {lacking[k]}" for k in ("R->O", "O->R", "R->R", "O->O"))
                  if restarted else "")
         print(f"t={t - t0:6.2f} s  answered {len(views):3d}  routes to all {sum(ok.values()):3d}"
               f"  pairs without a route {absent:5d}, with an unusable one {unusable:4d}{split}"
               f"  (round {time.monotonic() - t:.1f} s)", flush=True)
+        # who did not answer within the poll's timeout (an overloaded loop), once some have,
+        # and which routers the others still lack routes to
+        silent = [f"s{i + 1}" for i in range(n) if i not in views]
+        if views and (silent or lacked):
+            print(f"    silent {' '.join(silent[:12]) or '-'}{' ...' if len(silent) > 12 else ''}"
+                  f"  most lacked {' '.join(f'{k} ({c})' for k, c in lacked.most_common(6))}",
+                  flush=True)
         if sum(ok.values()) == n:
             return
         time.sleep(max(0.0, 0.5 - (time.monotonic() - t)))

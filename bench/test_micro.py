@@ -435,6 +435,7 @@ def test_syn_screen(benchmark: Benchmark, clamp: str) -> None:
     from sleeve.links.link import Link
     from sleeve.links.table import LinkTable
     from sleeve.mesh import Mesh
+    from sleeve.proto.origin import OriginAuth
     from sleeve.proto.stats import Counters
 
     sent = [0]
@@ -450,9 +451,10 @@ def test_syn_screen(benchmark: Benchmark, clamp: str) -> None:
     me = b"\x01" * 8
     links = LinkTable(me, stats)
     macs = MacTable()
-    mesh = Mesh(Signer.from_static(KeyPair.generate()), "me", 1)
+    signer = Signer.from_static(KeyPair.generate())
+    mesh = Mesh(signer, "me", 1)
     eg = Egress(me, links, mesh.routes, macs, CountingUnderlay(drops, stats, False), drops,
-                stats)
+                stats, OriginAuth(signer, 1, lambda _p: None))
     eg.clamp_mss = clamp == "on"
     port = MemoryPort(capacity=OPS)
     eg.port = port
